@@ -1,0 +1,444 @@
+//! The one error type every handler returns, and its RFC 9457 `application/problem+json`
+//! rendering.
+//!
+//! Stable error codes live in a single table ([`error_codes!`]): status, code and title
+//! side by side, so a code can never drift from its status. Errors raised by the framework
+//! itself (unknown route, bad JSON, wrong content type, …) are translated into the same
+//! shape by [`ApiError::from_poem`], which the request pipeline applies to every error.
+
+use std::fmt;
+
+use poem::{
+    IntoResponse, Response,
+    error::{
+        MethodNotAllowedError, NotFoundError, ParsePathError, ReadBodyError, ResponseError,
+        SizedLimitError,
+    },
+    http::{HeaderValue, StatusCode, header},
+};
+use poem_openapi::{
+    ApiResponse, Enum, Object,
+    error::{ContentTypeError, ParseMultipartError, ParseParamError, ParseRequestPayloadError},
+    registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
+    types::Type,
+};
+use serde::Serialize;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+macro_rules! error_codes {
+    ($($variant:ident => ($status:ident, $title:literal, $doc:literal)),* $(,)?) => {
+        /// Stable, machine-readable error codes. Clients match on these; never rename one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize)]
+        #[oai(rename_all = "snake_case")]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $(
+                #[doc = $doc]
+                $variant,
+            )*
+        }
+
+        impl ErrorCode {
+            /// Every code, for documentation and tests.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            /// The HTTP status this code is always sent with.
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status,)* }
+            }
+
+            /// Short, human-readable summary (the problem's `title`).
+            pub fn title(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $title,)* }
+            }
+
+            /// What the code means and what to do about it.
+            pub fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BadRequest => (BAD_REQUEST, "Bad request", "The request could not be understood."),
+    MalformedJson => (BAD_REQUEST, "Malformed JSON", "The body is not syntactically valid JSON; `detail` says where."),
+    InvalidParameter => (BAD_REQUEST, "Invalid parameter", "A path, query or header parameter could not be parsed; `detail` names it."),
+    Unauthorized => (UNAUTHORIZED, "Unauthorized", "Credentials are missing, malformed or invalid."),
+    Forbidden => (FORBIDDEN, "Forbidden", "The credentials are valid but do not allow this operation."),
+    NotFound => (NOT_FOUND, "Not found", "No resource exists at this path."),
+    MethodNotAllowed => (METHOD_NOT_ALLOWED, "Method not allowed", "The path exists but not with this method; the `Allow` header lists the ones that do."),
+    Conflict => (CONFLICT, "Conflict", "The request conflicts with the current state of the resource."),
+    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "Payload too large", "The body is larger than this endpoint accepts."),
+    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "Unsupported media type", "The `Content-Type` is missing or not one this endpoint accepts."),
+    ValidationFailed => (UNPROCESSABLE_ENTITY, "Validation failed", "The body is well-formed JSON but some fields are invalid; `errors` lists each one."),
+    RateLimited => (TOO_MANY_REQUESTS, "Too many requests", "Slow down; `Retry-After` says when to try again."),
+    InternalError => (INTERNAL_SERVER_ERROR, "Internal server error", "Something went wrong on our side. Quote `request_id` when reporting it."),
+    RequestTimeout => (SERVICE_UNAVAILABLE, "Request timed out", "The request took longer than the server allows and was abandoned."),
+    NotReady => (SERVICE_UNAVAILABLE, "Not ready", "A dependency of the service is unavailable; `checks` says which."),
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The serde name is the stable code.
+        let value = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+        f.write_str(value.as_str().unwrap_or_default())
+    }
+}
+
+/// One invalid field of a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
+pub struct FieldError {
+    /// JSON path of the field (`slug`, `items[3].price`); empty for the body as a whole.
+    pub field: String,
+    /// Stable reason (`required`, `too_short`, `invalid_type`, `unknown_field`, …).
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(
+        field: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An RFC 9457 problem document, as sent on the wire.
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename = "Problem")]
+pub struct ProblemBody {
+    /// URI reference identifying the problem type; resolves to its documentation.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// Explanation specific to this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// Identifier of the request (also in the `X-Request-Id` header).
+    pub request_id: String,
+    /// Per-field problems, for `validation_failed`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// Extra members specific to the code (for example `checks` for `not_ready`).
+    #[oai(skip)]
+    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The error every handler returns. Render it with [`ApiError::into_problem_response`].
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    detail: String,
+    errors: Vec<FieldError>,
+    extensions: serde_json::Map<String, serde_json::Value>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+    source: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    /// An error with the given code and explanation.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            extensions: serde_json::Map::new(),
+            headers: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// A 500 whose cause is logged (once, when rendered) and never shown to the client.
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        let mut err = Self::new(
+            ErrorCode::InternalError,
+            "An unexpected error occurred. Quote the request id if you report it.",
+        );
+        err.source = Some(source.into());
+        err
+    }
+
+    /// A 422 listing every invalid field.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.len() {
+            1 => format!("`{}`: {}", errors[0].field, errors[0].message),
+            n => format!("{n} fields are invalid."),
+        };
+        let mut err = Self::new(ErrorCode::ValidationFailed, detail);
+        err.errors = errors;
+        err
+    }
+
+    /// Adds a member to the problem document.
+    pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    /// Adds a response header (e.g. `Allow`, `Retry-After`).
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// Per-field errors, if any.
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    /// Translates any error that reached the edge of the app into an [`ApiError`]: ours pass
+    /// through; the framework's own are mapped to their stable code.
+    pub fn from_poem(err: poem::Error) -> Self {
+        let status = err.status();
+        if err.is::<ApiError>() {
+            return match err.downcast::<ApiError>() {
+                Ok(api) => api,
+                Err(other) => ApiError::internal(anyhow::anyhow!("{other}")),
+            };
+        }
+        if err.is::<NotFoundError>() {
+            return Self::new(ErrorCode::NotFound, "No resource exists at this path.");
+        }
+        if err.is::<MethodNotAllowedError>() {
+            return Self::new(
+                ErrorCode::MethodNotAllowed,
+                "This path does not support this method.",
+            );
+        }
+        if let Some(e) = err.downcast_ref::<ContentTypeError>() {
+            let detail = match e {
+                ContentTypeError::NotSupported { content_type } => {
+                    format!(
+                        "Content-Type `{content_type}` is not accepted here; send `application/json`."
+                    )
+                }
+                ContentTypeError::ExpectContentType => {
+                    "A `Content-Type` header is required.".to_owned()
+                }
+            };
+            return Self::new(ErrorCode::UnsupportedMediaType, detail);
+        }
+        if let Some(e) = err.downcast_ref::<ParseParamError>() {
+            return Self::new(
+                ErrorCode::InvalidParameter,
+                format!("Parameter `{}`: {}", e.name, e.reason),
+            );
+        }
+        if let Some(e) = err.downcast_ref::<poem_openapi::error::ParsePathError>() {
+            return Self::new(
+                ErrorCode::InvalidParameter,
+                format!("Path segment `{}`: {}", e.name, e.reason),
+            );
+        }
+        if err.is::<ParsePathError>() {
+            return Self::new(ErrorCode::InvalidParameter, "The path could not be parsed.");
+        }
+        if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
+            return Self::new(ErrorCode::BadRequest, e.reason.clone());
+        }
+        if let Some(e) = err.downcast_ref::<ParseMultipartError>() {
+            return Self::new(ErrorCode::BadRequest, e.reason.clone());
+        }
+        if err.is::<SizedLimitError>()
+            || matches!(
+                err.downcast_ref::<ReadBodyError>(),
+                Some(ReadBodyError::PayloadTooLarge)
+            )
+        {
+            return Self::new(
+                ErrorCode::PayloadTooLarge,
+                "The request body is larger than this endpoint accepts.",
+            );
+        }
+        if let Some(ReadBodyError::Io(io)) = err.downcast_ref::<ReadBodyError>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<crate::middleware::BodyLimitExceeded>())
+            {
+                return Self::new(
+                    ErrorCode::PayloadTooLarge,
+                    "The request body is larger than this endpoint accepts.",
+                );
+            }
+            return Self::new(ErrorCode::BadRequest, "The request body could not be read.");
+        }
+        match status {
+            StatusCode::NOT_FOUND => {
+                Self::new(ErrorCode::NotFound, "No resource exists at this path.")
+            }
+            StatusCode::METHOD_NOT_ALLOWED => Self::new(
+                ErrorCode::MethodNotAllowed,
+                "This path does not support this method.",
+            ),
+            StatusCode::UNAUTHORIZED => {
+                Self::new(ErrorCode::Unauthorized, "Authentication is required.")
+            }
+            StatusCode::FORBIDDEN => Self::new(ErrorCode::Forbidden, err.to_string()),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(ErrorCode::PayloadTooLarge, "The request body is too large.")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::new(ErrorCode::UnsupportedMediaType, err.to_string())
+            }
+            s if s.is_client_error() => Self::new(ErrorCode::BadRequest, err.to_string()),
+            _ => Self::internal(anyhow::anyhow!("{err}")),
+        }
+    }
+
+    /// Renders the problem document for the request `request_id`, logging a 5xx cause once.
+    pub fn into_problem_response(self, request_id: &str) -> Response {
+        let status = self.code.status();
+        if let Some(source) = &self.source {
+            tracing::error!(code = %self.code, error = ?source, "request failed");
+        } else if status.is_server_error() {
+            tracing::error!(code = %self.code, detail = %self.detail, "request failed");
+        }
+        let body = ProblemBody {
+            type_: format!("/problems/{}", self.code),
+            title: self.code.title().to_owned(),
+            status: status.as_u16(),
+            detail: self.detail,
+            code: self.code,
+            request_id: request_id.to_owned(),
+            errors: (!self.errors.is_empty()).then_some(self.errors),
+            extensions: self.extensions,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = Response::builder()
+            .status(status)
+            .content_type(PROBLEM_JSON)
+            .body(json);
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e.as_ref() as _)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn as_response(&self) -> Response {
+        // Normally unused: the pipeline renders errors with the request id. Kept correct
+        // for errors rendered outside it.
+        ApiError {
+            code: self.code,
+            detail: self.detail.clone(),
+            errors: self.errors.clone(),
+            extensions: self.extensions.clone(),
+            headers: self.headers.clone(),
+            source: None,
+        }
+        .into_problem_response("")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_problem_response("")
+    }
+}
+
+/// In the OpenAPI document every operation gets a `default` response: any error is a
+/// problem document.
+impl ApiResponse for ApiError {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "Any error: an RFC 9457 problem document with a stable `code`.",
+                status: None,
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: PROBLEM_JSON,
+                    schema: ProblemBody::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ProblemBody::register(registry);
+    }
+}
+
+impl From<tenancy::TenancyError> for ApiError {
+    fn from(err: tenancy::TenancyError) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+/// Result type of handlers.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_match_their_status_class() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            let name = code.to_string();
+            assert!(seen.insert(name.clone()), "duplicate code {name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+        assert_eq!(ErrorCode::ValidationFailed.to_string(), "validation_failed");
+    }
+
+    #[test]
+    fn validation_detail_names_a_single_field() {
+        let err = ApiError::validation(vec![FieldError::new(
+            "slug",
+            "too_short",
+            "must be at least 3 characters",
+        )]);
+        assert_eq!(
+            err.to_string(),
+            "validation_failed: `slug`: must be at least 3 characters"
+        );
+    }
+}

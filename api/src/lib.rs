@@ -1,0 +1,17 @@
+//! Canopy's HTTP API and the library behind the `canopy` binary: settings, the poem app
+//! and its request pipeline, route modules per tag, and problem+json errors.
+
+pub mod cli;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod payload;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use settings::Settings;
+pub use startup::Application;
+pub use state::AppState;

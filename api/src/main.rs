@@ -1,0 +1,5 @@
+//! The `canopy` binary: a thin shell over the `api` library.
+
+fn main() -> std::process::ExitCode {
+    api::cli::main()
+}

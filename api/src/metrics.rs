@@ -1,0 +1,134 @@
+//! Prometheus metrics: one registry per [`crate::AppState`] (no process globals, so several
+//! apps in one test process never mix their figures).
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<HttpLabels, Counter>,
+    latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    db_connections: Family<PoolLabels, Gauge>,
+    db_max_connections: Gauge,
+    redis_connections: Family<PoolLabels, Gauge>,
+}
+
+/// A pool's occupancy at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGauge {
+    /// Open connections.
+    pub open: u32,
+    /// Open and idle.
+    pub idle: u32,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("canopy");
+        let requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route template and status",
+            requests.clone(),
+        );
+        let latency = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method, route template and status",
+            latency.clone(),
+        );
+        let db_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "PostgreSQL pool connections by state (idle, busy)",
+            db_connections.clone(),
+        );
+        let db_max_connections = Gauge::default();
+        registry.register(
+            "db_pool_max_connections",
+            "Configured size of the PostgreSQL pool",
+            db_max_connections.clone(),
+        );
+        let redis_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "redis_pool_connections",
+            "Redis pool connections by state (idle, busy)",
+            redis_connections.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            db_connections,
+            db_max_connections,
+            redis_connections,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Text exposition, with the pool gauges read just now.
+    pub fn render(&self, db: PoolGauge, db_max: u32, redis: PoolGauge) -> String {
+        set_pool(&self.db_connections, db);
+        self.db_max_connections.set(i64::from(db_max));
+        set_pool(&self.redis_connections, redis);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn set_pool(family: &Family<PoolLabels, Gauge>, gauge: PoolGauge) {
+    family
+        .get_or_create(&PoolLabels { state: "idle" })
+        .set(i64::from(gauge.idle));
+    family
+        .get_or_create(&PoolLabels { state: "busy" })
+        .set(i64::from(gauge.open.saturating_sub(gauge.idle)));
+}

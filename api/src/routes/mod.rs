@@ -1,0 +1,38 @@
+//! One module per API tag, each with its `XxxApi` struct, its request and response types
+//! beside the handlers.
+
+pub mod health;
+pub mod ops;
+
+use poem_openapi::{OpenApiService, Tags};
+
+/// Tags grouping operations in the OpenAPI document and Swagger UI.
+#[derive(Debug, Tags)]
+#[oai(rename_all = "lowercase")]
+pub enum ApiTag {
+    /// Liveness and readiness probes for orchestrators and load balancers.
+    Health,
+}
+
+/// Every API of the service, in the order the document lists them.
+pub type Apis = health::HealthApi;
+
+/// The OpenAPI service: routes plus the document describing them.
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(health::HealthApi, "Canopy", env!("CARGO_PKG_VERSION"))
+        .summary("Multi-tenant SaaS backend")
+        .description(
+            "Every tenant organization lives in its own PostgreSQL schema. Tenant-scoped \
+             operations take their tenant from the subdomain of the base domain or from the \
+             `X-Tenant` header. Every error is an RFC 9457 `application/problem+json` document \
+             with a stable `code`; `GET /problems/{code}` explains each code.",
+        )
+        .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
+}
+
+/// The document as pretty JSON, exactly as `openapi/openapi.json` stores it.
+pub fn openapi_json() -> String {
+    let mut spec = openapi_service().spec();
+    spec.push('\n');
+    spec
+}

@@ -1,0 +1,796 @@
+//! Configuration: `CANOPY_*` environment variables over an optional TOML file, validated
+//! once at start-up into typed settings.
+//!
+//! Every setting has one key. In the environment it is `CANOPY_<KEY>` (upper case); in the
+//! file it is `<key>` (lower case). The environment wins. A missing or invalid value is a
+//! [`ConfigError`] naming the variable and what is expected, never a panic.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+use secrecy::SecretString;
+use sqlx::postgres::PgConnectOptions;
+use url::Url;
+
+/// Default development database: the local cluster that `deploy/local/up.sh` starts.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://canopy:canopy@127.0.0.1:5432/canopy";
+/// Default development Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default development S3 server (Garage's S3 port).
+pub const DEFAULT_S3_ENDPOINT: &str = "http://127.0.0.1:3900";
+/// Development S3 key imported by `deploy/local/up.sh`.
+pub const DEFAULT_S3_ACCESS_KEY_ID: &str = "GK0123456789abcdef01234567";
+/// Secret of the development S3 key.
+pub const DEFAULT_S3_SECRET_ACCESS_KEY: &str =
+    "8d8e3b8f3a8c4e2f9b1d7a6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f";
+
+/// One documented setting: its key, default and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingSpec {
+    /// Lower-case key; the variable is `CANOPY_` + upper case.
+    pub key: &'static str,
+    /// Default, when any.
+    pub default: Option<&'static str>,
+    /// What it controls and what it expects.
+    pub help: &'static str,
+}
+
+/// Every setting Canopy reads, in the order the README documents them.
+pub const SETTINGS: &[SettingSpec] = &[
+    spec(
+        "environment",
+        Some("development"),
+        "`development` or `production`; production refuses development defaults for secrets",
+    ),
+    spec(
+        "bind",
+        Some("127.0.0.1:8080"),
+        "address the HTTP server listens on, host:port (port 0 picks a free port)",
+    ),
+    spec(
+        "base_domain",
+        None,
+        "domain whose subdomains name tenants (e.g. `canopy.example` for `acme.canopy.example`)",
+    ),
+    spec(
+        "database_url",
+        Some(DEFAULT_DATABASE_URL),
+        "PostgreSQL URL of a role allowed to create roles and schemas",
+    ),
+    spec(
+        "database_max_connections",
+        Some("20"),
+        "size of the one shared PostgreSQL pool",
+    ),
+    spec(
+        "database_acquire_timeout",
+        Some("5s"),
+        "how long a request waits for a pooled connection",
+    ),
+    spec(
+        "database_max_lifetime",
+        Some("30m"),
+        "pooled connections are recycled after this long",
+    ),
+    spec(
+        "redis_url",
+        Some(DEFAULT_REDIS_URL),
+        "Redis URL (`redis://` or `rediss://`)",
+    ),
+    spec(
+        "redis_pool_size",
+        Some("16"),
+        "Redis connections in the pool",
+    ),
+    spec(
+        "body_limit",
+        Some("1MiB"),
+        "largest request body accepted outside file uploads (e.g. `512KiB`, `2MB`)",
+    ),
+    spec(
+        "request_timeout",
+        Some("30s"),
+        "a request still running after this long is answered 503",
+    ),
+    spec(
+        "shutdown_timeout",
+        Some("30s"),
+        "on SIGTERM/SIGINT, how long in-flight requests may take to finish",
+    ),
+    spec(
+        "cors_origins",
+        None,
+        "comma-separated origins allowed by CORS (e.g. `https://app.example.com`); none when empty",
+    ),
+    spec(
+        "health_timeout",
+        Some("2s"),
+        "per-dependency time budget of `/health/ready`",
+    ),
+    spec(
+        "jwt_secret",
+        None,
+        "HS256 signing key for access tokens, at least 32 bytes; required in production, random per process in development",
+    ),
+    spec("jwt_issuer", Some("canopy"), "`iss` claim of access tokens"),
+    spec(
+        "jwt_audience",
+        Some("canopy"),
+        "`aud` claim of access tokens",
+    ),
+    spec("jwt_access_ttl", Some("15m"), "lifetime of an access token"),
+    spec(
+        "jwt_refresh_ttl",
+        Some("30d"),
+        "lifetime of a refresh token",
+    ),
+    spec(
+        "s3_endpoint",
+        Some(DEFAULT_S3_ENDPOINT),
+        "S3-compatible endpoint URL",
+    ),
+    spec("s3_region", Some("garage"), "S3 region"),
+    spec(
+        "s3_bucket",
+        Some("canopy"),
+        "bucket holding every tenant's objects (keys are prefixed by tenant id)",
+    ),
+    spec(
+        "s3_access_key_id",
+        Some(DEFAULT_S3_ACCESS_KEY_ID),
+        "S3 access key id",
+    ),
+    spec(
+        "s3_secret_access_key",
+        Some(DEFAULT_S3_SECRET_ACCESS_KEY),
+        "S3 secret access key",
+    ),
+    spec(
+        "log",
+        Some("info"),
+        "log filter in `tracing` syntax (e.g. `info,canopy=debug`); `RUST_LOG` is read when this is unset",
+    ),
+    spec(
+        "log_format",
+        Some("auto"),
+        "`json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise)",
+    ),
+];
+
+const fn spec(key: &'static str, default: Option<&'static str>, help: &'static str) -> SettingSpec {
+    SettingSpec { key, default, help }
+}
+
+/// A setting that could not be read; its `Display` is the one line shown to the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is present but not acceptable.
+    #[error("{source_name}={value:?} is invalid: expected {expected}")]
+    Invalid {
+        /// `CANOPY_X` or `key` in the named file.
+        source_name: String,
+        /// The rejected value (secrets are masked).
+        value: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// A required value is absent.
+    #[error("{var} is required: {expected}")]
+    Missing {
+        /// The variable to set.
+        var: String,
+        /// What it should hold.
+        expected: String,
+    },
+    /// The configuration file could not be read or parsed, or names an unknown key.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Whether development conveniences are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Local development and tests: defaults for everything.
+    Development,
+    /// Secrets must be configured explicitly.
+    Production,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON on a pipe, pretty on a terminal.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// Parsed connection options (the password is inside and never printed).
+    pub connect: PgConnectOptions,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Wait for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Recycle connections after this long.
+    pub max_lifetime: Duration,
+}
+
+/// Redis settings.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// The URL (may carry a password, hence not `Debug`-printed).
+    pub url: SecretString,
+    /// Pool size.
+    pub pool_size: u32,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Tenant subdomains live under this domain.
+    pub base_domain: Option<String>,
+    /// Largest JSON body.
+    pub body_limit: u64,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Allowed CORS origins.
+    pub cors_origins: Vec<String>,
+    /// Per-dependency budget of the readiness check.
+    pub health_timeout: Duration,
+}
+
+/// Access and refresh token settings.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// HS256 key.
+    pub secret: SecretString,
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+    /// Access token lifetime.
+    pub access_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_ttl: Duration,
+}
+
+/// Object storage settings.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Endpoint URL.
+    pub endpoint: Url,
+    /// Region.
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret key.
+    pub secret_access_key: SecretString,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `tracing` filter directive.
+    pub filter: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Everything Canopy is configured with, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Development or production.
+    pub environment: Environment,
+    /// HTTP server.
+    pub http: HttpSettings,
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// Tokens.
+    pub jwt: JwtSettings,
+    /// Object storage.
+    pub s3: S3Settings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Settings {
+    /// Reads the process environment and, when given, a TOML file.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let file_values = match file {
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
+        };
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CANOPY_"))
+            .collect();
+        Self::from_sources(&env, &file_values, file)
+    }
+
+    /// Builds settings from explicit sources; `env` holds `CANOPY_*` variables.
+    pub fn from_env_map(env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_sources(env, &BTreeMap::new(), None)
+    }
+
+    fn from_sources(
+        env: &BTreeMap<String, String>,
+        file: &BTreeMap<String, String>,
+        file_path: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let src = Sources {
+            env,
+            file,
+            file_path,
+        };
+        let environment = src.parse(
+            "environment",
+            "`development` or `production`",
+            |v| match v {
+                "development" | "dev" => Some(Environment::Development),
+                "production" | "prod" => Some(Environment::Production),
+                _ => None,
+            },
+        )?;
+
+        let http = HttpSettings {
+            bind: src.parse("bind", "host:port, e.g. 127.0.0.1:8080", |v| {
+                SocketAddr::from_str(v).ok()
+            })?,
+            base_domain: src.optional(
+                "base_domain",
+                "a domain name such as canopy.example",
+                |v| {
+                    let v = v.trim_start_matches('.').to_ascii_lowercase();
+                    let ok = !v.is_empty()
+                        && v.len() <= 253
+                        && v.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        });
+                    ok.then_some(v)
+                },
+            )?,
+            body_limit: src.parse("body_limit", "a size such as 1MiB or 524288", parse_size)?,
+            request_timeout: src.parse(
+                "request_timeout",
+                "a duration such as 30s",
+                parse_duration,
+            )?,
+            shutdown_timeout: src.parse(
+                "shutdown_timeout",
+                "a duration such as 30s",
+                parse_duration,
+            )?,
+            cors_origins: src
+                .optional(
+                    "cors_origins",
+                    "comma-separated origins such as https://app.example.com",
+                    |v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|o| !o.is_empty())
+                            .map(|o| {
+                                let url = Url::parse(o).ok()?;
+                                let plain = matches!(url.scheme(), "http" | "https")
+                                    && url.host().is_some()
+                                    && url.path() == "/"
+                                    && url.query().is_none();
+                                plain.then(|| o.trim_end_matches('/').to_owned())
+                            })
+                            .collect::<Option<Vec<_>>>()
+                    },
+                )?
+                .unwrap_or_default(),
+            health_timeout: src.parse("health_timeout", "a duration such as 2s", parse_duration)?,
+        };
+
+        let database = DatabaseSettings {
+            connect: src.parse_secret(
+                "database_url",
+                "a postgres:// URL such as postgres://user:pass@host:5432/db",
+                |v| {
+                    let url = Url::parse(v).ok()?;
+                    if !matches!(url.scheme(), "postgres" | "postgresql") {
+                        return None;
+                    }
+                    PgConnectOptions::from_str(v).ok()
+                },
+            )?,
+            max_connections: src.parse(
+                "database_max_connections",
+                "a whole number from 1 to 10000",
+                |v| v.parse().ok().filter(|n| (1..=10_000).contains(n)),
+            )?,
+            acquire_timeout: src.parse(
+                "database_acquire_timeout",
+                "a duration such as 5s",
+                parse_duration,
+            )?,
+            max_lifetime: src.parse(
+                "database_max_lifetime",
+                "a duration such as 30m",
+                parse_duration,
+            )?,
+        };
+
+        let redis = RedisSettings {
+            url: src.parse_secret("redis_url", "a redis:// or rediss:// URL", |v| {
+                let url = Url::parse(v).ok()?;
+                matches!(url.scheme(), "redis" | "rediss").then(|| SecretString::from(v))
+            })?,
+            pool_size: src.parse("redis_pool_size", "a whole number from 1 to 1000", |v| {
+                v.parse().ok().filter(|n| (1..=1000).contains(n))
+            })?,
+        };
+
+        let jwt_secret = match src.get("jwt_secret") {
+            Some((name, v)) if v.len() < 32 => {
+                return Err(ConfigError::Invalid {
+                    source_name: name,
+                    value: "<redacted>".into(),
+                    expected: "a secret of at least 32 bytes".into(),
+                });
+            }
+            Some((_, v)) => SecretString::from(v),
+            None if environment == Environment::Production => {
+                return Err(ConfigError::Missing {
+                    var: "CANOPY_JWT_SECRET".into(),
+                    expected: "a secret of at least 32 bytes (production does not invent one)"
+                        .into(),
+                });
+            }
+            None => SecretString::from(random_secret()),
+        };
+        let jwt = JwtSettings {
+            secret: jwt_secret,
+            issuer: src.parse("jwt_issuer", "a non-empty string", non_empty)?,
+            audience: src.parse("jwt_audience", "a non-empty string", non_empty)?,
+            access_ttl: src.parse("jwt_access_ttl", "a duration such as 15m", parse_duration)?,
+            refresh_ttl: src.parse("jwt_refresh_ttl", "a duration such as 30d", parse_duration)?,
+        };
+
+        let s3 = S3Settings {
+            endpoint: src.parse("s3_endpoint", "an http(s):// URL", |v| {
+                Url::parse(v)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            })?,
+            region: src.parse("s3_region", "a non-empty string", non_empty)?,
+            bucket: src.parse(
+                "s3_bucket",
+                "a bucket name (3-63 of a-z, 0-9, '-', '.')",
+                |v| {
+                    let ok = (3..=63).contains(&v.len())
+                        && v.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                        });
+                    ok.then(|| v.to_owned())
+                },
+            )?,
+            access_key_id: src.parse("s3_access_key_id", "a non-empty string", non_empty)?,
+            secret_access_key: src.parse_secret(
+                "s3_secret_access_key",
+                "a non-empty string",
+                |v| (!v.is_empty()).then(|| SecretString::from(v)),
+            )?,
+        };
+        if let Some((name, _)) = src.get("s3_secret_access_key").filter(|(_, v)| {
+            environment == Environment::Production && v == DEFAULT_S3_SECRET_ACCESS_KEY
+        }) {
+            return Err(ConfigError::Invalid {
+                source_name: name,
+                value: "<redacted>".into(),
+                expected: "a real secret, not the development key".into(),
+            });
+        }
+
+        let log = LogSettings {
+            filter: match src.get("log") {
+                Some((_, v)) => v,
+                None => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            },
+            format: src.parse("log_format", "`auto`, `json` or `pretty`", |v| match v {
+                "auto" => Some(LogFormat::Auto),
+                "json" => Some(LogFormat::Json),
+                "pretty" => Some(LogFormat::Pretty),
+                _ => None,
+            })?,
+        };
+
+        Ok(Self {
+            environment,
+            http,
+            database,
+            redis,
+            jwt,
+            s3,
+            log,
+        })
+    }
+}
+
+/// Where values come from, in priority order: environment, then file, then defaults.
+struct Sources<'a> {
+    env: &'a BTreeMap<String, String>,
+    file: &'a BTreeMap<String, String>,
+    file_path: Option<&'a Path>,
+}
+
+impl Sources<'_> {
+    /// The raw value and the name to blame when it is wrong.
+    fn get(&self, key: &str) -> Option<(String, String)> {
+        let var = env_name(key);
+        if let Some(v) = self.env.get(&var) {
+            return Some((var, v.trim().to_owned()));
+        }
+        if let Some(v) = self.file.get(key) {
+            let path = self
+                .file_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Some((format!("`{key}` in {path}"), v.trim().to_owned()));
+        }
+        None
+    }
+
+    fn default_of(key: &str) -> Option<&'static str> {
+        SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .and_then(|s| s.default)
+    }
+
+    fn optional<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(key) {
+            Some((_, v)) if v.is_empty() => Ok(None),
+            Some((name, v)) => parse(&v).map(Some).ok_or_else(|| ConfigError::Invalid {
+                source_name: name,
+                value: v,
+                expected: expected.to_owned(),
+            }),
+            None => Ok(Self::default_of(key).and_then(parse)),
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        self.optional(key, expected, parse)?
+            .ok_or_else(|| ConfigError::Missing {
+                var: env_name(key),
+                expected: expected.to_owned(),
+            })
+    }
+
+    /// Like [`Self::parse`], but never echoes the value (URLs carry passwords).
+    fn parse_secret<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        self.parse(key, expected, parse).map_err(|e| match e {
+            ConfigError::Invalid {
+                source_name,
+                expected,
+                ..
+            } => ConfigError::Invalid {
+                source_name,
+                value: "<redacted>".into(),
+                expected,
+            },
+            other => other,
+        })
+    }
+}
+
+fn env_name(key: &str) -> String {
+    format!("CANOPY_{}", key.to_ascii_uppercase())
+}
+
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+fn parse_duration(v: &str) -> Option<Duration> {
+    humantime::parse_duration(v).ok().filter(|d| !d.is_zero())
+}
+
+fn parse_size(v: &str) -> Option<u64> {
+    let bytes = match v.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => v.parse::<bytesize::ByteSize>().ok()?.as_u64(),
+    };
+    (bytes > 0).then_some(bytes)
+}
+
+fn random_secret() -> String {
+    // Two v4 UUIDs carry 244 random bits from the OS generator.
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let fail = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(e.message().to_owned()))?;
+    let mut values = BTreeMap::new();
+    for (key, value) in table {
+        if !SETTINGS.iter().any(|s| s.key == key) {
+            return Err(fail(format!("unknown setting `{key}`")));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| fail(format!("`{key}` must be a list of strings")))?
+                .join(","),
+            other => {
+                return Err(fail(format!(
+                    "`{key}` must be a string, number or list, not {}",
+                    other.type_str()
+                )));
+            }
+        };
+        values.insert(key, value);
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let s = Settings::from_env_map(&BTreeMap::new()).expect("defaults are valid");
+        assert_eq!(s.http.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database.max_connections, 20);
+        assert_eq!(s.http.body_limit, 1024 * 1024);
+        assert_eq!(s.jwt.access_ttl, Duration::from_secs(900));
+        assert_eq!(s.s3.bucket, "canopy");
+        assert!(s.http.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn invalid_value_names_the_variable_and_the_expectation() {
+        let err = Settings::from_env_map(&env(&[("CANOPY_BIND", "nonsense")])).unwrap_err();
+        let line = err.to_string();
+        assert!(
+            line.starts_with("CANOPY_BIND=\"nonsense\" is invalid"),
+            "{line}"
+        );
+        assert!(line.contains("host:port"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn secrets_are_never_echoed() {
+        let err =
+            Settings::from_env_map(&env(&[("CANOPY_DATABASE_URL", "mysql://u:hunter2@h/db")]))
+                .unwrap_err();
+        let line = err.to_string();
+        assert!(line.contains("CANOPY_DATABASE_URL"), "{line}");
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+
+    #[test]
+    fn production_requires_a_jwt_secret() {
+        let err =
+            Settings::from_env_map(&env(&[("CANOPY_ENVIRONMENT", "production")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("CANOPY_JWT_SECRET is required"),
+            "{err}"
+        );
+        let err = Settings::from_env_map(&env(&[("CANOPY_JWT_SECRET", "short")])).unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn sizes_durations_and_origins_parse() {
+        let s = Settings::from_env_map(&env(&[
+            ("CANOPY_BODY_LIMIT", "512KiB"),
+            ("CANOPY_REQUEST_TIMEOUT", "1m 30s"),
+            (
+                "CANOPY_CORS_ORIGINS",
+                "https://a.example, http://localhost:3000/",
+            ),
+            ("CANOPY_BASE_DOMAIN", "Canopy.Example"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.http.body_limit, 512 * 1024);
+        assert_eq!(s.http.request_timeout, Duration::from_secs(90));
+        assert_eq!(
+            s.http.cors_origins,
+            ["https://a.example", "http://localhost:3000"]
+        );
+        assert_eq!(s.http.base_domain.as_deref(), Some("canopy.example"));
+        for (var, bad) in [
+            ("CANOPY_BODY_LIMIT", "lots"),
+            ("CANOPY_REQUEST_TIMEOUT", "0s"),
+            ("CANOPY_CORS_ORIGINS", "*"),
+            ("CANOPY_DATABASE_MAX_CONNECTIONS", "0"),
+            ("CANOPY_S3_BUCKET", "Has_Upper"),
+            ("CANOPY_LOG_FORMAT", "xml"),
+        ] {
+            let err = Settings::from_env_map(&env(&[(var, bad)])).expect_err(var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn file_values_apply_and_the_environment_wins() {
+        let dir = std::env::temp_dir().join(format!("canopy-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("canopy.toml");
+        std::fs::write(&path, "bind = \"127.0.0.1:9000\"\ndatabase_max_connections = 7\ncors_origins = [\"https://x.example\"]\n")
+            .expect("write");
+        let s = Settings::from_sources(
+            &env(&[("CANOPY_BIND", "127.0.0.1:9100")]),
+            &read_file(&path).expect("parse"),
+            Some(&path),
+        )
+        .expect("valid");
+        assert_eq!(s.http.bind.port(), 9100);
+        assert_eq!(s.database.max_connections, 7);
+        assert_eq!(s.http.cors_origins, ["https://x.example"]);
+
+        std::fs::write(&path, "databse_url = \"x\"\n").expect("write");
+        let err = read_file(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown setting `databse_url`"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

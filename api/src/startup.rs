@@ -1,0 +1,173 @@
+//! Building and running the server: one [`Application::build`] that binds its own listener
+//! (port 0 in tests), exposes [`Application::port`], and runs until shut down.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use bb8_redis::RedisConnectionManager;
+use poem::{Endpoint, EndpointExt, Route, Server, get, listener::TcpAcceptor, middleware::Cors};
+use secrecy::ExposeSecret;
+use tenancy::{ControlDb, PoolSettings};
+
+use crate::{
+    AppState,
+    metrics::Metrics,
+    middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
+    routes,
+    settings::Settings,
+};
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    port: u16,
+    state: AppState,
+    extra_routes: Option<Route>,
+}
+
+impl Application {
+    /// Connects the pools, checks the database is migrated, and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let state = build_state(settings)?;
+        state
+            .db
+            .ensure_migrated()
+            .await
+            .context("cannot start the server")?;
+        let listener = tokio::net::TcpListener::bind(state.settings.http.bind)
+            .await
+            .with_context(|| format!("failed to bind {}", state.settings.http.bind))?;
+        let port = listener
+            .local_addr()
+            .context("listener has no address")?
+            .port();
+        let acceptor =
+            TcpAcceptor::from_tokio(listener).context("failed to set up the listener")?;
+        Ok(Self {
+            acceptor,
+            port,
+            state,
+            extra_routes: None,
+        })
+    }
+
+    /// Mounts more routes inside the same pipeline (tests use this to exercise the
+    /// pipeline with endpoints of their own).
+    pub fn with_extra_routes(mut self, routes: Route) -> Self {
+        self.extra_routes = Some(routes);
+        self
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and waits up to
+    /// the configured shutdown timeout for in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let grace = self.state.settings.http.shutdown_timeout;
+        let db = self.state.db.clone();
+        let app = router(self.state, self.extra_routes);
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(grace))
+            .await
+            .context("server failed")?;
+        db.close().await;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Builds the shared state without touching the network: pools connect on first use.
+pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    let db = ControlDb::connect_lazy(&PoolSettings {
+        connect: settings.database.connect.clone(),
+        max_connections: settings.database.max_connections,
+        acquire_timeout: settings.database.acquire_timeout,
+        max_lifetime: settings.database.max_lifetime,
+    });
+    let manager = RedisConnectionManager::new(settings.redis.url.expose_secret())
+        .context("invalid Redis URL")?;
+    let redis = bb8::Pool::builder()
+        .max_size(settings.redis.pool_size)
+        .connection_timeout(settings.http.health_timeout)
+        .build_unchecked(manager);
+    Ok(AppState {
+        settings: Arc::new(settings),
+        db,
+        redis,
+        metrics: Arc::new(Metrics::new()),
+    })
+}
+
+/// The whole HTTP app: routes wrapped in the request pipeline (see [`crate::middleware`]).
+pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + 'static {
+    let http = &state.settings.http;
+    let api = routes::openapi_service();
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    let mut route = Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .at("/metrics", get(routes::ops::metrics))
+        .at("/problems/:code", get(routes::ops::problem_type));
+    if let Some(extra) = extra_routes {
+        route = route.nest("/__test", extra);
+    }
+    let cors = (!http.cors_origins.is_empty()).then(|| {
+        Cors::new()
+            .allow_origins(http.cors_origins.iter().map(String::as_str))
+            .expose_header("x-request-id")
+            .expose_header("etag")
+            .max_age(600)
+    });
+    route
+        .with(BodyLimit(http.body_limit))
+        .with(Timeout(http.request_timeout))
+        .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
+        .with(SecurityHeaders)
+        .with(Observe::new(state.metrics.clone()))
+        .data(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,24 @@
+//! `AppState`: everything a handler may reach, attached to the app once.
+
+use std::sync::Arc;
+
+use bb8_redis::RedisConnectionManager;
+use tenancy::ControlDb;
+
+use crate::{metrics::Metrics, settings::Settings};
+
+/// A pool of multiplexed Redis connections.
+pub type RedisPool = bb8::Pool<RedisConnectionManager>;
+
+/// Shared state of one running app. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub settings: Arc<Settings>,
+    /// The control-plane handle (owner of the one shared PostgreSQL pool).
+    pub db: ControlDb,
+    /// Redis.
+    pub redis: RedisPool,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}

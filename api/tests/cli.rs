@@ -1,0 +1,205 @@
+//! The `canopy` binary as an operator meets it: help, configuration errors, migrate,
+//! serve with JSON logs, and a clean exit on SIGTERM. Needs the local PostgreSQL.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_canopy");
+
+fn canopy(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("canopy runs")
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = canopy(&["--help"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for command in ["serve", "migrate", "openapi"] {
+        assert!(text.contains(command), "{text}");
+    }
+    let serve = String::from_utf8_lossy(&canopy(&["serve", "--help"], &[]).stdout).into_owned();
+    assert!(
+        serve.contains("SIGTERM") && serve.contains("CANOPY_BIND"),
+        "{serve}"
+    );
+    let migrate = String::from_utf8_lossy(&canopy(&["migrate", "--help"], &[]).stdout).into_owned();
+    assert!(migrate.contains("Idempotent"), "{migrate}");
+}
+
+#[test]
+fn invalid_configuration_stops_with_one_clear_line() {
+    for (var, value) in [
+        ("CANOPY_BIND", "not-an-address"),
+        ("CANOPY_DATABASE_URL", "mysql://root:hunter2@db/x"),
+        ("CANOPY_REQUEST_TIMEOUT", "soon"),
+    ] {
+        let out = canopy(&["serve"], &[(var, value)]);
+        assert_eq!(out.status.code(), Some(78), "{var}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains("expected"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("hunter2"),
+            "{stderr}"
+        );
+    }
+    let out = canopy(&["serve"], &[("CANOPY_ENVIRONMENT", "production")]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CANOPY_JWT_SECRET is required"));
+}
+
+#[test]
+fn openapi_needs_no_configuration() {
+    let out = canopy(&["openapi"], &[("CANOPY_BIND", "garbage")]);
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(doc["info"]["title"], "Canopy");
+}
+
+struct Database {
+    name: String,
+    admin: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Self {
+        let admin = std::env::var("CANOPY_DATABASE_URL")
+            .unwrap_or_else(|_| api::settings::DEFAULT_DATABASE_URL.into());
+        let name = format!("canopy_cli_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL reachable (deploy/local/up.sh)");
+        sqlx::query(&format!(r#"create database "{name}""#))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        let mut url = url::Url::parse(&admin).expect("url");
+        url.set_path(&name);
+        Self {
+            name,
+            admin,
+            url: url.to_string(),
+        }
+    }
+
+    async fn drop(self) {
+        let mut conn = PgConnection::connect(&self.admin).await.expect("admin");
+        sqlx::query(&format!(r#"drop database "{}" with (force)"#, self.name))
+            .execute(&mut conn)
+            .await
+            .expect("drop db");
+    }
+}
+
+/// Reads stderr lines of a child on a thread, so the test can wait for one with a bound.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_log(lines: &mpsc::Receiver<String>, message: &str) -> Value {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no `{message}` log line"));
+        let Ok(json) = serde_json::from_str::<Value>(&line) else {
+            panic!("log line is not JSON: {line}");
+        };
+        if json["message"] == message {
+            return json;
+        }
+    }
+}
+
+#[tokio::test]
+async fn migrate_then_serve_logs_json_and_stops_on_sigterm() {
+    let db = Database::create().await;
+    let env = [
+        ("CANOPY_DATABASE_URL", db.url.as_str()),
+        ("CANOPY_BIND", "127.0.0.1:0"),
+        ("CANOPY_LOG_FORMAT", "json"),
+    ];
+
+    let refused = canopy(&["serve"], &env);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("run `canopy migrate`"), "{stderr}");
+
+    for _ in 0..2 {
+        let migrated = canopy(&["migrate"], &env);
+        assert!(
+            migrated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+    }
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("serve starts");
+    let lines = stderr_lines(&mut child);
+    let listening = wait_for_log(&lines, "listening");
+    let url = listening["url"].as_str().expect("url field").to_owned();
+    let addr = url.trim_start_matches("http://").to_owned();
+
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: cli-test-1\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let completed = wait_for_log(&lines, "request completed");
+    let span = &completed["span"];
+    assert_eq!(span["request_id"], "cli-test-1", "{completed}");
+    assert_eq!(span["method"], "GET");
+    assert_eq!(span["route"], "/health/live");
+    assert_eq!(span["status"], 200);
+    assert!(span["latency_ms"].is_number(), "{completed}");
+    assert_eq!(completed["level"], "INFO");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for_log(&lines, "shutdown complete");
+    let status = child.wait().expect("exit status");
+    assert!(status.success(), "{status}");
+    db.drop().await;
+}

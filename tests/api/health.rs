@@ -1,0 +1,66 @@
+//! `/health/live` and `/health/ready` against real and broken dependencies.
+
+use e2e::{TestApp, admin_database_url, assert_problem, spawn_app};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+#[tokio::test]
+async fn liveness_answers_ok() {
+    let app = spawn_app().await;
+    let response = app.get("/health/live").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn readiness_checks_postgres_and_redis() {
+    let app = spawn_app().await;
+    let response = app.get("/health/ready").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["postgres"]["status"], "up");
+    assert_eq!(body["checks"]["redis"]["status"], "up");
+    assert!(body["checks"]["postgres"]["latency_ms"].is_number());
+}
+
+#[tokio::test]
+async fn readiness_names_redis_when_it_is_unreachable() {
+    // Port 1 on loopback: nothing listens there, so every connection is refused.
+    let app = TestApp::builder()
+        .env("redis_url", "redis://127.0.0.1:1")
+        .spawn()
+        .await;
+    let body = assert_problem(app.get("/health/ready").await, 503, "not_ready").await;
+    assert_eq!(body["checks"]["redis"]["status"], "down", "{body}");
+    assert!(
+        body["checks"]["redis"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(body["checks"]["postgres"]["status"], "up", "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("redis")));
+}
+
+#[tokio::test]
+async fn readiness_names_postgres_when_its_database_disappears() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/health/ready").await.status(), 200);
+
+    let mut admin = PgConnection::connect(&admin_database_url())
+        .await
+        .expect("admin connection");
+    sqlx::query(&format!(r#"drop database "{}" with (force)"#, app.db.name))
+        .execute(&mut admin)
+        .await
+        .expect("drop database");
+
+    let body = assert_problem(app.get("/health/ready").await, 503, "not_ready").await;
+    assert_eq!(body["checks"]["postgres"]["status"], "down", "{body}");
+    assert_eq!(body["checks"]["redis"]["status"], "up", "{body}");
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the running server: one binary, one module per area.
+
+mod errors;
+mod health;
+mod metrics;
+mod openapi;
+mod pipeline;

@@ -1,0 +1,256 @@
+//! Test harness: [`spawn_app`] starts the real app in-process on a random port against the
+//! real PostgreSQL and Redis, in a database of its own that is dropped afterwards.
+//!
+//! The services are those `deploy/local/up.sh` starts; `CANOPY_DATABASE_URL` and
+//! `CANOPY_REDIS_URL` point elsewhere when set.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use anyhow::Context;
+use api::{Application, Settings};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub mod test_api;
+
+pub use test_api::Gate;
+
+/// The database tests create their own databases with.
+pub fn admin_database_url() -> String {
+    std::env::var("CANOPY_DATABASE_URL")
+        .unwrap_or_else(|_| api::settings::DEFAULT_DATABASE_URL.to_owned())
+}
+
+fn redis_url() -> String {
+    std::env::var("CANOPY_REDIS_URL")
+        .unwrap_or_else(|_| api::settings::DEFAULT_REDIS_URL.to_owned())
+}
+
+/// A running app and the handles a test needs.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// The bound port.
+    pub port: u16,
+    /// A client with no default headers and no redirects followed.
+    pub client: reqwest::Client,
+    /// The app's state (pools, settings, metrics).
+    pub state: api::AppState,
+    /// Hooks of the test-only endpoints under `/__test`.
+    pub gate: Arc<Gate>,
+    /// This test's database.
+    pub db: TestDatabase,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Options for [`TestApp`]s that need non-default settings.
+#[derive(Default)]
+pub struct TestAppBuilder {
+    env: BTreeMap<String, String>,
+}
+
+impl TestAppBuilder {
+    /// Sets `CANOPY_<key>` for this app only.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(
+            format!("CANOPY_{}", key.to_ascii_uppercase()),
+            value.to_owned(),
+        );
+        self
+    }
+
+    /// Creates the database, migrates it, and starts the app.
+    pub async fn spawn(self) -> TestApp {
+        self.try_spawn().await.expect("test app failed to start")
+    }
+
+    async fn try_spawn(self) -> anyhow::Result<TestApp> {
+        let db = TestDatabase::create().await?;
+        let mut env = BTreeMap::from([
+            ("CANOPY_DATABASE_URL".to_owned(), db.url.clone()),
+            ("CANOPY_REDIS_URL".to_owned(), redis_url()),
+            ("CANOPY_BIND".to_owned(), "127.0.0.1:0".to_owned()),
+            ("CANOPY_DATABASE_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
+            ("CANOPY_REDIS_POOL_SIZE".to_owned(), "4".to_owned()),
+        ]);
+        env.extend(self.env);
+        let settings = Settings::from_env_map(&env).context("test settings")?;
+
+        let migrator = api::startup::build_state(settings.clone())?;
+        migrator
+            .db
+            .migrate()
+            .await
+            .context("migrating the test database")?;
+        migrator.db.close().await;
+
+        let gate = Arc::new(Gate::default());
+        let app = Application::build(settings)
+            .await?
+            .with_extra_routes(test_api::routes(gate.clone()));
+        let port = app.port();
+        let state = app.state().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        Ok(TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            state,
+            gate,
+            db,
+            shutdown: Some(tx),
+            server: Some(server),
+        })
+    }
+}
+
+/// Starts an app with default settings. See the crate docs.
+pub async fn spawn_app() -> TestApp {
+    TestAppBuilder::default().spawn().await
+}
+
+impl TestApp {
+    /// Options for a non-default app.
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder::default()
+    }
+
+    /// A request to `path` on this app.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    /// Signals shutdown and waits for the server to finish serving in-flight requests.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the server task has returned.
+    pub fn server_finished(&self) -> bool {
+        self.server.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+/// Asserts an RFC 9457 problem response and returns its body.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "unexpected status for {}",
+        response.url()
+    );
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id header")
+        .to_owned();
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("/problems/{code}"), "{body}");
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
+    body
+}
+
+/// A database created for one test and dropped (with its connections) when this is dropped.
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// URL to connect to it.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database with a unique name.
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin = admin_database_url();
+        let name = format!("canopy_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .with_context(|| "cannot reach PostgreSQL; run deploy/local/up.sh first".to_owned())?;
+        sqlx::query(&format!(r#"create database "{name}""#))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        let mut url = url::Url::parse(&admin)?;
+        url.set_path(&name);
+        Ok(Self {
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&admin_database_url()).await?;
+                sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: could not drop test database {}: {e:#}", self.name),
+            Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
+        }
+    }
+}
