@@ -499,13 +499,15 @@ impl Settings {
                 |v| (!v.is_empty()).then(|| SecretString::from(v)),
             )?,
         };
-        if let Some((name, _)) = src.get("s3_secret_access_key").filter(|(_, v)| {
-            environment == Environment::Production && v == DEFAULT_S3_SECRET_ACCESS_KEY
-        }) {
-            return Err(ConfigError::Invalid {
-                source_name: name,
-                value: "<redacted>".into(),
-                expected: "a real secret, not the development key".into(),
+        let dev_s3_key = src
+            .get("s3_secret_access_key")
+            .is_none_or(|(_, v)| v == DEFAULT_S3_SECRET_ACCESS_KEY);
+        if environment == Environment::Production && dev_s3_key {
+            return Err(ConfigError::Missing {
+                var: "CANOPY_S3_SECRET_ACCESS_KEY".into(),
+                expected:
+                    "the object store's secret key (production does not use the development key)"
+                        .into(),
             });
         }
 
@@ -737,6 +739,23 @@ mod tests {
         );
         let err = Settings::from_env_map(&env(&[("CANOPY_JWT_SECRET", "short")])).unwrap_err();
         assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        let secret = "0123456789abcdef0123456789abcdef";
+        let prod = |extra: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("CANOPY_ENVIRONMENT", "production"),
+                ("CANOPY_JWT_SECRET", secret),
+            ];
+            vars.extend_from_slice(extra);
+            Settings::from_env_map(&env(&vars))
+        };
+        let err = prod(&[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("CANOPY_S3_SECRET_ACCESS_KEY is required"),
+            "{err}"
+        );
+        assert!(prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", DEFAULT_S3_SECRET_ACCESS_KEY)]).is_err());
+        assert!(prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret")]).is_ok());
     }
 
     #[test]
