@@ -274,13 +274,13 @@ impl ApiError {
             );
         }
         if let Some(ReadBodyError::Io(io)) = err.downcast_ref::<ReadBodyError>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<crate::middleware::BodyLimitExceeded>())
-            {
+            if let Some(exceeded) = find_in_chain::<crate::middleware::BodyLimitExceeded>(io) {
                 return Self::new(
                     ErrorCode::PayloadTooLarge,
-                    "The request body is larger than this endpoint accepts.",
+                    format!(
+                        "The request body is larger than the limit of {} bytes.",
+                        exceeded.limit
+                    ),
                 );
             }
             return Self::new(ErrorCode::BadRequest, "The request body could not be read.");
@@ -336,6 +336,27 @@ impl ApiError {
         }
         response
     }
+}
+
+/// Finds a `T` among an error's causes, looking inside I/O errors too (an `io::Error`'s
+/// `source()` skips the error it wraps, and body streams wrap theirs more than once).
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if let Some(found) = wrapped.and_then(|inner| find_in_chain::<T>(inner)) {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 impl fmt::Display for ApiError {

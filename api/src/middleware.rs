@@ -1,11 +1,12 @@
 //! The request pipeline, outermost first:
 //!
-//! 1. [`Observe`]: request id, the request's tracing span, metrics, panic catching, and the
+//! 1. [`SecurityHeaders`] on every response, error responses included;
+//! 2. [`Observe`]: request id, the request's tracing span, metrics, panic catching, and the
 //!    translation of every error into problem+json;
-//! 2. [`SecurityHeaders`] (and CORS, when origins are configured);
-//! 3. [`Timeout`] and [`BodyLimit`];
-//! 4. tenant resolution, authentication and authorization (added by their modules);
-//! 5. the handler.
+//! 3. CORS, when origins are configured;
+//! 4. [`Timeout`] and [`BodyLimit`];
+//! 5. tenant resolution, authentication and authorization (added by their modules);
+//! 6. the handler.
 
 use std::{
     any::Any,
@@ -114,7 +115,11 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
                     )
                 }
                 Ok(Err(err)) => {
-                    let route = err.data::<PathPattern>().map(|p| p.0.clone());
+                    // A path no route matches has no template (nested routers may still
+                    // have attached their prefix).
+                    let route = (!err.is::<poem::error::NotFoundError>())
+                        .then(|| err.data::<PathPattern>().map(|p| p.0.clone()))
+                        .flatten();
                     (
                         route,
                         ApiError::from_poem(err).into_problem_response(&request_id.0),
@@ -138,7 +143,10 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             let status = response.status();
             let elapsed = start.elapsed();
             // Unmatched paths share one label: raw paths would let clients mint series.
-            let route = route.as_deref().unwrap_or("unmatched");
+            let route = route
+                .as_deref()
+                .filter(|r| !r.is_empty())
+                .unwrap_or("unmatched");
             let span = tracing::Span::current();
             span.record("route", route);
             span.record("status", status.as_u16());

@@ -140,8 +140,9 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
         .with(BodyLimit(http.body_limit))
         .with(Timeout(http.request_timeout))
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
-        .with(SecurityHeaders)
         .with(Observe::new(state.metrics.clone()))
+        // Outside `Observe`, so that error responses it renders get the headers too.
+        .with(SecurityHeaders)
         .data(state)
 }
 

@@ -1,1 +1,104 @@
-fn main() {}
+//! Canopy's benchmarks. Each one measures its baseline in the same run and prints its
+//! figures as `name: value` lines, the ratio last (see `shared/BENCHMARKS.md`).
+//!
+//! ```text
+//! cargo run -p bench --release -- http_overhead [--connections 32] [--seconds 5]
+//! ```
+
+mod load;
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(about = "Canopy benchmarks (release builds only give meaningful figures)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// An empty route (`GET /health/live`) through Canopy's full middleware stack vs a plain
+    /// hyper hello-world, both on loopback in this process.
+    #[command(name = "http_overhead")]
+    HttpOverhead {
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Measured seconds per target (after one second of warm-up).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::HttpOverhead {
+            connections,
+            seconds,
+        } => http_overhead(connections, Duration::from_secs(seconds)).await,
+    }
+}
+
+async fn http_overhead(connections: usize, duration: Duration) -> anyhow::Result<()> {
+    let baseline_addr = spawn_hyper_hello().await?;
+    let canopy_addr = spawn_canopy().await?;
+    let warmup = Duration::from_secs(1);
+
+    let baseline = load::run(baseline_addr, "/", connections, warmup, duration).await?;
+    let canopy = load::run(canopy_addr, "/health/live", connections, warmup, duration).await?;
+
+    baseline.print("http_overhead_baseline");
+    canopy.print("http_overhead_canopy");
+    println!(
+        "http_overhead_ratio: {:.3}",
+        canopy.requests_per_second() / baseline.requests_per_second()
+    );
+    Ok(())
+}
+
+/// The baseline: the least a hyper server can do per request.
+async fn spawn_hyper_hello() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"{\"status\":\"ok\"}",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Canopy's real router and middleware with default settings. `/health/live` touches no
+/// dependency, so no service needs to run; no log subscriber is installed.
+async fn spawn_canopy() -> anyhow::Result<SocketAddr> {
+    let settings = api::Settings::from_env_map(&Default::default()).context("default settings")?;
+    let state = api::startup::build_state(settings)?;
+    let app = api::startup::router(state, None);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    Ok(addr)
+}

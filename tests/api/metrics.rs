@@ -10,7 +10,13 @@ async fn metrics_count_requests_by_route_template_and_status() {
     }
     assert_eq!(app.get("/problems/not_found").await.status(), 200);
     assert_eq!(app.get("/no/such/thing").await.status(), 404);
-    assert_eq!(app.get("/health/ready").await.status(), 200);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(
+        ready.status(),
+        200,
+        "{}",
+        ready.text().await.unwrap_or_default()
+    );
 
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);

@@ -70,10 +70,10 @@ impl HealthApi {
     ///
     /// Does not touch any dependency; restart the process only when this fails.
     #[oai(path = "/health/live", method = "get", operation_id = "get_liveness")]
-    async fn get_liveness(&self) -> Json<Liveness> {
-        Json(Liveness {
+    async fn get_liveness(&self) -> ApiResult<Json<Liveness>> {
+        Ok(Json(Liveness {
             status: "ok".into(),
-        })
+        }))
     }
 
     /// Readiness: PostgreSQL and Redis answer within the time budget.
