@@ -697,6 +697,18 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../../README.md");
+        for setting in SETTINGS {
+            let var = format!("| `{}` |", env_name(setting.key));
+            assert!(
+                readme.contains(&var),
+                "README.md's configuration table lacks {var}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_need_no_configuration() {
         let s = Settings::from_env_map(&BTreeMap::new()).expect("defaults are valid");
         assert_eq!(s.http.bind.to_string(), "127.0.0.1:8080");

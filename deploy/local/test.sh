@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, against real local services: starts PostgreSQL, Redis and Garage
+# (installing them when absent, see up.sh), then checks formatting and lints and runs every
+# test in the workspace. This is the command README.md gives and .ci/run calls.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+
+command -v cargo >/dev/null || {
+	echo "test.sh: cargo is missing; install a Rust toolchain (rustup) first" >&2
+	exit 1
+}
+
+if [[ $EUID -eq 0 ]]; then
+	deploy/local/up.sh
+else
+	sudo deploy/local/up.sh
+fi
+# shellcheck source=env.sh
+. deploy/local/env.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# cargo prints one "test result" line per test binary, the last often a doc-test run with
+# nothing in it; close with the totals.
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
