@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The variables set here are used by the scripts that source this file.
 # shellcheck disable=SC2034
-# Paths and helpers shared by up.sh and down.sh (sourced, never executed).
+# Paths and helpers shared by the scripts in this folder (sourced, never executed).
 
 : "${script_dir:?the sourcing script must set script_dir to its own directory}"
 
@@ -119,5 +119,19 @@ stop_pid() {
 		say "$2: still running after 30s; sending SIGKILL"
 		kill -KILL "$1" 2>/dev/null || true
 		wait_until 5 pid_gone "$1" || die "$2 (pid $1) would not exit"
+	fi
+}
+
+# require_cargo: stop with a clear message when there is no Rust toolchain.
+require_cargo() {
+	command -v cargo >/dev/null || die "cargo is missing; install a Rust toolchain (rustup) first"
+}
+
+# services_up: run up.sh, which needs root (through sudo for other users).
+services_up() {
+	if ((EUID == 0)); then
+		"$script_dir/up.sh"
+	else
+		sudo "$script_dir/up.sh"
 	fi
 }

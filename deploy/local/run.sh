@@ -3,21 +3,13 @@
 # database migrations, then `canopy serve` in the foreground (Ctrl-C stops it).
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
+script_dir=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=common.sh
+. "$script_dir/common.sh"
+cd "$repo_root"
 
-command -v cargo >/dev/null || {
-	echo "run.sh: cargo is missing; install a Rust toolchain (rustup) first" >&2
-	exit 1
-}
-
-if [[ $EUID -eq 0 ]]; then
-	deploy/local/up.sh
-else
-	sudo deploy/local/up.sh
-fi
-# shellcheck source=env.sh
-. deploy/local/env.sh
+require_cargo
+services_up
 
 echo "==> building canopy (release)"
 cargo build --release --locked -p api --bin canopy

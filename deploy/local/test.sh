@@ -4,21 +4,13 @@
 # test in the workspace. This is the command README.md gives and .ci/run calls.
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
+script_dir=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=common.sh
+. "$script_dir/common.sh"
+cd "$repo_root"
 
-command -v cargo >/dev/null || {
-	echo "test.sh: cargo is missing; install a Rust toolchain (rustup) first" >&2
-	exit 1
-}
-
-if [[ $EUID -eq 0 ]]; then
-	deploy/local/up.sh
-else
-	sudo deploy/local/up.sh
-fi
-# shellcheck source=env.sh
-. deploy/local/env.sh
+require_cargo
+services_up
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
