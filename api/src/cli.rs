@@ -5,7 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{Application, Settings, routes, startup, telemetry};
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tenancy::{Tenant, TenantId, TenantSlug, TenantStatus};
+
+use crate::{AppState, Application, Settings, routes, startup, telemetry, tenant};
 
 /// Exit status for configuration errors (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -40,14 +45,74 @@ pub enum Command {
     Serve,
     /// Bring the database up to date with this binary.
     ///
-    /// Applies pending control-plane migrations (migrations/control). Idempotent: running
-    /// it on a current database changes nothing.
+    /// Applies pending control-plane migrations (migrations/control), then every tenant
+    /// schema's pending migrations (migrations/tenant), CANOPY_MIGRATE_CONCURRENCY tenants at
+    /// a time, one transaction per tenant. Idempotent and resumable: an interrupted run
+    /// keeps what it committed and the next run finishes the rest. One failing tenant does
+    /// not stop the others; the exit status is 1 when any failed.
     Migrate,
+    /// Create, inspect and change tenants (the same operations as /v1/admin/tenants).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Platform administration.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Print the OpenAPI document (JSON) this binary serves.
     ///
     /// Needs no configuration and no running services. `canopy openapi > openapi/openapi.json`
     /// refreshes the checked-in copy.
     Openapi,
+}
+
+/// `canopy tenant …`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Provision a tenant: record, role, schema, migrations and seed data in one transaction.
+    Create {
+        /// Lowercase DNS label, 3 to 63 characters; names the tenant's subdomain.
+        #[arg(long)]
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List tenants (all states), ordered by slug.
+    List,
+    /// Show one tenant.
+    Show {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Suspend a tenant: its requests get 403 `tenant_suspended`; data is kept.
+    Suspend {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Delete a tenant: unreachable at once, schema and role dropped after
+    /// CANOPY_TENANT_DELETION_GRACE.
+    Delete {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Drop the schemas and roles of deleted tenants whose grace period is over, now.
+    Purge,
+}
+
+/// `canopy admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a platform API key for /v1/admin/*; prints the key (shown once) as the last
+    /// line of output.
+    CreateKey {
+        /// What the key is for (shown in listings and logs).
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit status.
@@ -99,15 +164,155 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let state = startup::build_state(settings)?;
-            state
-                .db
-                .migrate()
-                .await
-                .context("control-plane migrations failed")?;
-            tracing::info!("control plane is current");
+            let outcome = migrate(&state).await;
             state.db.close().await;
+            outcome
+        }
+        Command::Tenant(command) => {
+            let state = startup::build_state(settings)?;
+            let outcome = tenant_command(&state, command).await;
+            state.db.close().await;
+            outcome
+        }
+        Command::Admin(AdminCommand::CreateKey { name }) => {
+            let state = startup::build_state(settings)?;
+            state.db.ensure_migrated().await?;
+            let key = state.db.create_api_key(&name).await?;
+            state.db.close().await;
+            eprintln!(
+                "Platform API key `{name}` ({}) created. It is shown only once:",
+                key.id
+            );
+            println!("{}", key.key);
             Ok(())
         }
         Command::Openapi => unreachable!("handled before settings are loaded"),
+    }
+}
+
+async fn migrate(state: &AppState) -> anyhow::Result<()> {
+    state
+        .db
+        .migrate()
+        .await
+        .context("control-plane migrations failed")?;
+    tracing::info!("control plane is current");
+    let migrations = tenancy::migrate::embedded_migrations();
+    let tenants = state.db.list_tenants(None, None, i64::MAX).await?;
+    let live = tenants
+        .iter()
+        .filter(|t| t.status != TenantStatus::Deleted)
+        .count() as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(live)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} migrating tenants [{bar:40}] {pos}/{len} ({eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let summary = state
+        .db
+        .migrate_tenants(
+            &migrations,
+            state.settings.tenancy.migrate_concurrency,
+            |outcome| {
+                bar.inc(1);
+                if let Err(reason) = &outcome.result {
+                    bar.println(format!(
+                        "tenant {} ({}) failed: {reason}",
+                        outcome.slug, outcome.tenant
+                    ));
+                }
+            },
+        )
+        .await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "tenant migrations: {} migrated, {} already current, {} failed",
+        summary.migrated,
+        summary.current,
+        summary.failed.len()
+    );
+    if summary.failed.is_empty() {
+        return Ok(());
+    }
+    for (slug, reason) in &summary.failed {
+        eprintln!("  {slug}: {reason}");
+    }
+    anyhow::bail!(
+        "{} tenant(s) could not be migrated; fix them and run `canopy migrate` again",
+        summary.failed.len()
+    )
+}
+
+async fn find_tenant(state: &AppState, reference: &str) -> anyhow::Result<Tenant> {
+    let found = match uuid::Uuid::parse_str(reference) {
+        Ok(id) => state.db.tenant_by_id(TenantId(id)).await?,
+        Err(_) => match TenantSlug::parse(reference) {
+            Ok(slug) => state.db.tenant_by_slug(&slug).await?,
+            Err(_) => None,
+        },
+    };
+    found.ok_or_else(|| anyhow::anyhow!("no tenant `{reference}`"))
+}
+
+async fn tenant_command(state: &AppState, command: TenantCommand) -> anyhow::Result<()> {
+    state.db.ensure_migrated().await?;
+    let grace = state.settings.tenancy.deletion_grace;
+    let changed = match command {
+        TenantCommand::Create { slug, name } => {
+            let slug = TenantSlug::parse(&slug).map_err(|e| anyhow::anyhow!("slug {e}"))?;
+            state.db.create_tenant(&slug, &name).await?
+        }
+        TenantCommand::List => {
+            for t in state.db.list_tenants(None, None, i64::MAX).await? {
+                println!("{}\t{}\t{}\t{}", t.id, t.slug, t.status, t.name);
+            }
+            return Ok(());
+        }
+        TenantCommand::Show { tenant } => {
+            print_tenant(&find_tenant(state, &tenant).await?);
+            return Ok(());
+        }
+        TenantCommand::Suspend { tenant } => {
+            let id = find_tenant(state, &tenant).await?.id;
+            state
+                .db
+                .set_tenant_status(id, TenantStatus::Suspended)
+                .await?
+        }
+        TenantCommand::Resume { tenant } => {
+            let id = find_tenant(state, &tenant).await?.id;
+            state.db.set_tenant_status(id, TenantStatus::Active).await?
+        }
+        TenantCommand::Delete { tenant } => {
+            let id = find_tenant(state, &tenant).await?.id;
+            state.db.delete_tenant(id, grace).await?
+        }
+        TenantCommand::Purge => {
+            let purged = state.db.purge_deleted_tenants(chrono::Utc::now()).await?;
+            println!("purged {} tenant(s)", purged.len());
+            return Ok(());
+        }
+    };
+    print_tenant(&changed);
+    tenant::publish_change(state, changed.id).await;
+    Ok(())
+}
+
+fn print_tenant(tenant: &Tenant) {
+    println!("id:      {}", tenant.id);
+    println!("slug:    {}", tenant.slug);
+    println!("name:    {}", tenant.name);
+    println!("status:  {}", tenant.status);
+    println!("plan:    {}", tenant.plan);
+    println!("schema:  {}", tenant.schema_name());
+    println!("created: {}", tenant.created_at.to_rfc3339());
+    if let Some(purge_after) = tenant.purge_after {
+        println!("purge after: {}", purge_after.to_rfc3339());
     }
 }

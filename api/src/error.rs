@@ -66,11 +66,16 @@ error_codes! {
     BadRequest => (BAD_REQUEST, "Bad request", "The request could not be understood."),
     MalformedJson => (BAD_REQUEST, "Malformed JSON", "The body is not syntactically valid JSON; `detail` says where."),
     InvalidParameter => (BAD_REQUEST, "Invalid parameter", "A path, query or header parameter could not be parsed; `detail` names it."),
+    TenantRequired => (BAD_REQUEST, "Tenant required", "The operation is tenant-scoped but the request names no tenant: use the tenant's subdomain or the `X-Tenant` header."),
+    TenantMismatch => (BAD_REQUEST, "Tenant mismatch", "The subdomain and the `X-Tenant` header name different tenants."),
     Unauthorized => (UNAUTHORIZED, "Unauthorized", "Credentials are missing, malformed or invalid."),
     Forbidden => (FORBIDDEN, "Forbidden", "The credentials are valid but do not allow this operation."),
+    TenantSuspended => (FORBIDDEN, "Tenant suspended", "The tenant exists but is suspended; the platform operator can resume it."),
     NotFound => (NOT_FOUND, "Not found", "No resource exists at this path."),
+    TenantNotFound => (NOT_FOUND, "Tenant not found", "No active or suspended tenant has this slug or id."),
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "Method not allowed", "The path exists but not with this method; the `Allow` header lists the ones that do."),
     Conflict => (CONFLICT, "Conflict", "The request conflicts with the current state of the resource."),
+    SlugTaken => (CONFLICT, "Slug taken", "Another tenant already uses this slug; choose another."),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "Payload too large", "The body is larger than this endpoint accepts."),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "Unsupported media type", "The `Content-Type` is missing or not one this endpoint accepts."),
     ValidationFailed => (UNPROCESSABLE_ENTITY, "Validation failed", "The body is well-formed JSON but some fields are invalid; `errors` lists each one."),
@@ -334,6 +339,13 @@ impl ApiError {
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
         }
+        if self.code == ErrorCode::Unauthorized {
+            // RFC 9110: a 401 says which scheme to use.
+            response
+                .headers_mut()
+                .entry(header::WWW_AUTHENTICATE)
+                .or_insert(HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -422,8 +434,37 @@ impl ApiResponse for ApiError {
 
 impl From<tenancy::TenancyError> for ApiError {
     fn from(err: tenancy::TenancyError) -> Self {
-        ApiError::internal(err)
+        use tenancy::TenancyError as E;
+        match err {
+            E::SlugTaken(slug) => {
+                ApiError::new(ErrorCode::SlugTaken, format!("The slug `{slug}` is taken."))
+            }
+            E::TenantNotFound => ApiError::new(ErrorCode::TenantNotFound, "No tenant by that id."),
+            E::InvalidSlug(reason) => ApiError::validation(vec![FieldError::new(
+                "slug",
+                "invalid",
+                format!("slug {reason}"),
+            )]),
+            E::InvalidName => ApiError::validation(vec![FieldError::new(
+                "name",
+                "length",
+                "must be 1 to 200 characters",
+            )]),
+            e @ E::InvalidTransition { .. } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("{}.", capitalize(&e.to_string())),
+            ),
+            other => ApiError::internal(other),
+        }
     }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// Result type of handlers.

@@ -1,6 +1,7 @@
 //! Canopy's HTTP API and the library behind the `canopy` binary: settings, the poem app
 //! and its request pipeline, route modules per tag, and problem+json errors.
 
+pub mod admin_auth;
 pub mod cli;
 pub mod error;
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod tenant;
 
 pub use settings::Settings;
 pub use startup::Application;

@@ -107,6 +107,21 @@ pub const SETTINGS: &[SettingSpec] = &[
         "per-dependency time budget of `/health/ready`",
     ),
     spec(
+        "tenant_cache_ttl",
+        Some("60s"),
+        "how long a resolved tenant stays cached in process (changes announced over Redis drop it sooner)",
+    ),
+    spec(
+        "tenant_deletion_grace",
+        Some("7d"),
+        "a deleted tenant's schema and role are dropped after this long",
+    ),
+    spec(
+        "migrate_concurrency",
+        Some("8"),
+        "tenant schemas `canopy migrate` migrates at once",
+    ),
+    spec(
         "jwt_secret",
         None,
         "HS256 signing key for access tokens, at least 32 bytes; required in production, random per process in development",
@@ -241,6 +256,17 @@ impl fmt::Debug for RedisSettings {
     }
 }
 
+/// Tenancy settings.
+#[derive(Debug, Clone)]
+pub struct TenancySettings {
+    /// In-process cache lifetime of resolved tenants.
+    pub cache_ttl: Duration,
+    /// Delay between deleting a tenant and dropping its schema and role.
+    pub deletion_grace: Duration,
+    /// Tenants migrated at once.
+    pub migrate_concurrency: usize,
+}
+
 /// HTTP server settings.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -316,6 +342,8 @@ pub struct Settings {
     pub s3: S3Settings,
     /// Logging.
     pub log: LogSettings,
+    /// Tenancy.
+    pub tenancy: TenancySettings,
 }
 
 impl Settings {
@@ -524,6 +552,20 @@ impl Settings {
             })?,
         };
 
+        let tenancy = TenancySettings {
+            cache_ttl: src.parse("tenant_cache_ttl", "a duration such as 60s", parse_duration)?,
+            deletion_grace: src.parse(
+                "tenant_deletion_grace",
+                "a duration such as 7d",
+                parse_duration,
+            )?,
+            migrate_concurrency: src.parse(
+                "migrate_concurrency",
+                "a whole number from 1 to 256",
+                |v| v.parse().ok().filter(|n| (1..=256).contains(n)),
+            )?,
+        };
+
         Ok(Self {
             environment,
             http,
@@ -532,6 +574,7 @@ impl Settings {
             jwt,
             s3,
             log,
+            tenancy,
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
     routes,
     settings::Settings,
+    tenant::{self, TenantResolver},
 };
 
 /// A bound, ready-to-run server.
@@ -32,6 +33,11 @@ impl Application {
         state
             .db
             .ensure_migrated()
+            .await
+            .context("cannot start the server")?;
+        state
+            .db
+            .ensure_tenants_current()
             .await
             .context("cannot start the server")?;
         let listener = tokio::net::TcpListener::bind(state.settings.http.bind)
@@ -81,11 +87,18 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grace = self.state.settings.http.shutdown_timeout;
         let db = self.state.db.clone();
+        let background = [
+            tokio::spawn(tenant::listen_for_changes(self.state.clone())),
+            tokio::spawn(purge_deleted_tenants(self.state.clone())),
+        ];
         let app = router(self.state, self.extra_routes);
-        Server::new_with_acceptor(self.acceptor)
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(grace))
-            .await
-            .context("server failed")?;
+            .await;
+        for task in background {
+            task.abort();
+        }
+        served.context("server failed")?;
         db.close().await;
         tracing::info!("shutdown complete");
         Ok(())
@@ -106,9 +119,16 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         .max_size(settings.redis.pool_size)
         .connection_timeout(settings.http.health_timeout)
         .build_unchecked(manager);
+    let tenants = Arc::new(TenantResolver::new(
+        db.clone(),
+        settings.http.base_domain.clone(),
+        settings.tenancy.cache_ttl,
+    ));
     Ok(AppState {
         settings: Arc::new(settings),
+        tenant_db: db.tenant_db(),
         db,
+        tenants,
         redis,
         metrics: Arc::new(Metrics::new()),
     })
@@ -144,6 +164,18 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
         // Outside `Observe`, so that error responses it renders get the headers too.
         .with(SecurityHeaders)
         .data(state)
+}
+
+/// Drops the schemas and roles of deleted tenants once their grace period is over. Every
+/// instance runs this; `skip locked` keeps them from purging the same tenant twice.
+async fn purge_deleted_tenants(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(error) = state.db.purge_deleted_tenants(chrono::Utc::now()).await {
+            tracing::warn!(error = %anyhow::Error::from(error), "purging deleted tenants failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use bb8_redis::RedisConnectionManager;
-use tenancy::ControlDb;
+use tenancy::{ControlDb, TenantDb};
 
-use crate::{metrics::Metrics, settings::Settings};
+use crate::{metrics::Metrics, settings::Settings, tenant::TenantResolver};
 
 /// A pool of multiplexed Redis connections.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
@@ -17,6 +17,10 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The control-plane handle (owner of the one shared PostgreSQL pool).
     pub db: ControlDb,
+    /// Tenant-scoped transactions on the same pool.
+    pub tenant_db: TenantDb,
+    /// Resolves the tenant of each request.
+    pub tenants: Arc<TenantResolver>,
     /// Redis.
     pub redis: RedisPool,
     /// Prometheus metrics.

@@ -1,11 +1,11 @@
 //! The control-plane handle: the one shared connection pool and the platform-wide SQL
 //! that runs in the `public` schema (tenants, jobs, keys, the migration ledger).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::TenancyError;
+use crate::{TenancyError, TenantDb, TenantSeed};
 
 /// Control-plane migrations, embedded at build time from `migrations/control/`.
 static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/control");
@@ -38,9 +38,18 @@ pub struct PoolStatus {
 /// The explicitly named handle for platform-wide (control-plane) SQL.
 ///
 /// It owns the single pool all tenants share; tenant-scoped SQL never uses it directly.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlDb {
     pool: PgPool,
+    seeds: Arc<[Arc<dyn TenantSeed>]>,
+}
+
+impl std::fmt::Debug for ControlDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlDb")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlDb {
@@ -52,7 +61,25 @@ impl ControlDb {
             .acquire_timeout(settings.acquire_timeout)
             .max_lifetime(settings.max_lifetime)
             .connect_lazy_with(settings.connect.clone());
-        Self { pool }
+        Self {
+            pool,
+            seeds: Arc::new([]),
+        }
+    }
+
+    /// Registers the seeds every new tenant receives (see [`TenantSeed`]).
+    pub fn with_seeds(mut self, seeds: Vec<Arc<dyn TenantSeed>>) -> Self {
+        self.seeds = seeds.into();
+        self
+    }
+
+    pub(crate) fn seeds(&self) -> &[Arc<dyn TenantSeed>] {
+        &self.seeds
+    }
+
+    /// The handle for tenant-scoped transactions, on the same pool.
+    pub fn tenant_db(&self) -> TenantDb {
+        TenantDb::new(self.pool.clone())
     }
 
     /// The pool, for control-plane queries.

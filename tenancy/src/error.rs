@@ -1,5 +1,7 @@
 //! The tenancy crate's error type.
 
+use crate::model::SlugError;
+
 /// What can go wrong in the tenancy layer.
 #[derive(Debug, thiserror::Error)]
 pub enum TenancyError {
@@ -7,11 +9,11 @@ pub enum TenancyError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
 
-    /// Applying migrations failed.
+    /// Applying control-plane migrations failed.
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
 
-    /// The database is behind the migrations this binary carries.
+    /// The database is behind the control-plane migrations this binary carries.
     #[error(
         "the database is behind this binary: {pending} control-plane migration(s) pending, \
          starting with {first}; run `canopy migrate`"
@@ -22,4 +24,64 @@ pub enum TenancyError {
         /// Version and description of the first missing one.
         first: String,
     },
+
+    /// Some tenant schemas lack migrations this binary carries.
+    #[error(
+        "{behind} tenant schema(s) are behind this binary's tenant migrations (latest {latest}); \
+         run `canopy migrate`"
+    )]
+    TenantsBehind {
+        /// How many tenants lag.
+        behind: i64,
+        /// The newest migration version.
+        latest: i64,
+    },
+
+    /// An applied tenant migration differs from the file this binary carries.
+    #[error(
+        "tenant migration {version} was applied with a different checksum; migration files must not change once applied"
+    )]
+    ChecksumMismatch {
+        /// The migration version.
+        version: i64,
+    },
+
+    /// The slug is not acceptable.
+    #[error("slug {0}")]
+    InvalidSlug(#[from] SlugError),
+
+    /// The display name is empty or too long.
+    #[error("name must be 1 to 200 characters")]
+    InvalidName,
+
+    /// Another tenant has this slug.
+    #[error("a tenant with slug `{0}` already exists")]
+    SlugTaken(String),
+
+    /// No such tenant.
+    #[error("no such tenant")]
+    TenantNotFound,
+
+    /// The requested status change is not allowed from the current status.
+    #[error("a {from} tenant cannot become {to}")]
+    InvalidTransition {
+        /// Current status.
+        from: crate::TenantStatus,
+        /// Requested status.
+        to: crate::TenantStatus,
+    },
+}
+
+impl TenancyError {
+    /// Maps a unique or check violation on `constraint` to `err`, leaving other errors alone.
+    pub(crate) fn on_constraint(
+        source: sqlx::Error,
+        constraint: &str,
+        err: impl FnOnce() -> TenancyError,
+    ) -> TenancyError {
+        match &source {
+            sqlx::Error::Database(db) if db.constraint() == Some(constraint) => err(),
+            _ => TenancyError::Database(source),
+        }
+    }
 }

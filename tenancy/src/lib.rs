@@ -1,10 +1,24 @@
-//! Canopy's tenancy layer: the control plane (the `public` schema) and, on top of it,
-//! everything that keeps one tenant's data away from another's.
+//! Canopy's tenancy layer: the control plane (the `public` schema) and everything that
+//! keeps one tenant's data away from another's.
 //!
-//! This crate knows nothing about HTTP. The API crate turns its errors into responses.
+//! * [`ControlDb`] owns the one shared pool and the platform-wide SQL: the tenant registry
+//!   and provisioning, platform API keys, control-plane and tenant migrations.
+//! * [`TenantDb`] is the only way to run tenant-scoped SQL: transactions that act as the
+//!   tenant's own role inside its own schema.
+//!
+//! Nothing here knows about HTTP; the API crate turns [`TenancyError`] into responses.
 
 mod control;
 mod error;
+mod keys;
+pub mod migrate;
+mod model;
+mod tenant_db;
+mod tenants;
 
 pub use control::{ControlDb, PoolSettings, PoolStatus};
 pub use error::TenancyError;
+pub use keys::{ApiKey, KEY_PREFIX, NewApiKey};
+pub use model::{SlugError, Tenant, TenantId, TenantSlug, TenantStatus};
+pub use tenant_db::{TenantDb, TenantTx};
+pub use tenants::{BoxFuture, TenantSeed, validate_name};

@@ -78,8 +78,8 @@ impl HealthApi {
 
     /// Readiness: PostgreSQL and Redis answer within the time budget.
     ///
-    /// 503 `not_ready` with `checks` naming the failed dependency otherwise; take the
-    /// instance out of rotation until it recovers.
+    /// When a dependency fails or is too slow, answers 503 `not_ready` with `checks`
+    /// naming it; take the instance out of rotation until it recovers.
     #[oai(path = "/health/ready", method = "get", operation_id = "get_readiness")]
     async fn get_readiness(&self, state: Data<&AppState>) -> ApiResult<Json<Readiness>> {
         let budget = state.settings.http.health_timeout;

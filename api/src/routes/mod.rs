@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod ops;
+pub mod tenants;
 
 use poem_openapi::{OpenApiService, Tags};
 
@@ -12,22 +13,29 @@ use poem_openapi::{OpenApiService, Tags};
 pub enum ApiTag {
     /// Liveness and readiness probes for orchestrators and load balancers.
     Health,
+    /// The tenant a request addresses, and the platform operator's tenant registry
+    /// (`/v1/admin/tenants`, authenticated by platform API keys).
+    Tenants,
 }
 
 /// Every API of the service, in the order the document lists them.
-pub type Apis = health::HealthApi;
+pub type Apis = (health::HealthApi, tenants::TenantsApi);
 
 /// The OpenAPI service: routes plus the document describing them.
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(health::HealthApi, "Canopy", env!("CARGO_PKG_VERSION"))
-        .summary("Multi-tenant SaaS backend")
-        .description(
-            "Every tenant organization lives in its own PostgreSQL schema. Tenant-scoped \
+    OpenApiService::new(
+        (health::HealthApi, tenants::TenantsApi),
+        "Canopy",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .summary("Multi-tenant SaaS backend")
+    .description(
+        "Every tenant organization lives in its own PostgreSQL schema. Tenant-scoped \
              operations take their tenant from the subdomain of the base domain or from the \
              `X-Tenant` header. Every error is an RFC 9457 `application/problem+json` document \
              with a stable `code`; `GET /problems/{code}` explains each code.",
-        )
-        .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
+    )
+    .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
 }
 
 /// The document as pretty JSON, exactly as `openapi/openapi.json` stores it.

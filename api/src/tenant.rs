@@ -1,0 +1,250 @@
+//! Tenant resolution for every tenant-scoped request.
+//!
+//! The tenant comes from the subdomain of `CANOPY_BASE_DOMAIN`, else from the `X-Tenant`
+//! header (slug or id). Lookups are cached in process; any change to a tenant is published
+//! on Redis and every instance drops its cache, so a suspension takes effect everywhere
+//! within a second. The cache's TTL bounds staleness while Redis is unreachable.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use moka::sync::Cache;
+use poem::{Request, RequestBody};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaParamIn, MetaSchemaRef, Registry},
+    types::Type,
+};
+use secrecy::ExposeSecret;
+use tenancy::{ControlDb, Tenant, TenantId, TenantSlug, TenantStatus};
+use tokio::sync::Notify;
+
+use crate::{
+    AppState,
+    error::{ApiError, ErrorCode},
+};
+
+/// Redis channel announcing that some tenant changed.
+pub const TENANT_CHANGES_CHANNEL: &str = "canopy:tenants:changed";
+
+/// The header naming the tenant when no subdomain does.
+pub const TENANT_HEADER: &str = "x-tenant";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum TenantKey {
+    Id(TenantId),
+    Slug(String),
+}
+
+/// Resolves tenants with an in-process cache kept coherent across instances.
+pub struct TenantResolver {
+    control: ControlDb,
+    base_domain: Option<String>,
+    cache: Cache<TenantKey, Option<Arc<Tenant>>>,
+    invalidated: Notify,
+}
+
+impl TenantResolver {
+    /// A resolver reading `control`, caching entries for `ttl`.
+    pub fn new(control: ControlDb, base_domain: Option<String>, ttl: Duration) -> Self {
+        Self {
+            control,
+            base_domain,
+            // Bounded, so a flood of made-up tenant names cannot grow it without limit.
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            invalidated: Notify::new(),
+        }
+    }
+
+    /// Forgets every cached tenant.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+        self.invalidated.notify_waiters();
+    }
+
+    /// Completes at the next [`Self::invalidate_all`] (tests wait on it).
+    pub fn invalidated(&self) -> &Notify {
+        &self.invalidated
+    }
+
+    /// The tenant `request` addresses, which must be active.
+    pub async fn resolve(&self, request: &Request) -> Result<Arc<Tenant>, ApiError> {
+        let from_host = self.subdomain(request);
+        let from_header = request
+            .headers()
+            .get(TENANT_HEADER)
+            .map(|v| v.to_str().map(str::trim).unwrap_or_default());
+        let tenant = match (from_host, from_header) {
+            (Some(sub), header) => {
+                let tenant = self.lookup(TenantKey::Slug(sub)).await?;
+                if let Some(header) = header {
+                    let other = self.lookup(parse_reference(header)?).await?;
+                    if other.id != tenant.id {
+                        return Err(ApiError::new(
+                            ErrorCode::TenantMismatch,
+                            "The subdomain and the X-Tenant header name different tenants.",
+                        ));
+                    }
+                }
+                tenant
+            }
+            (None, Some(header)) => self.lookup(parse_reference(header)?).await?,
+            (None, None) => {
+                let how = match &self.base_domain {
+                    Some(domain) => format!("a subdomain of {domain} or the X-Tenant header"),
+                    None => "the X-Tenant header (slug or id)".to_owned(),
+                };
+                return Err(ApiError::new(
+                    ErrorCode::TenantRequired,
+                    format!("This operation is tenant-scoped: name the tenant with {how}."),
+                ));
+            }
+        };
+        match tenant.status {
+            TenantStatus::Active => Ok(tenant),
+            TenantStatus::Suspended => Err(ApiError::new(
+                ErrorCode::TenantSuspended,
+                "This tenant is suspended; contact the platform operator.",
+            )),
+            TenantStatus::Deleted => Err(not_found()),
+        }
+    }
+
+    /// The leftmost label of the host when the host is a direct subdomain of the base
+    /// domain and a valid slug.
+    fn subdomain(&self, request: &Request) -> Option<String> {
+        let base = self.base_domain.as_deref()?;
+        let host = request
+            .headers()
+            .get(poem::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())?;
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let label = host.strip_suffix(base)?.strip_suffix('.')?;
+        TenantSlug::parse(label).ok().map(|s| s.as_str().to_owned())
+    }
+
+    async fn lookup(&self, key: TenantKey) -> Result<Arc<Tenant>, ApiError> {
+        if let Some(cached) = self.cache.get(&key) {
+            return cached.ok_or_else(not_found);
+        }
+        let found = match &key {
+            TenantKey::Id(id) => self.control.tenant_by_id(*id).await?,
+            TenantKey::Slug(slug) => match TenantSlug::parse(slug) {
+                Ok(slug) => self.control.tenant_by_slug(&slug).await?,
+                Err(_) => None,
+            },
+        }
+        .map(Arc::new);
+        self.cache.insert(key, found.clone());
+        found.ok_or_else(not_found)
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::TenantNotFound, "No tenant by that name.")
+}
+
+/// `X-Tenant` holds an id or a slug; anything else cannot name a tenant.
+fn parse_reference(raw: &str) -> Result<TenantKey, ApiError> {
+    if let Ok(id) = uuid::Uuid::parse_str(raw) {
+        return Ok(TenantKey::Id(TenantId(id)));
+    }
+    TenantSlug::parse(raw)
+        .map(|s| TenantKey::Slug(s.as_str().to_owned()))
+        .map_err(|_| not_found())
+}
+
+/// Tells every instance (this one included) that a tenant changed. Best effort: when
+/// Redis is down the caches' TTL bounds the staleness.
+pub async fn publish_change(state: &AppState, tenant: TenantId) {
+    let published = async {
+        let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+        redis::cmd("PUBLISH")
+            .arg(TENANT_CHANGES_CHANNEL)
+            .arg(tenant.to_string())
+            .query_async::<i64>(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(error) = published.await {
+        tracing::warn!(%tenant, %error, "could not publish a tenant change; other instances catch up within the cache TTL");
+    }
+    // Never rely on the round trip for this instance.
+    state.tenants.invalidate_all();
+}
+
+/// Listens for tenant changes until the process ends, reconnecting after failures. Every
+/// (re)connection drops the cache too: messages may have been missed while away.
+pub async fn listen_for_changes(state: AppState) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = async {
+            let client = redis::Client::open(state.settings.redis.url.expose_secret())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(TENANT_CHANGES_CHANNEL).await?;
+            state.tenants.invalidate_all();
+            tracing::debug!("listening for tenant changes");
+            let mut messages = pubsub.into_on_message();
+            while messages.next().await.is_some() {
+                state.tenants.invalidate_all();
+            }
+            redis::RedisResult::Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(error) => tracing::warn!(%error, "tenant change listener lost Redis; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The tenant a request addresses, resolved before the handler runs. Declared as the
+/// optional `X-Tenant` header parameter in the OpenAPI document.
+#[derive(Debug, Clone)]
+pub struct CurrentTenant(pub Arc<Tenant>);
+
+impl<'a> ApiExtractor<'a> for CurrentTenant {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::Parameter];
+    const PARAM_IS_REQUIRED: bool = false;
+
+    type ParamType = String;
+    type ParamRawType = String;
+
+    fn register(registry: &mut Registry) {
+        <String as Type>::register(registry);
+    }
+
+    fn param_in() -> Option<MetaParamIn> {
+        Some(MetaParamIn::Header)
+    }
+
+    fn param_schema_ref() -> Option<MetaSchemaRef> {
+        Some(String::schema_ref())
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let state = request
+            .data::<AppState>()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not attached")))?;
+        let tenant = state.tenants.resolve(request).await?;
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
+        Ok(Self(tenant))
+    }
+}

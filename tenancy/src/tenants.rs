@@ -1,0 +1,290 @@
+//! The tenant registry: provisioning, lookup, status changes and purging.
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Executor, PgConnection, Row, postgres::PgRow};
+
+use crate::{
+    ControlDb, TenancyError, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx,
+    migrate::{TenantMigration, apply_pending, embedded_migrations},
+    tenant_db::switch_statement,
+};
+
+/// A boxed future, for seeds behind trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Seed data other modules register for new tenants (RBAC's default roles, for one). Runs
+/// inside the provisioning transaction, as the new tenant's role, after every tenant
+/// migration; a failing seed aborts the whole provisioning.
+pub trait TenantSeed: Send + Sync + 'static {
+    /// Name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Inserts the seed rows.
+    fn seed<'a>(&'a self, tx: &'a mut TenantTx) -> BoxFuture<'a, Result<(), TenancyError>>;
+}
+
+const TENANT_COLUMNS: &str =
+    "id, slug, name, status, plan, created_at, updated_at, deleted_at, purge_after";
+
+fn tenant_from_row(row: &PgRow) -> Result<Tenant, sqlx::Error> {
+    let decode = |column: &str, e: String| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: e.into(),
+    };
+    let slug: String = row.try_get("slug")?;
+    let status: String = row.try_get("status")?;
+    Ok(Tenant {
+        id: TenantId(row.try_get("id")?),
+        slug: TenantSlug::parse(&slug).map_err(|e| decode("slug", e.to_string()))?,
+        name: row.try_get("name")?,
+        status: status.parse().map_err(|e| decode("status", e))?,
+        plan: row.try_get("plan")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+        purge_after: row.try_get("purge_after")?,
+    })
+}
+
+/// Trims and checks a display name.
+pub fn validate_name(name: &str) -> Result<&str, TenancyError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(TenancyError::InvalidName);
+    }
+    Ok(name)
+}
+
+impl ControlDb {
+    /// Provisions a tenant in one transaction: its control-plane row, role, schema, grants,
+    /// every tenant migration and every registered seed. Nothing is left behind on failure.
+    pub async fn create_tenant(
+        &self,
+        slug: &TenantSlug,
+        name: &str,
+    ) -> Result<Tenant, TenancyError> {
+        self.create_tenant_with(slug, name, &embedded_migrations())
+            .await
+    }
+
+    /// [`Self::create_tenant`] with an explicit migration set (benchmarks and tests).
+    pub async fn create_tenant_with(
+        &self,
+        slug: &TenantSlug,
+        name: &str,
+        migrations: &[TenantMigration],
+    ) -> Result<Tenant, TenancyError> {
+        let name = validate_name(name)?;
+        let id = TenantId::new();
+        let schema = id.schema_name();
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "insert into public.tenants (id, slug, name, schema_name, role_name)
+             values ($1, $2, $3, $4, $4)
+             returning {TENANT_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(slug.as_str())
+        .bind(name)
+        .bind(&schema)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            TenancyError::on_constraint(e, "tenants_slug_key", || {
+                TenancyError::SlugTaken(slug.to_string())
+            })
+        })?;
+        let tenant = tenant_from_row(&row)?;
+
+        // The role can use its own schema and nothing else; the login role owns the
+        // tables (so the tenant role cannot alter them) and is a member of the tenant role
+        // (so it can `set role`).
+        let ident = id.quoted_ident();
+        let setup = format!(
+            "create role {ident} nologin noinherit;
+             grant {ident} to current_user;
+             create schema {ident};
+             grant usage on schema {ident} to {ident};
+             alter default privileges in schema {ident} grant select, insert, update, delete on tables to {ident};
+             alter default privileges in schema {ident} grant usage, select, update on sequences to {ident};
+             grant usage on schema shared to {ident};"
+        );
+        (&mut *tx).execute(sqlx::raw_sql(&setup)).await?;
+        apply_pending(&mut tx, id, migrations).await?;
+
+        let switch = switch_statement("", id);
+        (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
+        let mut tenant_tx = TenantTx::from_transaction(tx, id);
+        for seed in self.seeds() {
+            seed.seed(&mut tenant_tx).await.inspect_err(|_| {
+                tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
+            })?;
+        }
+        tenant_tx.commit().await?;
+        Ok(tenant)
+    }
+
+    /// The tenant with this id, whatever its status.
+    pub async fn tenant_by_id(&self, id: TenantId) -> Result<Option<Tenant>, TenancyError> {
+        let row = sqlx::query(&format!(
+            "select {TENANT_COLUMNS} from public.tenants where id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+    }
+
+    /// The tenant with this slug, whatever its status.
+    pub async fn tenant_by_slug(&self, slug: &TenantSlug) -> Result<Option<Tenant>, TenancyError> {
+        let row = sqlx::query(&format!(
+            "select {TENANT_COLUMNS} from public.tenants where slug = $1"
+        ))
+        .bind(slug.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+    }
+
+    /// Tenants ordered by slug, after `after` (keyset pagination), optionally of one status.
+    pub async fn list_tenants(
+        &self,
+        status: Option<TenantStatus>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Tenant>, TenancyError> {
+        let rows = sqlx::query(&format!(
+            "select {TENANT_COLUMNS} from public.tenants
+             where ($1::text is null or status = $1) and ($2::text is null or slug > $2)
+             order by slug
+             limit $3"
+        ))
+        .bind(status.map(TenantStatus::as_str))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(tenant_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Suspends or resumes a tenant. A deleted tenant stays deleted.
+    pub async fn set_tenant_status(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+    ) -> Result<Tenant, TenancyError> {
+        let current = self
+            .tenant_by_id(id)
+            .await?
+            .ok_or(TenancyError::TenantNotFound)?;
+        if current.status == TenantStatus::Deleted || status == TenantStatus::Deleted {
+            return Err(TenancyError::InvalidTransition {
+                from: current.status,
+                to: status,
+            });
+        }
+        let row = sqlx::query(&format!(
+            "update public.tenants set status = $2, updated_at = now()
+             where id = $1 and status <> 'deleted'
+             returning {TENANT_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(status.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(row) => Ok(tenant_from_row(&row)?),
+            // Deleted between the two statements.
+            None => Err(TenancyError::InvalidTransition {
+                from: TenantStatus::Deleted,
+                to: status,
+            }),
+        }
+    }
+
+    /// Renames a tenant (display name only).
+    pub async fn rename_tenant(&self, id: TenantId, name: &str) -> Result<Tenant, TenancyError> {
+        let name = validate_name(name)?;
+        let row = sqlx::query(&format!(
+            "update public.tenants set name = $2, updated_at = now()
+             where id = $1 and status <> 'deleted'
+             returning {TENANT_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(tenant_from_row(&row.ok_or(TenancyError::TenantNotFound)?)?)
+    }
+
+    /// Marks a tenant deleted: unreachable at once, purged once `grace` has passed.
+    /// Deleting a deleted tenant changes nothing.
+    pub async fn delete_tenant(
+        &self,
+        id: TenantId,
+        grace: Duration,
+    ) -> Result<Tenant, TenancyError> {
+        let grace = chrono::Duration::from_std(grace)
+            .unwrap_or(chrono::Duration::MAX)
+            .min(chrono::Duration::days(36_500));
+        let row = sqlx::query(&format!(
+            "update public.tenants
+             set status = 'deleted', deleted_at = coalesce(deleted_at, now()),
+                 purge_after = coalesce(purge_after, now() + $2), updated_at = now()
+             where id = $1
+             returning {TENANT_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(grace)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(tenant_from_row(&row.ok_or(TenancyError::TenantNotFound)?)?)
+    }
+
+    /// Drops the schema and role of every deleted tenant whose grace period ended by
+    /// `cutoff`, and forgets the tenant. Safe to run from several processes at once.
+    pub async fn purge_deleted_tenants(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<TenantId>, TenancyError> {
+        let mut purged = Vec::new();
+        loop {
+            let mut tx = self.pool().begin().await?;
+            let id: Option<uuid::Uuid> = sqlx::query_scalar(
+                "select id from public.tenants
+                 where status = 'deleted' and purge_after <= $1
+                 order by purge_after
+                 limit 1
+                 for update skip locked",
+            )
+            .bind(cutoff)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id.map(TenantId) else { break };
+            drop_tenant_objects(&mut tx, id).await?;
+            sqlx::query("delete from public.tenants where id = $1")
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(tenant_id = %id, "purged deleted tenant");
+            purged.push(id);
+        }
+        Ok(purged)
+    }
+}
+
+async fn drop_tenant_objects(conn: &mut PgConnection, id: TenantId) -> Result<(), TenancyError> {
+    let ident = id.quoted_ident();
+    // `drop owned` revokes what the role was granted elsewhere (the shared schema), so the
+    // role itself can go.
+    let sql = format!(
+        "drop schema if exists {ident} cascade;
+         drop owned by {ident};
+         drop role if exists {ident};"
+    );
+    conn.execute(sqlx::raw_sql(&sql)).await?;
+    Ok(())
+}
