@@ -170,10 +170,10 @@ async fn internal_error_reveals_nothing() {
     let app = spawn_app().await;
     let body = assert_problem(app.get("/__test/internal").await, 500, "internal_error").await;
     let text = body.to_string();
-    assert!(
-        !text.contains("hunter2") && !text.contains("postgres") && !text.contains("db-7"),
-        "{text}"
-    );
+    // (The request id is random hex, so look for words that cannot occur in it.)
+    for leak in ["hunter2", "postgres", "refused", "connection"] {
+        assert!(!text.contains(leak), "{leak} leaked: {text}");
+    }
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 
 mod errors;
 mod health;
+mod isolation;
 mod metrics;
 mod openapi;
 mod pipeline;
+mod tenants;

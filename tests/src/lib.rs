@@ -40,8 +40,10 @@ pub struct TestApp {
     pub state: api::AppState,
     /// Hooks of the test-only endpoints under `/__test`.
     pub gate: Arc<Gate>,
-    /// This test's database.
-    pub db: TestDatabase,
+    /// This test's database (shared with sibling apps).
+    pub db: Arc<TestDatabase>,
+    /// The settings the app runs with.
+    pub settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -68,7 +70,14 @@ impl TestAppBuilder {
     }
 
     async fn try_spawn(self) -> anyhow::Result<TestApp> {
-        let db = TestDatabase::create().await?;
+        let db = Arc::new(TestDatabase::create().await?);
+        Self::start(db, self.env).await
+    }
+
+    async fn start(
+        db: Arc<TestDatabase>,
+        overrides: BTreeMap<String, String>,
+    ) -> anyhow::Result<TestApp> {
         let mut env = BTreeMap::from([
             ("CANOPY_DATABASE_URL".to_owned(), db.url.clone()),
             ("CANOPY_REDIS_URL".to_owned(), redis_url()),
@@ -76,7 +85,7 @@ impl TestAppBuilder {
             ("CANOPY_DATABASE_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
             ("CANOPY_REDIS_POOL_SIZE".to_owned(), "4".to_owned()),
         ]);
-        env.extend(self.env);
+        env.extend(overrides);
         let settings = Settings::from_env_map(&env).context("test settings")?;
 
         let migrator = api::startup::build_state(settings.clone())?;
@@ -88,6 +97,7 @@ impl TestAppBuilder {
         migrator.db.close().await;
 
         let gate = Arc::new(Gate::default());
+        let settings_for_test = settings.clone();
         let app = Application::build(settings)
             .await?
             .with_extra_routes(test_api::routes(gate.clone()));
@@ -106,6 +116,7 @@ impl TestAppBuilder {
             state,
             gate,
             db,
+            settings: settings_for_test,
             shutdown: Some(tx),
             server: Some(server),
         })
@@ -141,6 +152,42 @@ impl TestApp {
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.request(Method::POST, path)
             .json(body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    /// Another app on the same database and Redis, as a second server instance would be.
+    pub async fn spawn_sibling(&self) -> TestApp {
+        TestAppBuilder::start(self.db.clone(), BTreeMap::new())
+            .await
+            .expect("sibling app failed to start")
+    }
+
+    /// A fresh platform API key.
+    pub async fn admin_key(&self) -> String {
+        self.state
+            .db
+            .create_api_key("test")
+            .await
+            .expect("create api key")
+            .key
+    }
+
+    /// Provisions a tenant through the library (fast path for tests that need tenants).
+    pub async fn create_tenant(&self, slug: &str) -> tenancy::Tenant {
+        let slug = tenancy::TenantSlug::parse(slug).expect("valid slug");
+        self.state
+            .db
+            .create_tenant(&slug, &format!("Tenant {slug}"))
+            .await
+            .expect("create tenant")
+    }
+
+    /// `GET path` as tenant `tenant` (slug or id) through `X-Tenant`.
+    pub async fn get_as(&self, tenant: &str, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .header("x-tenant", tenant)
             .send()
             .await
             .expect("request failed")
@@ -232,16 +279,39 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let url = self.url.clone();
         // Drop runs inside the test's runtime, which cannot block on itself.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
+                // Roles are cluster-wide: collect the tenant roles before the database goes.
+                let roles: Vec<String> = match PgConnection::connect(&url).await {
+                    Ok(mut conn) => {
+                        let roles = sqlx::query_scalar(
+                            "select role_name from public.tenants
+                             where to_regclass('public.tenants') is not null",
+                        )
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                        conn.close().await?;
+                        roles
+                    }
+                    Err(_) => Vec::new(),
+                };
                 let mut conn = PgConnection::connect(&admin_database_url()).await?;
                 sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
                     .execute(&mut conn)
                     .await?;
+                for role in roles.iter().filter(|r| {
+                    r.starts_with("t_") && r[2..].bytes().all(|b| b.is_ascii_hexdigit())
+                }) {
+                    sqlx::query(&format!(r#"drop role if exists "{role}""#))
+                        .execute(&mut conn)
+                        .await?;
+                }
                 conn.close().await?;
                 anyhow::Ok(())
             })
