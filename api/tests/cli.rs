@@ -103,11 +103,24 @@ impl Database {
     }
 
     async fn drop(self) {
+        // Tenant roles are cluster-wide and outlive the database: collect them first.
+        let mut conn = PgConnection::connect(&self.url).await.expect("test db");
+        let roles: Vec<String> = sqlx::query_scalar("select role_name from public.tenants")
+            .fetch_all(&mut conn)
+            .await
+            .expect("tenant roles");
+        conn.close().await.expect("close");
         let mut conn = PgConnection::connect(&self.admin).await.expect("admin");
         sqlx::query(&format!(r#"drop database "{}" with (force)"#, self.name))
             .execute(&mut conn)
             .await
             .expect("drop db");
+        for role in roles {
+            sqlx::query(&format!(r#"drop role "{role}""#))
+                .execute(&mut conn)
+                .await
+                .expect("drop role");
+        }
     }
 }
 
@@ -162,6 +175,50 @@ async fn migrate_then_serve_logs_json_and_stops_on_sigterm() {
         );
     }
 
+    // Tenant and key administration from the command line.
+    let key = canopy(&["admin", "create-key", "--name", "ops"], &env);
+    assert!(key.status.success());
+    let stdout = String::from_utf8_lossy(&key.stdout);
+    let last = stdout.lines().last().expect("a line");
+    assert!(last.starts_with("cnp_") && last.len() == 68, "{stdout}");
+
+    let created = canopy(
+        &["tenant", "create", "--slug", "cli-co", "--name", "CLI Co"],
+        &env,
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let text = String::from_utf8_lossy(&created.stdout).into_owned();
+    assert!(
+        text.contains("slug:    cli-co") && text.contains("schema:  t_"),
+        "{text}"
+    );
+    let hostile = canopy(
+        &["tenant", "create", "--slug", "x\";drop", "--name", "n"],
+        &env,
+    );
+    assert_eq!(hostile.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&hostile.stderr).contains("slug must be lowercase"));
+    let listed = String::from_utf8_lossy(&canopy(&["tenant", "list"], &env).stdout).into_owned();
+    assert!(listed.contains("\tcli-co\tactive\tCLI Co"), "{listed}");
+    let suspended = String::from_utf8_lossy(&canopy(&["tenant", "suspend", "cli-co"], &env).stdout)
+        .into_owned();
+    assert!(suspended.contains("status:  suspended"), "{suspended}");
+    let resumed =
+        String::from_utf8_lossy(&canopy(&["tenant", "resume", "cli-co"], &env).stdout).into_owned();
+    assert!(resumed.contains("status:  active"), "{resumed}");
+    let missing = canopy(&["tenant", "show", "no-such-co"], &env);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no tenant `no-such-co`"));
+    let migrated = canopy(&["migrate"], &env);
+    assert!(
+        String::from_utf8_lossy(&migrated.stderr)
+            .contains("0 migrated, 1 already current, 0 failed")
+    );
+
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .env_clear()
@@ -185,6 +242,25 @@ async fn migrate_then_serve_logs_json_and_stops_on_sigterm() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let completed = wait_for_log(&lines, "request completed");
+
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .write_all(b"GET /v1/tenant HTTP/1.1\r\nHost: localhost\r\nX-Tenant: cli-co\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut tenant_response = String::new();
+    stream.read_to_string(&mut tenant_response).expect("read");
+    assert!(
+        tenant_response.starts_with("HTTP/1.1 200"),
+        "{tenant_response}"
+    );
+    let tenant_log = wait_for_log(&lines, "request completed");
+    assert!(
+        tenant_log["span"]["tenant_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{tenant_log}"
+    );
+    assert_eq!(tenant_log["span"]["route"], "/v1/tenant");
     let span = &completed["span"];
     assert_eq!(span["request_id"], "cli-test-1", "{completed}");
     assert_eq!(span["method"], "GET");

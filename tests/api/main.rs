@@ -4,6 +4,7 @@ mod errors;
 mod health;
 mod isolation;
 mod metrics;
+mod migrations;
 mod openapi;
 mod pipeline;
 mod tenants;
