@@ -28,6 +28,11 @@ impl Report {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// 99th percentile latency in milliseconds.
+    pub fn p99_ms(&self) -> f64 {
+        self.latency_us.value_at_quantile(0.99) as f64 / 1000.0
+    }
+
     /// Prints `<prefix>_rps`, `_p50_ms` and `_p99_ms`.
     pub fn print(&self, prefix: &str) {
         println!("{prefix}_rps: {:.0}", self.requests_per_second());
@@ -51,10 +56,24 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Report> {
+    run_with_header(addr, path, None, connections, warmup, duration).await
+}
+
+/// [`run`], each request carrying header `name` with the next of `values` (connection `c`
+/// starts at value `c` and walks the list, so requests spread over all values).
+pub async fn run_with_header(
+    addr: SocketAddr,
+    path: &str,
+    header: Option<(&'static str, Arc<Vec<String>>)>,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Report> {
     let start_line = Arc::new(Barrier::new(connections));
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    for connection in 0..connections {
         let path = path.to_owned();
+        let header = header.clone();
         let start_line = start_line.clone();
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await?;
@@ -68,14 +87,18 @@ pub async fn run(
             let end = measure_from + duration;
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut count = 0u64;
+            let mut next = connection;
             loop {
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
-                let request = Request::get(path.as_str())
-                    .header("host", "localhost")
-                    .body(Empty::<Bytes>::new())?;
+                let mut request = Request::get(path.as_str()).header("host", "localhost");
+                if let Some((name, values)) = &header {
+                    request = request.header(*name, values[next % values.len()].as_str());
+                    next += 1;
+                }
+                let request = request.body(Empty::<Bytes>::new())?;
                 let response = sender.send_request(request).await?;
                 anyhow::ensure!(
                     response.status() == 200,

@@ -3,9 +3,14 @@
 //!
 //! ```text
 //! cargo run -p bench --release -- http_overhead [--connections 32] [--seconds 5]
+//! cargo run -p bench --release -- provision [--timed 200] [--tenants 1000]
+//! cargo run -p bench --release -- tenant_scale [--tenants 1000] [--connections 64]
 //! ```
+//!
+//! `provision` and `tenant_scale` need the local services (`deploy/local/up.sh`).
 
 mod load;
+mod tenancy;
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -37,6 +42,33 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Time to provision a tenant (p50/p99), then `canopy migrate`'s tenant pass applying
+    /// one new migration over `--tenants` tenants.
+    #[command(name = "provision")]
+    Provision {
+        /// Tenants whose creation is timed.
+        #[arg(long, default_value_t = 200)]
+        timed: usize,
+        /// Tenants the migration runs over.
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        /// Tenants migrated at once (CANOPY_MIGRATE_CONCURRENCY's default).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// `GET /v1/tenant` spread over `--tenants` tenants vs always one tenant.
+    #[command(name = "tenant_scale")]
+    TenantScale {
+        /// Tenants the spread run cycles through.
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Measured seconds per run (after two seconds of warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -46,6 +78,16 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
         } => http_overhead(connections, Duration::from_secs(seconds)).await,
+        Bench::Provision {
+            timed,
+            tenants,
+            concurrency,
+        } => tenancy::provision(timed, tenants, concurrency).await,
+        Bench::TenantScale {
+            tenants,
+            connections,
+            seconds,
+        } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
     }
 }
 

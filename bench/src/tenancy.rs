@@ -1,0 +1,136 @@
+//! Tenancy benchmarks against the real PostgreSQL and Redis, each in a database of its
+//! own (made and dropped by the test harness's `TestDatabase`).
+
+use std::{borrow::Cow, sync::Arc, time::Duration, time::Instant};
+
+use anyhow::Context;
+use e2e::TestApp;
+use hdrhistogram::Histogram;
+use tenancy::migrate::{TenantMigration, embedded_migrations};
+
+use crate::load;
+
+async fn bench_app(pool_size: usize) -> anyhow::Result<TestApp> {
+    Ok(TestApp::builder()
+        .env("database_max_connections", &pool_size.to_string())
+        .env("redis_pool_size", "16")
+        .spawn()
+        .await)
+}
+
+async fn create_tenants(
+    app: &TestApp,
+    from: usize,
+    to: usize,
+    timings: Option<&mut Histogram<u64>>,
+) -> anyhow::Result<Vec<String>> {
+    let mut slugs = Vec::with_capacity(to - from);
+    let mut timings = timings;
+    for i in from..to {
+        let slug = tenancy::TenantSlug::parse(&format!("bench-{i:05}")).context("slug")?;
+        let start = Instant::now();
+        app.state.db.create_tenant(&slug, "Bench tenant").await?;
+        if let Some(h) = timings.as_deref_mut() {
+            h.saturating_record(start.elapsed().as_micros() as u64);
+        }
+        slugs.push(slug.to_string());
+    }
+    Ok(slugs)
+}
+
+/// `provision`: create-tenant latency, then one new migration over `tenants` tenants.
+pub async fn provision(timed: usize, tenants: usize, concurrency: usize) -> anyhow::Result<()> {
+    let app = bench_app(concurrency.max(4) + 2).await?;
+    let mut timings = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    create_tenants(&app, 0, timed, Some(&mut timings)).await?;
+    create_tenants(&app, timed, tenants.max(timed), None).await?;
+
+    let mut migrations = embedded_migrations();
+    migrations.push(TenantMigration {
+        version: 99_990_000_000_000,
+        description: Cow::Borrowed("bench"),
+        sql: Cow::Borrowed(
+            "create table bench_notes (id bigint generated always as identity primary key, body text not null);
+             create index bench_notes_body_idx on bench_notes (body);",
+        ),
+        checksum: Cow::Borrowed(b"bench"),
+    });
+    let start = Instant::now();
+    let summary = app
+        .state
+        .db
+        .migrate_tenants(&migrations, concurrency, |_| {})
+        .await?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        summary.failed.is_empty(),
+        "migration failures: {:?}",
+        summary.failed
+    );
+    anyhow::ensure!(
+        summary.migrated == tenants.max(timed),
+        "migrated {} of {}",
+        summary.migrated,
+        tenants
+    );
+
+    println!("provision_tenants_timed: {timed}");
+    println!(
+        "provision_p50_ms: {:.1}",
+        timings.value_at_quantile(0.50) as f64 / 1000.0
+    );
+    println!(
+        "provision_p99_ms: {:.1}",
+        timings.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    println!("migrate_tenants: {}", summary.migrated);
+    println!("migrate_concurrency: {concurrency}");
+    println!("migrate_one_migration_s: {:.2}", elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// `tenant_scale`: `GET /v1/tenant` (tenant resolution plus one tenant-schema query) spread
+/// over `tenants` tenants vs always the same one.
+pub async fn tenant_scale(
+    tenants: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let app = bench_app(20).await?;
+    let slugs = create_tenants(&app, 0, tenants, None).await?;
+    let addr = ([127, 0, 0, 1], app.port).into();
+    let warmup = Duration::from_secs(2);
+
+    let one = Arc::new(vec![slugs[0].clone()]);
+    let many = Arc::new(slugs);
+    let single = load::run_with_header(
+        addr,
+        "/v1/tenant",
+        Some(("x-tenant", one)),
+        connections,
+        warmup,
+        duration,
+    )
+    .await?;
+    let spread = load::run_with_header(
+        addr,
+        "/v1/tenant",
+        Some(("x-tenant", many)),
+        connections,
+        warmup,
+        duration,
+    )
+    .await?;
+
+    single.print("tenant_scale_1");
+    spread.print(&format!("tenant_scale_{tenants}"));
+    println!(
+        "tenant_scale_p99_ratio: {:.3}",
+        spread.p99_ms() / single.p99_ms()
+    );
+    println!(
+        "tenant_scale_ratio: {:.3}",
+        spread.requests_per_second() / single.requests_per_second()
+    );
+    Ok(())
+}
