@@ -85,3 +85,15 @@ impl TenancyError {
         }
     }
 }
+
+/// An error and its causes on one line (`outer: cause: root cause`), for logs and reports.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 
 use sqlx::Executor;
 
-use crate::{ControlDb, TenancyError, TenantId};
+use crate::{ControlDb, TenancyError, TenantId, error_chain};
 
 /// Tenant migrations, embedded at build time from `migrations/tenant/`.
 static TENANT_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
@@ -206,15 +206,4 @@ pub(crate) async fn apply_pending(
         .await?;
     }
     Ok(pending.len())
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

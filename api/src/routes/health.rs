@@ -5,6 +5,7 @@ use std::{future::Future, time::Instant};
 use poem::web::Data;
 use poem_openapi::{Enum, Object, OpenApi, payload::Json};
 use serde::Serialize;
+use tenancy::error_chain;
 
 use crate::{
     AppState,
@@ -140,16 +141,4 @@ async fn check(
         latency_ms,
         error,
     }
-}
-
-/// The error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -36,6 +36,25 @@ pub enum TenantStatusView {
     Deleted,
 }
 
+impl From<TenantStatusView> for TenantStatus {
+    fn from(status: TenantStatusView) -> Self {
+        match status {
+            TenantStatusView::Active => Self::Active,
+            TenantStatusView::Suspended => Self::Suspended,
+            TenantStatusView::Deleted => Self::Deleted,
+        }
+    }
+}
+
+impl From<SettableStatus> for TenantStatus {
+    fn from(status: SettableStatus) -> Self {
+        match status {
+            SettableStatus::Active => Self::Active,
+            SettableStatus::Suspended => Self::Suspended,
+        }
+    }
+}
+
 impl From<TenantStatus> for TenantStatusView {
     fn from(status: TenantStatus) -> Self {
         match status {
@@ -297,11 +316,7 @@ impl TenantsApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<TenantPage>> {
         let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
-        let status = status.0.map(|s| match s {
-            TenantStatusView::Active => TenantStatus::Active,
-            TenantStatusView::Suspended => TenantStatus::Suspended,
-            TenantStatusView::Deleted => TenantStatus::Deleted,
-        });
+        let status = status.0.map(TenantStatus::from);
         let mut tenants = state
             .db
             .list_tenants(status, after.as_deref(), limit.0 + 1)
@@ -357,11 +372,7 @@ impl TenantsApi {
         if let Some(name) = &body.0.name {
             tenant = Some(state.db.rename_tenant(id, name).await?);
         }
-        if let Some(status) = body.0.status {
-            let status = match status {
-                SettableStatus::Active => TenantStatus::Active,
-                SettableStatus::Suspended => TenantStatus::Suspended,
-            };
+        if let Some(status) = body.0.status.map(TenantStatus::from) {
             tenant = Some(state.db.set_tenant_status(id, status).await?);
             tracing::info!(tenant_id = %id, status = %status, "tenant status changed");
         }
