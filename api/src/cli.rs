@@ -51,6 +51,12 @@ pub enum Command {
     /// keeps what it committed and the next run finishes the rest. One failing tenant does
     /// not stop the others; the exit status is 1 when any failed.
     Migrate,
+    /// Run background job workers only (no HTTP), until SIGTERM or SIGINT.
+    ///
+    /// Runs CANOPY_WORKERS jobs at once. Several `canopy worker` processes, on one machine
+    /// or many, share the queue safely. On SIGTERM it stops claiming, lets running jobs
+    /// finish within CANOPY_SHUTDOWN_TIMEOUT and puts the rest back in the queue.
+    Worker,
     /// Create, inspect and change tenants (the same operations as /v1/admin/tenants).
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -167,6 +173,23 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let outcome = migrate(&state).await;
             state.db.close().await;
             outcome
+        }
+        Command::Worker => {
+            let state = startup::build_state(settings)?;
+            state
+                .db
+                .ensure_migrated()
+                .await
+                .context("cannot start the worker")?;
+            state
+                .db
+                .ensure_tenants_current()
+                .await
+                .context("cannot start the worker")?;
+            let worker = startup::worker(&state, startup::job_registry(&state.settings)?);
+            worker.run(startup::shutdown_signal()).await?;
+            state.db.close().await;
+            Ok(())
         }
         Command::Tenant(command) => {
             let state = startup::build_state(settings)?;

@@ -36,6 +36,19 @@ pub struct Metrics {
     db_connections: Family<PoolLabels, Gauge>,
     db_max_connections: Gauge,
     redis_connections: Family<PoolLabels, Gauge>,
+    job_outcomes: Family<JobLabels, Counter>,
+    jobs_by_status: Family<StatusLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
 }
 
 /// A pool's occupancy at scrape time.
@@ -89,9 +102,23 @@ impl Metrics {
             "Redis pool connections by state (idle, busy)",
             redis_connections.clone(),
         );
+        let job_outcomes = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "job_runs",
+            "Job runs finished by this process's workers, by kind and outcome (succeeded, failed, dead, released)",
+            job_outcomes.clone(),
+        );
+        let jobs_by_status = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs in the queue by status (queue depth: queued + failed)",
+            jobs_by_status.clone(),
+        );
         Self {
             registry,
             requests,
+            job_outcomes,
+            jobs_by_status,
             latency,
             db_connections,
             db_max_connections,
@@ -110,6 +137,31 @@ impl Metrics {
         self.latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one finished job run.
+    pub fn observe_job(&self, kind: &str, outcome: &'static str) {
+        self.job_outcomes
+            .get_or_create(&JobLabels {
+                kind: kind.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets the queue gauges (read from the database at scrape time).
+    pub fn set_queue_depth(&self, by_status: &[(String, i64)]) {
+        for status in ["queued", "running", "succeeded", "failed", "dead"] {
+            let count = by_status
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            self.jobs_by_status
+                .get_or_create(&StatusLabels {
+                    status: status.to_owned(),
+                })
+                .set(count);
+        }
     }
 
     /// Text exposition, with the pool gauges read just now.

@@ -122,6 +122,41 @@ pub const SETTINGS: &[SettingSpec] = &[
         "tenant schemas `canopy migrate` migrates at once",
     ),
     spec(
+        "workers",
+        Some("4"),
+        "jobs `canopy serve` runs at once in process (0: none, leave jobs to `canopy worker`); also the concurrency of `canopy worker`",
+    ),
+    spec(
+        "job_lease",
+        Some("60s"),
+        "a claimed job belongs to its worker this long (renewed while it runs); a dead worker's jobs run again after it",
+    ),
+    spec(
+        "job_poll_interval",
+        Some("1s"),
+        "how often an idle worker looks for due jobs (new jobs also wake it at once)",
+    ),
+    spec(
+        "job_backoff_base",
+        Some("2s"),
+        "first retry delay of a failed job; doubles with each attempt (with jitter), up to an hour",
+    ),
+    spec(
+        "smtp_url",
+        None,
+        "SMTP server for email, e.g. `smtp://user:pass@mail.example:587?tls=required` or `smtps://mail.example:465`; when unset, email goes to the outbox (required in production)",
+    ),
+    spec(
+        "outbox_dir",
+        Some(".local/outbox"),
+        "development email transport: each message is written here as an `.eml` file",
+    ),
+    spec(
+        "email_from",
+        Some("Canopy <no-reply@canopy.localhost>"),
+        "sender address of every email (the tenant's name is shown as the sender name)",
+    ),
+    spec(
         "jwt_secret",
         None,
         "HS256 signing key for access tokens, at least 32 bytes; required in production, random per process in development",
@@ -267,6 +302,40 @@ pub struct TenancySettings {
     pub migrate_concurrency: usize,
 }
 
+/// Background job settings.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Jobs run at once (0: no in-process workers).
+    pub workers: usize,
+    /// Lease of a claimed job.
+    pub lease: Duration,
+    /// Idle polling interval.
+    pub poll_interval: Duration,
+    /// First retry delay.
+    pub backoff_base: Duration,
+}
+
+/// Email settings.
+#[derive(Clone)]
+pub struct EmailSettings {
+    /// SMTP URL (may hold credentials); `None`: write to the outbox.
+    pub smtp_url: Option<SecretString>,
+    /// Outbox directory of the development transport.
+    pub outbox_dir: std::path::PathBuf,
+    /// Sender.
+    pub from: String,
+}
+
+impl fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmailSettings")
+            .field("smtp", &self.smtp_url.is_some())
+            .field("outbox_dir", &self.outbox_dir)
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
 /// HTTP server settings.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -344,6 +413,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// Tenancy.
     pub tenancy: TenancySettings,
+    /// Background jobs.
+    pub jobs: JobSettings,
+    /// Email.
+    pub email: EmailSettings,
 }
 
 impl Settings {
@@ -552,6 +625,63 @@ impl Settings {
             })?,
         };
 
+        let jobs = JobSettings {
+            workers: src.parse("workers", "a whole number from 0 to 256", |v| {
+                v.parse().ok().filter(|n| (0..=256).contains(n))
+            })?,
+            lease: src.parse("job_lease", "a duration such as 60s", parse_duration)?,
+            poll_interval: src.parse(
+                "job_poll_interval",
+                "a duration such as 1s",
+                parse_duration,
+            )?,
+            backoff_base: src.parse("job_backoff_base", "a duration such as 2s", parse_duration)?,
+        };
+        let smtp_url = src.optional("smtp_url", "an smtp:// or smtps:// URL", |v| {
+            let url = Url::parse(v).ok()?;
+            (matches!(url.scheme(), "smtp" | "smtps") && url.host().is_some())
+                .then(|| SecretString::from(v))
+        });
+        let smtp_url = match smtp_url {
+            Ok(url) => url,
+            Err(ConfigError::Invalid {
+                source_name,
+                expected,
+                ..
+            }) => {
+                return Err(ConfigError::Invalid {
+                    source_name,
+                    value: "<redacted>".into(),
+                    expected,
+                });
+            }
+            Err(other) => return Err(other),
+        };
+        if environment == Environment::Production && smtp_url.is_none() {
+            return Err(ConfigError::Missing {
+                var: "CANOPY_SMTP_URL".into(),
+                expected:
+                    "an smtp:// or smtps:// URL (production does not write email to an outbox)"
+                        .into(),
+            });
+        }
+        let email = EmailSettings {
+            smtp_url,
+            outbox_dir: src.parse("outbox_dir", "a directory path", |v| {
+                (!v.is_empty()).then(|| v.into())
+            })?,
+            from: src.parse(
+                "email_from",
+                "an address such as `Canopy <no-reply@example.com>`",
+                |v| {
+                    let address = v
+                        .rsplit_once('<')
+                        .map_or(v, |(_, a)| a.trim_end_matches('>'));
+                    let (local, domain) = address.trim().split_once('@')?;
+                    (!local.is_empty() && domain.contains('.')).then(|| v.to_owned())
+                },
+            )?,
+        };
         let tenancy = TenancySettings {
             cache_ttl: src.parse("tenant_cache_ttl", "a duration such as 60s", parse_duration)?,
             deletion_grace: src.parse(
@@ -575,6 +705,8 @@ impl Settings {
             s3,
             log,
             tenancy,
+            jobs,
+            email,
         })
     }
 }
@@ -810,7 +942,18 @@ mod tests {
             "{err}"
         );
         assert!(prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", DEFAULT_S3_SECRET_ACCESS_KEY)]).is_err());
-        assert!(prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret")]).is_ok());
+        let err = prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("CANOPY_SMTP_URL is required"),
+            "{err}"
+        );
+        assert!(
+            prod(&[
+                ("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret"),
+                ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465"),
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

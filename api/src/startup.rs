@@ -91,6 +91,21 @@ impl Application {
             tokio::spawn(tenant::listen_for_changes(self.state.clone())),
             tokio::spawn(purge_deleted_tenants(self.state.clone())),
         ];
+        // One shutdown signal for the HTTP server and the in-process workers.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers = if self.state.settings.jobs.workers > 0 {
+            let worker = worker(&self.state, job_registry(&self.state.settings)?);
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(worker.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })))
+        } else {
+            None
+        };
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
         let app = router(self.state, self.extra_routes);
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(grace))
@@ -98,11 +113,61 @@ impl Application {
         for task in background {
             task.abort();
         }
+        if let Some(workers) = workers {
+            // The signal reached the workers together with the server; wait for their jobs.
+            drop(stopped);
+            match workers.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(error = %tenancy::error_chain(&error), "worker failed")
+                }
+                Err(error) => tracing::error!(%error, "worker panicked"),
+            }
+        }
         served.context("server failed")?;
         db.close().await;
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The job handlers this binary runs, with their transports from `settings`.
+pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
+    let from = &settings.email.from;
+    let mailer = match &settings.email.smtp_url {
+        Some(url) => email::Mailer::smtp(url.expose_secret(), from)?,
+        None => email::Mailer::outbox(settings.email.outbox_dir.clone(), from)?,
+    };
+    Ok(jobs::Registry::new().register(email::SendEmail::new(mailer)))
+}
+
+/// A worker for `registry` configured from the settings; its outcomes feed `/metrics`.
+pub fn worker(state: &AppState, registry: jobs::Registry) -> jobs::Worker {
+    let settings = &state.settings;
+    let worker = jobs::Worker::new(
+        state.db.clone(),
+        registry,
+        jobs::WorkerConfig {
+            concurrency: settings.jobs.workers.max(1),
+            lease: settings.jobs.lease,
+            poll_interval: settings.jobs.poll_interval,
+            shutdown_deadline: settings.http.shutdown_timeout,
+            backoff_base: settings.jobs.backoff_base,
+            backoff_max: std::time::Duration::from_secs(3600),
+        },
+    );
+    let mut outcomes = worker.outcomes();
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            match outcomes.recv().await {
+                Ok(outcome) => metrics.observe_job(&outcome.kind, outcome.status),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    worker
 }
 
 /// Builds the shared state without touching the network: pools connect on first use.
@@ -178,7 +243,8 @@ async fn purge_deleted_tenants(state: AppState) {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for SIGINT");

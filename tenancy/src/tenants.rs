@@ -79,7 +79,9 @@ impl ControlDb {
         let name = validate_name(name)?;
         let id = TenantId::new();
         let schema = id.schema_name();
-        let mut tx = self.pool().begin().await?;
+        // The provisioning transaction starts as the login role (it creates the tenant's
+        // role and schema) and switches to the tenant for the seeds.
+        let mut tx = TenantTx::open(self.pool().acquire().await?, id, "begin").await?;
         let row = sqlx::query(&format!(
             "insert into public.tenants (id, slug, name, schema_name, role_name)
              values ($1, $2, $3, $4, $4)
@@ -98,31 +100,31 @@ impl ControlDb {
         })?;
         let tenant = tenant_from_row(&row)?;
 
-        // The role can use its own schema and nothing else; the login role owns the
-        // tables (so the tenant role cannot alter them) and is a member of the tenant role
-        // (so it can `set role`).
+        // The role can use its own schema and what the `canopy_tenant` group holds (the
+        // shared schema, `shared.enqueue_job`), nothing else; the login role owns the tables
+        // (so the tenant role cannot alter them) and is a member of the tenant role (so it
+        // can `set role`).
         let ident = id.quoted_ident();
         let setup = format!(
-            "create role {ident} nologin noinherit;
+            "create role {ident} nologin;
              grant {ident} to current_user;
              create schema {ident};
              grant usage on schema {ident} to {ident};
              alter default privileges in schema {ident} grant select, insert, update, delete on tables to {ident};
              alter default privileges in schema {ident} grant usage, select, update on sequences to {ident};
-             grant usage on schema shared to {ident};"
+             grant canopy_tenant to {ident};"
         );
         (&mut *tx).execute(sqlx::raw_sql(&setup)).await?;
         apply_pending(&mut tx, id, migrations).await?;
 
         let switch = switch_statement("", id);
         (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
-        let mut tenant_tx = TenantTx::from_transaction(tx, id);
         for seed in self.seeds() {
-            seed.seed(&mut tenant_tx).await.inspect_err(|_| {
+            seed.seed(&mut tx).await.inspect_err(|_| {
                 tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
             })?;
         }
-        tenant_tx.commit().await?;
+        tx.commit().await?;
         Ok(tenant)
     }
 
@@ -263,14 +265,32 @@ impl ControlDb {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(id) = id.map(TenantId) else { break };
-            drop_tenant_objects(&mut tx, id).await?;
-            sqlx::query("delete from public.tenants where id = $1")
-                .bind(id.0)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            tracing::info!(tenant_id = %id, "purged deleted tenant");
-            purged.push(id);
+            let dropped = async {
+                drop_tenant_objects(&mut tx, id).await?;
+                sqlx::query("delete from public.tenants where id = $1")
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok::<_, TenancyError>(())
+            }
+            .await;
+            match dropped {
+                Ok(()) => {
+                    tx.commit().await?;
+                    tracing::info!(tenant_id = %id, "purged deleted tenant");
+                    purged.push(id);
+                }
+                Err(error) => {
+                    // One tenant that cannot be dropped now must not block the others:
+                    // try it again in an hour.
+                    drop(tx);
+                    tracing::error!(tenant_id = %id, error = %crate::error_chain(&error), "purging a deleted tenant failed; retrying in an hour");
+                    sqlx::query("update public.tenants set purge_after = now() + interval '1 hour' where id = $1")
+                        .bind(id.0)
+                        .execute(self.pool())
+                        .await?;
+                }
+            }
         }
         Ok(purged)
     }
@@ -281,7 +301,8 @@ async fn drop_tenant_objects(conn: &mut PgConnection, id: TenantId) -> Result<()
     // `drop owned` revokes what the role was granted elsewhere (the shared schema), so the
     // role itself can go.
     let sql = format!(
-        "drop schema if exists {ident} cascade;
+        "set local lock_timeout = '10s';
+         drop schema if exists {ident} cascade;
          drop owned by {ident};
          drop role if exists {ident};"
     );

@@ -3,6 +3,7 @@
 mod errors;
 mod health;
 mod isolation;
+mod jobs;
 mod metrics;
 mod migrations;
 mod openapi;

@@ -84,6 +84,8 @@ impl TestAppBuilder {
             ("CANOPY_BIND".to_owned(), "127.0.0.1:0".to_owned()),
             ("CANOPY_DATABASE_MAX_CONNECTIONS".to_owned(), "5".to_owned()),
             ("CANOPY_REDIS_POOL_SIZE".to_owned(), "4".to_owned()),
+            // Tests that need workers start their own, with their own handlers.
+            ("CANOPY_WORKERS".to_owned(), "0".to_owned()),
         ]);
         env.extend(overrides);
         let settings = Settings::from_env_map(&env).context("test settings")?;

@@ -2,6 +2,7 @@
 //! beside the handlers.
 
 pub mod health;
+pub mod jobs;
 pub mod ops;
 pub mod tenants;
 
@@ -16,15 +17,17 @@ pub enum ApiTag {
     /// The tenant a request addresses, and the platform operator's tenant registry
     /// (`/v1/admin/tenants`, authenticated by platform API keys).
     Tenants,
+    /// The background job queue (`/v1/admin/jobs`, authenticated by platform API keys).
+    Jobs,
 }
 
 /// Every API of the service, in the order the document lists them.
-pub type Apis = (health::HealthApi, tenants::TenantsApi);
+pub type Apis = (health::HealthApi, tenants::TenantsApi, jobs::JobsApi);
 
 /// The OpenAPI service: routes plus the document describing them.
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (health::HealthApi, tenants::TenantsApi),
+        (health::HealthApi, tenants::TenantsApi, jobs::JobsApi),
         "Canopy",
         env!("CARGO_PKG_VERSION"),
     )

@@ -17,6 +17,12 @@ use crate::{
 /// Prometheus text exposition of the process's metrics.
 #[handler]
 pub async fn metrics(state: Data<&AppState>) -> Response {
+    match jobs::queue_depth(&state.db).await {
+        Ok(depth) => state.metrics.set_queue_depth(&depth.by_status),
+        Err(error) => {
+            tracing::warn!(error = %tenancy::error_chain(&error), "queue depth unavailable for /metrics")
+        }
+    }
     let db = state.db.status();
     let redis = state.redis.state();
     let body = state.metrics.render(

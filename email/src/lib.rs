@@ -1,0 +1,311 @@
+//! Email: a [`Mailer`] over lettre (SMTP in production, an outbox directory of `.eml` files
+//! in development), templates rendered with the tenant's display name, and the
+//! [`SendEmail`] job handler. Email is always sent from a job, never on the request path:
+//! enqueue with [`send_email_job`].
+
+use std::{path::PathBuf, sync::Arc};
+
+use jobs::{JobContext, JobHandler, NewJob};
+use lettre::{
+    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+};
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tenancy::BoxFuture;
+
+/// Job kind of [`SendEmail`].
+pub const SEND_EMAIL: &str = "email.send";
+
+/// What can go wrong building a mailer or a message.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailError {
+    /// The SMTP URL is not one lettre understands.
+    #[error("invalid SMTP URL: {0}")]
+    SmtpUrl(String),
+    /// An address does not parse.
+    #[error("invalid email address `{0}`")]
+    Address(String),
+    /// A template failed to render.
+    #[error("template `{0}` failed to render")]
+    Template(String, #[source] minijinja::Error),
+    /// The message could not be built.
+    #[error("message could not be built")]
+    Message(#[from] lettre::error::Error),
+}
+
+/// The messages Canopy sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// Confirm an email address (`link`, `expires_in`).
+    Verification,
+    /// Reset a password (`link`, `expires_in`).
+    PasswordReset,
+    /// Something changed on the account (`event`).
+    SecurityNotice,
+}
+
+impl Template {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Verification => "verification",
+            Self::PasswordReset => "password_reset",
+            Self::SecurityNotice => "security_notice",
+        }
+    }
+}
+
+/// A rendered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: String,
+    /// HTML body (values escaped).
+    pub html: String,
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // `.html` templates escape their values; `.txt` ones do not need to.
+    for (name, source) in [
+        (
+            "verification.subject.txt",
+            include_str!("../templates/verification.subject.txt"),
+        ),
+        (
+            "verification.txt",
+            include_str!("../templates/verification.txt"),
+        ),
+        (
+            "verification.html",
+            include_str!("../templates/verification.html"),
+        ),
+        (
+            "password_reset.subject.txt",
+            include_str!("../templates/password_reset.subject.txt"),
+        ),
+        (
+            "password_reset.txt",
+            include_str!("../templates/password_reset.txt"),
+        ),
+        (
+            "password_reset.html",
+            include_str!("../templates/password_reset.html"),
+        ),
+        (
+            "security_notice.subject.txt",
+            include_str!("../templates/security_notice.subject.txt"),
+        ),
+        (
+            "security_notice.txt",
+            include_str!("../templates/security_notice.txt"),
+        ),
+        (
+            "security_notice.html",
+            include_str!("../templates/security_notice.html"),
+        ),
+    ] {
+        // The sources are compiled in; a syntax error is caught by the tests.
+        if let Err(error) = env.add_template(name, source) {
+            tracing::error!(template = name, %error, "email template does not compile");
+        }
+    }
+    env
+}
+
+/// Renders `template` with `vars` (an object; `tenant_name` is expected by every template).
+pub fn render(template: Template, vars: &Value) -> Result<Rendered, EmailError> {
+    let env = environment();
+    let render = |suffix: &str| {
+        let name = format!("{}.{suffix}", template.name());
+        env.get_template(&name)
+            .and_then(|t| t.render(vars))
+            .map_err(|e| EmailError::Template(name, e))
+    };
+    Ok(Rendered {
+        subject: render("subject.txt")?.trim().to_owned(),
+        text: render("txt")?,
+        html: render("html")?,
+    })
+}
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Outbox(AsyncFileTransport<Tokio1Executor>),
+}
+
+/// Sends messages through SMTP or into the development outbox.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: Arc<Transport>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    /// SMTP at `url` (`smtp://user:pass@host:587?tls=required`, `smtps://host:465`, or
+    /// plain `smtp://host:25` for a local relay).
+    pub fn smtp(url: &str, from: &str) -> Result<Self, EmailError> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|e| EmailError::SmtpUrl(e.to_string()))?
+            .build();
+        Ok(Self {
+            transport: Arc::new(Transport::Smtp(transport)),
+            from: from
+                .parse()
+                .map_err(|_| EmailError::Address(from.to_owned()))?,
+        })
+    }
+
+    /// Writes each message as an `.eml` file into `dir` (created if missing).
+    pub fn outbox(dir: PathBuf, from: &str) -> Result<Self, EmailError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EmailError::SmtpUrl(format!("outbox {}: {e}", dir.display())))?;
+        Ok(Self {
+            transport: Arc::new(Transport::Outbox(AsyncFileTransport::new(dir))),
+            from: from
+                .parse()
+                .map_err(|_| EmailError::Address(from.to_owned()))?,
+        })
+    }
+
+    /// Builds and sends one message.
+    pub async fn send(
+        &self,
+        to: &str,
+        rendered: &Rendered,
+        from_name: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let to: Mailbox = to.parse().map_err(|_| EmailError::Address(to.to_owned()))?;
+        // The tenant's name shows as the sender; the address stays the platform's.
+        let from = Mailbox::new(
+            from_name.map(str::to_owned).or(self.from.name.clone()),
+            self.from.email.clone(),
+        );
+        let message = Message::builder()
+            .from(from)
+            .to(to)
+            .subject(&rendered.subject)
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text.clone(),
+                rendered.html.clone(),
+            ))?;
+        match &*self.transport {
+            Transport::Smtp(smtp) => {
+                smtp.send(message).await?;
+            }
+            Transport::Outbox(outbox) => {
+                outbox.send(message).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Payload of a [`SEND_EMAIL`] job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmailPayload {
+    /// Recipient address.
+    pub to: String,
+    /// Which message.
+    pub template: Template,
+    /// Template values (the tenant's name is added by the job).
+    #[serde(default)]
+    pub vars: serde_json::Map<String, Value>,
+}
+
+/// A job that sends `template` to `to` (for the tenant of the transaction it is enqueued in).
+pub fn send_email_job(
+    to: &str,
+    template: Template,
+    vars: serde_json::Map<String, Value>,
+) -> NewJob {
+    let payload = EmailPayload {
+        to: to.to_owned(),
+        template,
+        vars,
+    };
+    NewJob::new(
+        SEND_EMAIL,
+        serde_json::to_value(payload).unwrap_or_default(),
+    )
+    .max_attempts(8)
+}
+
+/// Sends [`SEND_EMAIL`] jobs, rendering templates with the tenant's display name.
+pub struct SendEmail {
+    mailer: Mailer,
+}
+
+impl SendEmail {
+    /// A handler sending through `mailer`.
+    pub fn new(mailer: Mailer) -> Self {
+        Self { mailer }
+    }
+}
+
+impl JobHandler for SendEmail {
+    fn kind(&self) -> &'static str {
+        SEND_EMAIL
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut payload: EmailPayload = serde_json::from_value(payload)?;
+            let tenant_name = ctx.tenant.as_ref().map(|t| t.name.clone());
+            payload.vars.insert(
+                "tenant_name".to_owned(),
+                Value::String(tenant_name.clone().unwrap_or_else(|| "Canopy".to_owned())),
+            );
+            let rendered = render(payload.template, &Value::Object(payload.vars))?;
+            self.mailer
+                .send(&payload.to, &rendered, tenant_name.as_deref())
+                .await?;
+            tracing::info!(template = ?payload.template, "email sent");
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_template_renders_with_the_tenant_name_and_escapes_html() {
+        let vars = json!({
+            "tenant_name": "Acme <Tools>",
+            "user_name": "Ada",
+            "link": "https://acme.example/verify?token=abc",
+            "expires_in": "24 hours",
+            "event": "Your password was changed.",
+        });
+        for template in [
+            Template::Verification,
+            Template::PasswordReset,
+            Template::SecurityNotice,
+        ] {
+            let rendered = render(template, &vars).expect("renders");
+            assert!(rendered.subject.contains("Acme <Tools>"), "{rendered:?}");
+            assert!(rendered.text.contains("Hello Ada") && rendered.text.contains("Acme <Tools>"));
+            assert!(
+                rendered.html.contains("Acme &lt;Tools&gt;") && !rendered.html.contains("<Tools>")
+            );
+        }
+        let verification = render(Template::Verification, &vars).expect("renders");
+        assert!(
+            verification
+                .text
+                .contains("https://acme.example/verify?token=abc")
+        );
+    }
+}

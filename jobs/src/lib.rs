@@ -1,0 +1,179 @@
+//! Canopy's durable job queue: a `public.jobs` table in the control plane, claimed by
+//! workers with `FOR UPDATE SKIP LOCKED` and a lease.
+//!
+//! * **Enqueue** with [`enqueue`] on any connection, inside the caller's transaction: a job
+//!   enqueued by a transaction that rolls back never exists. Inside a tenant transaction the
+//!   job belongs to that tenant (the database derives it from the tenant role; a tenant
+//!   cannot enqueue for another).
+//! * **Delivery** is at least once: a worker that dies loses its lease and the job runs
+//!   again, so handlers are idempotent. Failures retry with exponential backoff and jitter
+//!   until the kind's attempt limit, then the job is `dead`, keeping its last error, until an
+//!   operator retries it.
+//! * **Tenancy**: a job with a tenant runs its handler inside that tenant's `TenantDb`
+//!   transaction; jobs of suspended or deleted tenants wait (and go with the tenant when it
+//!   is purged).
+
+mod admin;
+mod backoff;
+mod worker;
+
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use tenancy::{BoxFuture, ControlDb, Tenant, TenantId, TenantTx};
+use uuid::Uuid;
+
+pub use admin::{JobFilter, JobRecord, QueueDepth, get_job, list_jobs, queue_depth, retry_job};
+pub use backoff::backoff;
+pub use worker::{JobOutcome, Worker, WorkerConfig};
+
+/// What can go wrong with the queue itself (handler failures are job outcomes, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// A tenancy operation failed.
+    #[error("tenancy error")]
+    Tenancy(#[from] tenancy::TenancyError),
+    /// No job with that id.
+    #[error("no such job")]
+    NotFound,
+    /// Only dead or failed jobs can be retried.
+    #[error("a {0} job cannot be retried")]
+    NotRetryable(String),
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    kind: String,
+    payload: Value,
+    tenant: Option<TenantId>,
+    priority: i16,
+    run_at: Option<DateTime<Utc>>,
+    max_attempts: i32,
+    unique_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job of `kind` with `payload`, due now, 5 attempts.
+    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            payload,
+            tenant: None,
+            priority: 0,
+            run_at: None,
+            max_attempts: 5,
+            unique_key: None,
+        }
+    }
+
+    /// Runs inside `tenant`'s schema. (Inside a tenant transaction this is implied.)
+    pub fn for_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// Higher runs first.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Not before `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Attempts before the job is dead.
+    pub fn max_attempts(mut self, attempts: i32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// At most one pending job of this kind with this key: enqueueing another returns the
+    /// pending one's id.
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+}
+
+/// Enqueues `job` on `conn`, inside whatever transaction `conn` is in.
+pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<Uuid, JobError> {
+    let id: Uuid = sqlx::query_scalar("select shared.enqueue_job($1, $2, $3, $4, $5, $6, $7)")
+        .bind(&job.kind)
+        .bind(&job.payload)
+        .bind(job.tenant.map(|t| t.0))
+        .bind(job.priority)
+        .bind(job.run_at)
+        .bind(job.max_attempts)
+        .bind(&job.unique_key)
+        .fetch_one(conn)
+        .await?;
+    Ok(id)
+}
+
+/// What a handler gets: the job, its tenant and, for tenant jobs, the tenant transaction
+/// the worker commits when the handler succeeds.
+pub struct JobContext {
+    /// Job id.
+    pub id: Uuid,
+    /// 1 on the first run.
+    pub attempt: i32,
+    /// The job's tenant, for tenant jobs.
+    pub tenant: Option<Tenant>,
+    /// The control plane, for platform jobs.
+    pub control: ControlDb,
+    tx: Option<TenantTx>,
+}
+
+impl JobContext {
+    /// The tenant transaction (tenant jobs only).
+    pub fn tenant_tx(&mut self) -> anyhow::Result<&mut TenantTx> {
+        self.tx
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("this job has no tenant"))
+    }
+}
+
+/// Runs the jobs of one kind. Must be idempotent: a job can run more than once.
+pub trait JobHandler: Send + Sync + 'static {
+    /// The kind it handles.
+    fn kind(&self) -> &'static str;
+
+    /// Does the work. An error fails this attempt (and is kept as `last_error`).
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Handlers by kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a handler (replacing one of the same kind).
+    pub fn register(mut self, handler: impl JobHandler) -> Self {
+        self.handlers.insert(handler.kind(), Arc::new(handler));
+        self
+    }
+
+    fn get(&self, kind: &str) -> Option<Arc<dyn JobHandler>> {
+        self.handlers.get(kind).cloned()
+    }
+}
