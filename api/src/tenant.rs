@@ -5,7 +5,13 @@
 //! on Redis and every instance drops its cache, so a suspension takes effect everywhere
 //! within a second. The cache's TTL bounds staleness while Redis is unreachable.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use moka::sync::Cache;
@@ -17,7 +23,7 @@ use poem_openapi::{
 };
 use secrecy::ExposeSecret;
 use tenancy::{ControlDb, Tenant, TenantId, TenantSlug, TenantStatus};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::{
     AppState,
@@ -41,7 +47,11 @@ pub struct TenantResolver {
     control: ControlDb,
     base_domain: Option<String>,
     cache: Cache<TenantKey, Option<Arc<Tenant>>>,
+    /// Bumped by every invalidation: a lookup that raced one does not cache its result.
+    generation: AtomicU64,
     invalidated: Notify,
+    announced: broadcast::Sender<TenantId>,
+    listening: watch::Sender<bool>,
 }
 
 impl TenantResolver {
@@ -55,12 +65,16 @@ impl TenantResolver {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            generation: AtomicU64::new(0),
             invalidated: Notify::new(),
+            announced: broadcast::channel(64).0,
+            listening: watch::channel(false).0,
         }
     }
 
     /// Forgets every cached tenant.
     pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
         self.invalidated.notify_waiters();
     }
@@ -68,6 +82,17 @@ impl TenantResolver {
     /// Completes at the next [`Self::invalidate_all`] (tests wait on it).
     pub fn invalidated(&self) -> &Notify {
         &self.invalidated
+    }
+
+    /// Completes once this instance is subscribed to tenant changes.
+    pub async fn listening(&self) {
+        let mut listening = self.listening.subscribe();
+        let _ = listening.wait_for(|on| *on).await;
+    }
+
+    /// Tenants whose change this instance has heard of over Redis (tests wait on it).
+    pub fn announcements(&self) -> broadcast::Receiver<TenantId> {
+        self.announced.subscribe()
     }
 
     /// The tenant `request` addresses, which must be active.
@@ -138,6 +163,7 @@ impl TenantResolver {
         if let Some(cached) = self.cache.get(&key) {
             return cached.ok_or_else(not_found);
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let found = match &key {
             TenantKey::Id(id) => self.control.tenant_by_id(*id).await?,
             TenantKey::Slug(slug) => match TenantSlug::parse(slug) {
@@ -146,7 +172,10 @@ impl TenantResolver {
             },
         }
         .map(Arc::new);
-        self.cache.insert(key, found.clone());
+        // Read before an invalidation that happened meanwhile: may be stale, do not keep it.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.cache.insert(key, found.clone());
+        }
         found.ok_or_else(not_found)
     }
 }
@@ -160,7 +189,7 @@ fn parse_reference(raw: &str) -> Result<TenantKey, ApiError> {
     if let Ok(id) = uuid::Uuid::parse_str(raw) {
         return Ok(TenantKey::Id(TenantId(id)));
     }
-    TenantSlug::parse(raw)
+    TenantSlug::parse(&raw.to_ascii_lowercase())
         .map(|s| TenantKey::Slug(s.as_str().to_owned()))
         .map_err(|_| not_found())
 }
@@ -194,14 +223,23 @@ pub async fn listen_for_changes(state: AppState) {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(TENANT_CHANGES_CHANNEL).await?;
             state.tenants.invalidate_all();
+            state.tenants.listening.send_replace(true);
             tracing::debug!("listening for tenant changes");
             let mut messages = pubsub.into_on_message();
-            while messages.next().await.is_some() {
+            while let Some(message) = messages.next().await {
                 state.tenants.invalidate_all();
+                let tenant = message
+                    .get_payload::<String>()
+                    .ok()
+                    .and_then(|p| uuid::Uuid::parse_str(&p).ok());
+                if let Some(tenant) = tenant {
+                    let _ = state.tenants.announced.send(TenantId(tenant));
+                }
             }
             redis::RedisResult::Ok(())
         }
         .await;
+        state.tenants.listening.send_replace(false);
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(error) => tracing::warn!(%error, "tenant change listener lost Redis; retrying"),

@@ -124,6 +124,18 @@ impl Database {
     }
 }
 
+/// Kills the server if the test fails before it stops it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Reads stderr lines of a child on a thread, so the test can wait for one with a bound.
 fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stderr = child.stderr.take().expect("piped stderr");
@@ -227,8 +239,8 @@ async fn migrate_then_serve_logs_json_and_stops_on_sigterm() {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("serve starts");
-    let lines = stderr_lines(&mut child);
+    let mut child = KillOnDrop(cmd.spawn().expect("serve starts"));
+    let lines = stderr_lines(&mut child.0);
     let listening = wait_for_log(&lines, "listening");
     let url = listening["url"].as_str().expect("url field").to_owned();
     let addr = url.trim_start_matches("http://").to_owned();
@@ -270,12 +282,12 @@ async fn migrate_then_serve_logs_json_and_stops_on_sigterm() {
     assert_eq!(completed["level"], "INFO");
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
     wait_for_log(&lines, "shutdown complete");
-    let status = child.wait().expect("exit status");
+    let status = child.0.wait().expect("exit status");
     assert!(status.success(), "{status}");
     db.drop().await;
 }

@@ -142,7 +142,7 @@ async fn migrate_one(
     let mut tx = pool.begin().await?;
     // Locking the tenant row serialises concurrent migrators on the same tenant.
     let status: Option<String> =
-        sqlx::query_scalar("select status from public.tenants where id = $1 for update")
+        sqlx::query_scalar("select status from public.tenants where id = $1 for no key update")
             .bind(tenant.0)
             .fetch_optional(&mut *tx)
             .await?;

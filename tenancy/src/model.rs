@@ -54,6 +54,9 @@ pub enum SlugError {
     /// A name the platform keeps for itself.
     #[error("is reserved")]
     Reserved,
+    /// Reads as a tenant id (`X-Tenant` takes ids and slugs alike).
+    #[error("must not look like a tenant id")]
+    LooksLikeId,
 }
 
 /// Slugs that would collide with the platform's own hosts, schemas or routes.
@@ -122,6 +125,9 @@ impl TenantSlug {
         }
         if RESERVED_SLUGS.contains(&raw) {
             return Err(SlugError::Reserved);
+        }
+        if Uuid::parse_str(raw).is_ok() {
+            return Err(SlugError::LooksLikeId);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -245,6 +251,14 @@ mod tests {
         assert_eq!(TenantSlug::parse(&"a".repeat(64)), Err(SlugError::Length));
         assert!(TenantSlug::parse(&"a".repeat(63)).is_ok());
         assert!(TenantSlug::parse("acme-42").is_ok());
+        assert_eq!(
+            TenantSlug::parse("0193a4c2-6f1e-7c3a-9d2b-5e8f1a7b3c4d"),
+            Err(SlugError::LooksLikeId)
+        );
+        assert_eq!(
+            TenantSlug::parse("0193a4c26f1e7c3a9d2b5e8f1a7b3c4d"),
+            Err(SlugError::LooksLikeId)
+        );
     }
 
     #[test]
@@ -268,7 +282,8 @@ mod tests {
         #[test]
         fn dns_labels_are_accepted_unless_reserved(raw in "[a-z0-9][a-z0-9-]{1,61}[a-z0-9]") {
             let parsed = TenantSlug::parse(&raw);
-            prop_assert_eq!(parsed.is_ok(), !RESERVED_SLUGS.contains(&raw.as_str()));
+            let expected = !RESERVED_SLUGS.contains(&raw.as_str()) && Uuid::parse_str(&raw).is_err();
+            prop_assert_eq!(parsed.is_ok(), expected);
         }
     }
 }

@@ -206,19 +206,42 @@ impl ControlDb {
         }
     }
 
-    /// Renames a tenant (display name only).
-    pub async fn rename_tenant(&self, id: TenantId, name: &str) -> Result<Tenant, TenancyError> {
-        let name = validate_name(name)?;
+    /// Renames and/or suspends or resumes a tenant, in one statement. A deleted tenant stays
+    /// deleted.
+    pub async fn update_tenant(
+        &self,
+        id: TenantId,
+        name: Option<&str>,
+        status: Option<TenantStatus>,
+    ) -> Result<Tenant, TenancyError> {
+        let name = name.map(validate_name).transpose()?;
+        if status == Some(TenantStatus::Deleted) {
+            return Err(TenancyError::InvalidTransition {
+                from: TenantStatus::Active,
+                to: TenantStatus::Deleted,
+            });
+        }
         let row = sqlx::query(&format!(
-            "update public.tenants set name = $2, updated_at = now()
+            "update public.tenants
+             set name = coalesce($2, name), status = coalesce($3, status), updated_at = now()
              where id = $1 and status <> 'deleted'
              returning {TENANT_COLUMNS}"
         ))
         .bind(id.0)
         .bind(name)
+        .bind(status.map(TenantStatus::as_str))
         .fetch_optional(self.pool())
         .await?;
-        Ok(tenant_from_row(&row.ok_or(TenancyError::TenantNotFound)?)?)
+        match row {
+            Some(row) => Ok(tenant_from_row(&row)?),
+            None => match self.tenant_by_id(id).await? {
+                Some(t) => Err(TenancyError::InvalidTransition {
+                    from: t.status,
+                    to: status.unwrap_or(t.status),
+                }),
+                None => Err(TenancyError::TenantNotFound),
+            },
+        }
     }
 
     /// Marks a tenant deleted: unreachable at once, purged once `grace` has passed.

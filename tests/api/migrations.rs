@@ -233,3 +233,36 @@ async fn the_server_refuses_to_start_while_a_tenant_is_behind() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tenants_can_be_provisioned_and_purged_concurrently() {
+    let app = spawn_app().await;
+    let creations = (0..8).map(|i| {
+        let db = app.state.db.clone();
+        async move {
+            let slug = TenantSlug::parse(&format!("parallel-{i}")).expect("slug");
+            db.create_tenant(&slug, "Parallel").await
+        }
+    });
+    let tenants: Vec<_> = futures_util::future::join_all(creations)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every concurrent provisioning succeeds");
+    for tenant in &tenants {
+        app.state
+            .db
+            .delete_tenant(tenant.id, std::time::Duration::from_secs(1))
+            .await
+            .expect("delete");
+    }
+    let cutoff = chrono::Utc::now() + chrono::Duration::days(1);
+    let purges = (0..4).map(|_| app.state.db.purge_deleted_tenants(cutoff));
+    let purged: usize = futures_util::future::join_all(purges)
+        .await
+        .into_iter()
+        .map(|r| r.expect("concurrent purge succeeds").len())
+        .sum();
+    assert_eq!(purged, 8, "each tenant purged exactly once");
+    assert_eq!(leftovers(&app).await, (0, 0, 0));
+}

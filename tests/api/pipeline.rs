@@ -103,15 +103,25 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
     app.gate.entered.notified().await;
     let gate = app.gate.clone();
+    let port = app.port;
     let shutdown = {
-        let port = app.port;
         tokio::spawn(async move {
             let result = app.shutdown().await;
-            (result, port, app)
+            (result, app)
         })
     };
-    // The server must still be waiting for the in-flight request.
-    tokio::task::yield_now().await;
+    // Once the listener is closed the shutdown is under way; it must still be waiting for
+    // the in-flight request.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the listener closed on shutdown");
     assert!(
         !shutdown.is_finished(),
         "server stopped before its in-flight request finished"
@@ -125,7 +135,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), "\"released\"");
 
-    let (result, port, app) = shutdown.await.expect("join");
+    let (result, app) = shutdown.await.expect("join");
     result.expect("server shut down cleanly");
     assert!(app.server_finished());
     // Nothing listens any more.

@@ -426,11 +426,14 @@ async fn suspension_reaches_every_instance_within_a_second() {
     let second = first.spawn_sibling().await;
     let key = first.admin_key().await;
     let tenant = first.create_tenant("common-co").await;
+    first.state.tenants.listening().await;
+    second.state.tenants.listening().await;
     // Both instances have the tenant cached as active.
     assert_eq!(first.get_as("common-co", "/v1/tenant").await.status(), 200);
     assert_eq!(second.get_as("common-co", "/v1/tenant").await.status(), 200);
 
-    let invalidated = second.state.tenants.invalidated().notified();
+    // Other tests share this Redis: wait for the announcement of *this* tenant.
+    let mut announcements = second.state.tenants.announcements();
     let response = admin(
         &first,
         Method::PATCH,
@@ -440,9 +443,11 @@ async fn suspension_reaches_every_instance_within_a_second() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    tokio::time::timeout(std::time::Duration::from_secs(1), invalidated)
-        .await
-        .expect("the second instance heard of the change within a second");
+    tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while announcements.recv().await.expect("listener alive") != tenant.id {}
+    })
+    .await
+    .expect("the second instance heard of the change within a second");
     assert_problem(
         second.get_as("common-co", "/v1/tenant").await,
         403,

@@ -368,18 +368,15 @@ impl TenantsApi {
         body: JsonBody<UpdateTenant>,
     ) -> ApiResult<Json<AdminTenant>> {
         let id = TenantId(id.0);
-        let mut tenant = None;
-        if let Some(name) = &body.0.name {
-            tenant = Some(state.db.rename_tenant(id, name).await?);
-        }
-        if let Some(status) = body.0.status.map(TenantStatus::from) {
-            tenant = Some(state.db.set_tenant_status(id, status).await?);
+        let status = body.0.status.map(TenantStatus::from);
+        let tenant = state
+            .db
+            .update_tenant(id, body.0.name.as_deref(), status)
+            .await?;
+        if let Some(status) = status {
             tracing::info!(tenant_id = %id, status = %status, "tenant status changed");
         }
         publish_change(&state, id).await;
-        let tenant = tenant.ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!("validated update changed nothing"))
-        })?;
         Ok(Json((&tenant).into()))
     }
 
@@ -417,6 +414,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
     hex::decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|slug| TenantSlug::parse(slug).is_ok())
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidParameter,
