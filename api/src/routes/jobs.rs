@@ -13,7 +13,7 @@ use crate::{
     AppState,
     admin_auth::PlatformAdmin,
     error::{ApiError, ApiResult, ErrorCode},
-    routes::ApiTag,
+    routes::{ApiTag, page},
 };
 
 /// Job operations.
@@ -164,12 +164,8 @@ impl JobsApi {
             before: cursor.0,
             limit: limit.0 + 1,
         };
-        let mut items = jobs::list_jobs(&state.db, &filter).await?;
-        let more = items.len() as i64 > limit.0;
-        items.truncate(limit.0 as usize);
-        let next_cursor = more
-            .then(|| items.last().map(|j| j.id.to_string()))
-            .flatten();
+        let items = jobs::list_jobs(&state.db, &filter).await?;
+        let (items, next_cursor) = page(items, limit.0, |j| j.id.to_string());
         Ok(Json(JobPage {
             items: items.into_iter().map(Job::from).collect(),
             next_cursor,

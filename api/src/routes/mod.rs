@@ -41,6 +41,24 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
 }
 
+/// Keyset pagination: listings fetch `limit + 1` rows, the extra one only telling that a
+/// next page exists. Returns the page and the cursor of its last row when there is more.
+pub(crate) fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor_of: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(cursor_of)
+    } else {
+        None
+    };
+    (rows, next)
+}
+
 /// The document as pretty JSON, exactly as `openapi/openapi.json` stores it.
 pub fn openapi_json() -> String {
     let mut spec = openapi_service().spec();

@@ -17,7 +17,7 @@ use crate::{
     admin_auth::PlatformAdmin,
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate},
-    routes::ApiTag,
+    routes::{ApiTag, page},
     tenant::{CurrentTenant, publish_change},
 };
 
@@ -317,15 +317,11 @@ impl TenantsApi {
     ) -> ApiResult<Json<TenantPage>> {
         let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
         let status = status.0.map(TenantStatus::from);
-        let mut tenants = state
+        let tenants = state
             .db
             .list_tenants(status, after.as_deref(), limit.0 + 1)
             .await?;
-        let more = tenants.len() as i64 > limit.0;
-        tenants.truncate(limit.0 as usize);
-        let next_cursor = more
-            .then(|| tenants.last().map(|t| hex::encode(t.slug.as_str())))
-            .flatten();
+        let (tenants, next_cursor) = page(tenants, limit.0, |t| hex::encode(t.slug.as_str()));
         Ok(Json(TenantPage {
             items: tenants.iter().map(AdminTenant::from).collect(),
             next_cursor,
