@@ -23,7 +23,7 @@ use poem_openapi::{
 };
 use secrecy::ExposeSecret;
 use tenancy::{ControlDb, Tenant, TenantId, TenantSlug, TenantStatus};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::{
     AppState,
@@ -49,7 +49,6 @@ pub struct TenantResolver {
     cache: Cache<TenantKey, Option<Arc<Tenant>>>,
     /// Bumped by every invalidation: a lookup that raced one does not cache its result.
     generation: AtomicU64,
-    invalidated: Notify,
     announced: broadcast::Sender<TenantId>,
     listening: watch::Sender<bool>,
 }
@@ -66,7 +65,6 @@ impl TenantResolver {
                 .time_to_live(ttl)
                 .build(),
             generation: AtomicU64::new(0),
-            invalidated: Notify::new(),
             announced: broadcast::channel(64).0,
             listening: watch::channel(false).0,
         }
@@ -76,12 +74,6 @@ impl TenantResolver {
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
-        self.invalidated.notify_waiters();
-    }
-
-    /// Completes at the next [`Self::invalidate_all`] (tests wait on it).
-    pub fn invalidated(&self) -> &Notify {
-        &self.invalidated
     }
 
     /// Completes once this instance is subscribed to tenant changes.

@@ -23,6 +23,23 @@ async fn create_items_table(app: &TestApp, tenants: &[&Tenant]) {
     }
 }
 
+/// Tenants `alpha` and `bravo`, each with an empty `items` table.
+async fn two_tenants_with_items(app: &TestApp) -> (Tenant, Tenant) {
+    let (a, b) = (
+        app.create_tenant("alpha").await,
+        app.create_tenant("bravo").await,
+    );
+    create_items_table(app, &[&a, &b]).await;
+    (a, b)
+}
+
+/// The SQLSTATE of a database error.
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
 async fn insert_item(db: &TenantDb, tenant: &Tenant, id: i32, secret: &str) {
     let mut tx = db.begin(tenant.id).await.expect("begin");
     sqlx::query("insert into items (id, secret) values ($1, $2)")
@@ -59,11 +76,7 @@ fn single_connection(app: &TestApp) -> ControlDb {
 #[tokio::test]
 async fn same_ids_in_two_tenants_stay_apart() {
     let app = spawn_app().await;
-    let (a, b) = (
-        app.create_tenant("alpha").await,
-        app.create_tenant("bravo").await,
-    );
-    create_items_table(&app, &[&a, &b]).await;
+    let (a, b) = two_tenants_with_items(&app).await;
     let db = &app.state.tenant_db;
     insert_item(db, &a, 1, "alpha-secret").await;
     insert_item(db, &b, 1, "bravo-secret").await;
@@ -74,11 +87,7 @@ async fn same_ids_in_two_tenants_stay_apart() {
 #[tokio::test]
 async fn naming_another_schema_or_the_control_plane_is_permission_denied() {
     let app = spawn_app().await;
-    let (a, b) = (
-        app.create_tenant("alpha").await,
-        app.create_tenant("bravo").await,
-    );
-    create_items_table(&app, &[&a, &b]).await;
+    let (a, b) = two_tenants_with_items(&app).await;
     insert_item(&app.state.tenant_db, &b, 1, "bravo-secret").await;
 
     for sql in [
@@ -93,10 +102,7 @@ async fn naming_another_schema_or_the_control_plane_is_permission_denied() {
     ] {
         let mut tx = app.state.tenant_db.begin(a.id).await.expect("begin");
         let err = sqlx::query(&sql).execute(&mut *tx).await.expect_err(&sql);
-        let code = err
-            .as_database_error()
-            .and_then(|e| e.code())
-            .map(|c| c.into_owned());
+        let code = sqlstate(&err);
         assert_eq!(code.as_deref(), Some("42501"), "{sql}: {err}");
     }
     assert_eq!(
@@ -115,10 +121,7 @@ async fn a_table_missing_from_the_tenant_never_resolves_elsewhere() {
         .execute(&mut *tx)
         .await
         .expect_err("no such table");
-    let code = err
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned());
+    let code = sqlstate(&err);
     assert_eq!(code.as_deref(), Some("42P01"), "{err}");
 }
 
@@ -198,11 +201,7 @@ async fn role_and_search_path_reset_after_commit_rollback_error_and_cancellation
 #[tokio::test]
 async fn alternating_tenants_on_one_connection_with_the_same_statements() {
     let app = spawn_app().await;
-    let (a, b) = (
-        app.create_tenant("alpha").await,
-        app.create_tenant("bravo").await,
-    );
-    create_items_table(&app, &[&a, &b]).await;
+    let (a, b) = two_tenants_with_items(&app).await;
     insert_item(&app.state.tenant_db, &a, 7, "alpha-7").await;
     insert_item(&app.state.tenant_db, &b, 7, "bravo-7").await;
 
