@@ -119,6 +119,27 @@ pub enum AdminCommand {
         #[arg(long, default_value = "admin")]
         name: String,
     },
+    /// Manage the Ed25519 keys signing users' access tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `canopy admin keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List signing keys, newest first (the newest active one signs).
+    List,
+    /// Create a new signing key. It signs new tokens from now on (servers pick it up within
+    /// a minute); tokens signed by older keys keep verifying until those are retired.
+    /// Prints the new key id as the last line.
+    Rotate,
+    /// Retire a key: tokens it signed stop verifying (within a minute on every server).
+    /// Retire a key once its tokens have expired (CANOPY_JWT_ACCESS_TTL after a rotation),
+    /// or at once when it may have leaked.
+    Retire {
+        /// The key id (`kid`).
+        kid: String,
+    },
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit status.
@@ -209,8 +230,43 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", key.key);
             Ok(())
         }
+        Command::Admin(AdminCommand::Keys(command)) => {
+            let state = startup::build_state(settings)?;
+            state.db.ensure_migrated().await?;
+            let outcome = keys_command(&state, command).await;
+            state.db.close().await;
+            outcome
+        }
         Command::Openapi => unreachable!("handled before settings are loaded"),
     }
+}
+
+async fn keys_command(state: &AppState, command: KeysCommand) -> anyhow::Result<()> {
+    let pool = state.db.pool();
+    match command {
+        KeysCommand::List => {
+            state.tokens.initialize().await?;
+            for key in identity::jwt::list_keys(pool).await? {
+                let status = match key.retired_at {
+                    Some(at) => format!("retired {}", at.to_rfc3339()),
+                    None => "active".to_owned(),
+                };
+                println!("{}  created {}  {status}", key.kid, key.created_at.to_rfc3339());
+            }
+        }
+        KeysCommand::Rotate => {
+            let kid = identity::jwt::rotate_key(pool).await?;
+            eprintln!("New signing key created; servers sign with it within a minute:");
+            println!("{kid}");
+        }
+        KeysCommand::Retire { kid } => {
+            if !identity::jwt::retire_key(pool, &kid).await? {
+                anyhow::bail!("no active key has id {kid:?}");
+            }
+            println!("Retired {kid}; tokens it signed stop verifying within a minute.");
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(state: &AppState) -> anyhow::Result<()> {

@@ -68,8 +68,17 @@ error_codes! {
     InvalidParameter => (BAD_REQUEST, "Invalid parameter", "A path, query or header parameter could not be parsed; `detail` names it."),
     TenantRequired => (BAD_REQUEST, "Tenant required", "The operation is tenant-scoped but the request names no tenant: use the tenant's subdomain or the `X-Tenant` header."),
     TenantMismatch => (BAD_REQUEST, "Tenant mismatch", "The subdomain and the `X-Tenant` header name different tenants."),
+    LinkInvalid => (BAD_REQUEST, "Link invalid", "The verification or password-reset token is unknown, already used or expired; ask for a new email."),
     Unauthorized => (UNAUTHORIZED, "Unauthorized", "Credentials are missing, malformed or invalid."),
+    InvalidCredentials => (UNAUTHORIZED, "Invalid credentials", "The email or the password is wrong."),
+    InvalidToken => (UNAUTHORIZED, "Invalid token", "The access or refresh token is malformed, unknown, revoked, or its session has ended; log in again."),
+    TokenExpired => (UNAUTHORIZED, "Token expired", "The access token has expired; get a new one from `POST /v1/auth/refresh`."),
+    RefreshTokenReused => (UNAUTHORIZED, "Refresh token reused", "A refresh token was used again after it had been rotated: the whole session has been revoked as a precaution; log in again."),
     Forbidden => (FORBIDDEN, "Forbidden", "The credentials are valid but do not allow this operation."),
+    WrongTenant => (FORBIDDEN, "Wrong tenant", "The access token was issued by another tenant than the one this request addresses."),
+    EmailNotVerified => (FORBIDDEN, "Email not verified", "The account's email address has not been verified yet; follow the link in the verification email (or ask for a new one with `POST /v1/auth/resend-verification`)."),
+    AccountLocked => (FORBIDDEN, "Account locked", "Too many failed logins: the account is locked until `locked_until` (also in `Retry-After`)."),
+    AccountDisabled => (FORBIDDEN, "Account disabled", "The account has been deactivated or banned by an administrator."),
     TenantSuspended => (FORBIDDEN, "Tenant suspended", "The tenant exists but is suspended; the platform operator can resume it."),
     NotFound => (NOT_FOUND, "Not found", "No resource exists at this path."),
     TenantNotFound => (NOT_FOUND, "Tenant not found", "No active or suspended tenant has this slug or id."),
@@ -83,6 +92,8 @@ error_codes! {
     InternalError => (INTERNAL_SERVER_ERROR, "Internal server error", "Something went wrong on our side. Quote `request_id` when reporting it."),
     RequestTimeout => (SERVICE_UNAVAILABLE, "Request timed out", "The request took longer than the server allows and was abandoned."),
     NotReady => (SERVICE_UNAVAILABLE, "Not ready", "A dependency of the service is unavailable; `checks` says which."),
+    DependencyUnavailable => (SERVICE_UNAVAILABLE, "Temporarily unavailable", "A service this operation cannot safely do without is unreachable; retry after `Retry-After` seconds."),
+    Overloaded => (SERVICE_UNAVAILABLE, "Overloaded", "Too many requests of this kind are in progress; retry after `Retry-After` seconds."),
 }
 
 impl fmt::Display for ErrorCode {
@@ -202,6 +213,14 @@ impl ApiError {
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
+    }
+
+    /// A 429 or 503 telling the client to come back in `seconds` (`Retry-After`).
+    pub fn retry_after(code: ErrorCode, detail: impl Into<String>, seconds: u64) -> Self {
+        Self::new(code, detail).with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from(seconds.max(1)),
+        )
     }
 
     /// The stable code.
@@ -456,6 +475,37 @@ impl From<tenancy::TenancyError> for ApiError {
             ),
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<identity::StoreError> for ApiError {
+    fn from(err: identity::StoreError) -> Self {
+        match err {
+            identity::StoreError::EmailTaken => ApiError::new(
+                ErrorCode::Conflict,
+                "Another user of this tenant has this email address.",
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<identity::HashError> for ApiError {
+    fn from(err: identity::HashError) -> Self {
+        match err {
+            identity::HashError::Busy => ApiError::retry_after(
+                ErrorCode::Overloaded,
+                "Too many logins are being checked right now; retry in a moment.",
+                1,
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<identity::KeyError> for ApiError {
+    fn from(err: identity::KeyError) -> Self {
+        ApiError::internal(err)
     }
 }
 

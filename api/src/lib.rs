@@ -2,6 +2,7 @@
 //! and its request pipeline, route modules per tag, and problem+json errors.
 
 pub mod admin_auth;
+pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod metrics;

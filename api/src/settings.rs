@@ -156,22 +156,81 @@ pub const SETTINGS: &[SettingSpec] = &[
         Some("Canopy <no-reply@canopy.localhost>"),
         "sender address of every email (the tenant's name is shown as the sender name)",
     ),
-    spec(
-        "jwt_secret",
-        None,
-        "HS256 signing key for access tokens, at least 32 bytes; required in production, random per process in development",
-    ),
     spec("jwt_issuer", Some("canopy"), "`iss` claim of access tokens"),
     spec(
         "jwt_audience",
         Some("canopy"),
         "`aud` claim of access tokens",
     ),
-    spec("jwt_access_ttl", Some("15m"), "lifetime of an access token"),
+    spec(
+        "jwt_access_ttl",
+        Some("15m"),
+        "lifetime of an access token (Ed25519 JWT; keys live in the database, see `canopy keys`)",
+    ),
     spec(
         "jwt_refresh_ttl",
         Some("30d"),
-        "lifetime of a refresh token",
+        "lifetime of a refresh token (each use rotates it and starts a new lifetime); also how long Redis remembers revoked sessions and blocked users",
+    ),
+    spec(
+        "refresh_grace",
+        Some("10s"),
+        "how long after a rotation the old refresh token still yields the same successor (a client racing itself); at most 10s",
+    ),
+    spec(
+        "public_url",
+        Some("http://127.0.0.1:8080"),
+        "base URL of the application the links in emails point to (`/verify-email?token=…`, `/reset-password?token=…`)",
+    ),
+    spec(
+        "verification_ttl",
+        Some("24h"),
+        "lifetime of an email verification link",
+    ),
+    spec(
+        "password_reset_ttl",
+        Some("1h"),
+        "lifetime of a password reset link",
+    ),
+    spec(
+        "login_max_failures",
+        Some("5"),
+        "failed logins within `CANOPY_LOGIN_FAILURE_WINDOW` that lock an account",
+    ),
+    spec(
+        "login_failure_window",
+        Some("15m"),
+        "window counting an account's failed logins, and a client IP's",
+    ),
+    spec(
+        "login_lockout",
+        Some("15m"),
+        "how long a locked account stays locked",
+    ),
+    spec(
+        "login_ip_max_failures",
+        Some("30"),
+        "failed logins per client IP and tenant within the window before that IP is throttled (429)",
+    ),
+    spec(
+        "recovery_ip_max_requests",
+        Some("10"),
+        "forgot-password, reset-password and resend-verification requests per client IP and tenant within the window before that IP is throttled (429)",
+    ),
+    spec(
+        "trust_forwarded_for",
+        Some("false"),
+        "take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy that appends it)",
+    ),
+    spec(
+        "password_hash_threads",
+        Some("0"),
+        "threads hashing passwords at low priority; 0 means one per core",
+    ),
+    spec(
+        "password_hash_queue",
+        Some("256"),
+        "password hashes waiting or running before logins are told to retry (503)",
     ),
     spec(
         "s3_endpoint",
@@ -355,14 +414,41 @@ pub struct HttpSettings {
     pub health_timeout: Duration,
 }
 
+/// Identity: links, token lifetimes, lockout and throttles, password hashing.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Window in which a rotated refresh token yields its successor again.
+    pub refresh_grace: Duration,
+    /// Base URL of links in emails.
+    pub public_url: Url,
+    /// Verification link lifetime.
+    pub verification_ttl: Duration,
+    /// Reset link lifetime.
+    pub password_reset_ttl: Duration,
+    /// Failures that lock an account.
+    pub login_max_failures: u32,
+    /// Failure counting window (accounts and IPs).
+    pub login_failure_window: Duration,
+    /// Lock duration.
+    pub login_lockout: Duration,
+    /// Failed logins per IP and tenant per window.
+    pub login_ip_max_failures: u32,
+    /// Recovery requests per IP and tenant per window.
+    pub recovery_ip_max_requests: u32,
+    /// Read the client IP from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
+    /// Hashing threads (0: one per core).
+    pub password_hash_threads: usize,
+    /// Hashing queue bound.
+    pub password_hash_queue: usize,
+}
+
 /// Access and refresh token settings.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
-    /// HS256 key.
-    pub secret: SecretString,
-    /// `iss`.
+    /// `iss` claim.
     pub issuer: String,
-    /// `aud`.
+    /// `aud` claim.
     pub audience: String,
     /// Access token lifetime.
     pub access_ttl: Duration,
@@ -407,6 +493,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Tokens.
     pub jwt: JwtSettings,
+    /// Sign-up, login, recovery and their throttles.
+    pub auth: AuthSettings,
     /// Object storage.
     pub s3: S3Settings,
     /// Logging.
@@ -549,30 +637,44 @@ impl Settings {
             })?,
         };
 
-        let jwt_secret = match src.get("jwt_secret") {
-            Some((name, v)) if v.len() < 32 => {
-                return Err(ConfigError::Invalid {
-                    source_name: name,
-                    value: "<redacted>".into(),
-                    expected: "a secret of at least 32 bytes".into(),
-                });
-            }
-            Some((_, v)) => SecretString::from(v),
-            None if environment == Environment::Production => {
-                return Err(ConfigError::Missing {
-                    var: "CANOPY_JWT_SECRET".into(),
-                    expected: "a secret of at least 32 bytes (production does not invent one)"
-                        .into(),
-                });
-            }
-            None => SecretString::from(random_secret()),
-        };
         let jwt = JwtSettings {
-            secret: jwt_secret,
             issuer: src.parse("jwt_issuer", "a non-empty string", non_empty)?,
             audience: src.parse("jwt_audience", "a non-empty string", non_empty)?,
             access_ttl: src.parse("jwt_access_ttl", "a duration such as 15m", parse_duration)?,
             refresh_ttl: src.parse("jwt_refresh_ttl", "a duration such as 30d", parse_duration)?,
+        };
+        let whole = |max: u32| {
+            move |v: &str| v.parse::<u32>().ok().filter(|n| (1..=max).contains(n))
+        };
+        if environment == Environment::Production && src.get("public_url").is_none() {
+            return Err(ConfigError::Missing {
+                var: "CANOPY_PUBLIC_URL".into(),
+                expected: "the https:// URL users open (links in emails point there)".into(),
+            });
+        }
+        let auth = AuthSettings {
+            refresh_grace: src.parse("refresh_grace", "a duration of at most 10s", |v| {
+                parse_duration(v).filter(|d| *d <= Duration::from_secs(10))
+            })?,
+            public_url: src.parse("public_url", "an http(s):// URL", |v| {
+                Url::parse(v)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            })?,
+            verification_ttl: src.parse("verification_ttl", "a duration such as 24h", parse_duration)?,
+            password_reset_ttl: src.parse("password_reset_ttl", "a duration such as 1h", parse_duration)?,
+            login_max_failures: src.parse("login_max_failures", "a whole number from 1 to 100", whole(100))?,
+            login_failure_window: src.parse("login_failure_window", "a duration such as 15m", parse_duration)?,
+            login_lockout: src.parse("login_lockout", "a duration such as 15m", parse_duration)?,
+            login_ip_max_failures: src.parse("login_ip_max_failures", "a whole number from 1 to 100000", whole(100_000))?,
+            recovery_ip_max_requests: src.parse("recovery_ip_max_requests", "a whole number from 1 to 100000", whole(100_000))?,
+            trust_forwarded_for: src.parse("trust_forwarded_for", "`true` or `false`", |v| v.parse().ok())?,
+            password_hash_threads: src.parse("password_hash_threads", "a whole number from 0 to 256", |v| {
+                v.parse().ok().filter(|n| (0..=256).contains(n))
+            })?,
+            password_hash_queue: src.parse("password_hash_queue", "a whole number from 1 to 100000", |v| {
+                v.parse().ok().filter(|n| (1..=100_000).contains(n))
+            })?,
         };
 
         let s3 = S3Settings {
@@ -702,6 +804,7 @@ impl Settings {
             database,
             redis,
             jwt,
+            auth,
             s3,
             log,
             tenancy,
@@ -814,15 +917,6 @@ fn parse_size(v: &str) -> Option<u64> {
     (bytes > 0).then_some(bytes)
 }
 
-fn random_secret() -> String {
-    // Two v4 UUIDs carry 244 random bits from the OS generator.
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let fail = |reason: String| ConfigError::File {
         path: path.display().to_string(),
@@ -917,21 +1011,9 @@ mod tests {
     }
 
     #[test]
-    fn production_requires_a_jwt_secret() {
-        let err =
-            Settings::from_env_map(&env(&[("CANOPY_ENVIRONMENT", "production")])).unwrap_err();
-        assert!(
-            err.to_string().starts_with("CANOPY_JWT_SECRET is required"),
-            "{err}"
-        );
-        let err = Settings::from_env_map(&env(&[("CANOPY_JWT_SECRET", "short")])).unwrap_err();
-        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
-        let secret = "0123456789abcdef0123456789abcdef";
+    fn production_requires_real_secrets_and_urls() {
         let prod = |extra: &[(&str, &str)]| {
-            let mut vars = vec![
-                ("CANOPY_ENVIRONMENT", "production"),
-                ("CANOPY_JWT_SECRET", secret),
-            ];
+            let mut vars = vec![("CANOPY_ENVIRONMENT", "production")];
             vars.extend_from_slice(extra);
             Settings::from_env_map(&env(&vars))
         };
@@ -947,10 +1029,20 @@ mod tests {
             err.to_string().starts_with("CANOPY_SMTP_URL is required"),
             "{err}"
         );
+        let err = prod(&[
+            ("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret"),
+            ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("CANOPY_PUBLIC_URL is required"),
+            "{err}"
+        );
         assert!(
             prod(&[
                 ("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret"),
                 ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465"),
+                ("CANOPY_PUBLIC_URL", "https://app.example"),
             ])
             .is_ok()
         );

@@ -7,10 +7,12 @@ use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
 use poem::{Endpoint, EndpointExt, Route, Server, get, listener::TcpAcceptor, middleware::Cors};
 use secrecy::ExposeSecret;
+use identity::{AccessTokens, HashCost, PasswordHasher};
 use tenancy::{ControlDb, PoolSettings};
 
 use crate::{
     AppState,
+    auth::revocation::Revocations,
     metrics::Metrics,
     middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
     routes,
@@ -35,6 +37,11 @@ impl Application {
             .ensure_migrated()
             .await
             .context("cannot start the server")?;
+        state
+            .tokens
+            .initialize()
+            .await
+            .context("cannot load the access-token signing keys")?;
         state
             .db
             .ensure_tenants_current()
@@ -90,6 +97,7 @@ impl Application {
         let background = [
             tokio::spawn(tenant::listen_for_changes(self.state.clone())),
             tokio::spawn(purge_deleted_tenants(self.state.clone())),
+            tokio::spawn(reload_signing_keys(self.state.clone())),
         ];
         // One shutdown signal for the HTTP server and the in-process workers.
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -138,7 +146,11 @@ pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
         Some(url) => email::Mailer::smtp(url.expose_secret(), from)?,
         None => email::Mailer::outbox(settings.email.outbox_dir.clone(), from)?,
     };
-    Ok(jobs::Registry::new().register(email::SendEmail::new(mailer)))
+    let [reset, verification] = crate::auth::jobs::EmailRequests::handlers(settings);
+    Ok(jobs::Registry::new()
+        .register(email::SendEmail::new(mailer))
+        .register(reset)
+        .register(verification))
 }
 
 /// A worker for `registry` configured from the settings; its outcomes feed `/metrics`.
@@ -189,6 +201,24 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.http.base_domain.clone(),
         settings.tenancy.cache_ttl,
     ));
+    let tokens = AccessTokens::new(
+        db.pool().clone(),
+        &settings.jwt.issuer,
+        &settings.jwt.audience,
+        settings.jwt.access_ttl,
+    );
+    let threads = match settings.auth.password_hash_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let hasher = PasswordHasher::new(threads, settings.auth.password_hash_queue, HashCost::OWASP)
+        .context("cannot start the password hashing pool")?;
+    let revocations = Arc::new(Revocations::new(
+        redis.clone(),
+        db.tenant_db(),
+        settings.jwt.refresh_ttl,
+        settings.jwt.access_ttl,
+    ));
     Ok(AppState {
         settings: Arc::new(settings),
         tenant_db: db.tenant_db(),
@@ -196,6 +226,9 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         tenants,
         redis,
         metrics: Arc::new(Metrics::new()),
+        tokens,
+        hasher,
+        revocations,
     })
 }
 
@@ -239,6 +272,18 @@ async fn purge_deleted_tenants(state: AppState) {
         tick.tick().await;
         if let Err(error) = state.db.purge_deleted_tenants(chrono::Utc::now()).await {
             tracing::warn!(error = %anyhow::Error::from(error), "purging deleted tenants failed");
+        }
+    }
+}
+
+/// Picks up key rotations and retirements made elsewhere (by `canopy keys`).
+async fn reload_signing_keys(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(error) = state.tokens.reload().await {
+            tracing::warn!(error = %anyhow::Error::from(error), "reloading signing keys failed");
         }
     }
 }

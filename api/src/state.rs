@@ -5,7 +5,11 @@ use std::sync::Arc;
 use bb8_redis::RedisConnectionManager;
 use tenancy::{ControlDb, TenantDb};
 
-use crate::{metrics::Metrics, settings::Settings, tenant::TenantResolver};
+use identity::{AccessTokens, PasswordHasher};
+
+use crate::{
+    auth::revocation::Revocations, metrics::Metrics, settings::Settings, tenant::TenantResolver,
+};
 
 /// A pool of multiplexed Redis connections.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
@@ -25,4 +29,10 @@ pub struct AppState {
     pub redis: RedisPool,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Issues and verifies access tokens.
+    pub tokens: AccessTokens,
+    /// Hashes and verifies passwords off the executor.
+    pub hasher: PasswordHasher,
+    /// Revoked sessions and blocked users.
+    pub revocations: Arc<Revocations>,
 }

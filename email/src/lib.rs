@@ -205,6 +205,12 @@ impl Mailer {
     }
 }
 
+/// Whether `address` is a deliverable mailbox address (`local@domain`, as lettre parses
+/// it: no display name, no angle brackets).
+pub fn is_valid_address(address: &str) -> bool {
+    address.len() <= 254 && address.parse::<lettre::Address>().is_ok()
+}
+
 /// Payload of a [`SEND_EMAIL`] job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmailPayload {

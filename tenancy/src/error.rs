@@ -70,6 +70,16 @@ pub enum TenancyError {
         /// Requested status.
         to: crate::TenantStatus,
     },
+
+    /// A seed (registered or given at provisioning) failed for a reason of its own.
+    #[error("seed {seed} failed")]
+    Seed {
+        /// The seed's name.
+        seed: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl TenancyError {

@@ -69,12 +69,35 @@ impl ControlDb {
             .await
     }
 
+    /// [`Self::create_tenant`] that also runs `extra` (after the registered seeds) in the
+    /// provisioning transaction: sign-up creates the tenant's owner this way, so that the
+    /// tenant never exists without one.
+    pub async fn create_tenant_seeded(
+        &self,
+        slug: &TenantSlug,
+        name: &str,
+        extra: &dyn TenantSeed,
+    ) -> Result<Tenant, TenancyError> {
+        self.provision(slug, name, &embedded_migrations(), Some(extra))
+            .await
+    }
+
     /// [`Self::create_tenant`] with an explicit migration set (benchmarks and tests).
     pub async fn create_tenant_with(
         &self,
         slug: &TenantSlug,
         name: &str,
         migrations: &[TenantMigration],
+    ) -> Result<Tenant, TenancyError> {
+        self.provision(slug, name, migrations, None).await
+    }
+
+    async fn provision(
+        &self,
+        slug: &TenantSlug,
+        name: &str,
+        migrations: &[TenantMigration],
+        extra: Option<&dyn TenantSeed>,
     ) -> Result<Tenant, TenancyError> {
         let name = validate_name(name)?;
         let id = TenantId::new();
@@ -119,7 +142,8 @@ impl ControlDb {
 
         let switch = switch_statement("", id);
         (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
-        for seed in self.seeds() {
+        let seeds = self.seeds().iter().map(|s| &**s as &dyn TenantSeed);
+        for seed in seeds.chain(extra) {
             seed.seed(&mut tx).await.inspect_err(|_| {
                 tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
             })?;

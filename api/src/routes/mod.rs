@@ -1,10 +1,12 @@
 //! One module per API tag, each with its `XxxApi` struct, its request and response types
 //! beside the handlers.
 
+pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod ops;
 pub mod tenants;
+pub mod users;
 
 use poem_openapi::{OpenApiService, Tags};
 
@@ -19,15 +21,31 @@ pub enum ApiTag {
     Tenants,
     /// The background job queue (`/v1/admin/jobs`, authenticated by platform API keys).
     Jobs,
+    /// Sign-up, login, tokens, sessions and password recovery for a tenant's users.
+    Auth,
+    /// The current user and the tenant's member directory.
+    Users,
 }
 
 /// Every API of the service, in the order the document lists them.
-pub type Apis = (health::HealthApi, tenants::TenantsApi, jobs::JobsApi);
+pub type Apis = (
+    health::HealthApi,
+    auth::AuthApi,
+    users::UsersApi,
+    tenants::TenantsApi,
+    jobs::JobsApi,
+);
 
 /// The OpenAPI service: routes plus the document describing them.
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (health::HealthApi, tenants::TenantsApi, jobs::JobsApi),
+        (
+            health::HealthApi,
+            auth::AuthApi,
+            users::UsersApi,
+            tenants::TenantsApi,
+            jobs::JobsApi,
+        ),
         "Canopy",
         env!("CARGO_PKG_VERSION"),
     )

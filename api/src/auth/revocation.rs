@@ -1,0 +1,247 @@
+//! The revocation list: revoked sessions and blocked users (deactivated, banned), in Redis
+//! with a TTL equal to the refresh-token lifetime, checked on every authenticated request
+//! in one round trip.
+//!
+//! The database stays the source of truth. A status change or revocation commits there
+//! first and is written to Redis after. Every check also reads a per-tenant *ready* marker,
+//! set only once the tenant's list has been rebuilt from the database: should Redis lose
+//! its data (a flush, a failover to an empty replica), the marker is gone and requests are
+//! checked against the database until the list is rebuilt. Should Redis be unreachable,
+//! the check falls back to the database; should both be down, the request is refused with
+//! a 503, never let through unchecked. A token Redis lists as revoked is confirmed against
+//! the database too (those are rare), so a stale entry cannot lock anyone out.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tenancy::{TenantDb, TenantId};
+use uuid::Uuid;
+
+use crate::{
+    error::{ApiError, ErrorCode},
+    state::RedisPool,
+};
+
+/// How long one Redis operation may take before the database is asked instead.
+const REDIS_BUDGET: Duration = Duration::from_millis(500);
+
+/// Checks and maintains the revocation list.
+pub struct Revocations {
+    redis: RedisPool,
+    tenant_db: TenantDb,
+    ttl: Duration,
+    retry_for: Duration,
+    rebuilding: Mutex<HashSet<TenantId>>,
+}
+
+fn session_key(tenant: TenantId, session: Uuid) -> String {
+    format!("canopy:t:{tenant}:revoked:session:{session}")
+}
+
+fn user_key(tenant: TenantId, user: Uuid) -> String {
+    format!("canopy:t:{tenant}:revoked:user:{user}")
+}
+
+fn ready_key(tenant: TenantId) -> String {
+    format!("canopy:t:{tenant}:revoked:ready")
+}
+
+/// One write to the list.
+#[derive(Debug, Clone)]
+enum Write {
+    Set(String),
+    Del(String),
+}
+
+impl Revocations {
+    /// Entries live for `ttl` (the refresh-token lifetime); a write Redis refused is retried
+    /// for `retry_for` (the access-token lifetime: after that no token it concerns is valid,
+    /// and refreshes always read the database).
+    pub fn new(redis: RedisPool, tenant_db: TenantDb, ttl: Duration, retry_for: Duration) -> Self {
+        Self {
+            redis,
+            tenant_db,
+            ttl,
+            retry_for,
+            rebuilding: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether `session` of `user` may be used: `Ok` or a 401/403/503 problem.
+    pub async fn check(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<(), ApiError> {
+        let keys = [
+            ready_key(tenant),
+            session_key(tenant, session),
+            user_key(tenant, user),
+        ];
+        let looked_up = tokio::time::timeout(REDIS_BUDGET, async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async::<Vec<Option<String>>>(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match looked_up.as_deref() {
+            Ok([Some(_), None, None]) => return Ok(()),
+            // Listed: confirmed against the database, which has every revocation. (An entry
+            // can outlive its reason when a rebuild races a reactivation; such a user must
+            // not stay locked out.)
+            Ok([Some(_), ..]) => {}
+            Ok(_) => {
+                tracing::info!(%tenant, "revocation list not ready; checking the database");
+                self.spawn_rebuild(tenant);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "revocation list unreachable; checking the database");
+            }
+        }
+        let valid = async {
+            let mut tx = self.tenant_db.begin(tenant).await?;
+            let valid = identity::store::session_is_valid(&mut tx, user, session)
+                .await
+                .map_err(anyhow::Error::from)?;
+            tx.commit().await?;
+            anyhow::Ok(valid)
+        }
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "neither Redis nor PostgreSQL could check a token");
+            ApiError::retry_after(
+                ErrorCode::DependencyUnavailable,
+                "The session cannot be checked right now; retry shortly.",
+                5,
+            )
+        })?;
+        if valid { Ok(()) } else { Err(revoked()) }
+    }
+
+    /// Records that `sessions` were revoked.
+    pub async fn revoke_sessions(self: &Arc<Self>, tenant: TenantId, sessions: &[Uuid]) {
+        let writes = sessions
+            .iter()
+            .map(|s| Write::Set(session_key(tenant, *s)))
+            .collect();
+        self.write(writes).await;
+    }
+
+    /// Records that `user` is blocked (and their `sessions` revoked).
+    pub async fn block_user(self: &Arc<Self>, tenant: TenantId, user: Uuid, sessions: &[Uuid]) {
+        let writes = std::iter::once(Write::Set(user_key(tenant, user)))
+            .chain(sessions.iter().map(|s| Write::Set(session_key(tenant, *s))))
+            .collect();
+        self.write(writes).await;
+    }
+
+    /// Lifts the block on `user` (their old sessions stay revoked).
+    pub async fn unblock_user(self: &Arc<Self>, tenant: TenantId, user: Uuid) {
+        self.write(vec![Write::Del(user_key(tenant, user))]).await;
+    }
+
+    /// Applies `writes`; on failure keeps retrying in the background, so that a blip does
+    /// not leave a revoked token honoured while the list is otherwise intact.
+    async fn write(self: &Arc<Self>, writes: Vec<Write>) {
+        if writes.is_empty() || self.try_write(&writes).await.is_ok() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + this.retry_for;
+            let mut delay = Duration::from_millis(200);
+            loop {
+                tokio::time::sleep(delay).await;
+                match this.try_write(&writes).await {
+                    Ok(()) => return,
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
+                        tracing::error!(%error, "gave up writing to the revocation list");
+                        return;
+                    }
+                    Err(_) => delay = (delay * 2).min(Duration::from_secs(10)),
+                }
+            }
+        });
+    }
+
+    async fn try_write(&self, writes: &[Write]) -> Result<(), String> {
+        let ttl = self.ttl.as_secs().max(1);
+        tokio::time::timeout(REDIS_BUDGET, async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            let mut pipe = redis::pipe();
+            for write in writes {
+                match write {
+                    Write::Set(key) => pipe.cmd("SET").arg(key).arg(1).arg("EX").arg(ttl),
+                    Write::Del(key) => pipe.cmd("DEL").arg(key),
+                }
+                .ignore();
+            }
+            pipe.query_async::<()>(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
+        .inspect_err(|error| tracing::warn!(%error, "revocation list write failed; retrying"))
+    }
+
+    /// Rebuilds `tenant`'s list from the database in the background (once at a time).
+    fn spawn_rebuild(self: &Arc<Self>, tenant: TenantId) {
+        {
+            let mut rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+            if !rebuilding.insert(tenant) {
+                return;
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.rebuild(tenant).await {
+                tracing::warn!(%tenant, %error, "rebuilding the revocation list failed");
+            }
+            this.rebuilding
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&tenant);
+        });
+    }
+
+    /// Writes every blocked user and every session revoked within the TTL, then the ready
+    /// marker. Revocations committed meanwhile write their own entries, so none is lost.
+    pub async fn rebuild(&self, tenant: TenantId) -> anyhow::Result<()> {
+        let since = chrono::Utc::now() - chrono::Duration::from_std(self.ttl)?;
+        let mut tx = self.tenant_db.begin(tenant).await?;
+        let (users, sessions) = identity::store::revocations(&mut tx, since).await?;
+        tx.commit().await?;
+        let writes: Vec<Write> = users
+            .iter()
+            .map(|u| Write::Set(user_key(tenant, *u)))
+            .chain(sessions.iter().map(|s| Write::Set(session_key(tenant, *s))))
+            .collect();
+        for chunk in writes.chunks(1000) {
+            self.try_write(chunk).await.map_err(anyhow::Error::msg)?;
+        }
+        let mut conn = self.redis.get().await?;
+        redis::cmd("SET")
+            .arg(ready_key(tenant))
+            .arg(1)
+            .query_async::<()>(&mut *conn)
+            .await?;
+        tracing::info!(%tenant, users = users.len(), sessions = sessions.len(), "revocation list rebuilt");
+        Ok(())
+    }
+}
+
+fn revoked() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidToken,
+        "This session has ended or the account is blocked; log in again.",
+    )
+}
