@@ -251,7 +251,11 @@ async fn keys_command(state: &AppState, command: KeysCommand) -> anyhow::Result<
                     Some(at) => format!("retired {}", at.to_rfc3339()),
                     None => "active".to_owned(),
                 };
-                println!("{}  created {}  {status}", key.kid, key.created_at.to_rfc3339());
+                println!(
+                    "{}  created {}  {status}",
+                    key.kid,
+                    key.created_at.to_rfc3339()
+                );
             }
         }
         KeysCommand::Rotate => {

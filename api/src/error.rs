@@ -217,10 +217,7 @@ impl ApiError {
 
     /// A 429 or 503 telling the client to come back in `seconds` (`Retry-After`).
     pub fn retry_after(code: ErrorCode, detail: impl Into<String>, seconds: u64) -> Self {
-        Self::new(code, detail).with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from(seconds.max(1)),
-        )
+        Self::new(code, detail).with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
     }
 
     /// The stable code.

@@ -218,6 +218,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "forgot-password, reset-password and resend-verification requests per client IP and tenant within the window before that IP is throttled (429)",
     ),
     spec(
+        "signup_ip_max_requests",
+        Some("20"),
+        "sign-ups per client IP per hour before that IP is throttled (429)",
+    ),
+    spec(
         "trust_forwarded_for",
         Some("false"),
         "take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy that appends it)",
@@ -435,6 +440,8 @@ pub struct AuthSettings {
     pub login_ip_max_failures: u32,
     /// Recovery requests per IP and tenant per window.
     pub recovery_ip_max_requests: u32,
+    /// Sign-ups per IP per hour.
+    pub signup_ip_max_requests: u32,
     /// Read the client IP from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
     /// Hashing threads (0: one per core).
@@ -643,9 +650,8 @@ impl Settings {
             access_ttl: src.parse("jwt_access_ttl", "a duration such as 15m", parse_duration)?,
             refresh_ttl: src.parse("jwt_refresh_ttl", "a duration such as 30d", parse_duration)?,
         };
-        let whole = |max: u32| {
-            move |v: &str| v.parse::<u32>().ok().filter(|n| (1..=max).contains(n))
-        };
+        let whole =
+            |max: u32| move |v: &str| v.parse::<u32>().ok().filter(|n| (1..=max).contains(n));
         if environment == Environment::Production && src.get("public_url").is_none() {
             return Err(ConfigError::Missing {
                 var: "CANOPY_PUBLIC_URL".into(),
@@ -661,20 +667,55 @@ impl Settings {
                     .ok()
                     .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             })?,
-            verification_ttl: src.parse("verification_ttl", "a duration such as 24h", parse_duration)?,
-            password_reset_ttl: src.parse("password_reset_ttl", "a duration such as 1h", parse_duration)?,
-            login_max_failures: src.parse("login_max_failures", "a whole number from 1 to 100", whole(100))?,
-            login_failure_window: src.parse("login_failure_window", "a duration such as 15m", parse_duration)?,
+            verification_ttl: src.parse(
+                "verification_ttl",
+                "a duration such as 24h",
+                parse_duration,
+            )?,
+            password_reset_ttl: src.parse(
+                "password_reset_ttl",
+                "a duration such as 1h",
+                parse_duration,
+            )?,
+            login_max_failures: src.parse(
+                "login_max_failures",
+                "a whole number from 1 to 100",
+                whole(100),
+            )?,
+            login_failure_window: src.parse(
+                "login_failure_window",
+                "a duration such as 15m",
+                parse_duration,
+            )?,
             login_lockout: src.parse("login_lockout", "a duration such as 15m", parse_duration)?,
-            login_ip_max_failures: src.parse("login_ip_max_failures", "a whole number from 1 to 100000", whole(100_000))?,
-            recovery_ip_max_requests: src.parse("recovery_ip_max_requests", "a whole number from 1 to 100000", whole(100_000))?,
-            trust_forwarded_for: src.parse("trust_forwarded_for", "`true` or `false`", |v| v.parse().ok())?,
-            password_hash_threads: src.parse("password_hash_threads", "a whole number from 0 to 256", |v| {
-                v.parse().ok().filter(|n| (0..=256).contains(n))
+            login_ip_max_failures: src.parse(
+                "login_ip_max_failures",
+                "a whole number from 1 to 100000",
+                whole(100_000),
+            )?,
+            recovery_ip_max_requests: src.parse(
+                "recovery_ip_max_requests",
+                "a whole number from 1 to 100000",
+                whole(100_000),
+            )?,
+            signup_ip_max_requests: src.parse(
+                "signup_ip_max_requests",
+                "a whole number from 1 to 100000",
+                whole(100_000),
+            )?,
+            trust_forwarded_for: src.parse("trust_forwarded_for", "`true` or `false`", |v| {
+                v.parse().ok()
             })?,
-            password_hash_queue: src.parse("password_hash_queue", "a whole number from 1 to 100000", |v| {
-                v.parse().ok().filter(|n| (1..=100_000).contains(n))
-            })?,
+            password_hash_threads: src.parse(
+                "password_hash_threads",
+                "a whole number from 0 to 256",
+                |v| v.parse().ok().filter(|n| (0..=256).contains(n)),
+            )?,
+            password_hash_queue: src.parse(
+                "password_hash_queue",
+                "a whole number from 1 to 100000",
+                |v| v.parse().ok().filter(|n| (1..=100_000).contains(n)),
+            )?,
         };
 
         let s3 = S3Settings {

@@ -5,9 +5,9 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
+use identity::{AccessTokens, HashCost, PasswordHasher};
 use poem::{Endpoint, EndpointExt, Route, Server, get, listener::TcpAcceptor, middleware::Cors};
 use secrecy::ExposeSecret;
-use identity::{AccessTokens, HashCost, PasswordHasher};
 use tenancy::{ControlDb, PoolSettings};
 
 use crate::{

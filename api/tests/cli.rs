@@ -64,7 +64,9 @@ fn invalid_configuration_stops_with_one_clear_line() {
     }
     let out = canopy(&["serve"], &[("CANOPY_ENVIRONMENT", "production")]);
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CANOPY_S3_SECRET_ACCESS_KEY is required"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CANOPY_S3_SECRET_ACCESS_KEY is required")
+    );
 }
 
 #[test]

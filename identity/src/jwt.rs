@@ -195,7 +195,11 @@ impl AccessTokens {
     /// Reads the key table again (picks up rotations and retirements).
     pub async fn reload(&self) -> Result<(), KeyError> {
         let keyring = read_keyring(&self.inner.pool).await?;
-        *self.inner.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        *self
+            .inner
+            .keyring
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
         Ok(())
     }
 
@@ -321,8 +325,9 @@ async fn read_keyring(pool: &PgPool) -> Result<Keyring, KeyError> {
         let private: Vec<u8> = row.try_get("private_key")?;
         let public: Vec<u8> = row.try_get("public_key")?;
         if keyring.signing.is_none() {
-            Ed25519KeyPair::from_pkcs8(&private)
-                .map_err(|_| KeyError::Unusable(format!("signing key {kid} is not a valid Ed25519 key")))?;
+            Ed25519KeyPair::from_pkcs8(&private).map_err(|_| {
+                KeyError::Unusable(format!("signing key {kid} is not a valid Ed25519 key"))
+            })?;
             keyring.signing = Some((kid.clone(), EncodingKey::from_ed_der(&private)));
         }
         keyring
@@ -355,12 +360,14 @@ async fn insert_new_key(conn: &mut sqlx::PgConnection) -> Result<String, KeyErro
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).map_err(|e| KeyError::Unusable(e.to_string()))?;
     let kid = URL_SAFE_NO_PAD.encode(id);
-    sqlx::query("insert into public.signing_keys (kid, private_key, public_key) values ($1, $2, $3)")
-        .bind(&kid)
-        .bind(pkcs8.as_ref())
-        .bind(pair.public_key().as_ref())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "insert into public.signing_keys (kid, private_key, public_key) values ($1, $2, $3)",
+    )
+    .bind(&kid)
+    .bind(pkcs8.as_ref())
+    .bind(pair.public_key().as_ref())
+    .execute(conn)
+    .await?;
     Ok(kid)
 }
 

@@ -178,7 +178,11 @@ impl PasswordHasher {
     /// Checks `password` against `stored` (a PHC string). With `stored` `None` (no such
     /// account) the work is done against a decoy hash and the answer is always
     /// [`Verified::No`].
-    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<Verified, HashError> {
+    pub async fn verify(
+        &self,
+        password: &str,
+        stored: Option<&str>,
+    ) -> Result<Verified, HashError> {
         let known = stored.is_some();
         let stored = stored.unwrap_or(&self.inner.decoy).to_owned();
         let password = password.to_owned();
@@ -224,7 +228,11 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _slot = self.inner.queue.try_acquire().map_err(|_| HashError::Busy)?;
+        let _slot = self
+            .inner
+            .queue
+            .try_acquire()
+            .map_err(|_| HashError::Busy)?;
         let (tx, rx) = oneshot::channel();
         self.inner.pool.spawn(move || {
             let _ = tx.send(work());
@@ -261,7 +269,10 @@ mod tests {
         // 11 characters, 33 bytes: still too short.
         assert_eq!(check_policy("ééééééééééé"), Err(PolicyViolation::TooShort));
         assert_eq!(check_policy("éééééééééééé"), Ok(()));
-        assert_eq!(check_policy(&"x".repeat(129)), Err(PolicyViolation::TooLong));
+        assert_eq!(
+            check_policy(&"x".repeat(129)),
+            Err(PolicyViolation::TooLong)
+        );
         assert_eq!(check_policy(&"€".repeat(128)), Ok(()));
         // Spaces and emoji are characters like any other; no composition rules.
         assert_eq!(check_policy("correct horse battery 🐴"), Ok(()));
@@ -285,21 +296,61 @@ mod tests {
     async fn verifies_exactly_as_typed_and_upgrades_weaker_hashes() {
         let hasher = PasswordHasher::new(1, 8, CHEAP).unwrap();
         let stored = hasher.hash("Correct Horse Battery").await.unwrap();
-        assert!(stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{stored}");
-        assert_eq!(hasher.verify("Correct Horse Battery", Some(&stored)).await.unwrap(), Verified::Yes);
-        for wrong in ["correct horse battery", "Correct Horse Batter", "Correct Horse Battery "] {
-            assert_eq!(hasher.verify(wrong, Some(&stored)).await.unwrap(), Verified::No, "{wrong}");
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"),
+            "{stored}"
+        );
+        assert_eq!(
+            hasher
+                .verify("Correct Horse Battery", Some(&stored))
+                .await
+                .unwrap(),
+            Verified::Yes
+        );
+        for wrong in [
+            "correct horse battery",
+            "Correct Horse Batter",
+            "Correct Horse Battery ",
+        ] {
+            assert_eq!(
+                hasher.verify(wrong, Some(&stored)).await.unwrap(),
+                Verified::No,
+                "{wrong}"
+            );
         }
         // No truncation: a long password differing only at its end is another password.
         let long = "a".repeat(127) + "b";
         let long_hash = hasher.hash(&long).await.unwrap();
-        assert_eq!(hasher.verify(&("a".repeat(127) + "c"), Some(&long_hash)).await.unwrap(), Verified::No);
+        assert_eq!(
+            hasher
+                .verify(&("a".repeat(127) + "c"), Some(&long_hash))
+                .await
+                .unwrap(),
+            Verified::No
+        );
 
-        let weaker = hash_now(HashCost { memory_kib: 512, ..CHEAP }, "Correct Horse Battery").unwrap();
-        match hasher.verify("Correct Horse Battery", Some(&weaker)).await.unwrap() {
+        let weaker = hash_now(
+            HashCost {
+                memory_kib: 512,
+                ..CHEAP
+            },
+            "Correct Horse Battery",
+        )
+        .unwrap();
+        match hasher
+            .verify("Correct Horse Battery", Some(&weaker))
+            .await
+            .unwrap()
+        {
             Verified::YesRehashed(new) => {
                 assert!(new.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{new}");
-                assert_eq!(hasher.verify("Correct Horse Battery", Some(&new)).await.unwrap(), Verified::Yes);
+                assert_eq!(
+                    hasher
+                        .verify("Correct Horse Battery", Some(&new))
+                        .await
+                        .unwrap(),
+                    Verified::Yes
+                );
             }
             other => panic!("expected a rehash, got {other:?}"),
         }
@@ -308,8 +359,20 @@ mod tests {
     #[tokio::test]
     async fn unknown_accounts_never_verify_and_garbage_hashes_are_refused() {
         let hasher = PasswordHasher::new(1, 8, CHEAP).unwrap();
-        assert_eq!(hasher.verify("decoy password nobody can know", None).await.unwrap(), Verified::No);
-        assert_eq!(hasher.verify("anything at all", Some("not a hash")).await.unwrap(), Verified::No);
+        assert_eq!(
+            hasher
+                .verify("decoy password nobody can know", None)
+                .await
+                .unwrap(),
+            Verified::No
+        );
+        assert_eq!(
+            hasher
+                .verify("anything at all", Some("not a hash"))
+                .await
+                .unwrap(),
+            Verified::No
+        );
     }
 
     #[tokio::test]

@@ -78,7 +78,13 @@ mod tests {
         assert_eq!(wire.len(), 43);
         assert_eq!(OpaqueToken::parse(&wire), Some(token.clone()));
         assert_ne!(OpaqueToken::generate(), token);
-        for bad in ["", "short", &format!("{wire}="), &wire[..42], &wire.replace(|_| true, "!")] {
+        for bad in [
+            "",
+            "short",
+            &format!("{wire}="),
+            &wire[..42],
+            &wire.replace(|_| true, "!"),
+        ] {
             assert_eq!(OpaqueToken::parse(bad), None, "{bad}");
         }
         assert_eq!(format!("{token:?}"), "OpaqueToken(<redacted>)");

@@ -95,7 +95,8 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
-const USER_COLUMNS: &str = "id, email, name, status, email_verified_at, is_owner, last_login_at, created_at, updated_at";
+const USER_COLUMNS: &str =
+    "id, email, name, status, email_verified_at, is_owner, last_login_at, created_at, updated_at";
 
 fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
     let status: String = row.try_get("status")?;
@@ -103,10 +104,12 @@ fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
         name: row.try_get("name")?,
-        status: status.parse().map_err(|e: String| sqlx::Error::ColumnDecode {
-            index: "status".into(),
-            source: e.into(),
-        })?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::ColumnDecode {
+                index: "status".into(),
+                source: e.into(),
+            })?,
         email_verified_at: row.try_get("email_verified_at")?,
         is_owner: row.try_get("is_owner")?,
         last_login_at: row.try_get("last_login_at")?,
@@ -188,10 +191,12 @@ pub async fn user_by_email(
     conn: &mut PgConnection,
     email: &str,
 ) -> Result<Option<User>, StoreError> {
-    let row = sqlx::query(&format!("select {USER_COLUMNS} from users where email_key = $1"))
-        .bind(email_key(email))
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(&format!(
+        "select {USER_COLUMNS} from users where email_key = $1"
+    ))
+    .bind(email_key(email))
+    .fetch_optional(conn)
+    .await?;
     Ok(row.as_ref().map(user_from_row).transpose()?)
 }
 
@@ -272,9 +277,8 @@ pub async fn record_login_failure(
         Some(start) if now - start <= window => (count.saturating_add(1), start),
         _ => (1, now),
     };
-    let locked_until = (u32::try_from(count).unwrap_or(0) >= policy.max_failures).then(|| {
-        now + chrono::Duration::from_std(policy.lockout).unwrap_or(chrono::Duration::MAX)
-    });
+    let locked_until = (u32::try_from(count).unwrap_or(0) >= policy.max_failures)
+        .then(|| now + chrono::Duration::from_std(policy.lockout).unwrap_or(chrono::Duration::MAX));
     // Locking starts a fresh count for after the lock.
     let (count, start) = if locked_until.is_some() {
         (0, None)
@@ -560,7 +564,10 @@ pub async fn revoke_user_sessions(
 }
 
 /// The live sessions of `user`, most recently used first.
-pub async fn list_sessions(conn: &mut PgConnection, user: Uuid) -> Result<Vec<Session>, StoreError> {
+pub async fn list_sessions(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<Vec<Session>, StoreError> {
     let rows = sqlx::query(
         "select id, user_id, user_agent, host(ip) as ip, created_at, last_used_at from sessions
          where user_id = $1 and revoked_at is null order by last_used_at desc, id limit 1000",
@@ -757,9 +764,10 @@ pub async fn revocations(
     conn: &mut PgConnection,
     since: DateTime<Utc>,
 ) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
-    let users = sqlx::query_scalar("select id from users where status in ('deactivated', 'banned')")
-        .fetch_all(&mut *conn)
-        .await?;
+    let users =
+        sqlx::query_scalar("select id from users where status in ('deactivated', 'banned')")
+            .fetch_all(&mut *conn)
+            .await?;
     let sessions = sqlx::query_scalar("select id from sessions where revoked_at >= $1")
         .bind(since)
         .fetch_all(conn)

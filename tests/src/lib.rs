@@ -13,6 +13,7 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
 
+pub mod auth;
 pub mod test_api;
 
 pub use test_api::Gate;
@@ -86,6 +87,20 @@ impl TestAppBuilder {
             ("CANOPY_REDIS_POOL_SIZE".to_owned(), "4".to_owned()),
             // Tests that need workers start their own, with their own handlers.
             ("CANOPY_WORKERS".to_owned(), "0".to_owned()),
+            (
+                "CANOPY_OUTBOX_DIR".to_owned(),
+                std::env::temp_dir()
+                    .join(format!("canopy-outbox-{}", uuid::Uuid::now_v7().simple()))
+                    .display()
+                    .to_string(),
+            ),
+            // Every test signs up from 127.0.0.1 through the same Redis.
+            (
+                "CANOPY_SIGNUP_IP_MAX_REQUESTS".to_owned(),
+                "100000".to_owned(),
+            ),
+            // Two hashing threads whatever the machine, so parallel tests stay responsive.
+            ("CANOPY_PASSWORD_HASH_THREADS".to_owned(), "2".to_owned()),
         ]);
         env.extend(overrides);
         let settings = Settings::from_env_map(&env).context("test settings")?;

@@ -11,10 +11,10 @@ use identity::{
     store::{self, TokenPurpose},
 };
 use jobs::{JobContext, JobHandler, NewJob};
-use tenancy::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
+use tenancy::BoxFuture;
 use url::Url;
 
 use crate::settings::Settings;
@@ -32,7 +32,13 @@ struct EmailRequest {
 
 /// A job of `kind` for `email` (enqueue it in the tenant's transaction).
 pub fn request_job(kind: &'static str, email: &str) -> NewJob {
-    NewJob::new(kind, json!(EmailRequest { email: email.to_owned() })).max_attempts(5)
+    NewJob::new(
+        kind,
+        json!(EmailRequest {
+            email: email.to_owned()
+        }),
+    )
+    .max_attempts(5)
 }
 
 /// Where email links point and how long they work.
@@ -56,17 +62,35 @@ impl Links {
     fn link(&self, path: &str, token: &identity::OpaqueToken) -> String {
         let mut url = self.base.clone();
         url.set_path(path);
-        url.query_pairs_mut().clear().append_pair("token", &token.encode());
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("token", &token.encode());
         url.to_string()
     }
 
     /// Issues a verification token for `user` and enqueues the email carrying it.
-    pub async fn send_verification(&self, conn: &mut PgConnection, user: &User) -> anyhow::Result<()> {
-        let token =
-            store::issue_user_token(conn, user.id, TokenPurpose::VerifyEmail, self.verification_ttl)
-                .await?;
-        let vars = vars(user, Some(self.link("/verify-email", &token)), self.verification_ttl);
-        jobs::enqueue(conn, email::send_email_job(&user.email, Template::Verification, vars)).await?;
+    pub async fn send_verification(
+        &self,
+        conn: &mut PgConnection,
+        user: &User,
+    ) -> anyhow::Result<()> {
+        let token = store::issue_user_token(
+            conn,
+            user.id,
+            TokenPurpose::VerifyEmail,
+            self.verification_ttl,
+        )
+        .await?;
+        let vars = vars(
+            user,
+            Some(self.link("/verify-email", &token)),
+            self.verification_ttl,
+        );
+        jobs::enqueue(
+            conn,
+            email::send_email_job(&user.email, Template::Verification, vars),
+        )
+        .await?;
         Ok(())
     }
 
@@ -75,8 +99,16 @@ impl Links {
         let token =
             store::issue_user_token(conn, user.id, TokenPurpose::ResetPassword, self.reset_ttl)
                 .await?;
-        let vars = vars(user, Some(self.link("/reset-password", &token)), self.reset_ttl);
-        jobs::enqueue(conn, email::send_email_job(&user.email, Template::PasswordReset, vars)).await?;
+        let vars = vars(
+            user,
+            Some(self.link("/reset-password", &token)),
+            self.reset_ttl,
+        );
+        jobs::enqueue(
+            conn,
+            email::send_email_job(&user.email, Template::PasswordReset, vars),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -85,7 +117,11 @@ impl Links {
 pub async fn send_notice(conn: &mut PgConnection, user: &User, event: &str) -> anyhow::Result<()> {
     let mut vars = vars(user, None, Duration::ZERO);
     vars.insert("event".into(), Value::String(event.to_owned()));
-    jobs::enqueue(conn, email::send_email_job(&user.email, Template::SecurityNotice, vars)).await?;
+    jobs::enqueue(
+        conn,
+        email::send_email_job(&user.email, Template::SecurityNotice, vars),
+    )
+    .await?;
     Ok(())
 }
 
@@ -130,12 +166,19 @@ impl JobHandler for EmailRequests {
         self.kind
     }
 
-    fn run<'a>(&'a self, ctx: &'a mut JobContext, payload: Value) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let request: EmailRequest = serde_json::from_value(payload)?;
             let tx = ctx.tenant_tx()?;
             let Some(user) = store::user_by_email(tx, &request.email).await? else {
-                tracing::info!(kind = self.kind, "no account has this address; nothing sent");
+                tracing::info!(
+                    kind = self.kind,
+                    "no account has this address; nothing sent"
+                );
                 return Ok(());
             };
             match (self.kind, user.status) {

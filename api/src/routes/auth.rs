@@ -65,10 +65,18 @@ impl Validate for SignupRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Err(reason) = TenantSlug::parse(&self.tenant_slug) {
-            errors.push(FieldError::new("tenant_slug", "invalid", format!("slug {reason}")));
+            errors.push(FieldError::new(
+                "tenant_slug",
+                "invalid",
+                format!("slug {reason}"),
+            ));
         }
         if tenancy::validate_name(&self.tenant_name).is_err() {
-            errors.push(FieldError::new("tenant_name", "length", "must be 1 to 200 characters"));
+            errors.push(FieldError::new(
+                "tenant_name",
+                "length",
+                "must be 1 to 200 characters",
+            ));
         }
         check_email(&mut errors, "email", &self.email);
         check_new_password(&mut errors, "password", &self.password);
@@ -315,7 +323,13 @@ impl AuthApi {
     ) -> ApiResult<SignupCreated> {
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let key = throttle::key(Counter::Signup, None, client.ip);
-        throttle::hit(&state.redis, &key, state.settings.auth.recovery_ip_max_requests, state.settings.auth.login_failure_window).await?;
+        throttle::hit(
+            &state.redis,
+            &key,
+            state.settings.auth.signup_ip_max_requests,
+            Duration::from_secs(3600),
+        )
+        .await?;
         let body = body.0;
         let slug = TenantSlug::parse(&body.tenant_slug).map_err(TenancyError::from)?;
         let password_hash = state.hasher.hash(&body.password).await?;
@@ -395,17 +409,32 @@ impl AuthApi {
                     .send_verification(&mut tx, &user)
                     .await
                     .map_err(ApiError::internal)?;
-                audit(&mut tx, "user.registered", Some(user.id), Some(user.id), None, &client, json!({})).await?;
+                audit(
+                    &mut tx,
+                    "user.registered",
+                    Some(user.id),
+                    Some(user.id),
+                    None,
+                    &client,
+                    json!({}),
+                )
+                .await?;
             }
         }
         tx.commit().await?;
-        Ok(accepted("Check your inbox: a verification link is on its way."))
+        Ok(accepted(
+            "Check your inbox: a verification link is on its way.",
+        ))
     }
 
     /// Verify an email address.
     ///
     /// Uses up the token from the verification link; a pending user becomes active.
-    #[oai(path = "/v1/auth/verify-email", method = "post", operation_id = "verify_email")]
+    #[oai(
+        path = "/v1/auth/verify-email",
+        method = "post",
+        operation_id = "verify_email"
+    )]
     async fn verify_email(
         &self,
         state: Data<&AppState>,
@@ -422,7 +451,16 @@ impl AuthApi {
             .await?
             .ok_or_else(link_invalid)?;
         store::mark_email_verified(&mut tx, user).await?;
-        audit(&mut tx, "email.verified", Some(user), Some(user), None, &client, json!({})).await?;
+        audit(
+            &mut tx,
+            "email.verified",
+            Some(user),
+            Some(user),
+            None,
+            &client,
+            json!({}),
+        )
+        .await?;
         let user = store::user_by_id(&mut tx, user)
             .await?
             .ok_or_else(link_invalid)?;
@@ -487,40 +525,62 @@ impl AuthApi {
         // The connection is back in the pool while the hash runs.
         let verified = state
             .hasher
-            .verify(&body.password, record.as_ref().map(|r| r.password_hash.as_str()))
+            .verify(
+                &body.password,
+                record.as_ref().map(|r| r.password_hash.as_str()),
+            )
             .await?;
-        let (record, rehashed) = match (record, verified) {
-            (Some(record), Verified::Yes) => (record, None),
-            (Some(record), Verified::YesRehashed(hash)) => (record, Some(hash)),
-            (record, _) => {
-                let user = record.map(|r| r.user.id);
-                let policy = LockoutPolicy {
-                    max_failures: settings.login_max_failures,
-                    window: settings.login_failure_window,
-                    lockout: settings.login_lockout,
-                };
-                let mut tx = state.tenant_db.begin(tenant_id).await?;
-                let locked = match user {
-                    Some(user) => store::record_login_failure(&mut tx, user, policy).await?,
-                    None => None,
-                };
-                audit(&mut tx, "login.failed", None, user, None, &client, json!({
+        let (record, rehashed) =
+            match (record, verified) {
+                (Some(record), Verified::Yes) => (record, None),
+                (Some(record), Verified::YesRehashed(hash)) => (record, Some(hash)),
+                (record, _) => {
+                    let user = record.map(|r| r.user.id);
+                    let policy = LockoutPolicy {
+                        max_failures: settings.login_max_failures,
+                        window: settings.login_failure_window,
+                        lockout: settings.login_lockout,
+                    };
+                    let mut tx = state.tenant_db.begin(tenant_id).await?;
+                    let locked = match user {
+                        Some(user) => store::record_login_failure(&mut tx, user, policy).await?,
+                        None => None,
+                    };
+                    audit(&mut tx, "login.failed", None, user, None, &client, json!({
                     "email": body.email.trim(),
                     "reason": if user.is_some() { "wrong_password" } else { "unknown_email" },
                 }))
                 .await?;
-                if let Some(until) = locked {
-                    audit(&mut tx, "login.locked", None, user, None, &client, json!({ "locked_until": until })).await?;
+                    if let Some(until) = locked {
+                        audit(
+                            &mut tx,
+                            "login.locked",
+                            None,
+                            user,
+                            None,
+                            &client,
+                            json!({ "locked_until": until }),
+                        )
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    // Counted after the fact; a Redis failure here only loses one count.
+                    let _ = throttle::hit(
+                        &state.redis,
+                        &ip_key,
+                        settings.login_ip_max_failures,
+                        settings.login_failure_window,
+                    )
+                    .await;
+                    return Err(match locked {
+                        Some(until) => account_locked(until),
+                        None => ApiError::new(
+                            ErrorCode::InvalidCredentials,
+                            "The email or the password is wrong.",
+                        ),
+                    });
                 }
-                tx.commit().await?;
-                // Counted after the fact; a Redis failure here only loses one count.
-                let _ = throttle::hit(&state.redis, &ip_key, settings.login_ip_max_failures, settings.login_failure_window).await;
-                return Err(match locked {
-                    Some(until) => account_locked(until),
-                    None => ApiError::new(ErrorCode::InvalidCredentials, "The email or the password is wrong."),
-                });
-            }
-        };
+            };
         match record.user.status {
             UserStatus::Active => {}
             UserStatus::Pending => {
@@ -538,12 +598,26 @@ impl AuthApi {
         store::record_login_success(&mut tx, user, rehashed.as_deref()).await?;
         let (session, refresh) =
             store::create_session(&mut tx, user, &client, state.settings.jwt.refresh_ttl).await?;
-        audit(&mut tx, "login.succeeded", Some(user), Some(user), Some(session.id), &client, json!({
-            "rehashed": rehashed.is_some(),
-        }))
+        audit(
+            &mut tx,
+            "login.succeeded",
+            Some(user),
+            Some(user),
+            Some(session.id),
+            &client,
+            json!({
+                "rehashed": rehashed.is_some(),
+            }),
+        )
         .await?;
         tx.commit().await?;
-        Ok(Json(token_pair(&state, tenant_id.0, user, session.id, &refresh)?))
+        Ok(Json(token_pair(
+            &state,
+            tenant_id.0,
+            user,
+            session.id,
+            &refresh,
+        )?))
     }
 
     /// Exchange a refresh token for new tokens.
@@ -564,7 +638,12 @@ impl AuthApi {
     ) -> ApiResult<Json<TokenPair>> {
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let tenant_id = tenant.0.id;
-        let invalid = || ApiError::new(ErrorCode::InvalidToken, "The refresh token is not valid; log in again.");
+        let invalid = || {
+            ApiError::new(
+                ErrorCode::InvalidToken,
+                "The refresh token is not valid; log in again.",
+            )
+        };
         let presented = OpaqueToken::parse(&body.0.refresh_token).ok_or_else(invalid)?;
         let mut tx = state.tenant_db.begin(tenant_id).await?;
         let outcome = store::refresh(
@@ -576,15 +655,41 @@ impl AuthApi {
         )
         .await?;
         match outcome {
-            RefreshOutcome::Rotated { session, user, successor }
-            | RefreshOutcome::Replayed { session, user, successor } => {
+            RefreshOutcome::Rotated {
+                session,
+                user,
+                successor,
+            }
+            | RefreshOutcome::Replayed {
+                session,
+                user,
+                successor,
+            } => {
                 tx.commit().await?;
-                Ok(Json(token_pair(&state, tenant_id.0, user, session, &successor)?))
+                Ok(Json(token_pair(
+                    &state,
+                    tenant_id.0,
+                    user,
+                    session,
+                    &successor,
+                )?))
             }
             RefreshOutcome::Reused { session, user } => {
-                audit(&mut tx, "refresh_token.reused", None, Some(user), Some(session), &client, json!({})).await?;
+                audit(
+                    &mut tx,
+                    "refresh_token.reused",
+                    None,
+                    Some(user),
+                    Some(session),
+                    &client,
+                    json!({}),
+                )
+                .await?;
                 tx.commit().await?;
-                state.revocations.revoke_sessions(tenant_id, &[session]).await;
+                state
+                    .revocations
+                    .revoke_sessions(tenant_id, &[session])
+                    .await;
                 tracing::warn!(%session, "refresh token reused: session revoked");
                 Err(ApiError::new(
                     ErrorCode::RefreshTokenReused,
@@ -617,12 +722,23 @@ impl AuthApi {
         _tenant: CurrentTenant,
     ) -> ApiResult<NoContent> {
         let me = auth.0;
-        end_sessions(&state, request, &me, SessionScope::One(me.session_id), "logout").await?;
+        end_sessions(
+            &state,
+            request,
+            &me,
+            SessionScope::One(me.session_id),
+            "logout",
+        )
+        .await?;
         Ok(NoContent::Done)
     }
 
     /// Log out everywhere (every session of the current user, this one included).
-    #[oai(path = "/v1/auth/logout-all", method = "post", operation_id = "logout_all")]
+    #[oai(
+        path = "/v1/auth/logout-all",
+        method = "post",
+        operation_id = "logout_all"
+    )]
     async fn logout_all(
         &self,
         state: Data<&AppState>,
@@ -637,7 +753,11 @@ impl AuthApi {
     }
 
     /// The current user's sessions (devices).
-    #[oai(path = "/v1/auth/sessions", method = "get", operation_id = "list_sessions")]
+    #[oai(
+        path = "/v1/auth/sessions",
+        method = "get",
+        operation_id = "list_sessions"
+    )]
     async fn list_sessions(
         &self,
         state: Data<&AppState>,
@@ -666,7 +786,11 @@ impl AuthApi {
     }
 
     /// End one of the current user's sessions.
-    #[oai(path = "/v1/auth/sessions/:id", method = "delete", operation_id = "revoke_session")]
+    #[oai(
+        path = "/v1/auth/sessions/:id",
+        method = "delete",
+        operation_id = "revoke_session"
+    )]
     async fn revoke_session(
         &self,
         state: Data<&AppState>,
@@ -678,14 +802,25 @@ impl AuthApi {
         /// Session id.
         id: Path<Uuid>,
     ) -> ApiResult<NoContent> {
-        end_sessions(&state, request, &auth.0, SessionScope::One(id.0), "session_revoked").await?;
+        end_sessions(
+            &state,
+            request,
+            &auth.0,
+            SessionScope::One(id.0),
+            "session_revoked",
+        )
+        .await?;
         Ok(NoContent::Done)
     }
 
     /// Ask for a password reset link.
     ///
     /// The answer is the same whether or not an account has this address.
-    #[oai(path = "/v1/auth/forgot-password", method = "post", operation_id = "forgot_password")]
+    #[oai(
+        path = "/v1/auth/forgot-password",
+        method = "post",
+        operation_id = "forgot_password"
+    )]
     async fn forgot_password(
         &self,
         state: Data<&AppState>,
@@ -705,7 +840,11 @@ impl AuthApi {
     /// Set a new password with a reset link.
     ///
     /// The link works once. Every session of the user ends, and a security notice is sent.
-    #[oai(path = "/v1/auth/reset-password", method = "post", operation_id = "reset_password")]
+    #[oai(
+        path = "/v1/auth/reset-password",
+        method = "post",
+        operation_id = "reset_password"
+    )]
     async fn reset_password(
         &self,
         state: Data<&AppState>,
@@ -730,11 +869,24 @@ impl AuthApi {
         // Opening the link proves the mailbox is theirs.
         store::mark_email_verified(&mut tx, user).await?;
         let ended = store::revoke_user_sessions(&mut tx, user, None, "password_reset").await?;
-        audit(&mut tx, "password.reset", Some(user), Some(user), None, &client, json!({ "sessions_ended": ended.len() })).await?;
+        audit(
+            &mut tx,
+            "password.reset",
+            Some(user),
+            Some(user),
+            None,
+            &client,
+            json!({ "sessions_ended": ended.len() }),
+        )
+        .await?;
         if let Some(user) = store::user_by_id(&mut tx, user).await? {
-            send_notice(&mut tx, &user, "Your password was reset, and every device was logged out.")
-                .await
-                .map_err(ApiError::internal)?;
+            send_notice(
+                &mut tx,
+                &user,
+                "Your password was reset, and every device was logged out.",
+            )
+            .await
+            .map_err(ApiError::internal)?;
         }
         tx.commit().await?;
         state.revocations.revoke_sessions(tenant_id, &ended).await;
@@ -744,7 +896,11 @@ impl AuthApi {
     /// Change the current user's password.
     ///
     /// Every other session of the user ends; this one stays. A security notice is sent.
-    #[oai(path = "/v1/auth/change-password", method = "post", operation_id = "change_password")]
+    #[oai(
+        path = "/v1/auth/change-password",
+        method = "post",
+        operation_id = "change_password"
+    )]
     async fn change_password(
         &self,
         state: Data<&AppState>,
@@ -773,7 +929,16 @@ impl AuthApi {
                 lockout: state.settings.auth.login_lockout,
             };
             store::record_login_failure(&mut tx, me.user_id, policy).await?;
-            audit(&mut tx, "password.change_failed", Some(me.user_id), Some(me.user_id), Some(me.session_id), &client, json!({})).await?;
+            audit(
+                &mut tx,
+                "password.change_failed",
+                Some(me.user_id),
+                Some(me.user_id),
+                Some(me.session_id),
+                &client,
+                json!({}),
+            )
+            .await?;
             tx.commit().await?;
             return Err(ApiError::validation(vec![FieldError::new(
                 "current_password",
@@ -784,14 +949,31 @@ impl AuthApi {
         let hash = state.hasher.hash(&body.0.new_password).await?;
         let mut tx = state.tenant_db.begin(tenant_id).await?;
         store::set_password(&mut tx, me.user_id, &hash, false).await?;
-        let ended =
-            store::revoke_user_sessions(&mut tx, me.user_id, Some(me.session_id), "password_changed")
-                .await?;
-        audit(&mut tx, "password.changed", Some(me.user_id), Some(me.user_id), Some(me.session_id), &client, json!({ "sessions_ended": ended.len() })).await?;
+        let ended = store::revoke_user_sessions(
+            &mut tx,
+            me.user_id,
+            Some(me.session_id),
+            "password_changed",
+        )
+        .await?;
+        audit(
+            &mut tx,
+            "password.changed",
+            Some(me.user_id),
+            Some(me.user_id),
+            Some(me.session_id),
+            &client,
+            json!({ "sessions_ended": ended.len() }),
+        )
+        .await?;
         if let Some(user) = store::user_by_id(&mut tx, me.user_id).await? {
-            send_notice(&mut tx, &user, "Your password was changed, and your other devices were logged out.")
-                .await
-                .map_err(ApiError::internal)?;
+            send_notice(
+                &mut tx,
+                &user,
+                "Your password was changed, and your other devices were logged out.",
+            )
+            .await
+            .map_err(ApiError::internal)?;
         }
         tx.commit().await?;
         state.revocations.revoke_sessions(tenant_id, &ended).await;
@@ -855,17 +1037,27 @@ impl TenantSeed for OwnerSeed {
             )
             .await
             .map_err(|e| failed(e.into()))?;
-            let (session, refresh) = store::create_session(tx, user.id, &self.client, self.refresh_ttl)
-                .await
-                .map_err(|e| failed(e.into()))?;
+            let (session, refresh) =
+                store::create_session(tx, user.id, &self.client, self.refresh_ttl)
+                    .await
+                    .map_err(|e| failed(e.into()))?;
             self.links
                 .send_verification(tx, &user)
                 .await
                 .map_err(|e| failed(e.into()))?;
-            audit(tx, "signup", Some(user.id), Some(user.id), Some(session.id), &self.client, json!({}))
-                .await
-                .map_err(|e| failed(Box::new(e)))?;
-            *self.created.lock().unwrap_or_else(|e| e.into_inner()) = Some((user, session, refresh));
+            audit(
+                tx,
+                "signup",
+                Some(user.id),
+                Some(user.id),
+                Some(session.id),
+                &self.client,
+                json!({}),
+            )
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+            *self.created.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((user, session, refresh));
             Ok(())
         })
     }
@@ -891,16 +1083,27 @@ async fn end_sessions(
         SessionScope::One(id) => {
             if !store::revoke_session(&mut tx, me.user_id, id, reason).await? {
                 tx.rollback().await?;
-                return Err(ApiError::new(ErrorCode::NotFound, "You have no live session with this id."));
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    "You have no live session with this id.",
+                ));
             }
             vec![id]
         }
         SessionScope::All => store::revoke_user_sessions(&mut tx, me.user_id, None, reason).await?,
     };
-    audit(&mut tx, "session.revoked", Some(me.user_id), Some(me.user_id), Some(me.session_id), &client, json!({
-        "reason": reason,
-        "sessions": ended,
-    }))
+    audit(
+        &mut tx,
+        "session.revoked",
+        Some(me.user_id),
+        Some(me.user_id),
+        Some(me.session_id),
+        &client,
+        json!({
+            "reason": reason,
+            "sessions": ended,
+        }),
+    )
     .await?;
     tx.commit().await?;
     state.revocations.revoke_sessions(tenant, &ended).await;
@@ -995,7 +1198,10 @@ fn account_locked(until: DateTime<Utc>) -> ApiError {
     let seconds = (until - Utc::now()).num_seconds().max(1);
     ApiError::retry_after(
         ErrorCode::AccountLocked,
-        format!("Too many failed logins: the account is locked until {}.", until.to_rfc3339()),
+        format!(
+            "Too many failed logins: the account is locked until {}.",
+            until.to_rfc3339()
+        ),
         u64::try_from(seconds).unwrap_or(1),
     )
     .with_extension("locked_until", json!(until))
@@ -1009,18 +1215,30 @@ fn account_disabled() -> ApiError {
 }
 
 fn finish(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str) {
     if !email::is_valid_address(email.trim()) {
-        errors.push(FieldError::new(field, "invalid", "must be an email address such as ada@example.com"));
+        errors.push(FieldError::new(
+            field,
+            "invalid",
+            "must be an email address such as ada@example.com",
+        ));
     }
 }
 
 fn check_new_password(errors: &mut Vec<FieldError>, field: &str, password: &str) {
     if let Err(violation) = identity::check_policy(password) {
-        errors.push(FieldError::new(field, violation.code(), format!("{field} {violation}")));
+        errors.push(FieldError::new(
+            field,
+            violation.code(),
+            format!("{field} {violation}"),
+        ));
     }
 }
 
@@ -1033,6 +1251,10 @@ fn check_present_password(errors: &mut Vec<FieldError>, field: &str, password: &
 pub(crate) fn check_name(errors: &mut Vec<FieldError>, field: &str, name: &str) {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        errors.push(FieldError::new(field, "length", "must be 1 to 200 characters, without control characters"));
+        errors.push(FieldError::new(
+            field,
+            "length",
+            "must be 1 to 200 characters, without control characters",
+        ));
     }
 }

@@ -134,12 +134,20 @@ impl Validate for UpdateUser {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.status.is_none() && self.name.is_none() {
-            errors.push(FieldError::new("", "empty", "give `status`, `name` or both"));
+            errors.push(FieldError::new(
+                "",
+                "empty",
+                "give `status`, `name` or both",
+            ));
         }
         if let Some(name) = &self.name {
             check_name(&mut errors, "name", name);
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -159,7 +167,8 @@ impl UsersApi {
         let mut tx = state.tenant_db.begin(me.tenant.id).await?;
         let user = store::user_by_id(&mut tx, me.user_id).await?;
         tx.commit().await?;
-        let user = user.ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?;
+        let user = user
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?;
         Ok(Json(UserView::from(&user)))
     }
 
@@ -175,14 +184,18 @@ impl UsersApi {
         /// Only users with this status.
         status: Query<Option<UserStatusView>>,
         /// Page size, 1 to 100.
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "100")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
         limit: Query<i64>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<UserPage>> {
         let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
         let mut tx = state.tenant_db.begin(auth.0.tenant.id).await?;
-        let users = store::list_users(&mut tx, status.0.map(UserStatus::from), after, limit.0 + 1).await?;
+        let users =
+            store::list_users(&mut tx, status.0.map(UserStatus::from), after, limit.0 + 1).await?;
         tx.commit().await?;
         let (users, next_cursor) = page(users, limit.0, |u| {
             format!("{}_{}", u.created_at.timestamp_micros(), u.id.simple())
@@ -244,13 +257,22 @@ impl UsersApi {
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?;
         if status.is_some() && !actor.is_owner {
-            return Err(ApiError::new(ErrorCode::Forbidden, "Only the tenant's owner may change a user's status."));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "Only the tenant's owner may change a user's status.",
+            ));
         }
         if status.is_some() && target == me.user_id {
-            return Err(ApiError::new(ErrorCode::Conflict, "You cannot change your own status."));
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "You cannot change your own status.",
+            ));
         }
         if body.0.name.is_some() && target != me.user_id && !actor.is_owner {
-            return Err(ApiError::new(ErrorCode::Forbidden, "Only the user or the tenant's owner may rename a user."));
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "Only the user or the tenant's owner may rename a user.",
+            ));
         }
         let name = body.0.name.as_deref().map(str::trim);
         let (before, after) = store::update_user(&mut tx, target, status, name)
@@ -259,16 +281,25 @@ impl UsersApi {
         let blocked = after.status.is_blocked() && !before.status.is_blocked();
         let unblocked = before.status.is_blocked() && !after.status.is_blocked();
         let ended = if blocked {
-            store::revoke_user_sessions(&mut tx, target, None, &format!("user_{}", after.status)).await?
+            store::revoke_user_sessions(&mut tx, target, None, &format!("user_{}", after.status))
+                .await?
         } else {
             Vec::new()
         };
         if before.status != after.status {
-            audit(&mut tx, "user.status_changed", Some(me.user_id), Some(target), Some(me.session_id), &client, json!({
-                "from": before.status.as_str(),
-                "to": after.status.as_str(),
-                "sessions_ended": ended.len(),
-            }))
+            audit(
+                &mut tx,
+                "user.status_changed",
+                Some(me.user_id),
+                Some(target),
+                Some(me.session_id),
+                &client,
+                json!({
+                    "from": before.status.as_str(),
+                    "to": after.status.as_str(),
+                    "sessions_ended": ended.len(),
+                }),
+            )
             .await?;
         }
         tx.commit().await?;

@@ -1,0 +1,874 @@
+//! Sign-up, registration and verification, login and lockout, throttles, password
+//! recovery and change, refresh-token rotation and reuse, and sessions — against the real
+//! PostgreSQL and Redis.
+
+use e2e::{
+    TestApp, assert_problem,
+    auth::{PASSWORD, Tokens},
+    spawn_app,
+};
+use futures_util::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn without_request_id(mut body: Value) -> Value {
+    body.as_object_mut().map(|o| o.remove("request_id"));
+    body
+}
+
+#[tokio::test]
+async fn signup_creates_the_tenant_and_its_owner_and_logs_the_owner_in() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+
+    let me = app.get_authed("acme", "/v1/me", &org.tokens.access).await;
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["id"], org.owner_id.to_string());
+    assert_eq!(me["email"], "owner@acme.example");
+    assert_eq!(me["status"], "active");
+    assert_eq!(me["email_verified"], false);
+    assert_eq!(me["roles"], json!(["owner"]));
+    let tenant: Value = app.get_as("acme", "/v1/tenant").await.json().await.unwrap();
+    assert_eq!(tenant["id"], org.tenant_id.to_string());
+    // The owner is asked to verify their address.
+    assert!(
+        app.emailed_token(&org.owner_email, "verification")
+            .await
+            .is_some()
+    );
+
+    let again = app
+        .post_json(
+            "/v1/signup",
+            &json!({"tenant_slug": "acme", "tenant_name": "Other", "email": "x@y.example", "password": PASSWORD, "name": "X"}),
+        )
+        .await;
+    assert_problem(again, 409, "slug_taken").await;
+}
+
+#[tokio::test]
+async fn password_policy_names_the_rule_that_failed() {
+    let app = spawn_app().await;
+    let common = include_str!("../../identity/data/common-passwords.txt")
+        .lines()
+        .next()
+        .unwrap()
+        .to_uppercase();
+    for (password, code) in [
+        ("short pass", "too_short"),
+        (&"x".repeat(129), "too_long"),
+        (common.as_str(), "common"),
+    ] {
+        let response = app
+            .post_json(
+                "/v1/signup",
+                &json!({"tenant_slug": "policy", "tenant_name": "P", "email": "a@b.example", "password": password, "name": "A"}),
+            )
+            .await;
+        let body = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(body["errors"][0]["field"], "password", "{body}");
+        assert_eq!(body["errors"][0]["code"], code, "{body}");
+    }
+    // Nothing was created by the refused attempts.
+    assert_problem(
+        app.get_as("policy", "/v1/tenant").await,
+        404,
+        "tenant_not_found",
+    )
+    .await;
+    // Any characters count, one per code point; spaces and emoji are fine.
+    let org_body = json!({"tenant_slug": "policy", "tenant_name": "P", "email": "a@b.example", "password": "ünïcödé pässwörd 🌳", "name": "A"});
+    assert_eq!(app.post_json("/v1/signup", &org_body).await.status(), 201);
+    app.login_ok("policy", "a@b.example", "ünïcödé pässwörd 🌳")
+        .await;
+    // Verified exactly as typed: no case folding, no normalisation, no truncation.
+    for near in [
+        "Ünïcödé pässwörd 🌳",
+        "ünïcödé pässwörd",
+        "ünïcödé pässwörd 🌳 ",
+    ] {
+        assert_problem(
+            app.login("policy", "a@b.example", near).await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn registration_needs_a_verified_email_and_the_link_works_once() {
+    let app = spawn_app().await;
+    app.signup("acme").await;
+    let response = app
+        .post_as(
+            "acme",
+            "/v1/auth/register",
+            &json!({"email": "Bea@Example.com", "password": PASSWORD, "name": "Bea"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+
+    let body = assert_problem(
+        app.login("acme", "bea@example.com", PASSWORD).await,
+        403,
+        "email_not_verified",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("Verify"),
+        "{body}"
+    );
+
+    let token = app
+        .emailed_token("Bea@Example.com", "verification")
+        .await
+        .expect("verification email");
+    let verified = app
+        .post_as("acme", "/v1/auth/verify-email", &json!({"token": token}))
+        .await;
+    assert_eq!(verified.status(), 200);
+    let user: Value = verified.json().await.unwrap();
+    assert_eq!(user["status"], "active");
+    assert_eq!(user["email_verified"], true);
+    app.login_ok("acme", "BEA@example.COM", PASSWORD).await;
+
+    // Single use.
+    let reused = app
+        .post_as("acme", "/v1/auth/verify-email", &json!({"token": token}))
+        .await;
+    assert_problem(reused, 400, "link_invalid").await;
+
+    // Registering a taken address answers the same and creates nobody; its owner is told.
+    let again = app
+        .post_as("acme", "/v1/auth/register", &json!({"email": "bea@example.com", "password": "another long password", "name": "Impostor"}))
+        .await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.json::<Value>().await.unwrap(), accepted);
+    let notices = app.emails_to("Bea@Example.com").await;
+    assert_eq!(notices[0].0, "security_notice", "{notices:?}");
+    app.login_ok("acme", "bea@example.com", PASSWORD).await;
+    assert_problem(
+        app.login("acme", "bea@example.com", "another long password")
+            .await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_verification_link_is_refused() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    app.post_as(
+        "acme",
+        "/v1/auth/register",
+        &json!({"email": "late@example.com", "password": PASSWORD, "name": "Late"}),
+    )
+    .await;
+    let token = app
+        .emailed_token("late@example.com", "verification")
+        .await
+        .unwrap();
+    let expired = app
+        .tenant_sql(
+            org.tenant_id,
+            "update user_tokens set expires_at = now() - interval '1 second'",
+            None,
+        )
+        .await;
+    assert!(expired >= 1);
+    let response = app
+        .post_as("acme", "/v1/auth/verify-email", &json!({"token": token}))
+        .await;
+    assert_problem(response, 400, "link_invalid").await;
+    assert_problem(
+        app.login("acme", "late@example.com", PASSWORD).await,
+        403,
+        "email_not_verified",
+    )
+    .await;
+
+    // A new link can be asked for, and works.
+    let resend = app
+        .post_as(
+            "acme",
+            "/v1/auth/resend-verification",
+            &json!({"email": "late@example.com"}),
+        )
+        .await;
+    assert_eq!(resend.status(), 202);
+    app.run_jobs().await;
+    let fresh = app
+        .emailed_token("late@example.com", "verification")
+        .await
+        .unwrap();
+    assert_ne!(fresh, token);
+    let response = app
+        .post_as("acme", "/v1/auth/verify-email", &json!({"token": fresh}))
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn recovery_requests_answer_the_same_whether_or_not_the_account_exists() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    for path in ["/v1/auth/forgot-password", "/v1/auth/resend-verification"] {
+        let known = app
+            .post_as("acme", path, &json!({"email": org.owner_email}))
+            .await;
+        let unknown = app
+            .post_as("acme", path, &json!({"email": "nobody@acme.example"}))
+            .await;
+        assert_eq!(known.status(), 202);
+        assert_eq!(unknown.status(), 202);
+        let (known, unknown): (Value, Value) =
+            (known.json().await.unwrap(), unknown.json().await.unwrap());
+        assert_eq!(known, unknown, "{path}");
+    }
+    // Both answers did the same work: one job each, naming the address.
+    let jobs: Vec<(String, String)> = sqlx::query_as(
+        "select kind, payload->>'email' from public.jobs where kind like 'auth.%' order by created_at, id",
+    )
+    .fetch_all(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(jobs.len(), 4, "{jobs:?}");
+    app.run_jobs().await;
+    // Only the real account gets a reset link; the owner is active, so no new verification.
+    assert!(
+        app.emailed_token(&org.owner_email, "password_reset")
+            .await
+            .is_some()
+    );
+    assert!(app.emails_to("nobody@acme.example").await.is_empty());
+    let verifications = app
+        .emails_to(&org.owner_email)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "verification")
+        .count();
+    assert_eq!(verifications, 1, "only the sign-up's");
+}
+
+#[tokio::test]
+async fn a_password_reset_works_once_ends_every_session_and_notifies() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let other = app.login_ok("acme", &org.owner_email, PASSWORD).await;
+
+    app.post_as(
+        "acme",
+        "/v1/auth/forgot-password",
+        &json!({"email": org.owner_email}),
+    )
+    .await;
+    app.run_jobs().await;
+    let token = app
+        .emailed_token(&org.owner_email, "password_reset")
+        .await
+        .unwrap();
+    let reset = json!({"token": token, "password": "a brand new passphrase"});
+    let response = app.post_as("acme", "/v1/auth/reset-password", &reset).await;
+    assert_eq!(response.status(), 204);
+
+    // Every session ended at once, access and refresh alike.
+    for tokens in [&org.tokens, &other] {
+        assert_problem(
+            app.get_authed("acme", "/v1/me", &tokens.access).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert_problem(
+            app.refresh("acme", &tokens.refresh).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+    assert_problem(
+        app.login("acme", &org.owner_email, PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    app.login_ok("acme", &org.owner_email, "a brand new passphrase")
+        .await;
+    assert_eq!(
+        app.emails_to(&org.owner_email).await[0].0,
+        "security_notice"
+    );
+    assert_eq!(
+        app.audit_events(org.tenant_id, "password.reset")
+            .await
+            .len(),
+        1
+    );
+
+    // Single use, and a weak new password is refused before the link is spent.
+    assert_problem(
+        app.post_as("acme", "/v1/auth/reset-password", &reset).await,
+        400,
+        "link_invalid",
+    )
+    .await;
+    app.post_as(
+        "acme",
+        "/v1/auth/forgot-password",
+        &json!({"email": org.owner_email}),
+    )
+    .await;
+    app.run_jobs().await;
+    let second = app
+        .emailed_token(&org.owner_email, "password_reset")
+        .await
+        .unwrap();
+    let weak = app
+        .post_as(
+            "acme",
+            "/v1/auth/reset-password",
+            &json!({"token": second, "password": "short"}),
+        )
+        .await;
+    assert_problem(weak, 422, "validation_failed").await;
+    // Expired links fail.
+    app.tenant_sql(
+        org.tenant_id,
+        "update user_tokens set expires_at = now() - interval '1 second' where used_at is null",
+        None,
+    )
+    .await;
+    let late = app
+        .post_as(
+            "acme",
+            "/v1/auth/reset-password",
+            &json!({"token": second, "password": "yet another passphrase"}),
+        )
+        .await;
+    assert_problem(late, 400, "link_invalid").await;
+    for garbage in ["", "not-a-token", &"A".repeat(43)] {
+        let response = app
+            .post_as(
+                "acme",
+                "/v1/auth/reset-password",
+                &json!({"token": garbage, "password": "yet another passphrase"}),
+            )
+            .await;
+        assert_problem(response, 400, "link_invalid").await;
+    }
+}
+
+#[tokio::test]
+async fn changing_the_password_keeps_this_session_and_ends_the_others() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let laptop = app.login_ok("acme", &org.owner_email, PASSWORD).await;
+    let change = |current: &str, new: &str| {
+        app.authed(
+            Method::POST,
+            "acme",
+            "/v1/auth/change-password",
+            &org.tokens.access,
+        )
+        .json(&json!({"current_password": current, "new_password": new}))
+        .send()
+    };
+    let wrong = change("not my password", "a brand new passphrase")
+        .await
+        .unwrap();
+    let body = assert_problem(wrong, 422, "validation_failed").await;
+    assert_eq!(body["errors"][0]["field"], "current_password");
+
+    assert_eq!(
+        change(PASSWORD, "a brand new passphrase")
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &org.tokens.access)
+            .await
+            .status(),
+        200
+    );
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &laptop.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.refresh("acme", &laptop.refresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(app.refresh("acme", &org.tokens.refresh).await.status(), 200);
+    app.login_ok("acme", &org.owner_email, "a brand new passphrase")
+        .await;
+    assert_eq!(
+        app.emails_to(&org.owner_email).await[0].0,
+        "security_notice"
+    );
+    assert_eq!(
+        app.audit_events(org.tenant_id, "password.changed")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn login_failures_are_generic_and_lock_the_account_for_a_while() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let unknown = assert_problem(
+        app.login("acme", "nobody@acme.example", "whatever it is")
+            .await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let wrong = assert_problem(
+        app.login("acme", &org.owner_email, "whatever it is").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(without_request_id(unknown), without_request_id(wrong));
+
+    // Four more failures (five in all) lock the account.
+    for _ in 0..3 {
+        assert_problem(
+            app.login("acme", &org.owner_email, "whatever it is").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    let fifth = app.login("acme", &org.owner_email, "whatever it is").await;
+    let retry_after: u64 = fifth.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((800..=900).contains(&retry_after), "{retry_after}");
+    let body = assert_problem(fifth, 403, "account_locked").await;
+    let until: chrono::DateTime<chrono::Utc> =
+        body["locked_until"].as_str().unwrap().parse().unwrap();
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::minutes(14),
+        "{body}"
+    );
+    // Even the right password is refused while locked.
+    assert_problem(
+        app.login("acme", &org.owner_email, PASSWORD).await,
+        403,
+        "account_locked",
+    )
+    .await;
+    // One for the unknown address, five for the owner.
+    assert_eq!(
+        app.audit_events(org.tenant_id, "login.failed").await.len(),
+        6
+    );
+    let locked = app.audit_events(org.tenant_id, "login.locked").await;
+    assert_eq!(locked.len(), 1);
+    assert_eq!(locked[0]["subject_id"], org.owner_id.to_string());
+    assert_eq!(locked[0]["ip"], "127.0.0.1");
+
+    // Once the lock lapses, the right password works again and the count starts afresh.
+    app.tenant_sql(
+        org.tenant_id,
+        "update users set locked_until = now() - interval '1 second' where id = $1",
+        Some(org.owner_id),
+    )
+    .await;
+    app.login_ok("acme", &org.owner_email, PASSWORD).await;
+    assert_problem(
+        app.login("acme", &org.owner_email, "whatever it is").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let succeeded = app.audit_events(org.tenant_id, "login.succeeded").await;
+    assert_eq!(succeeded.last().unwrap()["user_agent"], Value::Null);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_client_address() {
+    let app = TestApp::builder()
+        .env("login_ip_max_failures", "3")
+        .env("trust_forwarded_for", "true")
+        .spawn()
+        .await;
+    app.signup("acme").await;
+    let login_from = |ip: &'static str, email: &'static str, password: &'static str| {
+        app.request(Method::POST, "/v1/auth/login")
+            .header("x-tenant", "acme")
+            .header("x-forwarded-for", ip)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    for n in 0..3 {
+        let email = ["a@x.example", "b@x.example", "c@x.example"][n];
+        assert_eq!(
+            login_from("203.0.113.7", email, "wrong password!")
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    let throttled = login_from("203.0.113.7", "owner@acme.example", PASSWORD)
+        .await
+        .unwrap();
+    assert!(throttled.headers().contains_key("retry-after"));
+    assert_problem(throttled, 429, "rate_limited").await;
+    // Another address is not affected.
+    assert_eq!(
+        login_from("198.51.100.1", "owner@acme.example", PASSWORD)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn sign_ups_are_throttled_per_client_address() {
+    let app = TestApp::builder()
+        .env("signup_ip_max_requests", "2")
+        .env("trust_forwarded_for", "true")
+        .spawn()
+        .await;
+    // An address no other test uses: this counter is platform-wide.
+    let ip = format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet());
+    let signup = |slug: &str| {
+        app.request(Method::POST, "/v1/signup")
+            .header("x-forwarded-for", ip.as_str())
+            .json(&json!({"tenant_slug": slug, "tenant_name": "T", "email": "a@b.example", "password": PASSWORD, "name": "A"}))
+            .send()
+    };
+    assert_eq!(signup("first-org").await.unwrap().status(), 201);
+    assert_eq!(signup("second-org").await.unwrap().status(), 201);
+    assert_problem(signup("third-org").await.unwrap(), 429, "rate_limited").await;
+}
+
+fn rand_octet() -> u8 {
+    uuid::Uuid::new_v4().as_bytes()[0]
+}
+
+#[tokio::test]
+async fn login_and_recovery_fail_closed_without_redis() {
+    let app = TestApp::builder()
+        .env("redis_url", "redis://127.0.0.1:1")
+        .spawn()
+        .await;
+    let org = app.create_tenant("acme").await;
+    for (path, body) in [
+        (
+            "/v1/auth/login",
+            json!({"email": "a@acme.example", "password": PASSWORD}),
+        ),
+        (
+            "/v1/auth/forgot-password",
+            json!({"email": "a@acme.example"}),
+        ),
+        (
+            "/v1/auth/reset-password",
+            json!({"token": "x", "password": PASSWORD}),
+        ),
+        (
+            "/v1/auth/resend-verification",
+            json!({"email": "a@acme.example"}),
+        ),
+    ] {
+        let response = app.post_as(org.slug.as_str(), path, &body).await;
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        assert_problem(response, 503, "dependency_unavailable").await;
+    }
+}
+
+#[tokio::test]
+async fn logins_upgrade_hashes_made_with_weaker_parameters() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let weak = identity::password::hash_now(
+        identity::HashCost {
+            memory_kib: 4096,
+            iterations: 1,
+            parallelism: 1,
+        },
+        PASSWORD,
+    )
+    .unwrap();
+    let schema = tenancy::TenantId(org.tenant_id).schema_name();
+    sqlx::query(&format!(
+        r#"update "{schema}".users set password_hash = $1"#
+    ))
+    .bind(&weak)
+    .execute(app.state.db.pool())
+    .await
+    .unwrap();
+    app.login_ok("acme", &org.owner_email, PASSWORD).await;
+    let stored: String =
+        sqlx::query_scalar(&format!(r#"select password_hash from "{schema}".users"#))
+            .fetch_one(app.state.db.pool())
+            .await
+            .unwrap();
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{stored}"
+    );
+    app.login_ok("acme", &org.owner_email, PASSWORD).await;
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_racing_client_gets_one_successor() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+
+    // Eight refreshes of the same token at once: one rotation, the same successor for all.
+    let answers = join_all((0..8).map(|_| app.refresh("acme", &org.tokens.refresh))).await;
+    let mut successors = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+        successors.push(Tokens::from_json(&answer.json().await.unwrap()));
+    }
+    let successor = successors[0].refresh.clone();
+    assert_ne!(successor, org.tokens.refresh);
+    assert!(
+        successors.iter().all(|t| t.refresh == successor),
+        "{successors:?}"
+    );
+    let live: i64 = sqlx::query_scalar(&format!(
+        r#"select count(*) from "{}".refresh_tokens where rotated_at is null"#,
+        tenancy::TenantId(org.tenant_id).schema_name()
+    ))
+    .fetch_one(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(live, 1, "never two live successors");
+    for tokens in &successors {
+        assert_eq!(
+            app.get_authed("acme", "/v1/me", &tokens.access)
+                .await
+                .status(),
+            200
+        );
+    }
+
+    // The successor works, and rotates in turn.
+    let next = app.refresh("acme", &successor).await;
+    assert_eq!(next.status(), 200);
+    let next = Tokens::from_json(&next.json().await.unwrap());
+
+    // After the grace window, the first token is a stolen one: the session is revoked.
+    app.tenant_sql(
+        org.tenant_id,
+        "update refresh_tokens set rotated_at = rotated_at - interval '11 seconds'",
+        None,
+    )
+    .await;
+    assert_problem(
+        app.refresh("acme", &org.tokens.refresh).await,
+        401,
+        "refresh_token_reused",
+    )
+    .await;
+    assert_problem(
+        app.refresh("acme", &next.refresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &next.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    let reuse = app
+        .audit_events(org.tenant_id, "refresh_token.reused")
+        .await;
+    assert_eq!(reuse.len(), 1);
+    assert_eq!(reuse[0]["subject_id"], org.owner_id.to_string());
+    // Other sessions are untouched.
+    app.login_ok("acme", &org.owner_email, PASSWORD).await;
+}
+
+#[tokio::test]
+async fn a_retry_within_the_grace_window_gets_the_same_successor_once_only() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let first: Value = app
+        .refresh("acme", &org.tokens.refresh)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retry: Value = app
+        .refresh("acme", &org.tokens.refresh)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["refresh_token"], retry["refresh_token"]);
+    // Once the successor itself has been used, the old token is no longer a retry.
+    let successor = first["refresh_token"].as_str().unwrap();
+    assert_eq!(app.refresh("acme", successor).await.status(), 200);
+    assert_problem(
+        app.refresh("acme", &org.tokens.refresh).await,
+        401,
+        "refresh_token_reused",
+    )
+    .await;
+    for garbage in ["", "nope", &"A".repeat(43)] {
+        assert_problem(app.refresh("acme", garbage).await, 401, "invalid_token").await;
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_of_one_tenant_mean_nothing_to_another() {
+    let app = spawn_app().await;
+    let a = app.signup("tenant-a").await;
+    app.signup("tenant-b").await;
+    assert_problem(
+        app.refresh("tenant-b", &a.tokens.refresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    let response = app.get_authed("tenant-b", "/v1/me", &a.tokens.access).await;
+    assert_problem(response, 403, "wrong_tenant").await;
+    assert_eq!(
+        app.refresh("tenant-a", &a.tokens.refresh).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_listed_and_ended_one_by_one_or_all_at_once() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let phone = app
+        .request(Method::POST, "/v1/auth/login")
+        .header("x-tenant", "acme")
+        .header("user-agent", "PhoneApp/1.0")
+        .json(&json!({"email": org.owner_email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let phone = Tokens::from_json(&phone.json().await.unwrap());
+    let laptop = app.login_ok("acme", &org.owner_email, PASSWORD).await;
+
+    let list: Value = app
+        .get_authed("acme", "/v1/auth/sessions", &laptop.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{list}");
+    assert_eq!(items.iter().filter(|s| s["current"] == true).count(), 1);
+    let phone_session = items
+        .iter()
+        .find(|s| s["user_agent"] == "PhoneApp/1.0")
+        .unwrap();
+    assert_eq!(phone_session["ip"], "127.0.0.1");
+
+    let end = |id: &str| {
+        app.authed(
+            Method::DELETE,
+            "acme",
+            &format!("/v1/auth/sessions/{id}"),
+            &laptop.access,
+        )
+        .send()
+    };
+    assert_eq!(
+        end(phone_session["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &phone.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.refresh("acme", &phone.refresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        end(phone_session["id"].as_str().unwrap()).await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        end(&uuid::Uuid::new_v4().to_string()).await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+
+    // Logout ends this session only.
+    let logout = app
+        .authed(Method::POST, "acme", "/v1/auth/logout", &laptop.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &laptop.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &org.tokens.access)
+            .await
+            .status(),
+        200
+    );
+
+    // Logout-all ends every one.
+    let second = app.login_ok("acme", &org.owner_email, PASSWORD).await;
+    let all = app
+        .authed(Method::POST, "acme", "/v1/auth/logout-all", &second.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), 204);
+    for tokens in [&org.tokens, &second] {
+        assert_problem(
+            app.get_authed("acme", "/v1/me", &tokens.access).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert_problem(
+            app.refresh("acme", &tokens.refresh).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+    // Unauthenticated requests are told how to authenticate.
+    let anonymous = app.get_as("acme", "/v1/auth/sessions").await;
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    assert_problem(anonymous, 401, "unauthorized").await;
+}

@@ -1,0 +1,395 @@
+//! The member directory and user status: a ban takes effect on the banned user's very next
+//! request, survives a Redis flush and a Redis outage, and is lifted by reactivation.
+
+use e2e::{
+    TestApp, assert_problem,
+    auth::{PASSWORD, PrivateRedis, Signup, Tokens},
+    spawn_app,
+};
+use reqwest::{Method, Response};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn patch_user(
+    app: &TestApp,
+    org: &Signup,
+    access: &str,
+    user: Uuid,
+    body: Value,
+) -> Response {
+    app.authed(
+        Method::PATCH,
+        &org.slug,
+        &format!("/v1/users/{user}"),
+        access,
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap()
+}
+
+/// An organization with a verified, logged-in member.
+async fn org_with_member(app: &TestApp) -> (Signup, Uuid, Tokens) {
+    let org = app.signup("acme").await;
+    let member = app.register_verified("acme", "member@acme.example").await;
+    let tokens = app.login_ok("acme", "member@acme.example", PASSWORD).await;
+    (org, member, tokens)
+}
+
+#[tokio::test]
+async fn the_directory_lists_users_page_by_page_and_by_status() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    for n in 0..3 {
+        app.register_verified("acme", &format!("m{n}@acme.example"))
+            .await;
+    }
+    app.post_as(
+        "acme",
+        "/v1/auth/register",
+        &json!({"email": "pending@acme.example", "password": PASSWORD, "name": "P"}),
+    )
+    .await;
+    let access = &org.tokens.access;
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/users?limit=2".to_owned();
+    loop {
+        let page: Value = app
+            .get_authed("acme", &path, access)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(
+            items
+                .iter()
+                .map(|u| u["email"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/users?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "owner@acme.example",
+            "m0@acme.example",
+            "m1@acme.example",
+            "m2@acme.example",
+            "pending@acme.example"
+        ]
+    );
+    let pending: Value = app
+        .get_authed("acme", "/v1/users?status=pending", access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["items"].as_array().unwrap().len(), 1);
+    assert_eq!(pending["items"][0]["email_verified"], false);
+    assert_problem(
+        app.get_authed("acme", "/v1/users?cursor=garbage", access)
+            .await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+
+    let one: Value = app
+        .get_authed("acme", &format!("/v1/users/{}", org.owner_id), access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["email"], "owner@acme.example");
+    let missing = app
+        .get_authed("acme", &format!("/v1/users/{}", Uuid::new_v4()), access)
+        .await;
+    assert_problem(missing, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn users_of_another_tenant_are_out_of_reach() {
+    let app = spawn_app().await;
+    let (org, member, _) = org_with_member(&app).await;
+    let other = app.signup("other").await;
+    // Other's owner, addressing other, names acme's member: no such user there.
+    let response = app
+        .get_authed(
+            "other",
+            &format!("/v1/users/{member}"),
+            &other.tokens.access,
+        )
+        .await;
+    assert_problem(response, 404, "not_found").await;
+    let response = patch_user(
+        &app,
+        &other,
+        &other.tokens.access,
+        member,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_problem(response, 404, "not_found").await;
+    // And other's token cannot be pointed at acme.
+    let response = app
+        .get_authed("acme", "/v1/users", &other.tokens.access)
+        .await;
+    assert_problem(response, 403, "wrong_tenant").await;
+    let list: Value = app
+        .get_authed("other", "/v1/users", &other.tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(org.slug, "acme");
+}
+
+#[tokio::test]
+async fn a_banned_user_is_refused_at_once_and_reactivation_lets_them_back() {
+    let app = spawn_app().await;
+    let (org, member, tokens) = org_with_member(&app).await;
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &tokens.access)
+            .await
+            .status(),
+        200
+    );
+
+    // Only the owner may change a status, and not their own.
+    let response = patch_user(
+        &app,
+        &org,
+        &tokens.access,
+        org.owner_id,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_problem(response, 403, "forbidden").await;
+    let response = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        org.owner_id,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_problem(response, 409, "conflict").await;
+    let response = patch_user(
+        &app,
+        &org,
+        &tokens.access,
+        member,
+        json!({"name": "Renamed Me"}),
+    )
+    .await;
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["name"],
+        "Renamed Me"
+    );
+
+    let banned = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        member,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_eq!(banned.status(), 200);
+    assert_eq!(banned.json::<Value>().await.unwrap()["status"], "banned");
+    // The very next request with the still-unexpired access token is refused…
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    // …refreshing fails, and so does logging in.
+    assert_problem(
+        app.refresh("acme", &tokens.refresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_problem(
+        app.login("acme", "member@acme.example", PASSWORD).await,
+        403,
+        "account_disabled",
+    )
+    .await;
+    let changes = app.audit_events(org.tenant_id, "user.status_changed").await;
+    assert_eq!(changes[0]["details"]["to"], "banned");
+    assert_eq!(changes[0]["actor_id"], org.owner_id.to_string());
+
+    let back = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        member,
+        json!({"status": "active"}),
+    )
+    .await;
+    assert_eq!(back.status(), 200);
+    let fresh = app.login_ok("acme", "member@acme.example", PASSWORD).await;
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &fresh.access)
+            .await
+            .status(),
+        200
+    );
+    // Sessions ended by the ban stay ended.
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_ban_reaches_every_instance_on_the_next_request() {
+    let app = spawn_app().await;
+    let (org, member, tokens) = org_with_member(&app).await;
+    let sibling = app.spawn_sibling().await;
+    assert_eq!(
+        sibling
+            .get_authed("acme", "/v1/me", &tokens.access)
+            .await
+            .status(),
+        200
+    );
+    let deactivated = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        member,
+        json!({"status": "deactivated"}),
+    )
+    .await;
+    assert_eq!(deactivated.status(), 200);
+    assert_problem(
+        sibling.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+}
+
+/// An app whose Redis is a private server the test can flush or stop.
+async fn app_with_private_redis() -> (TestApp, PrivateRedis) {
+    let redis = PrivateRedis::start().await;
+    let app = TestApp::builder()
+        .env("redis_url", &redis.url)
+        .spawn()
+        .await;
+    (app, redis)
+}
+
+#[tokio::test]
+async fn a_redis_flush_does_not_let_a_banned_user_back_in() {
+    let (app, redis) = app_with_private_redis().await;
+    let (org, member, tokens) = org_with_member(&app).await;
+    patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        member,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    redis.command(&["FLUSHALL"]).await;
+    // The list is gone; the database still knows.
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &org.tokens.access)
+            .await
+            .status(),
+        200
+    );
+    // The list is rebuilt from the database (the rebuild is what the first check started;
+    // running it here as well makes the wait explicit and is idempotent).
+    app.state
+        .revocations
+        .rebuild(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap();
+    let key = format!("canopy:t:{}:revoked:user:{member}", org.tenant_id);
+    assert_eq!(redis.command(&["EXISTS", &key]).await, redis::Value::Int(1));
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_redis_down_checks_fall_back_to_the_database() {
+    let (app, mut redis) = app_with_private_redis().await;
+    let (org, member, tokens) = org_with_member(&app).await;
+    let refresh_of_owner = org.tokens.refresh.clone();
+    redis.stop();
+
+    // Valid tokens still work; a ban made while Redis is down still bites at once.
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &tokens.access)
+            .await
+            .status(),
+        200
+    );
+    let banned = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        member,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_eq!(banned.status(), 200);
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &tokens.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    // Refresh reads the database: right for both users.
+    assert_problem(
+        app.refresh("acme", &tokens.refresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(app.refresh("acme", &refresh_of_owner).await.status(), 200);
+    // Logins fail closed.
+    assert_problem(
+        app.login("acme", &org.owner_email, PASSWORD).await,
+        503,
+        "dependency_unavailable",
+    )
+    .await;
+
+    // With PostgreSQL gone too, nothing is let through unchecked.
+    app.state.db.pool().close().await;
+    let response = app.get_authed("acme", "/v1/me", &org.tokens.access).await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "dependency_unavailable").await;
+}
