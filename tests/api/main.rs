@@ -1,5 +1,6 @@
 //! End-to-end tests of the running server: one binary, one module per area.
 
+mod auth;
 mod errors;
 mod health;
 mod isolation;
@@ -9,3 +10,4 @@ mod migrations;
 mod openapi;
 mod pipeline;
 mod tenants;
+mod users;
