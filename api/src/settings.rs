@@ -652,12 +652,6 @@ impl Settings {
         };
         let whole =
             |max: u32| move |v: &str| v.parse::<u32>().ok().filter(|n| (1..=max).contains(n));
-        if environment == Environment::Production && src.get("public_url").is_none() {
-            return Err(ConfigError::Missing {
-                var: "CANOPY_PUBLIC_URL".into(),
-                expected: "the https:// URL users open (links in emails point there)".into(),
-            });
-        }
         let auth = AuthSettings {
             refresh_grace: src.parse("refresh_grace", "a duration of at most 10s", |v| {
                 parse_duration(v).filter(|d| *d <= Duration::from_secs(10))
@@ -838,6 +832,13 @@ impl Settings {
                 |v| v.parse().ok().filter(|n| (1..=256).contains(n)),
             )?,
         };
+
+        if environment == Environment::Production && src.get("public_url").is_none() {
+            return Err(ConfigError::Missing {
+                var: "CANOPY_PUBLIC_URL".into(),
+                expected: "the https:// URL users open (links in emails point there)".into(),
+            });
+        }
 
         Ok(Self {
             environment,

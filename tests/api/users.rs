@@ -26,7 +26,7 @@ async fn patch_user(
     .json(&body)
     .send()
     .await
-    .unwrap()
+    .expect("request failed")
 }
 
 /// An organization with a verified, logged-in member.

@@ -297,14 +297,15 @@ impl PrivateRedis {
         // Readiness is a condition to poll: the server answers PING once it listens.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
+            let answered = match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => redis::cmd("PING")
                     .query_async::<String>(&mut conn)
                     .await
-                    .is_ok()
-                {
-                    break;
-                }
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if answered {
+                break;
             }
             assert!(
                 std::time::Instant::now() < deadline,

@@ -517,10 +517,12 @@ impl AuthApi {
         let mut tx = state.tenant_db.begin(tenant_id).await?;
         let record = store::login_record(&mut tx, &body.email).await?;
         tx.commit().await?;
-        if let Some(until) = record.as_ref().and_then(|r| r.locked_until) {
-            if until > Utc::now() {
-                return Err(account_locked(until));
-            }
+        if let Some(until) = record
+            .as_ref()
+            .and_then(|r| r.locked_until)
+            .filter(|until| *until > Utc::now())
+        {
+            return Err(account_locked(until));
         }
         // The connection is back in the pool while the hash runs.
         let verified = state
