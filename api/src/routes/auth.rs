@@ -25,6 +25,7 @@ use crate::{
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate},
     routes::{ApiTag, users::UserView},
+    settings::AuthSettings,
     tenant::{CurrentTenant, publish_change},
 };
 
@@ -538,11 +539,7 @@ impl AuthApi {
                 (Some(record), Verified::YesRehashed(hash)) => (record, Some(hash)),
                 (record, _) => {
                     let user = record.map(|r| r.user.id);
-                    let policy = LockoutPolicy {
-                        max_failures: settings.login_max_failures,
-                        window: settings.login_failure_window,
-                        lockout: settings.login_lockout,
-                    };
+                    let policy = lockout_policy(settings);
                     let mut tx = state.tenant_db.begin(tenant_id).await?;
                     let locked = match user {
                         Some(user) => store::record_login_failure(&mut tx, user, policy).await?,
@@ -925,11 +922,7 @@ impl AuthApi {
             .await?;
         if verified == Verified::No {
             let mut tx = state.tenant_db.begin(tenant_id).await?;
-            let policy = LockoutPolicy {
-                max_failures: state.settings.auth.login_max_failures,
-                window: state.settings.auth.login_failure_window,
-                lockout: state.settings.auth.login_lockout,
-            };
+            let policy = lockout_policy(&state.settings.auth);
             store::record_login_failure(&mut tx, me.user_id, policy).await?;
             audit(
                 &mut tx,
@@ -1181,6 +1174,14 @@ fn token_pair(
         token_type: "Bearer".to_owned(),
         expires_in: state.tokens.ttl().as_secs(),
     })
+}
+
+fn lockout_policy(settings: &AuthSettings) -> LockoutPolicy {
+    LockoutPolicy {
+        max_failures: settings.login_max_failures,
+        window: settings.login_failure_window,
+        lockout: settings.login_lockout,
+    }
 }
 
 fn accepted(message: &str) -> AcceptedResponse {
