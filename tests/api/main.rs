@@ -10,4 +10,5 @@ mod migrations;
 mod openapi;
 mod pipeline;
 mod tenants;
+mod tokens;
 mod users;
