@@ -315,7 +315,7 @@ impl AuthApi {
     ///
     /// Creates the tenant and its owner in one step (all or nothing), sends the owner a
     /// verification email, and logs the owner in. A taken slug is 409 `slug_taken`.
-    #[oai(path = "/v1/signup", method = "post", operation_id = "signup")]
+    #[oai(path = "/v1/signup", method = "post", operation_id = "sign_up")]
     async fn signup(
         &self,
         state: Data<&AppState>,
@@ -371,7 +371,11 @@ impl AuthApi {
     /// Creates a `pending` user and emails a verification link; the user can log in once
     /// verified. The answer is the same whether or not the address is already registered
     /// (its owner then gets a notice instead).
-    #[oai(path = "/v1/auth/register", method = "post", operation_id = "register")]
+    #[oai(
+        path = "/v1/auth/register",
+        method = "post",
+        operation_id = "register_user"
+    )]
     async fn register(
         &self,
         state: Data<&AppState>,
@@ -498,7 +502,7 @@ impl AuthApi {
     /// A wrong email and a wrong password get the same 401 `invalid_credentials`, in the
     /// same time. After repeated failures the account is locked for a while (403
     /// `account_locked`), and failures from one address are throttled (429).
-    #[oai(path = "/v1/auth/login", method = "post", operation_id = "login")]
+    #[oai(path = "/v1/auth/login", method = "post", operation_id = "log_in")]
     async fn login(
         &self,
         state: Data<&AppState>,
@@ -625,7 +629,11 @@ impl AuthApi {
     /// few seconds (a client racing itself, or retrying a lost response) yields the same
     /// new token; presented later, it is treated as stolen and the whole session is
     /// revoked (401 `refresh_token_reused`).
-    #[oai(path = "/v1/auth/refresh", method = "post", operation_id = "refresh")]
+    #[oai(
+        path = "/v1/auth/refresh",
+        method = "post",
+        operation_id = "refresh_tokens"
+    )]
     async fn refresh(
         &self,
         state: Data<&AppState>,
@@ -710,7 +718,7 @@ impl AuthApi {
     }
 
     /// Log out (this session).
-    #[oai(path = "/v1/auth/logout", method = "post", operation_id = "logout")]
+    #[oai(path = "/v1/auth/logout", method = "post", operation_id = "log_out")]
     async fn logout(
         &self,
         state: Data<&AppState>,
@@ -978,9 +986,13 @@ impl AuthApi {
     /// Public keys verifying access tokens (JWKS).
     ///
     /// Every key not yet retired; tokens name theirs in the `kid` header.
-    #[oai(path = "/.well-known/jwks.json", method = "get", operation_id = "jwks")]
-    async fn jwks(&self, state: Data<&AppState>) -> Json<Jwks> {
-        Json(Jwks {
+    #[oai(
+        path = "/.well-known/jwks.json",
+        method = "get",
+        operation_id = "get_jwks"
+    )]
+    async fn jwks(&self, state: Data<&AppState>) -> ApiResult<Json<Jwks>> {
+        Ok(Json(Jwks {
             keys: state
                 .tokens
                 .jwks()
@@ -994,7 +1006,7 @@ impl AuthApi {
                     alg: k.alg.to_owned(),
                 })
                 .collect(),
-        })
+        }))
     }
 }
 
