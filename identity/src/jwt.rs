@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -132,7 +132,8 @@ struct Inner {
     ttl: Duration,
     validation: Validation,
     keyring: RwLock<Arc<Keyring>>,
-    last_reload: Mutex<Instant>,
+    /// Held while an unknown kid reloads the keys: concurrent requests wait for it.
+    last_reload: tokio::sync::Mutex<Instant>,
 }
 
 impl AccessTokens {
@@ -159,7 +160,7 @@ impl AccessTokens {
                     verifying: HashMap::new(),
                     public: Vec::new(),
                 })),
-                last_reload: Mutex::new(
+                last_reload: tokio::sync::Mutex::new(
                     Instant::now()
                         .checked_sub(RELOAD_INTERVAL)
                         .unwrap_or_else(Instant::now),
@@ -259,7 +260,7 @@ impl AccessTokens {
         let key = match self.keyring().verifying.get(&kid) {
             Some(key) => key.clone(),
             None => {
-                self.reload_for_unknown_kid().await?;
+                self.reload_for_unknown_kid(&kid).await?;
                 self.keyring()
                     .verifying
                     .get(&kid)
@@ -287,18 +288,13 @@ impl AccessTokens {
         Ok(claims)
     }
 
-    async fn reload_for_unknown_kid(&self) -> Result<(), KeyError> {
-        {
-            let mut last = self
-                .inner
-                .last_reload
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() < RELOAD_INTERVAL {
-                return Ok(());
-            }
-            *last = Instant::now();
+    async fn reload_for_unknown_kid(&self, kid: &str) -> Result<(), KeyError> {
+        let mut last = self.inner.last_reload.lock().await;
+        // A reload that finished while this request waited may have brought the key.
+        if self.keyring().verifying.contains_key(kid) || last.elapsed() < RELOAD_INTERVAL {
+            return Ok(());
         }
+        *last = Instant::now();
         self.reload().await
     }
 

@@ -417,3 +417,20 @@ async fn rotated_keys_sign_new_tokens_verify_old_ones_until_retired_and_reach_si
     assert_eq!(kid_of(&t3), k2);
     assert_me(&app, &org, &t3).await;
 }
+
+#[tokio::test]
+async fn concurrent_first_uses_of_a_new_key_on_a_sibling_all_succeed() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let sibling = app.spawn_sibling().await;
+    jwt::rotate_key(app.state.db.pool()).await.expect("rotate");
+    app.state.tokens.reload().await.expect("reload");
+    let t2 = app
+        .login_ok(&org.slug, &org.owner_email, PASSWORD)
+        .await
+        .access;
+    let requests = (0..20).map(|_| sibling.get_authed(&org.slug, "/v1/me", &t2));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+    }
+}
