@@ -5,10 +5,14 @@
 //! cargo run -p bench --release -- http_overhead [--connections 32] [--seconds 5]
 //! cargo run -p bench --release -- provision [--timed 200] [--tenants 1000]
 //! cargo run -p bench --release -- tenant_scale [--tenants 1000] [--connections 64]
+//! cargo run -p bench --release -- login_storm [--logins 32] [--seconds 20] [--read-rate 200]
 //! ```
 //!
-//! `provision` and `tenant_scale` need the local services (`deploy/local/up.sh`).
+//! `provision`, `tenant_scale` and `login_storm` need the local services
+//! (`deploy/local/up.sh`). `login_storm`'s reads are an authenticated `GET /v1/me` until
+//! products exist.
 
+mod identity;
 mod load;
 mod tenancy;
 
@@ -69,6 +73,30 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// `--logins` concurrent login loops while authenticated reads (`GET /v1/me`, standing
+    /// in for `tenant_read` until products exist) arrive at a fixed rate: login/s against
+    /// cores ÷ one argon2id hash's time, and read p99 against the idle read p99.
+    #[command(name = "login_storm")]
+    LoginStorm {
+        /// Concurrent login loops (one tenant and owner each).
+        #[arg(long, default_value_t = 32)]
+        logins: usize,
+        /// Measured storm seconds (after two seconds of warm-up).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Reads per second, sent on schedule whatever the answers' pace.
+        #[arg(long, default_value_t = 200.0)]
+        read_rate: f64,
+        /// Seconds of reads alone, for the idle p99.
+        #[arg(long, default_value_t = 5)]
+        idle_seconds: u64,
+        /// Connections the reads may use at once.
+        #[arg(long, default_value_t = 32)]
+        read_connections: usize,
+        /// The app's password hashing threads; 0 is one per core, the production default.
+        #[arg(long, default_value_t = 0)]
+        hash_threads: usize,
+    },
 }
 
 #[tokio::main]
@@ -88,6 +116,24 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
         } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
+        Bench::LoginStorm {
+            logins,
+            seconds,
+            read_rate,
+            idle_seconds,
+            read_connections,
+            hash_threads,
+        } => {
+            identity::login_storm(identity::LoginStorm {
+                logins,
+                duration: Duration::from_secs(seconds),
+                idle: Duration::from_secs(idle_seconds),
+                read_rate,
+                read_connections,
+                hash_threads,
+            })
+            .await
+        }
     }
 }
 
