@@ -27,6 +27,15 @@ pub trait Validate {
     }
 }
 
+/// The outcome of a [`Validate::validate`] that collected `errors`: `Ok` when there are none.
+pub fn all_valid(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// A JSON request body, parsed and validated. See the module docs.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);

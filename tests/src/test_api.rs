@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use api::{
     error::{ApiError, ApiResult, FieldError},
-    payload::{JsonBody, Validate},
+    payload::{JsonBody, Validate, all_valid},
 };
 use poem::Route;
 use poem_openapi::{Object, OpenApi, OpenApiService, payload::Json};
@@ -46,11 +46,7 @@ impl Validate for Echo {
         if self.count > 100 {
             errors.push(FieldError::new("count", "range", "must be at most 100"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        all_valid(errors)
     }
 }
 

@@ -151,9 +151,13 @@ impl Revocations {
     /// Applies `writes`; on failure keeps retrying in the background, so that a blip does
     /// not leave a revoked token honoured while the list is otherwise intact.
     async fn write(self: &Arc<Self>, writes: Vec<Write>) {
-        if writes.is_empty() || self.try_write(&writes).await.is_ok() {
+        if writes.is_empty() {
             return;
         }
+        let Err(error) = self.try_write(&writes).await else {
+            return;
+        };
+        tracing::warn!(%error, "revocation list write failed; retrying in the background");
         let this = self.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + this.retry_for;
@@ -190,7 +194,6 @@ impl Revocations {
         })
         .await
         .unwrap_or_else(|_| Err("timed out".to_owned()))
-        .inspect_err(|error| tracing::warn!(%error, "revocation list write failed; retrying"))
     }
 
     /// Rebuilds `tenant`'s list from the database in the background (once at a time).

@@ -23,7 +23,7 @@ use crate::{
         throttle::{self, Counter},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    payload::{JsonBody, Validate},
+    payload::{JsonBody, Validate, all_valid},
     routes::{ApiTag, users::UserView},
     settings::AuthSettings,
     tenant::{CurrentTenant, publish_change},
@@ -82,7 +82,7 @@ impl Validate for SignupRequest {
         check_email(&mut errors, "email", &self.email);
         check_new_password(&mut errors, "password", &self.password);
         check_name(&mut errors, "name", &self.name);
-        finish(errors)
+        all_valid(errors)
     }
 }
 
@@ -135,7 +135,7 @@ impl Validate for RegisterRequest {
         check_email(&mut errors, "email", &self.email);
         check_new_password(&mut errors, "password", &self.password);
         check_name(&mut errors, "name", &self.name);
-        finish(errors)
+        all_valid(errors)
     }
 }
 
@@ -155,7 +155,7 @@ impl Validate for LoginRequest {
         let mut errors = Vec::new();
         check_email(&mut errors, "email", &self.email);
         check_present_password(&mut errors, "password", &self.password);
-        finish(errors)
+        all_valid(errors)
     }
 }
 
@@ -194,7 +194,7 @@ impl Validate for EmailRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         check_email(&mut errors, "email", &self.email);
-        finish(errors)
+        all_valid(errors)
     }
 }
 
@@ -213,7 +213,7 @@ impl Validate for ResetPasswordRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         check_new_password(&mut errors, "password", &self.password);
-        finish(errors)
+        all_valid(errors)
     }
 }
 
@@ -233,7 +233,7 @@ impl Validate for ChangePasswordRequest {
         let mut errors = Vec::new();
         check_present_password(&mut errors, "current_password", &self.current_password);
         check_new_password(&mut errors, "new_password", &self.new_password);
-        finish(errors)
+        all_valid(errors)
     }
 }
 
@@ -1227,14 +1227,6 @@ fn account_disabled() -> ApiError {
         ErrorCode::AccountDisabled,
         "This account has been deactivated or banned; contact your administrator.",
     )
-}
-
-fn finish(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
 }
 
 fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str) {

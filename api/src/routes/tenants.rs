@@ -16,7 +16,7 @@ use crate::{
     AppState,
     admin_auth::PlatformAdmin,
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    payload::{JsonBody, Validate},
+    payload::{JsonBody, Validate, all_valid},
     routes::{ApiTag, page},
     tenant::{CurrentTenant, publish_change},
 };
@@ -158,11 +158,7 @@ impl Validate for CreateTenant {
                 "must be 1 to 200 characters",
             ));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        all_valid(errors)
     }
 }
 
@@ -209,11 +205,7 @@ impl Validate for UpdateTenant {
                 "must be 1 to 200 characters",
             ));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        all_valid(errors)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::{
     AppState,
     auth::{UserAuth, client_info},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    payload::{JsonBody, Validate},
+    payload::{JsonBody, Validate, all_valid},
     routes::{ApiTag, auth::audit, auth::check_name, page},
     tenant::CurrentTenant,
 };
@@ -143,11 +143,7 @@ impl Validate for UpdateUser {
         if let Some(name) = &self.name {
             check_name(&mut errors, "name", name);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        all_valid(errors)
     }
 }
 
