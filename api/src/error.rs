@@ -85,6 +85,11 @@ error_codes! {
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "Method not allowed", "The path exists but not with this method; the `Allow` header lists the ones that do."),
     Conflict => (CONFLICT, "Conflict", "The request conflicts with the current state of the resource."),
     SlugTaken => (CONFLICT, "Slug taken", "Another tenant already uses this slug; choose another."),
+    RoleNameTaken => (CONFLICT, "Role name taken", "Another role of this tenant has this name (names are compared case-insensitively)."),
+    SystemRoleImmutable => (CONFLICT, "System role", "System roles (`owner`, `admin`, `member`, `viewer`) cannot be renamed, changed or deleted; create a custom role instead."),
+    RoleInUse => (CONFLICT, "Role in use", "Users hold the role or other roles inherit from it; reassign them first."),
+    RoleLimitReached => (CONFLICT, "Role limit reached", "The tenant has as many roles as it may have; delete one first."),
+    LastOwner => (CONFLICT, "Last owner", "The change would leave the tenant without an active owner; make another user owner first."),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "Payload too large", "The body is larger than this endpoint accepts."),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "Unsupported media type", "The `Content-Type` is missing or not one this endpoint accepts."),
     ValidationFailed => (UNPROCESSABLE_ENTITY, "Validation failed", "The body is well-formed JSON but some fields are invalid; `errors` lists each one."),
@@ -164,7 +169,8 @@ pub struct ApiError {
     code: ErrorCode,
     detail: String,
     errors: Vec<FieldError>,
-    extensions: serde_json::Map<String, serde_json::Value>,
+    // Boxed: keeps `Result<_, ApiError>` small on the happy path.
+    extensions: Box<serde_json::Map<String, serde_json::Value>>,
     headers: Vec<(header::HeaderName, HeaderValue)>,
     source: Option<anyhow::Error>,
 }
@@ -176,7 +182,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
-            extensions: serde_json::Map::new(),
+            extensions: Box::default(),
             headers: Vec::new(),
             source: None,
         }
@@ -345,7 +351,7 @@ impl ApiError {
             code: self.code,
             request_id: request_id.to_owned(),
             errors: (!self.errors.is_empty()).then_some(self.errors),
-            extensions: self.extensions,
+            extensions: *self.extensions,
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = Response::builder()

@@ -193,6 +193,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "lifetime of a password reset link",
     ),
     spec(
+        "permission_cache_ttl",
+        Some("5m"),
+        "how long Redis keeps a user's effective permissions (every role or assignment change voids them at once)",
+    ),
+    spec(
         "login_max_failures",
         Some("5"),
         "failed logins within `CANOPY_LOGIN_FAILURE_WINDOW` that lock an account",
@@ -430,6 +435,8 @@ pub struct AuthSettings {
     pub verification_ttl: Duration,
     /// Reset link lifetime.
     pub password_reset_ttl: Duration,
+    /// Lifetime of a cached set of effective permissions.
+    pub permission_cache_ttl: Duration,
     /// Failures that lock an account.
     pub login_max_failures: u32,
     /// Failure counting window (accounts and IPs).
@@ -669,6 +676,11 @@ impl Settings {
             password_reset_ttl: src.parse(
                 "password_reset_ttl",
                 "a duration such as 1h",
+                parse_duration,
+            )?,
+            permission_cache_ttl: src.parse(
+                "permission_cache_ttl",
+                "a duration such as 5m",
                 parse_duration,
             )?,
             login_max_failures: src.parse(

@@ -6,13 +6,16 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
 use identity::{AccessTokens, HashCost, PasswordHasher};
-use poem::{Endpoint, EndpointExt, Route, Server, get, listener::TcpAcceptor, middleware::Cors};
+use poem::{
+    Endpoint, EndpointExt, Response, Route, Server, endpoint::make_sync, get,
+    listener::TcpAcceptor, middleware::Cors, web::Html,
+};
 use secrecy::ExposeSecret;
 use tenancy::{ControlDb, PoolSettings};
 
 use crate::{
     AppState,
-    auth::revocation::Revocations,
+    auth::{permissions::Permissions, revocation::Revocations},
     metrics::Metrics,
     middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
     routes,
@@ -219,6 +222,11 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.jwt.refresh_ttl,
         settings.jwt.access_ttl,
     ));
+    let permissions = Arc::new(Permissions::new(
+        redis.clone(),
+        db.tenant_db(),
+        settings.auth.permission_cache_ttl,
+    ));
     Ok(AppState {
         settings: Arc::new(settings),
         tenant_db: db.tenant_db(),
@@ -229,6 +237,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         tokens,
         hasher,
         revocations,
+        permissions,
     })
 }
 
@@ -236,12 +245,23 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
 pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + 'static {
     let http = &state.settings.http;
     let api = routes::openapi_service();
-    let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    // Swagger UI embeds the document; it gets the processed one (see `openapi_json`).
+    let spec = routes::openapi_json();
+    let docs = api.swagger_ui_html().replace(&api.spec(), &spec);
     let mut route = Route::new()
         .nest("/", api)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .nest(
+            "/docs",
+            Route::new().at("/", get(make_sync(move |_| Html(docs.clone())))),
+        )
+        .at(
+            "/openapi.json",
+            get(make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
         .at("/metrics", get(routes::ops::metrics))
         .at("/problems/:code", get(routes::ops::problem_type));
     if let Some(extra) = extra_routes {

@@ -8,7 +8,10 @@ use tenancy::{ControlDb, TenantDb};
 use identity::{AccessTokens, PasswordHasher};
 
 use crate::{
-    auth::revocation::Revocations, metrics::Metrics, settings::Settings, tenant::TenantResolver,
+    auth::{permissions::Permissions, revocation::Revocations},
+    metrics::Metrics,
+    settings::Settings,
+    tenant::TenantResolver,
 };
 
 /// A pool of multiplexed Redis connections.
@@ -35,4 +38,6 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// Revoked sessions and blocked users.
     pub revocations: Arc<Revocations>,
+    /// Effective permissions per user, cached.
+    pub permissions: Arc<Permissions>,
 }

@@ -85,8 +85,6 @@ pub struct User {
     pub status: UserStatus,
     /// When the email was verified.
     pub email_verified_at: Option<DateTime<Utc>>,
-    /// The tenant's owner (until roles exist).
-    pub is_owner: bool,
     /// Last successful login.
     pub last_login_at: Option<DateTime<Utc>>,
     /// Creation.
@@ -96,7 +94,7 @@ pub struct User {
 }
 
 const USER_COLUMNS: &str =
-    "id, email, name, status, email_verified_at, is_owner, last_login_at, created_at, updated_at";
+    "id, email, name, status, email_verified_at, last_login_at, created_at, updated_at";
 
 fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
     let status: String = row.try_get("status")?;
@@ -111,7 +109,6 @@ fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
                 source: e.into(),
             })?,
         email_verified_at: row.try_get("email_verified_at")?,
-        is_owner: row.try_get("is_owner")?,
         last_login_at: row.try_get("last_login_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -149,15 +146,13 @@ pub struct NewUser<'a> {
     pub password_hash: &'a str,
     /// Initial status.
     pub status: UserStatus,
-    /// Owner of the tenant.
-    pub is_owner: bool,
 }
 
 /// Creates a user.
 pub async fn insert_user(conn: &mut PgConnection, new: NewUser<'_>) -> Result<User, StoreError> {
     let row = sqlx::query(&format!(
-        "insert into users (id, email, email_key, name, password_hash, status, is_owner)
-         values ($1, $2, lower($2), $3, $4, $5, $6)
+        "insert into users (id, email, email_key, name, password_hash, status)
+         values ($1, $2, lower($2), $3, $4, $5)
          returning {USER_COLUMNS}"
     ))
     .bind(Uuid::now_v7())
@@ -165,7 +160,6 @@ pub async fn insert_user(conn: &mut PgConnection, new: NewUser<'_>) -> Result<Us
     .bind(new.name)
     .bind(new.password_hash)
     .bind(new.status.as_str())
-    .bind(new.is_owner)
     .fetch_one(conn)
     .await
     .map_err(|e| match &e {

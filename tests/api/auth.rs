@@ -28,7 +28,13 @@ async fn signup_creates_the_tenant_and_its_owner_and_logs_the_owner_in() {
     assert_eq!(me["email"], "owner@acme.example");
     assert_eq!(me["status"], "active");
     assert_eq!(me["email_verified"], false);
-    assert_eq!(me["roles"], json!(["owner"]));
+    assert_eq!(me["roles"].as_array().unwrap().len(), 1);
+    assert_eq!(me["roles"][0]["name"], "owner");
+    // The owner may do everything the catalog has.
+    assert_eq!(
+        me["permissions"].as_array().unwrap().len(),
+        rbac::Permission::ALL.len()
+    );
     let tenant: Value = app.get_as("acme", "/v1/tenant").await.json().await.unwrap();
     assert_eq!(tenant["id"], org.tenant_id.to_string());
     // The owner is asked to verify their address.

@@ -162,7 +162,8 @@ async fn a_banned_user_is_refused_at_once_and_reactivation_lets_them_back() {
         200
     );
 
-    // Only the owner may change a status, and not their own.
+    // A viewer (what self-registration grants) may not change a status; nobody may
+    // change their own.
     let response = patch_user(
         &app,
         &org,
@@ -181,14 +182,12 @@ async fn a_banned_user_is_refused_at_once_and_reactivation_lets_them_back() {
     )
     .await;
     assert_problem(response, 409, "conflict").await;
-    let response = patch_user(
-        &app,
-        &org,
-        &tokens.access,
-        member,
-        json!({"name": "Renamed Me"}),
-    )
-    .await;
+    let response = app
+        .authed(Method::PATCH, "acme", "/v1/me", &tokens.access)
+        .json(&json!({"name": "Renamed Me"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         response.json::<Value>().await.unwrap()["name"],
         "Renamed Me"

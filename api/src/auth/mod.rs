@@ -1,9 +1,10 @@
-//! Authentication of tenant users: the bearer-token security scheme every user endpoint
-//! takes ([`UserAuth`]), the revocation list it consults ([`revocation`]), the Redis
-//! throttles of login and recovery ([`throttle`]), and the identity jobs (verification and
-//! reset emails, [`jobs`]).
+//! Authentication and authorization of tenant users: the bearer-token security scheme
+//! ([`UserAuth`]), the permission check built on it ([`permissions::Authorized`]), the
+//! revocation list it consults ([`revocation`]), the Redis throttles of login and recovery
+//! ([`throttle`]), and the identity jobs (verification and reset emails, [`jobs`]).
 
 pub mod jobs;
+pub mod permissions;
 pub mod revocation;
 pub mod throttle;
 

@@ -10,6 +10,7 @@ use identity::{
 };
 use poem::{Request, web::Data};
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
+use rbac::SystemRole;
 use serde::Deserialize;
 use serde_json::json;
 use tenancy::{BoxFuture, TenancyError, TenantSeed, TenantSlug, TenantTx};
@@ -24,7 +25,10 @@ use crate::{
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
-    routes::{ApiTag, users::UserView},
+    routes::{
+        ApiTag,
+        users::{UserView, user_view},
+    },
     settings::AuthSettings,
     tenant::{CurrentTenant, publish_change},
 };
@@ -354,6 +358,9 @@ impl AuthApi {
             .unwrap_or_else(|e| e.into_inner())
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the owner seed did not run")))?;
         tracing::info!(tenant_id = %tenant.id, slug = %tenant.slug, "signed up");
+        let mut tx = state.tenant_db.begin(tenant.id).await?;
+        let user = user_view(&mut tx, &user).await?;
+        tx.commit().await?;
         let tokens = token_pair(&state, tenant.id.0, user.id, session.id, &refresh)?;
         Ok(SignupCreated::Created(Json(SignupResponse {
             tenant: SignupTenant {
@@ -361,7 +368,7 @@ impl AuthApi {
                 slug: tenant.slug.to_string(),
                 name: tenant.name.clone(),
             },
-            user: UserView::from(&user),
+            user,
             tokens,
         })))
     }
@@ -406,10 +413,13 @@ impl AuthApi {
                         name: body.name.trim(),
                         password_hash: &password_hash,
                         status: UserStatus::Pending,
-                        is_owner: false,
                     },
                 )
                 .await?;
+                // Self-registration grants the least: reading the catalog and files.
+                rbac::store::grant_system_role(&mut tx, user.id, SystemRole::Viewer)
+                    .await
+                    .map_err(ApiError::internal)?;
                 Links::new(&state.settings)
                     .send_verification(&mut tx, &user)
                     .await
@@ -469,8 +479,9 @@ impl AuthApi {
         let user = store::user_by_id(&mut tx, user)
             .await?
             .ok_or_else(link_invalid)?;
+        let view = user_view(&mut tx, &user).await?;
         tx.commit().await?;
-        Ok(Json(UserView::from(&user)))
+        Ok(Json(view))
     }
 
     /// Send a new verification link.
@@ -1039,11 +1050,13 @@ impl TenantSeed for OwnerSeed {
                     name: &self.name,
                     password_hash: &self.password_hash,
                     status: UserStatus::Active,
-                    is_owner: true,
                 },
             )
             .await
             .map_err(|e| failed(e.into()))?;
+            rbac::store::grant_system_role(tx, user.id, SystemRole::Owner)
+                .await
+                .map_err(|e| failed(e.into()))?;
             let (session, refresh) =
                 store::create_session(tx, user.id, &self.client, self.refresh_ttl)
                     .await

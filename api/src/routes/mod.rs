@@ -5,6 +5,7 @@ pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod ops;
+pub mod roles;
 pub mod tenants;
 pub mod users;
 
@@ -23,8 +24,10 @@ pub enum ApiTag {
     Jobs,
     /// Sign-up, login, tokens, sessions and password recovery for a tenant's users.
     Auth,
-    /// The current user and the tenant's member directory.
+    /// The current user, the tenant's member directory and users' roles.
     Users,
+    /// The permission catalog and the tenant's roles.
+    Roles,
 }
 
 /// Every API of the service, in the order the document lists them.
@@ -32,6 +35,7 @@ pub type Apis = (
     health::HealthApi,
     auth::AuthApi,
     users::UsersApi,
+    roles::RolesApi,
     tenants::TenantsApi,
     jobs::JobsApi,
 );
@@ -43,6 +47,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             health::HealthApi,
             auth::AuthApi,
             users::UsersApi,
+            roles::RolesApi,
             tenants::TenantsApi,
             jobs::JobsApi,
         ),
@@ -77,9 +82,63 @@ pub(crate) fn page<T>(
     (rows, next)
 }
 
-/// The document as pretty JSON, exactly as `openapi/openapi.json` stores it.
+/// The security scheme of tenant users (see [`crate::auth::UserAuth`]).
+const USER_AUTH: &str = "UserAuth";
+
+/// The OpenAPI document as served and checked in (pretty JSON).
+///
+/// poem-openapi names an operation's security requirement after its extractor's scheme;
+/// [`crate::auth::permissions::Authorized`] names it after the permission it checks. Here
+/// each such requirement becomes `UserAuth` again, and the operation gets the permission
+/// as `x-permission` and as a line of its description (which Swagger UI shows).
 pub fn openapi_json() -> String {
-    let mut spec = openapi_service().spec();
-    spec.push('\n');
-    spec
+    let raw = openapi_service().spec();
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&raw).expect("poem-openapi emits valid JSON");
+    let operations = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(serde_json::Value::as_object_mut);
+    for op in operations {
+        let mut permission = None;
+        let mut user_auth = false;
+        let requirements = op
+            .get_mut("security")
+            .and_then(serde_json::Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_object_mut);
+        for requirement in requirements {
+            let named: Vec<String> = requirement.keys().cloned().collect();
+            for name in named {
+                if let Ok(p) = name.parse::<rbac::Permission>() {
+                    let scopes = requirement.remove(&name).unwrap_or_default();
+                    requirement.insert(USER_AUTH.to_owned(), scopes);
+                    permission = Some(p);
+                }
+                user_auth |= requirement.contains_key(USER_AUTH);
+            }
+        }
+        let note = match permission {
+            Some(p) => {
+                op.insert("x-permission".to_owned(), p.as_str().into());
+                format!("**Permission:** `{p}` ({})", p.description())
+            }
+            None if user_auth => {
+                "**Permission:** none; any signed-in user of the tenant.".to_owned()
+            }
+            None => continue,
+        };
+        let description = match op.get("description").and_then(serde_json::Value::as_str) {
+            Some(text) => format!("{text}\n\n{note}"),
+            None => note,
+        };
+        op.insert("description".to_owned(), description.into());
+    }
+    let mut json = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
+    json.push('\n');
+    json
 }

@@ -1,4 +1,8 @@
-//! The current user (`/v1/me`) and the tenant's member directory (`/v1/users`).
+//! The current user (`/v1/me`), the tenant's member directory (`/v1/users`) and users'
+//! roles (`/v1/users/{id}/roles`).
+//!
+//! Managing another user (status, name, roles) needs the endpoint's permission and every
+//! permission the target holds: nobody can act on a user more powerful than they are.
 
 use chrono::{DateTime, Utc};
 use identity::{User, UserStatus, store};
@@ -8,16 +12,26 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
+use rbac::{PermissionSet, SystemRole, store as roles};
 use serde::Deserialize;
 use serde_json::json;
+use tenancy::TenantTx;
 use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{UserAuth, client_info},
+    auth::{
+        Principal, UserAuth, client_info,
+        permissions::{Authorized, perm},
+    },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
-    routes::{ApiTag, auth::audit, auth::check_name, page},
+    routes::{
+        ApiTag,
+        auth::{audit, check_name},
+        page,
+        roles::{ensure_holds, lock_for_change},
+    },
     tenant::CurrentTenant,
 };
 
@@ -74,26 +88,106 @@ pub struct UserView {
     pub status: UserStatusView,
     /// Whether the email address has been verified.
     pub email_verified: bool,
-    /// Role names.
-    pub roles: Vec<String>,
+    /// The roles the user holds.
+    pub roles: Vec<RoleRef>,
     /// Last successful login.
     pub last_login_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
 
-impl From<&User> for UserView {
-    fn from(user: &User) -> Self {
+impl UserView {
+    fn new(user: &User, roles: Vec<RoleRef>) -> Self {
         Self {
             id: user.id,
             email: user.email.clone(),
             name: user.name.clone(),
             status: user.status.into(),
             email_verified: user.email_verified_at.is_some(),
-            roles: vec![if user.is_owner { "owner" } else { "member" }.to_owned()],
+            roles,
             last_login_at: user.last_login_at,
             created_at: user.created_at,
         }
+    }
+}
+
+/// A role a user holds.
+#[derive(Debug, Object)]
+pub struct RoleRef {
+    /// Role id.
+    pub id: Uuid,
+    /// Role name.
+    pub name: String,
+}
+
+/// Views of `users`, with the roles each holds.
+async fn user_views(tx: &mut TenantTx, users: &[User]) -> Result<Vec<UserView>, ApiError> {
+    let ids: Vec<Uuid> = users.iter().map(|u| u.id).collect();
+    let mut held = roles::roles_of_users(tx, &ids)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(users
+        .iter()
+        .map(|u| {
+            let roles = held
+                .remove(&u.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, name)| RoleRef { id, name })
+                .collect();
+            UserView::new(u, roles)
+        })
+        .collect())
+}
+
+pub(crate) async fn user_view(tx: &mut TenantTx, user: &User) -> Result<UserView, ApiError> {
+    let mut views = user_views(tx, std::slice::from_ref(user)).await?;
+    views.pop().ok_or_else(user_not_found)
+}
+
+/// The current user and what they may do.
+#[derive(Debug, Object)]
+pub struct MeView {
+    /// The user.
+    #[oai(flatten)]
+    pub user: UserView,
+    /// Every permission the user's roles grant.
+    pub permissions: Vec<String>,
+}
+
+/// Changes to one's own profile.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMe {
+    /// New display name.
+    pub name: String,
+}
+
+impl Validate for UpdateMe {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        check_name(&mut errors, "name", &self.name);
+        all_valid(errors)
+    }
+}
+
+/// The roles a user should hold.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SetUserRoles {
+    /// Ids of the tenant's roles (at most 20); the user holds exactly these afterwards.
+    pub role_ids: Vec<Uuid>,
+}
+
+impl Validate for SetUserRoles {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if self.role_ids.len() > 20 {
+            errors.push(FieldError::new("role_ids", "too_long", "at most 20 roles"));
+        }
+        all_valid(errors)
     }
 }
 
@@ -124,9 +218,9 @@ pub enum SettableUserStatus {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    /// New status (owner only).
+    /// New status.
     pub status: Option<SettableUserStatus>,
-    /// New display name (the user themselves, or the owner).
+    /// New display name.
     pub name: Option<String>,
 }
 
@@ -149,7 +243,7 @@ impl Validate for UpdateUser {
 
 #[OpenApi(tag = "ApiTag::Users")]
 impl UsersApi {
-    /// The current user.
+    /// The current user, their roles and permissions.
     #[oai(path = "/v1/me", method = "get", operation_id = "get_me")]
     async fn me(
         &self,
@@ -158,14 +252,38 @@ impl UsersApi {
         /// Tenant slug or id, when the host is not the tenant's subdomain.
         #[oai(name = "X-Tenant")]
         _tenant: CurrentTenant,
+    ) -> ApiResult<Json<MeView>> {
+        let me = auth.0;
+        let permissions = state.permissions.of(me.tenant.id, me.user_id).await?;
+        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let user = current_user(&mut tx, &me).await?;
+        let user = user_view(&mut tx, &user).await?;
+        tx.commit().await?;
+        Ok(Json(MeView {
+            user,
+            permissions: permissions.names(),
+        }))
+    }
+
+    /// Change one's own display name.
+    #[oai(path = "/v1/me", method = "patch", operation_id = "update_me")]
+    async fn update_me(
+        &self,
+        state: Data<&AppState>,
+        auth: UserAuth,
+        /// Tenant slug or id, when the host is not the tenant's subdomain.
+        #[oai(name = "X-Tenant")]
+        _tenant: CurrentTenant,
+        body: JsonBody<UpdateMe>,
     ) -> ApiResult<Json<UserView>> {
         let me = auth.0;
         let mut tx = state.tenant_db.begin(me.tenant.id).await?;
-        let user = store::user_by_id(&mut tx, me.user_id).await?;
-        tx.commit().await?;
-        let user = user
+        let (_, user) = store::update_user(&mut tx, me.user_id, None, Some(body.0.name.trim()))
+            .await?
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?;
-        Ok(Json(UserView::from(&user)))
+        let view = user_view(&mut tx, &user).await?;
+        tx.commit().await?;
+        Ok(Json(view))
     }
 
     /// List the tenant's users, in order of creation.
@@ -173,7 +291,7 @@ impl UsersApi {
     async fn list_users(
         &self,
         state: Data<&AppState>,
-        auth: UserAuth,
+        auth: Authorized<perm::UsersRead>,
         /// Tenant slug or id, when the host is not the tenant's subdomain.
         #[oai(name = "X-Tenant")]
         _tenant: CurrentTenant,
@@ -189,17 +307,15 @@ impl UsersApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<UserPage>> {
         let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
-        let mut tx = state.tenant_db.begin(auth.0.tenant.id).await?;
+        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
         let users =
             store::list_users(&mut tx, status.0.map(UserStatus::from), after, limit.0 + 1).await?;
-        tx.commit().await?;
         let (users, next_cursor) = page(users, limit.0, |u| {
             format!("{}_{}", u.created_at.timestamp_micros(), u.id.simple())
         });
-        Ok(Json(UserPage {
-            items: users.iter().map(UserView::from).collect(),
-            next_cursor,
-        }))
+        let items = user_views(&mut tx, &users).await?;
+        tx.commit().await?;
+        Ok(Json(UserPage { items, next_cursor }))
     }
 
     /// One user of the tenant.
@@ -207,31 +323,35 @@ impl UsersApi {
     async fn get_user(
         &self,
         state: Data<&AppState>,
-        auth: UserAuth,
+        auth: Authorized<perm::UsersRead>,
         /// Tenant slug or id, when the host is not the tenant's subdomain.
         #[oai(name = "X-Tenant")]
         _tenant: CurrentTenant,
         /// User id.
         id: Path<Uuid>,
     ) -> ApiResult<Json<UserView>> {
-        let mut tx = state.tenant_db.begin(auth.0.tenant.id).await?;
-        let user = store::user_by_id(&mut tx, id.0).await?;
+        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let user = store::user_by_id(&mut tx, id.0)
+            .await?
+            .ok_or_else(user_not_found)?;
+        let view = user_view(&mut tx, &user).await?;
         tx.commit().await?;
-        Ok(Json(UserView::from(&user.ok_or_else(user_not_found)?)))
+        Ok(Json(view))
     }
 
     /// Change a user's status or name.
     ///
     /// Deactivating or banning a user ends every session at once: their next request is
     /// refused even with an unexpired access token, and refreshing fails. Reactivating
-    /// lets them log in again. Until roles exist, only the tenant's owner may change a
-    /// status, and nobody their own.
+    /// lets them log in again. Nobody can change their own status (use `PATCH /v1/me` for
+    /// one's own name), manage a user holding permissions they lack, or block the tenant's
+    /// last active owner.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "update_user")]
     async fn update_user(
         &self,
         state: Data<&AppState>,
         request: &Request,
-        auth: UserAuth,
+        auth: Authorized<perm::UsersManage>,
         /// Tenant slug or id, when the host is not the tenant's subdomain.
         #[oai(name = "X-Tenant")]
         _tenant: CurrentTenant,
@@ -239,7 +359,7 @@ impl UsersApi {
         id: Path<Uuid>,
         body: JsonBody<UpdateUser>,
     ) -> ApiResult<Json<UserView>> {
-        let me = auth.0;
+        let me = auth.principal;
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let tenant = me.tenant.id;
         let target = id.0;
@@ -248,27 +368,17 @@ impl UsersApi {
             SettableUserStatus::Deactivated => UserStatus::Deactivated,
             SettableUserStatus::Banned => UserStatus::Banned,
         });
-        let mut tx = state.tenant_db.begin(tenant).await?;
-        let actor = store::user_by_id(&mut tx, me.user_id)
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?;
-        if status.is_some() && !actor.is_owner {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "Only the tenant's owner may change a user's status.",
-            ));
-        }
         if status.is_some() && target == me.user_id {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "You cannot change your own status.",
             ));
         }
-        if body.0.name.is_some() && target != me.user_id && !actor.is_owner {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "Only the user or the tenant's owner may rename a user.",
-            ));
+        let mut tx = state.tenant_db.begin(tenant).await?;
+        let (_, held) = lock_for_change(&mut tx, &me).await?;
+        ensure_outranks(&mut tx, held, target).await?;
+        if status.is_some_and(UserStatus::is_blocked) {
+            ensure_not_last_owner(&mut tx, target).await?;
         }
         let name = body.0.name.as_deref().map(str::trim);
         let (before, after) = store::update_user(&mut tx, target, status, name)
@@ -298,6 +408,7 @@ impl UsersApi {
             )
             .await?;
         }
+        let view = user_view(&mut tx, &after).await?;
         tx.commit().await?;
         // The database has it; now every instance's next check sees it too.
         if blocked {
@@ -305,8 +416,141 @@ impl UsersApi {
         } else if unblocked {
             state.revocations.unblock_user(tenant, target).await;
         }
-        Ok(Json(UserView::from(&after)))
+        Ok(Json(view))
     }
+
+    /// Set a user's roles.
+    ///
+    /// The user holds exactly the given roles afterwards, from their next request on. You
+    /// must hold every permission the user has now and every one the new roles would add;
+    /// the tenant's last active owner keeps the owner role.
+    #[oai(
+        path = "/v1/users/:id/roles",
+        method = "put",
+        operation_id = "set_user_roles"
+    )]
+    async fn set_user_roles(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::RolesManage>,
+        /// Tenant slug or id, when the host is not the tenant's subdomain.
+        #[oai(name = "X-Tenant")]
+        _tenant: CurrentTenant,
+        /// User id.
+        id: Path<Uuid>,
+        body: JsonBody<SetUserRoles>,
+    ) -> ApiResult<Json<UserView>> {
+        let me = auth.principal;
+        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let tenant = me.tenant.id;
+        let target = id.0;
+        let mut wanted = body.0.role_ids;
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut tx = state.tenant_db.begin(tenant).await?;
+        let (all_roles, held) = lock_for_change(&mut tx, &me).await?;
+        let unknown: Vec<FieldError> = wanted
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
+            .map(|(i, id)| {
+                FieldError::new(
+                    format!("role_ids[{i}]"),
+                    "not_found",
+                    format!("no role of this tenant has id {id}"),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::validation(unknown));
+        }
+        let user = store::user_by_id(&mut tx, target)
+            .await?
+            .ok_or_else(user_not_found)?;
+        let current = ensure_outranks(&mut tx, held, target).await?;
+        let granted: PermissionSet = wanted
+            .iter()
+            .map(|id| roles::effective_permissions(&all_roles, *id))
+            .fold(PermissionSet::EMPTY, PermissionSet::union);
+        ensure_holds(held, granted.difference(current), "These roles")?;
+        let owner = all_roles
+            .iter()
+            .find(|r| r.system == Some(SystemRole::Owner))
+            .map(|r| r.id);
+        if owner.is_some_and(|owner| !wanted.contains(&owner)) {
+            ensure_not_last_owner(&mut tx, target).await?;
+        }
+        let before = user_view(&mut tx, &user).await?;
+        roles::set_user_roles(&mut tx, target, &wanted, Some(me.user_id))
+            .await
+            .map_err(ApiError::internal)?;
+        let after = user_view(&mut tx, &user).await?;
+        let names = |v: &UserView| v.roles.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        audit(
+            &mut tx,
+            "user.roles_changed",
+            Some(me.user_id),
+            Some(target),
+            Some(me.session_id),
+            &client,
+            json!({ "from": names(&before), "to": names(&after) }),
+        )
+        .await?;
+        tx.commit().await?;
+        state.permissions.invalidate(tenant).await;
+        Ok(Json(after))
+    }
+}
+
+async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiError> {
+    store::user_by_id(tx, me.user_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))
+}
+
+/// A 403 unless the caller (holding `held`) holds every permission `target` has; returns
+/// the target's permissions.
+async fn ensure_outranks(
+    tx: &mut TenantTx,
+    held: PermissionSet,
+    target: Uuid,
+) -> Result<PermissionSet, ApiError> {
+    let theirs = roles::user_permissions(tx, target)
+        .await
+        .map_err(ApiError::internal)?;
+    let lacking = theirs.difference(held);
+    if lacking.is_empty() {
+        return Ok(theirs);
+    }
+    Err(ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "This user holds permissions you do not: {}.",
+            lacking.names().join(", ")
+        ),
+    )
+    .with_extension("permissions", lacking.names().into()))
+}
+
+/// A 409 if `target` is an owner and no other active user is. Call under the roles lock.
+async fn ensure_not_last_owner(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiError> {
+    let is_owner = roles::holds_system_role(tx, target, SystemRole::Owner)
+        .await
+        .map_err(ApiError::internal)?;
+    if !is_owner {
+        return Ok(());
+    }
+    let others = roles::other_active_owners(tx, target)
+        .await
+        .map_err(ApiError::internal)?;
+    if others > 0 {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::LastOwner,
+        "This user is the tenant's last active owner; make another user owner first.",
+    ))
 }
 
 fn default_limit() -> i64 {
