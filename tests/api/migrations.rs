@@ -266,3 +266,60 @@ async fn tenants_can_be_provisioned_and_purged_concurrently() {
     assert_eq!(purged, 8, "each tenant purged exactly once");
     assert_eq!(leftovers(&app).await, (0, 0, 0));
 }
+
+#[tokio::test]
+async fn existing_tenants_get_the_system_roles_and_their_owner_keeps_ownership() {
+    let app = spawn_app().await;
+    // A tenant provisioned before RBAC existed, with its owner flag and a member.
+    let before_rbac: Vec<TenantMigration> = embedded_migrations()
+        .into_iter()
+        .filter(|m| m.version < 20261125000001)
+        .collect();
+    let slug = TenantSlug::parse("legacy").unwrap();
+    let tenant = app
+        .state
+        .db
+        .create_tenant_with(&slug, "Legacy", &before_rbac)
+        .await
+        .unwrap();
+    let schema = tenant.id.schema_name();
+    for (n, owner) in [(1, true), (2, false)] {
+        sqlx::query(&format!(
+            "insert into {schema}.users (id, email, email_key, name, password_hash, status, is_owner)
+             values ($1, $2, $2, 'U', 'x', 'active', $3)"
+        ))
+        .bind(uuid::Uuid::from_u128(n))
+        .bind(format!("u{n}@legacy.example"))
+        .bind(owner)
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+    }
+
+    app.state
+        .db
+        .migrate_tenants(&embedded_migrations(), 2, |_| {})
+        .await
+        .unwrap();
+
+    let held: Vec<(uuid::Uuid, String)> = sqlx::query_as(&format!(
+        "select ur.user_id, r.system_key from {schema}.user_roles ur
+         join {schema}.roles r on r.id = ur.role_id order by ur.user_id"
+    ))
+    .fetch_all(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        held,
+        [
+            (uuid::Uuid::from_u128(1), "owner".to_owned()),
+            (uuid::Uuid::from_u128(2), "member".to_owned())
+        ]
+    );
+    let systems = count(
+        &app,
+        &format!("select count(*) from {schema}.roles where system_key is not null"),
+    )
+    .await;
+    assert_eq!(systems, 4);
+}
