@@ -764,9 +764,7 @@ async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
         statuses.iter().any(|s| [403, 409].contains(s)),
         "{statuses:?}"
     );
-    let roles = app.roles(&org).await;
-    let owner = roles.iter().find(|r| r["name"] == "owner").unwrap();
-    assert_eq!(owner["system"], true);
+    // Whoever won, exactly one owner is left (and the loser may not even read roles).
     let owners: i64 = sqlx::query_scalar(&format!(
         "select count(*) from {}.user_roles ur join {0}.roles r on r.id = ur.role_id where r.system_key = 'owner'",
         tenancy::TenantId(org.tenant_id).schema_name()

@@ -72,7 +72,9 @@ async fn check_access_token(request: &Request, bearer: Bearer) -> poem::Result<P
         .revocations
         .check(tenant.id, claims.sub, claims.sid)
         .await?;
-    tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
+    let span = tracing::Span::current();
+    span.record("tenant_id", tracing::field::display(tenant.id));
+    span.record("user_id", tracing::field::display(claims.sub));
     Ok(Principal {
         user_id: claims.sub,
         session_id: claims.sid,
