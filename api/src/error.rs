@@ -89,6 +89,9 @@ error_codes! {
     SystemRoleImmutable => (CONFLICT, "System role", "System roles (`owner`, `admin`, `member`, `viewer`) cannot be renamed, changed or deleted; create a custom role instead."),
     RoleInUse => (CONFLICT, "Role in use", "Users hold the role or other roles inherit from it; reassign them first."),
     RoleLimitReached => (CONFLICT, "Role limit reached", "The tenant has as many roles as it may have; delete one first."),
+    SkuTaken => (CONFLICT, "SKU taken", "Another live product of this tenant has this SKU (compared case-insensitively)."),
+    InsufficientStock => (CONFLICT, "Insufficient stock", "The adjustment would take the stock below zero; `available` says how many units there are."),
+    PreconditionFailed => (PRECONDITION_FAILED, "Precondition failed", "`If-Match` names a version that is no longer current; fetch the resource again (`current_version`) and retry."),
     LastOwner => (CONFLICT, "Last owner", "The change would leave the tenant without an active owner; make another user owner first."),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "Payload too large", "The body is larger than this endpoint accepts."),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "Unsupported media type", "The `Content-Type` is missing or not one this endpoint accepts."),
@@ -212,6 +215,12 @@ impl ApiError {
     /// Adds a member to the problem document.
     pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
         self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    /// Lists per-field (or per-item) problems in `errors`.
+    pub fn with_field_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
         self
     }
 

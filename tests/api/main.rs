@@ -9,6 +9,7 @@ mod metrics;
 mod migrations;
 mod openapi;
 mod pipeline;
+mod products;
 mod rbac;
 mod tenants;
 mod tokens;

@@ -72,8 +72,8 @@ struct Call {
 
 fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> Call {
     let success = match op {
-        "create_role" => 201,
-        "delete_role" => 204,
+        "create_role" | "create_product" | "bulk_create_products" => 201,
+        "delete_role" | "delete_product" => 204,
         _ => 200,
     };
     Call {
@@ -103,6 +103,35 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             &json!({"name": format!("delete-{actor}"), "permissions": []}),
         )
         .await;
+    let product = app
+        .create_product_ok(
+            org,
+            &json!({"name": "Lamp", "price": 100, "currency": "USD"}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deleted = app
+        .create_product_ok(
+            org,
+            &json!({"name": "Gone", "price": 100, "currency": "USD"}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let gone = app
+        .send_authed(
+            Method::DELETE,
+            &org.slug,
+            &format!("/v1/products/{deleted}"),
+            &org.tokens.access,
+            None,
+        )
+        .await;
+    assert_eq!(gone.status(), 204);
+    let new_product = json!({"name": "Chair", "price": 100, "currency": "USD"});
     vec![
         call(
             "list_permissions",
@@ -155,6 +184,49 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             "list_sessions",
             Method::GET,
             "/v1/auth/sessions".into(),
+            None,
+        ),
+        call("list_products", Method::GET, "/v1/products".into(), None),
+        call(
+            "create_product",
+            Method::POST,
+            "/v1/products".into(),
+            Some(new_product.clone()),
+        ),
+        call(
+            "bulk_create_products",
+            Method::POST,
+            "/v1/products/bulk".into(),
+            Some(json!({"items": [new_product]})),
+        ),
+        call(
+            "get_product",
+            Method::GET,
+            format!("/v1/products/{product}"),
+            None,
+        ),
+        call(
+            "update_product",
+            Method::PATCH,
+            format!("/v1/products/{product}"),
+            Some(json!({"name": "Lamp 2"})),
+        ),
+        call(
+            "adjust_stock",
+            Method::POST,
+            format!("/v1/products/{product}/stock"),
+            Some(json!({"delta": 3})),
+        ),
+        call(
+            "restore_product",
+            Method::POST,
+            format!("/v1/products/{deleted}/restore"),
+            None,
+        ),
+        call(
+            "delete_product",
+            Method::DELETE,
+            format!("/v1/products/{product}"),
             None,
         ),
     ]

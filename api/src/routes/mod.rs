@@ -5,6 +5,7 @@ pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod ops;
+pub mod products;
 pub mod roles;
 pub mod tenants;
 pub mod users;
@@ -28,6 +29,8 @@ pub enum ApiTag {
     Users,
     /// The permission catalog and the tenant's roles.
     Roles,
+    /// The tenant's product catalog.
+    Products,
 }
 
 /// Every API of the service, in the order the document lists them.
@@ -36,6 +39,7 @@ pub type Apis = (
     auth::AuthApi,
     users::UsersApi,
     roles::RolesApi,
+    products::ProductsApi,
     tenants::TenantsApi,
     jobs::JobsApi,
 );
@@ -48,6 +52,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             auth::AuthApi,
             users::UsersApi,
             roles::RolesApi,
+            products::ProductsApi,
             tenants::TenantsApi,
             jobs::JobsApi,
         ),
