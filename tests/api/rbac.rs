@@ -14,11 +14,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Operations that need a signed-in user but no permission and are not in the matrix:
-/// they end sessions or change the password, and the auth tests run them as owners and
-/// as registered (viewer) users.
+/// Operations that end sessions or change the password: no permission, run last (in this
+/// order) by every actor of the matrix, see [`session_operations`].
 const SESSION_OPERATIONS: [&str; 4] =
-    ["log_out", "logout_all", "revoke_session", "change_password"];
+    ["revoke_session", "change_password", "log_out", "logout_all"];
 
 /// Every operation a tenant user can call, with the permission the document declares for
 /// it (`None`: any signed-in user).
@@ -252,7 +251,7 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
             app.role_id(&org, actor).await
         };
         let (_, tokens) = app
-            .user_with_roles(&org, &format!("{actor}@acme.example"), &[role])
+            .user_with_roles(&org, &format!("actor-{actor}@acme.example"), &[role])
             .await;
         let me: Value = app
             .get_authed("acme", "/v1/me", &tokens.access)
@@ -298,7 +297,78 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
                 ),
             }
         }
+        session_operations(&app, &format!("actor-{actor}@acme.example"), &tokens, &ops).await;
     }
+}
+
+/// Runs [`SESSION_OPERATIONS`] as the user `email` (holding `tokens`): each must succeed,
+/// whatever the user's roles, and none may declare a permission.
+async fn session_operations(
+    app: &TestApp,
+    email: &str,
+    tokens: &Tokens,
+    ops: &BTreeMap<String, Option<String>>,
+) {
+    for op in SESSION_OPERATIONS {
+        assert_eq!(ops[op], None, "{op} needs no permission");
+    }
+    let other = app.login_ok("acme", email, e2e::auth::PASSWORD).await;
+    let sessions: Value = app
+        .get_authed("acme", "/v1/auth/sessions", &tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other_id = sessions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new_password = "another long pass phrase";
+    let steps = [
+        (
+            Method::DELETE,
+            format!("/v1/auth/sessions/{other_id}"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/auth/change-password".to_owned(),
+            Some(json!({"current_password": e2e::auth::PASSWORD, "new_password": new_password})),
+        ),
+        (Method::POST, "/v1/auth/logout".to_owned(), None),
+    ];
+    for (method, path, body) in steps {
+        let response = app
+            .send_authed(method, "acme", &path, &tokens.access, body.as_ref())
+            .await;
+        assert!(
+            response.status().is_success(),
+            "{email} {path}: {}",
+            response.status()
+        );
+    }
+    assert_problem(
+        app.get_authed("acme", "/v1/me", &other.access).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    let again = app.login_ok("acme", email, new_password).await;
+    let response = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/auth/logout-all",
+            &again.access,
+            None,
+        )
+        .await;
+    assert!(response.status().is_success(), "{email} logout-all");
 }
 
 #[test]
