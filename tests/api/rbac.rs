@@ -318,15 +318,15 @@ async fn session_operations(
         .await
         .json()
         .await
-        .unwrap();
+        .expect("session listing");
     let other_id = sessions["items"]
         .as_array()
-        .unwrap()
+        .expect("session listing")
         .iter()
         .find(|s| s["current"] == false)
-        .unwrap()["id"]
+        .expect("session listing")["id"]
         .as_str()
-        .unwrap()
+        .expect("session listing")
         .to_owned();
     let new_password = "another long pass phrase";
     let steps = [
