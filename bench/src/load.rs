@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, sync::Barrier};
@@ -69,6 +69,9 @@ impl Report {
     }
 }
 
+/// One connection of a closed-loop run.
+pub type Sender = SendRequest<Full<Bytes>>;
+
 /// Loads `path` on `addr` from `connections` connections: `warmup` unmeasured, then
 /// `duration` measured. Every answer must be 200.
 pub async fn run(
@@ -78,52 +81,91 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Report> {
-    run_with_header(addr, path, None, connections, warmup, duration).await
+    run_with_headers(
+        addr,
+        path,
+        Arc::new(vec![Vec::new()]),
+        connections,
+        warmup,
+        duration,
+    )
+    .await
 }
 
-/// [`run`], each request carrying header `name` with the next of `values` (connection `c`
-/// starts at value `c` and walks the list, so requests spread over all values).
-pub async fn run_with_header(
+/// [`run`], each request carrying one of `header_sets` (connection `c` starts at set `c` and
+/// walks the list, so requests spread over all sets).
+pub async fn run_with_headers(
     addr: SocketAddr,
     path: &str,
-    header: Option<(&'static str, Arc<Vec<String>>)>,
+    header_sets: Arc<Vec<Vec<(&'static str, String)>>>,
     connections: usize,
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Report> {
-    let start_line = Arc::new(Barrier::new(connections));
-    let mut tasks = Vec::with_capacity(connections);
-    for connection in 0..connections {
-        let path = path.to_owned();
-        let header = header.clone();
-        let start_line = start_line.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut sender = connect::<Empty<Bytes>>(addr).await?;
-            start_line.wait().await;
-            let begin = Instant::now();
-            let measure_from = begin + warmup;
-            let end = measure_from + duration;
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut count = 0u64;
-            let mut next = connection;
-            loop {
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
+    anyhow::ensure!(!header_sets.is_empty(), "no header set");
+    let path: Arc<str> = path.into();
+    closed_loop(
+        addr,
+        connections,
+        warmup,
+        duration,
+        move |connection, n, mut sender| {
+            let path = path.clone();
+            let headers = header_sets.clone();
+            async move {
+                let mut request = Request::get(&*path).header("host", "localhost");
+                for (name, value) in &headers[(connection + n as usize) % headers.len()] {
+                    request = request.header(*name, value.as_str());
                 }
-                let mut request = Request::get(path.as_str()).header("host", "localhost");
-                if let Some((name, values)) = &header {
-                    request = request.header(*name, values[next % values.len()].as_str());
-                    next += 1;
-                }
-                let request = request.body(Empty::<Bytes>::new())?;
-                let response = sender.send_request(request).await?;
+                let response = sender.send_request(request.body(Full::default())?).await?;
                 anyhow::ensure!(
                     response.status() == 200,
                     "unexpected status {}",
                     response.status()
                 );
                 response.into_body().collect().await?;
+                Ok(sender)
+            }
+        },
+    )
+    .await
+}
+
+/// Runs `step` over and over on each of `connections` keep-alive connections (a step is
+/// one unit of work: a request, or several in a row): `warmup` unmeasured, then `duration`
+/// measured. `step(connection, n, sender)` gets the connection's index and step number and
+/// hands the sender back; any error ends the run.
+pub async fn closed_loop<F, Fut>(
+    addr: SocketAddr,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+    step: F,
+) -> anyhow::Result<Report>
+where
+    F: Fn(usize, u64, Sender) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Sender>> + Send,
+{
+    let step = Arc::new(step);
+    let start_line = Arc::new(Barrier::new(connections));
+    let mut tasks = Vec::with_capacity(connections);
+    for connection in 0..connections {
+        let step = step.clone();
+        let start_line = start_line.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect::<Full<Bytes>>(addr).await?;
+            start_line.wait().await;
+            let begin = Instant::now();
+            let measure_from = begin + warmup;
+            let end = measure_from + duration;
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut count = 0u64;
+            for n in 0.. {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                sender = step(connection, n, sender).await?;
                 if sent >= measure_from {
                     count += 1;
                     latency.saturating_record(sent.elapsed().as_micros() as u64);

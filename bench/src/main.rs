@@ -6,14 +6,18 @@
 //! cargo run -p bench --release -- provision [--timed 200] [--tenants 1000]
 //! cargo run -p bench --release -- tenant_scale [--tenants 1000] [--connections 64]
 //! cargo run -p bench --release -- login_storm [--logins 32] [--seconds 20] [--read-rate 200]
+//! cargo run -p bench --release -- tenant_read [--tenants 100] [--connections 64] [--seconds 10]
+//! cargo run -p bench --release -- tenant_write [--tenants 100] [--connections 32] [--seconds 10]
 //! ```
 //!
-//! `provision`, `tenant_scale` and `login_storm` need the local services
+//! `tenant_read` and `tenant_write` compare against `pgbench` (Debian's `postgresql`
+//! package ships it). All but `http_overhead` need the local services
 //! (`deploy/local/up.sh`). `login_storm`'s reads are an authenticated `GET /v1/me` until
 //! products exist.
 
 mod identity;
 mod load;
+mod products;
 mod tenancy;
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
@@ -97,6 +101,34 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         hash_threads: usize,
     },
+    /// `GET /v1/products?limit=20` spread over `--tenants` tenants vs pgbench running the
+    /// same SELECT against their schemas.
+    #[command(name = "tenant_read")]
+    TenantRead {
+        /// Tenants (50 products each).
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        /// Concurrent keep-alive connections, and pgbench clients.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Measured seconds per side (after two seconds of warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// `POST /v1/products` then `PATCH` with `If-Match`, vs pgbench running the INSERT and
+    /// the version-checked UPDATE.
+    #[command(name = "tenant_write")]
+    TenantWrite {
+        /// Tenants the writes spread over.
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        /// Concurrent keep-alive connections, and pgbench clients.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Measured seconds per side (after two seconds of warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -116,6 +148,30 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
         } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
+        Bench::TenantRead {
+            tenants,
+            connections,
+            seconds,
+        } => {
+            products::tenant_read(products::Options {
+                tenants,
+                connections,
+                duration: Duration::from_secs(seconds),
+            })
+            .await
+        }
+        Bench::TenantWrite {
+            tenants,
+            connections,
+            seconds,
+        } => {
+            products::tenant_write(products::Options {
+                tenants,
+                connections,
+                duration: Duration::from_secs(seconds),
+            })
+            .await
+        }
         Bench::LoginStorm {
             logins,
             seconds,

@@ -10,7 +10,7 @@ use tenancy::migrate::{TenantMigration, embedded_migrations};
 
 use crate::load;
 
-async fn bench_app(pool_size: usize) -> anyhow::Result<TestApp> {
+pub async fn bench_app(pool_size: usize) -> anyhow::Result<TestApp> {
     Ok(TestApp::builder()
         .env("database_max_connections", &pool_size.to_string())
         .env("redis_pool_size", "16")
@@ -101,26 +101,12 @@ pub async fn tenant_scale(
     let addr = ([127, 0, 0, 1], app.port).into();
     let warmup = Duration::from_secs(2);
 
-    let one = Arc::new(vec![slugs[0].clone()]);
-    let many = Arc::new(slugs);
-    let single = load::run_with_header(
-        addr,
-        "/v1/tenant",
-        Some(("x-tenant", one)),
-        connections,
-        warmup,
-        duration,
-    )
-    .await?;
-    let spread = load::run_with_header(
-        addr,
-        "/v1/tenant",
-        Some(("x-tenant", many)),
-        connections,
-        warmup,
-        duration,
-    )
-    .await?;
+    let one = Arc::new(vec![vec![("x-tenant", slugs[0].clone())]]);
+    let many = Arc::new(slugs.into_iter().map(|s| vec![("x-tenant", s)]).collect());
+    let single =
+        load::run_with_headers(addr, "/v1/tenant", one, connections, warmup, duration).await?;
+    let spread =
+        load::run_with_headers(addr, "/v1/tenant", many, connections, warmup, duration).await?;
 
     single.print("tenant_scale_1");
     spread.print(&format!("tenant_scale_{tenants}"));

@@ -1,0 +1,263 @@
+//! Product benchmarks against the real services, each with `pgbench` running the
+//! equivalent SQL on the same database as its baseline:
+//!
+//! * `tenant_read`: `GET /v1/products?limit=20` (tenant resolution, token and revocation
+//!   check, permission check, one tenant transaction) spread over many tenants, vs
+//!   `pgbench -M prepared` running the listing's SELECT against those tenants' schemas;
+//! * `tenant_write`: `POST /v1/products` then `PATCH` of the new product with `If-Match`,
+//!   vs `pgbench -M prepared` running the INSERT then the version-checked UPDATE.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use e2e::{TestApp, auth::Signup};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use serde_json::json;
+
+use crate::{load, tenancy::bench_app};
+
+/// Options shared by both benchmarks.
+pub struct Options {
+    /// Tenants the load spreads over.
+    pub tenants: usize,
+    /// Concurrent connections (pgbench clients).
+    pub connections: usize,
+    /// Measured seconds per side.
+    pub duration: Duration,
+}
+
+const WARMUP: Duration = Duration::from_secs(2);
+const PRODUCTS_PER_TENANT: usize = 50;
+
+const LIST_SQL: &str = "select id, sku, name, description, price, compare_at_price, currency, \
+     status, type, stock_quantity, low_stock_threshold, attributes, tags, image_ids, version, \
+     created_at, updated_at, deleted_at from {schema}.products where deleted_at is null \
+     order by created_at, id limit 21;";
+
+async fn tenants(app: &TestApp, count: usize, seed: bool) -> anyhow::Result<Vec<Signup>> {
+    let mut orgs = Vec::with_capacity(count);
+    for i in 0..count {
+        let org = app.signup(&format!("bench-{i:04}")).await;
+        if seed {
+            let items: Vec<_> = (0..PRODUCTS_PER_TENANT)
+                .map(|n| json!({"name": format!("Product {n}"), "price": 100 + n, "currency": "USD", "tags": ["bench"]}))
+                .collect();
+            let response = app.bulk_create(&org, &items).await;
+            anyhow::ensure!(
+                response.status() == 201,
+                "seeding failed: {}",
+                response.status()
+            );
+        }
+        orgs.push(org);
+    }
+    Ok(orgs)
+}
+
+fn schema(org: &Signup) -> String {
+    format!("\"{}\"", tenancy::TenantId(org.tenant_id).schema_name())
+}
+
+/// `tenant_read`.
+pub async fn tenant_read(options: Options) -> anyhow::Result<()> {
+    let app = bench_app(20).await?;
+    let orgs = tenants(&app, options.tenants, true).await?;
+    let addr: SocketAddr = ([127, 0, 0, 1], app.port).into();
+    let headers = Arc::new(
+        orgs.iter()
+            .map(|o| {
+                vec![
+                    ("x-tenant", o.slug.clone()),
+                    ("authorization", format!("Bearer {}", o.tokens.access)),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    let canopy = load::run_with_headers(
+        addr,
+        "/v1/products?limit=20",
+        headers,
+        options.connections,
+        WARMUP,
+        options.duration,
+    )
+    .await?;
+
+    let scripts = tempdir("read")?;
+    let files: Vec<PathBuf> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, org)| {
+            let path = scripts.join(format!("read-{i}.sql"));
+            std::fs::write(&path, LIST_SQL.replace("{schema}", &schema(org)))?;
+            Ok(path)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tps = pgbench(&app.db.url, &files, options.connections, options.duration)?;
+
+    canopy.print("tenant_read_canopy");
+    println!("tenant_read_pgbench_tps: {tps:.0}");
+    println!(
+        "tenant_read_ratio: {:.3}",
+        canopy.requests_per_second() / tps
+    );
+    Ok(())
+}
+
+/// `tenant_write`: one unit is a create and a conditional change of the created product.
+pub async fn tenant_write(options: Options) -> anyhow::Result<()> {
+    let app = bench_app(20).await?;
+    let orgs = tenants(&app, options.tenants, false).await?;
+    let addr: SocketAddr = ([127, 0, 0, 1], app.port).into();
+    let auth: Arc<Vec<(String, String)>> = Arc::new(
+        orgs.iter()
+            .map(|o| (o.slug.clone(), format!("Bearer {}", o.tokens.access)))
+            .collect(),
+    );
+    let create =
+        Bytes::from(json!({"name": "Bench product", "price": 1999, "currency": "USD"}).to_string());
+    let change = Bytes::from(json!({"name": "Renamed", "price": 2999}).to_string());
+    let canopy = load::closed_loop(
+        addr,
+        options.connections,
+        WARMUP,
+        options.duration,
+        move |c, n, mut sender| {
+            let (tenant, bearer) = auth[(c + n as usize) % auth.len()].clone();
+            let (create, change) = (create.clone(), change.clone());
+            async move {
+                let request = |method: &str, path: &str, body: Bytes| {
+                    Request::builder()
+                        .method(method)
+                        .uri(path)
+                        .header("host", "localhost")
+                        .header("x-tenant", tenant.as_str())
+                        .header("authorization", bearer.as_str())
+                        .header("content-type", "application/json")
+                        .body(Full::new(body))
+                };
+                let response = sender
+                    .send_request(request("POST", "/v1/products", create)?)
+                    .await?;
+                anyhow::ensure!(response.status() == 201, "create: {}", response.status());
+                let etag = response.headers()["etag"].to_str()?.to_owned();
+                let body = response.into_body().collect().await?.to_bytes();
+                let created: serde_json::Value = serde_json::from_slice(&body)?;
+                let id = created["id"].as_str().context("id")?;
+                let mut patch = request("PATCH", &format!("/v1/products/{id}"), change)?;
+                patch.headers_mut().insert("if-match", etag.parse()?);
+                let response = sender.send_request(patch).await?;
+                anyhow::ensure!(response.status() == 200, "change: {}", response.status());
+                response.into_body().collect().await?;
+                Ok(sender)
+            }
+        },
+    )
+    .await?;
+
+    let scripts = tempdir("write")?;
+    let files: Vec<PathBuf> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, org)| {
+            let path = scripts.join(format!("write-{i}.sql"));
+            let schema = schema(org);
+            std::fs::write(
+                &path,
+                format!(
+                    "insert into {schema}.products (id, sku, name, price, currency)
+                     values (gen_random_uuid(), 'PG-' || substr(md5(random()::text), 1, 20), 'Bench product', 1999, 'USD')
+                     returning id \\gset
+                     update {schema}.products set name = 'Renamed', price = 2999, version = version + 1, updated_at = now()
+                     where id = :id and deleted_at is null and version = 1;\n"
+                ),
+            )?;
+            Ok(path)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tps = pgbench(&app.db.url, &files, options.connections, options.duration)?;
+
+    canopy.print("tenant_write_canopy");
+    println!("tenant_write_pgbench_tps: {tps:.0}");
+    println!(
+        "tenant_write_ratio: {:.3}",
+        canopy.requests_per_second() / tps
+    );
+    Ok(())
+}
+
+fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("canopy-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `pgbench` from `PATH`, else from the installed PostgreSQL's bin directory.
+fn pgbench_binary() -> anyhow::Result<PathBuf> {
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("pgbench"))
+            .find(|p| p.is_file())
+    }) {
+        return Ok(found);
+    }
+    let mut installed: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no pgbench on PATH and no /usr/lib/postgresql")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin/pgbench")))
+        .filter(|p| p.is_file())
+        .collect();
+    installed.sort();
+    installed.pop().context("pgbench not found")
+}
+
+/// Runs the scripts (chosen at random per transaction) after a warm-up; returns the tps.
+fn pgbench(
+    url: &str,
+    scripts: &[PathBuf],
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let binary = pgbench_binary()?;
+    let run = |seconds: u64| -> anyhow::Result<String> {
+        let mut command = Command::new(&binary);
+        command.args(["-n", "-M", "prepared", "-j", "2"]).args([
+            "-c",
+            &clients.to_string(),
+            "-T",
+            &seconds.to_string(),
+        ]);
+        for script in scripts {
+            command.arg("-f").arg(script_arg(script));
+        }
+        let output = command.arg(url).output().context("running pgbench")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    run(WARMUP.as_secs())?;
+    let out = run(duration.as_secs())?;
+    out.lines()
+        .find_map(|line| {
+            line.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .with_context(|| format!("no tps in pgbench's output:\n{out}"))
+}
+
+fn script_arg(path: &Path) -> String {
+    format!("{}@1", path.display())
+}
