@@ -60,6 +60,9 @@ impl ControlDb {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .max_lifetime(settings.max_lifetime)
+            // No ping before every checkout: it is a round trip per request. A connection
+            // that died meanwhile fails its one query and is discarded.
+            .test_before_acquire(false)
             .connect_lazy_with(settings.connect.clone());
         Self {
             pool,

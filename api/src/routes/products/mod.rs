@@ -840,8 +840,9 @@ impl ProductsApi {
     ///
     /// Keyset-paginated: pass `next_cursor` back as `cursor` with the same `sort` and
     /// `order`; a walk sees every product that existed when it started exactly once, even
-    /// while others are added. `q` searches SKU, name and description (web-search syntax:
-    /// `"exact phrase"`, `-excluded`, `or`).
+    /// while others are added (a product whose sort key changes during the walk moves with
+    /// it). `q` searches SKU, name and description (web-search syntax: `"exact phrase"`,
+    /// `-excluded`, `or`).
     #[expect(
         clippy::too_many_arguments,
         reason = "one argument per documented query parameter"
