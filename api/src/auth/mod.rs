@@ -8,7 +8,7 @@ pub mod permissions;
 pub mod revocation;
 pub mod throttle;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use identity::{AccessClaims, ClientInfo, TokenError};
 use poem::Request;
@@ -16,9 +16,13 @@ use poem_openapi::{SecurityScheme, auth::Bearer};
 use tenancy::Tenant;
 use uuid::Uuid;
 
+use rbac::PermissionSet;
+
 use crate::{
     AppState,
+    auth::{permissions::Permissions, revocation::Revocations},
     error::{ApiError, ErrorCode},
+    state::RedisPool,
 };
 
 /// The user a request is authenticated as.
@@ -42,45 +46,119 @@ pub struct Principal {
 pub struct UserAuth(pub Principal);
 
 async fn check_access_token(request: &Request, bearer: Bearer) -> poem::Result<Principal> {
+    let (principal, _) = authenticate_token(request, &bearer.token, false).await?;
+    Ok(principal)
+}
+
+/// How long one Redis operation may take before the database is asked instead.
+pub(crate) const REDIS_BUDGET: Duration = Duration::from_millis(500);
+
+/// `MGET keys` within [`REDIS_BUDGET`].
+pub(crate) async fn mget(
+    redis: &RedisPool,
+    keys: &[String],
+) -> Result<Vec<Option<String>>, String> {
+    tokio::time::timeout(REDIS_BUDGET, async {
+        let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+        redis::cmd("MGET")
+            .arg(keys)
+            .query_async::<Vec<Option<String>>>(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".to_owned()))
+}
+
+/// Authenticates the bearer token of `request`, and with `with_permissions` also looks up
+/// what the user may do: the revocation entries and the cached permissions come from
+/// Redis in one round trip.
+pub(crate) async fn authenticate(
+    request: &Request,
+    with_permissions: bool,
+) -> Result<(Principal, Option<PermissionSet>), ApiError> {
+    let token = request
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "Authentication is required."))?;
+    authenticate_token(request, token, with_permissions).await
+}
+
+async fn authenticate_token(
+    request: &Request,
+    token: &str,
+    with_permissions: bool,
+) -> Result<(Principal, Option<PermissionSet>), ApiError> {
     let state = request
         .data::<AppState>()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not attached")))?;
     let tenant = state.tenants.resolve(request).await?;
-    let claims = state
-        .tokens
-        .verify(&bearer.token)
-        .await
-        .map_err(|e| match e {
-            TokenError::Expired => ApiError::new(
-                ErrorCode::TokenExpired,
-                "The access token has expired; refresh it.",
-            ),
-            TokenError::Invalid(why) => {
-                tracing::debug!(reason = why, "access token refused");
-                ApiError::new(ErrorCode::InvalidToken, "The access token is not valid.")
-            }
-            TokenError::Keys(e) => ApiError::internal(e),
-        })?;
+    let claims = state.tokens.verify(token).await.map_err(|e| match e {
+        TokenError::Expired => ApiError::new(
+            ErrorCode::TokenExpired,
+            "The access token has expired; refresh it.",
+        ),
+        TokenError::Invalid(why) => {
+            tracing::debug!(reason = why, "access token refused");
+            ApiError::new(ErrorCode::InvalidToken, "The access token is not valid.")
+        }
+        TokenError::Keys(e) => ApiError::internal(e),
+    })?;
     if claims.tid != tenant.id.0 {
         return Err(ApiError::new(
             ErrorCode::WrongTenant,
             "This access token belongs to another tenant.",
-        )
-        .into());
+        ));
     }
+    let (user, session) = (claims.sub, claims.sid);
+    let mut keys = Revocations::keys(tenant.id, user, session).to_vec();
+    if with_permissions {
+        keys.extend(Permissions::keys(tenant.id, user));
+    }
+    let looked_up = mget(&state.redis, &keys).await;
+    let (revocation, permission) = match &looked_up {
+        Ok(values) if values.len() == keys.len() => {
+            let (r, p) = values.split_at(3);
+            (Ok(r), Ok(p))
+        }
+        Ok(_) => {
+            let error = "MGET answered the wrong number of values";
+            (Err(error), Err(error))
+        }
+        Err(e) => (Err(e.as_str()), Err(e.as_str())),
+    };
     state
         .revocations
-        .check(tenant.id, claims.sub, claims.sid)
+        .check_looked_up(tenant.id, user, session, revocation)
         .await?;
+    let granted = if with_permissions {
+        Some(
+            state
+                .permissions
+                .of_looked_up(tenant.id, user, permission)
+                .await?,
+        )
+    } else {
+        None
+    };
     let span = tracing::Span::current();
     span.record("tenant_id", tracing::field::display(tenant.id));
-    span.record("user_id", tracing::field::display(claims.sub));
-    Ok(Principal {
-        user_id: claims.sub,
-        session_id: claims.sid,
-        tenant,
-        claims,
-    })
+    span.record("user_id", tracing::field::display(user));
+    Ok((
+        Principal {
+            user_id: user,
+            session_id: session,
+            tenant,
+            claims,
+        },
+        granted,
+    ))
 }
 
 /// Who is calling: the peer address (or, behind a trusted proxy, the last

@@ -23,14 +23,10 @@ use tenancy::{TenantDb, TenantId};
 use uuid::Uuid;
 
 use crate::{
-    AppState,
     auth::{Principal, UserAuth},
     error::{ApiError, ErrorCode},
     state::RedisPool,
 };
-
-/// How long one Redis operation may take before the database is asked instead.
-const REDIS_BUDGET: Duration = Duration::from_millis(500);
 
 /// A permission an endpoint requires, as a type (see [`perm`]).
 pub trait Requirement: Send + Sync + 'static {
@@ -106,14 +102,10 @@ impl<'a, P: Requirement> ApiExtractor<'a> for Authorized<P> {
         body: &mut RequestBody,
         param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let UserAuth(principal) = UserAuth::from_request(request, body, param_opts).await?;
-        let state = request
-            .data::<AppState>()
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not attached")))?;
-        let granted = state
-            .permissions
-            .of(principal.tenant.id, principal.user_id)
-            .await?;
+        let _ = (body, param_opts);
+        let (principal, granted) = super::authenticate(request, true).await?;
+        let granted = granted
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("permissions were not looked up")))?;
         if !granted.contains(P::PERMISSION) {
             return Err(missing(P::PERMISSION).into());
         }
@@ -164,14 +156,30 @@ impl Permissions {
 
     /// What `user` may do in `tenant`.
     pub async fn of(&self, tenant: TenantId, user: Uuid) -> Result<PermissionSet, ApiError> {
-        let cached = self
-            .redis(|mut conn| async move {
-                redis::cmd("MGET")
-                    .arg(&[generation_key(tenant), user_key(tenant, user)])
-                    .query_async::<(Option<String>, Option<String>)>(&mut *conn)
-                    .await
-            })
-            .await;
+        let keys = Self::keys(tenant, user);
+        let looked_up = super::mget(&self.redis, &keys).await;
+        self.of_looked_up(tenant, user, looked_up.as_deref().map_err(String::as_str))
+            .await
+    }
+
+    /// The keys [`Self::of_looked_up`] needs, in order.
+    pub fn keys(tenant: TenantId, user: Uuid) -> [String; 2] {
+        [generation_key(tenant), user_key(tenant, user)]
+    }
+
+    /// [`Self::of`] with the values of [`Self::keys`] already fetched, or the error
+    /// fetching them.
+    pub async fn of_looked_up(
+        &self,
+        tenant: TenantId,
+        user: Uuid,
+        looked_up: Result<&[Option<String>], &str>,
+    ) -> Result<PermissionSet, ApiError> {
+        let cached = match looked_up {
+            Ok([generation, entry]) => Ok((generation.clone(), entry.clone())),
+            Ok(other) => Err(format!("{} values for 2 keys", other.len())),
+            Err(error) => Err(error.to_owned()),
+        };
         let reachable = cached.is_ok();
         let generation = match cached {
             Ok((Some(generation), Some(entry))) => {
@@ -278,7 +286,7 @@ impl Permissions {
         F: FnOnce(bb8::PooledConnection<'s, bb8_redis::RedisConnectionManager>) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        tokio::time::timeout(REDIS_BUDGET, async {
+        tokio::time::timeout(super::REDIS_BUDGET, async {
             let conn = self.redis.get().await.map_err(|e| e.to_string())?;
             op(conn).await.map_err(|e| e.to_string())
         })

@@ -25,9 +25,6 @@ use crate::{
     state::RedisPool,
 };
 
-/// How long one Redis operation may take before the database is asked instead.
-const REDIS_BUDGET: Duration = Duration::from_millis(500);
-
 /// Checks and maintains the revocation list.
 pub struct Revocations {
     redis: RedisPool,
@@ -77,22 +74,36 @@ impl Revocations {
         user: Uuid,
         session: Uuid,
     ) -> Result<(), ApiError> {
-        let keys = [
+        let keys = Self::keys(tenant, user, session);
+        let looked_up = super::mget(&self.redis, &keys).await;
+        self.check_looked_up(
+            tenant,
+            user,
+            session,
+            looked_up.as_deref().map_err(String::as_str),
+        )
+        .await
+    }
+
+    /// The keys [`Self::check_looked_up`] needs, in order.
+    pub fn keys(tenant: TenantId, user: Uuid, session: Uuid) -> [String; 3] {
+        [
             ready_key(tenant),
             session_key(tenant, session),
             user_key(tenant, user),
-        ];
-        let looked_up = tokio::time::timeout(REDIS_BUDGET, async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("MGET")
-                .arg(&keys)
-                .query_async::<Vec<Option<String>>>(&mut *conn)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()));
-        match looked_up.as_deref() {
+        ]
+    }
+
+    /// [`Self::check`] with the values of [`Self::keys`] already fetched (so that a caller
+    /// can fetch them in the same round trip as others), or the error fetching them.
+    pub async fn check_looked_up(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        user: Uuid,
+        session: Uuid,
+        looked_up: Result<&[Option<String>], &str>,
+    ) -> Result<(), ApiError> {
+        match looked_up {
             Ok([Some(_), None, None]) => return Ok(()),
             // Listed: confirmed against the database, which has every revocation. (An entry
             // can outlive its reason when a rebuild races a reactivation; such a user must
@@ -178,7 +189,7 @@ impl Revocations {
 
     async fn try_write(&self, writes: &[Write]) -> Result<(), String> {
         let ttl = self.ttl.as_secs().max(1);
-        tokio::time::timeout(REDIS_BUDGET, async {
+        tokio::time::timeout(super::REDIS_BUDGET, async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
             let mut pipe = redis::pipe();
             for write in writes {
