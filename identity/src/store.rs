@@ -803,3 +803,69 @@ pub async fn audit(conn: &mut PgConnection, event: AuditEvent<'_>) -> Result<(),
     .await?;
     Ok(())
 }
+
+/// An entry of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// Position in the log (increasing).
+    pub id: i64,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// Stable name, e.g. `login.failed`.
+    pub event: String,
+    /// Who acted.
+    pub actor: Option<Uuid>,
+    /// Whom it concerns.
+    pub subject: Option<Uuid>,
+    /// The session involved.
+    pub session: Option<Uuid>,
+    /// Client address.
+    pub ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// Anything else recorded.
+    pub details: Value,
+}
+
+/// The newest audit entries first: those before entry `before` (when given), optionally
+/// only one `event` or those concerning one user (as actor or subject).
+pub async fn list_audit(
+    conn: &mut PgConnection,
+    event: Option<&str>,
+    user: Option<Uuid>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let rows = sqlx::query(
+        "select id, occurred_at, event, actor_id, subject_id, session_id, host(ip) as ip,
+                user_agent, details
+         from audit_events
+         where ($1::text is null or event = $1)
+           and ($2::uuid is null or actor_id = $2 or subject_id = $2)
+           and ($3::bigint is null or id < $3)
+         order by id desc
+         limit $4",
+    )
+    .bind(event)
+    .bind(user)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditRecord {
+                id: row.try_get("id")?,
+                occurred_at: row.try_get("occurred_at")?,
+                event: row.try_get("event")?,
+                actor: row.try_get("actor_id")?,
+                subject: row.try_get("subject_id")?,
+                session: row.try_get("session_id")?,
+                ip: row.try_get("ip")?,
+                user_agent: row.try_get("user_agent")?,
+                details: row.try_get("details")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}

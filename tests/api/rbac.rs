@@ -185,6 +185,12 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             "/v1/auth/sessions".into(),
             None,
         ),
+        call(
+            "list_audit_events",
+            Method::GET,
+            "/v1/audit-events".into(),
+            None,
+        ),
         call("list_products", Method::GET, "/v1/products".into(), None),
         call(
             "create_product",
@@ -1079,4 +1085,83 @@ async fn nobody_grants_what_they_do_not_hold() {
         .unwrap();
     assert_eq!(victim_view["roles"][0]["name"], "viewer");
     assert_eq!(victim_view["roles"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_audit_log_pages_newest_first_and_needs_audit_read() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let other = app.signup("other").await;
+    let member = app.role_id(&org, "member").await;
+    let (user, tokens) = user_holding(&app, &org, "m@acme.example", member).await;
+    for n in 0..3 {
+        app.create_role_ok(&org, &json!({"name": format!("r{n}"), "permissions": []}))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/audit-events?event=role.created&limit=2".to_owned();
+    loop {
+        let page: Value = app
+            .get_authed("acme", &path, &org.tokens.access)
+            .await
+            .json()
+            .await
+            .unwrap();
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["event"], "role.created");
+            assert_eq!(item["actor_id"], org.owner_id.to_string());
+            seen.push(item["details"]["name"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/audit-events?event=role.created&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["r2", "r1", "r0"]);
+    // Entries concerning one user: their registration, verification and role change.
+    let mine: Value = app
+        .get_authed(
+            "acme",
+            &format!("/v1/audit-events?user_id={user}"),
+            &org.tokens.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events: Vec<&str> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"user.roles_changed"), "{events:?}");
+    assert!(events.contains(&"user.registered"), "{events:?}");
+    // Each tenant sees its own log only; a member cannot read it.
+    let theirs: Value = app
+        .get_authed(
+            "other",
+            "/v1/audit-events?event=role.created",
+            &other.tokens.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["items"], json!([]));
+    let problem = assert_problem(
+        app.get_authed("acme", "/v1/audit-events", &tokens.access)
+            .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(problem["permission"], "audit:read");
+    assert_problem(
+        app.get_authed("acme", "/v1/audit-events?cursor=x", &org.tokens.access)
+            .await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
 }

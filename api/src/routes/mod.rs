@@ -1,6 +1,7 @@
 //! One module per API tag, each with its `XxxApi` struct, its request and response types
 //! beside the handlers.
 
+pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod jobs;
@@ -31,6 +32,8 @@ pub enum ApiTag {
     Roles,
     /// The tenant's product catalog.
     Products,
+    /// The tenant's security audit log.
+    Audit,
 }
 
 /// Every API of the service, in the order the document lists them.
@@ -40,6 +43,7 @@ pub type Apis = (
     users::UsersApi,
     roles::RolesApi,
     products::ProductsApi,
+    audit::AuditApi,
     tenants::TenantsApi,
     jobs::JobsApi,
 );
@@ -53,6 +57,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             users::UsersApi,
             roles::RolesApi,
             products::ProductsApi,
+            audit::AuditApi,
             tenants::TenantsApi,
             jobs::JobsApi,
         ),
