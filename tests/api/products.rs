@@ -184,10 +184,37 @@ async fn a_product_round_trips_with_entity_tags() {
             &[("if-match", "garbage")],
         )
         .await,
-        400,
-        "invalid_parameter",
+        412,
+        "precondition_failed",
     )
     .await;
+    // A weak tag never matches for If-Match (strong comparison); a tag we did not issue in
+    // If-None-Match is simply not a match.
+    let weak = format!("W/{new_tag}");
+    assert_problem(
+        send(
+            &app,
+            &org,
+            Method::DELETE,
+            &path,
+            None,
+            &[("if-match", &weak)],
+        )
+        .await,
+        412,
+        "precondition_failed",
+    )
+    .await;
+    let foreign = send(
+        &app,
+        &org,
+        Method::GET,
+        &path,
+        None,
+        &[("if-none-match", "xyz")],
+    )
+    .await;
+    assert_eq!(foreign.status(), 200);
 
     // Soft delete: gone from reads and listings unless asked for, then restored.
     let deleted = send(
@@ -370,7 +397,7 @@ async fn concurrent_stock_decrements_end_exactly_at_zero() {
         .await
         .unwrap();
     assert_eq!(restocked["stock_quantity"], 5);
-    for delta in [0, 2_000_000_000] {
+    for delta in [0, 2_000_000_000, i64::MIN, 999_999_996] {
         assert_problem(
             app.send_authed(
                 Method::POST,
@@ -684,6 +711,42 @@ async fn bulk_creation_is_all_or_nothing() {
     )
     .await;
     assert_problem(app.bulk_create(&org, &[]).await, 422, "validation_failed").await;
+}
+
+#[tokio::test]
+async fn nul_characters_and_control_characters_are_client_errors() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    for attributes in [
+        json!({"a": "x\u{0}y"}),
+        json!({"a": {"b": ["\u{0}"]}}),
+        json!({"a\u{0}": 1}),
+    ] {
+        let mut body = product("Nul", 1);
+        body["attributes"] = attributes;
+        assert_problem(
+            app.create_product("acme", &org.tokens.access, &body).await,
+            422,
+            "validation_failed",
+        )
+        .await;
+    }
+    assert_problem(
+        app.create_product("acme", &org.tokens.access, &product("a\u{0}b", 1))
+            .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    for query in ["q=a%00b", "tag=a%00b"] {
+        assert_problem(
+            app.get_authed("acme", &format!("/v1/products?{query}"), &org.tokens.access)
+                .await,
+            400,
+            "invalid_parameter",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]

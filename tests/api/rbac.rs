@@ -994,6 +994,33 @@ async fn nobody_grants_what_they_do_not_hold() {
         )
         .await;
     }
+    // Nor can the admin change or delete a role granting what they lack: its holders
+    // would be managed by someone they outrank.
+    let treasurer = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "treasurer", "permissions": ["billing:manage"]}),
+        )
+        .await;
+    for (method, body) in [
+        (Method::PATCH, Some(json!({"permissions": []}))),
+        (Method::PATCH, Some(json!({"description": "harmless?"}))),
+        (Method::DELETE, None),
+    ] {
+        assert_problem(
+            app.send_authed(
+                method,
+                "acme",
+                &format!("/v1/roles/{treasurer}"),
+                access,
+                body.as_ref(),
+            )
+            .await,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
     // The owner role, to oneself or anyone.
     for user in [admin_user, victim] {
         assert_problem(
@@ -1053,6 +1080,20 @@ async fn nobody_grants_what_they_do_not_hold() {
     )
     .await;
     assert_eq!(problem["errors"][0]["field"], "role_ids[0]");
+    // Errors name the items as sent.
+    let problem = assert_problem(
+        app.set_roles(
+            "acme",
+            &org.tokens.access,
+            victim,
+            &[viewer, viewer, foreign_owner],
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "role_ids[2]");
     assert_problem(
         app.get_authed(
             "acme",

@@ -128,6 +128,9 @@ pub fn missing(permission: Permission) -> ApiError {
     .with_extension("permission", permission.as_str().into())
 }
 
+/// How long a generation lives when nothing changes.
+const GENERATION_TTL_SECS: u64 = 86_400;
+
 fn generation_key(tenant: TenantId) -> String {
     format!("canopy:t:{tenant}:perms:gen")
 }
@@ -271,7 +274,12 @@ impl Permissions {
         let generation = Uuid::new_v4().simple().to_string();
         self.redis(|mut conn| async move {
             let mut cmd = redis::cmd("SET");
-            cmd.arg(generation_key(tenant)).arg(generation);
+            // Expiring is safe (a new generation voids everything cached under the old)
+            // and keeps a purged tenant from leaving its key behind forever.
+            cmd.arg(generation_key(tenant))
+                .arg(generation)
+                .arg("EX")
+                .arg(GENERATION_TTL_SECS);
             if only_if_absent {
                 cmd.arg("NX");
             }
@@ -280,7 +288,7 @@ impl Permissions {
         .await
     }
 
-    /// Runs one Redis operation within [`REDIS_BUDGET`].
+    /// Runs one Redis operation within [`super::REDIS_BUDGET`].
     async fn redis<'s, T, F, Fut>(&'s self, op: F) -> Result<T, String>
     where
         F: FnOnce(bb8::PooledConnection<'s, bb8_redis::RedisConnectionManager>) -> Fut,

@@ -21,7 +21,7 @@ use crate::{
     AppState,
     auth::{
         Principal, client_info,
-        permissions::{Authorized, perm},
+        permissions::{Authorized, missing, perm},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
@@ -277,7 +277,7 @@ pub(crate) fn ensure_holds(
     Err(ApiError::new(
         ErrorCode::Forbidden,
         format!(
-            "{what} would grant permissions you do not hold: {}.",
+            "{what} grants permissions you do not hold: {}.",
             lacking.names().join(", ")
         ),
     )
@@ -285,16 +285,21 @@ pub(crate) fn ensure_holds(
 }
 
 /// Locks the tenant's roles and returns them with the caller's permissions as they stand
-/// now (not as cached when the request started).
+/// now (not as cached when the request started), which must still include `required` (the
+/// endpoint's permission: a role taken away meanwhile counts).
 pub(crate) async fn lock_for_change(
     tx: &mut TenantTx,
     actor: &Principal,
+    required: Permission,
 ) -> Result<(Vec<Role>, PermissionSet), ApiError> {
     store::lock_roles(tx).await.map_err(ApiError::internal)?;
     let roles = store::list_roles(tx).await.map_err(ApiError::internal)?;
     let held = store::user_permissions(tx, actor.user_id)
         .await
         .map_err(ApiError::internal)?;
+    if !held.contains(required) {
+        return Err(missing(required));
+    }
     Ok((roles, held))
 }
 
@@ -388,7 +393,7 @@ impl RolesApi {
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let permissions = parse_permissions(&body.permissions);
         let mut tx = state.tenant_db.begin(me.tenant.id).await?;
-        let (roles, held) = lock_for_change(&mut tx, &me).await?;
+        let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let id = Uuid::now_v7();
         let mut allows = permissions;
         if let Some(parent) = body.parent_id {
@@ -445,7 +450,7 @@ impl RolesApi {
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let tenant = me.tenant.id;
         let mut tx = state.tenant_db.begin(tenant).await?;
-        let (mut roles, held) = lock_for_change(&mut tx, &me).await?;
+        let (mut roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let index = roles
             .iter()
             .position(|r| r.id == id.0)
@@ -471,7 +476,9 @@ impl RolesApi {
             roles[index].permissions = permissions;
         }
         let after = store::effective_permissions(&roles, id.0);
-        ensure_holds(held, after.difference(before), "This change")?;
+        // Changing a role changes what its holders may do: the caller must hold everything
+        // it grants, before and after (like managing each holder).
+        ensure_holds(held, before.union(after), "This role")?;
         let role = store::update_role(
             &mut tx,
             id.0,
@@ -525,9 +532,14 @@ impl RolesApi {
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let tenant = me.tenant.id;
         let mut tx = state.tenant_db.begin(tenant).await?;
-        store::lock_roles(&mut tx)
-            .await
-            .map_err(ApiError::internal)?;
+        let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
+        if roles.iter().any(|r| r.id == id.0) {
+            ensure_holds(
+                held,
+                store::effective_permissions(&roles, id.0),
+                "This role",
+            )?;
+        }
         let role = store::delete_role(&mut tx, id.0).await?;
         audit(
             &mut tx,

@@ -12,7 +12,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use rbac::{PermissionSet, SystemRole, store as roles};
+use rbac::{Permission, PermissionSet, SystemRole, store as roles};
 use serde::Deserialize;
 use serde_json::json;
 use tenancy::TenantTx;
@@ -375,7 +375,7 @@ impl UsersApi {
             ));
         }
         let mut tx = state.tenant_db.begin(tenant).await?;
-        let (_, held) = lock_for_change(&mut tx, &me).await?;
+        let (_, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         ensure_outranks(&mut tx, held, target).await?;
         if status.is_some_and(UserStatus::is_blocked) {
             ensure_not_last_owner(&mut tx, target).await?;
@@ -445,12 +445,10 @@ impl UsersApi {
         let client = client_info(request, state.settings.auth.trust_forwarded_for);
         let tenant = me.tenant.id;
         let target = id.0;
-        let mut wanted = body.0.role_ids;
-        wanted.sort_unstable();
-        wanted.dedup();
+        let requested = body.0.role_ids;
         let mut tx = state.tenant_db.begin(tenant).await?;
-        let (all_roles, held) = lock_for_change(&mut tx, &me).await?;
-        let unknown: Vec<FieldError> = wanted
+        let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
+        let unknown: Vec<FieldError> = requested
             .iter()
             .enumerate()
             .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
@@ -465,6 +463,9 @@ impl UsersApi {
         if !unknown.is_empty() {
             return Err(ApiError::validation(unknown));
         }
+        let mut wanted = requested;
+        wanted.sort_unstable();
+        wanted.dedup();
         let user = store::user_by_id(&mut tx, target)
             .await?
             .ok_or_else(user_not_found)?;

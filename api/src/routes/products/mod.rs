@@ -400,12 +400,19 @@ impl Checks<'_> {
         }
         if attributes
             .keys()
-            .any(|k| k.is_empty() || k.chars().count() > 64)
+            .any(|k| k.is_empty() || k.chars().count() > 64 || k.chars().any(char::is_control))
         {
             self.fail(
                 "attributes",
                 "invalid_key",
-                "keys must be 1 to 64 characters",
+                "keys must be 1 to 64 characters, without control characters",
+            );
+        }
+        if attributes.values().any(holds_nul) {
+            self.fail(
+                "attributes",
+                "invalid_value",
+                "strings cannot contain NUL characters",
             );
         }
     }
@@ -554,7 +561,7 @@ impl Validate for UpdateProduct {
 impl Validate for StockAdjustment {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.delta == 0 || self.delta.abs() > MAX_STOCK {
+        if self.delta == 0 || self.delta.unsigned_abs() > MAX_STOCK.unsigned_abs() {
             errors.push(FieldError::new(
                 "delta",
                 "out_of_range",
@@ -596,6 +603,44 @@ impl Validate for BulkCreate {
         }
         all_valid(errors)
     }
+}
+
+/// Whether a JSON value holds a NUL character anywhere (PostgreSQL cannot store one).
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// A database error as a problem: text PostgreSQL cannot store (a NUL character that got
+/// past validation) is the client's 400, anything else a 500.
+fn db_failure(e: sqlx::Error) -> ApiError {
+    let bad_text = matches!(
+        &e,
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05"))
+    );
+    if bad_text {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            "The request holds characters that cannot be stored (NUL).",
+        )
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// A 400 unless the query parameter `name` is free of control characters.
+fn plain_parameter(name: &str, value: Option<&str>) -> Result<(), ApiError> {
+    if value.is_some_and(|v| v.chars().any(char::is_control)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("Parameter `{name}` cannot contain control characters."),
+        ));
+    }
+    Ok(())
 }
 
 fn generated_sku() -> String {
@@ -640,7 +685,7 @@ impl From<ProductError> for ApiError {
                 "below_price",
                 "must be at least `price`",
             )]),
-            ProductError::Database(e) => ApiError::internal(e),
+            ProductError::Database(e) => db_failure(e),
         }
     }
 }
@@ -657,28 +702,25 @@ fn etag(version: i64) -> String {
     format!("\"{version}\"")
 }
 
-/// The versions an `If-Match` / `If-None-Match` header names; `None` for `*`.
-fn parse_etags(header: &str) -> Result<Option<Vec<i64>>, ApiError> {
+/// The versions an `If-Match` / `If-None-Match` header names; `None` for `*`. Tags this API
+/// did not issue, and weak ones (our tags are strong, and `If-Match` compares strongly),
+/// match nothing.
+fn parse_etags(header: &str) -> Option<Vec<i64>> {
     if header.trim() == "*" {
-        return Ok(None);
+        return None;
     }
-    header
-        .split(',')
-        .map(|tag| {
-            tag.trim()
-                .trim_start_matches("W/")
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidParameter,
-                        format!("`{}` is not an entity tag this API issued.", tag.trim()),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    Some(
+        header
+            .split(',')
+            .filter_map(|tag| {
+                tag.trim()
+                    .strip_prefix('"')?
+                    .strip_suffix('"')?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .collect(),
+    )
 }
 
 fn outcome(outcome: Outcome) -> Result<Product, ApiError> {
@@ -747,7 +789,7 @@ fn decode_cursor(
         (ProductSort::CreatedAt | ProductSort::UpdatedAt, Some(t), None, None) => {
             SortValue::Time(t)
         }
-        (ProductSort::Name, None, Some(s), None) => SortValue::Text(s),
+        (ProductSort::Name, None, Some(s), None) if !s.contains('\0') => SortValue::Text(s),
         (ProductSort::Price, None, None, Some(n)) => SortValue::Int(n),
         _ => return Err(invalid()),
     };
@@ -839,10 +881,11 @@ impl ProductsApi {
     /// List products.
     ///
     /// Keyset-paginated: pass `next_cursor` back as `cursor` with the same `sort` and
-    /// `order`; a walk sees every product that existed when it started exactly once, even
-    /// while others are added (a product whose sort key changes during the walk moves with
-    /// it). `q` searches SKU, name and description (web-search syntax: `"exact phrase"`,
-    /// `-excluded`, `or`).
+    /// `order`. Sorted by `created_at`, a walk sees every product that existed when it
+    /// started exactly once, even while others are added; with the other sorts, a product
+    /// whose sort key changes during the walk moves with it (and may be skipped or seen
+    /// again). `q` searches SKU, name and description (web-search syntax:
+    /// `"exact phrase"`, `-excluded`, `or`).
     #[expect(
         clippy::too_many_arguments,
         reason = "one argument per documented query parameter"
@@ -898,6 +941,8 @@ impl ProductsApi {
         #[oai(validator(max_length = 1000))]
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<ProductPage>> {
+        plain_parameter("q", q.0.as_deref())?;
+        plain_parameter("tag", tag.0.as_deref())?;
         let (sort, order) = (sort.0, order.0);
         let after = cursor
             .0
@@ -921,9 +966,7 @@ impl ProductsApi {
             limit: limit.0 + 1,
         };
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
-        let products = store::list(&mut tx, listing)
-            .await
-            .map_err(ApiError::internal)?;
+        let products = store::list(&mut tx, listing).await.map_err(db_failure)?;
         tx.commit().await?;
         let (products, next_cursor) = page(products, limit.0, |p| encode_cursor(sort, order, p));
         Ok(Json(ProductPage {
@@ -1042,7 +1085,7 @@ impl ProductsApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> ApiResult<ProductOrNotModified> {
-        let cached = if_none_match.0.as_deref().map(parse_etags).transpose()?;
+        let cached = if_none_match.0.as_deref().map(parse_etags);
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
         let product = store::get(&mut tx, id.0, include_deleted.0)
             .await
@@ -1084,12 +1127,7 @@ impl ProductsApi {
         if_match: Header<Option<String>>,
         body: JsonBody<UpdateProduct>,
     ) -> ApiResult<ProductResponse> {
-        let expected = if_match
-            .0
-            .as_deref()
-            .map(parse_etags)
-            .transpose()?
-            .flatten();
+        let expected = if_match.0.as_deref().and_then(parse_etags);
         let body = body.0;
         let changes = Changes {
             sku: body.sku,
@@ -1137,12 +1175,7 @@ impl ProductsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> ApiResult<ProductDeleted> {
-        let expected = if_match
-            .0
-            .as_deref()
-            .map(parse_etags)
-            .transpose()?
-            .flatten();
+        let expected = if_match.0.as_deref().and_then(parse_etags);
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
         let deleted = store::soft_delete(&mut tx, id.0, expected.as_deref())
             .await
@@ -1198,18 +1231,25 @@ impl ProductsApi {
         body: JsonBody<StockAdjustment>,
     ) -> ApiResult<ProductResponse> {
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
-        let adjusted = store::adjust_stock(&mut tx, id.0, body.0.delta)
+        let adjusted = store::adjust_stock(&mut tx, id.0, body.0.delta, MAX_STOCK)
             .await
             .map_err(ApiError::internal)?;
         let product = match adjusted {
             StockOutcome::Adjusted(product) => *product,
             StockOutcome::NotFound => return Err(not_found()),
+            StockOutcome::AboveMax(current) => {
+                return Err(ApiError::validation(vec![FieldError::new(
+                    "delta",
+                    "out_of_range",
+                    format!("the stock ({current}) may not exceed {MAX_STOCK}"),
+                )]));
+            }
             StockOutcome::Insufficient(available) => {
                 return Err(ApiError::new(
                     ErrorCode::InsufficientStock,
                     format!(
                         "Only {available} in stock; removing {} would go below zero.",
-                        -body.0.delta
+                        body.0.delta.unsigned_abs()
                     ),
                 )
                 .with_extension("available", available.into()));

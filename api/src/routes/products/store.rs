@@ -302,24 +302,28 @@ pub enum StockOutcome {
     Adjusted(Box<Product>),
     /// The delta would take the stock below zero; what there is.
     Insufficient(i64),
+    /// The delta would take the stock above the maximum; what there is.
+    AboveMax(i64),
     /// No live product has this id.
     NotFound,
 }
 
-/// Adds `delta` to the stock in one statement, never below zero.
+/// Adds `delta` to the stock in one statement, never below zero nor above `max`.
 pub async fn adjust_stock(
     conn: &mut PgConnection,
     id: Uuid,
     delta: i64,
+    max: i64,
 ) -> Result<StockOutcome, sqlx::Error> {
     let row = sqlx::query(&format!(
         "update products
          set stock_quantity = stock_quantity + $2, version = version + 1, updated_at = now()
-         where id = $1 and deleted_at is null and stock_quantity + $2 >= 0
+         where id = $1 and deleted_at is null and stock_quantity + $2 between 0 and $3
          returning {COLUMNS}"
     ))
     .bind(id)
     .bind(delta)
+    .bind(max)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = row {
@@ -331,7 +335,11 @@ pub async fn adjust_stock(
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(stock.map_or(StockOutcome::NotFound, StockOutcome::Insufficient))
+    Ok(match stock {
+        None => StockOutcome::NotFound,
+        Some(stock) if delta < 0 => StockOutcome::Insufficient(stock),
+        Some(stock) => StockOutcome::AboveMax(stock),
+    })
 }
 
 /// A position in a listing: the last row's sort value and id.
