@@ -55,10 +55,20 @@ async fn readiness_names_postgres_when_its_database_disappears() {
     let mut admin = PgConnection::connect(&admin_database_url())
         .await
         .expect("admin connection");
-    sqlx::query(&format!(r#"drop database "{}" with (force)"#, app.db.name))
-        .execute(&mut admin)
-        .await
-        .expect("drop database");
+    // Not `drop database … with (force)`: that refuses (as a non-superuser) whenever an
+    // autovacuum worker happens to be in the database. Closing the door, ending the app's
+    // own connections and dropping makes PostgreSQL end autovacuum itself.
+    let name = &app.db.name;
+    for sql in [
+        format!(r#"alter database "{name}" allow_connections false"#),
+        format!(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = '{name}' and usename = current_user and pid <> pg_backend_pid()"
+        ),
+        format!(r#"drop database "{name}""#),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.expect(&sql);
+    }
 
     let body = assert_problem(app.get("/health/ready").await, 503, "not_ready").await;
     assert_eq!(body["checks"]["postgres"]["status"], "down", "{body}");
