@@ -222,6 +222,13 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.jwt.refresh_ttl,
         settings.jwt.access_ttl,
     ));
+    let storage = storage::ObjectStore::new(&storage::StorageSettings {
+        endpoint: settings.s3.endpoint.to_string(),
+        region: settings.s3.region.clone(),
+        bucket: settings.s3.bucket.clone(),
+        access_key_id: settings.s3.access_key_id.clone(),
+        secret_access_key: settings.s3.secret_access_key.expose_secret().to_owned(),
+    });
     let permissions = Arc::new(Permissions::new(
         redis.clone(),
         db.tenant_db(),
@@ -238,6 +245,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         hasher,
         revocations,
         permissions,
+        storage,
     })
 }
 

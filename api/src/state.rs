@@ -40,4 +40,6 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     /// Effective permissions per user, cached.
     pub permissions: Arc<Permissions>,
+    /// The object store (S3 bucket).
+    pub storage: storage::ObjectStore,
 }

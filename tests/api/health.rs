@@ -18,7 +18,7 @@ async fn liveness_answers_ok() {
 }
 
 #[tokio::test]
-async fn readiness_checks_postgres_and_redis() {
+async fn readiness_checks_postgres_redis_and_the_bucket() {
     let app = spawn_app().await;
     let response = app.get("/health/ready").await;
     assert_eq!(response.status(), 200);
@@ -26,7 +26,28 @@ async fn readiness_checks_postgres_and_redis() {
     assert_eq!(body["status"], "ready");
     assert_eq!(body["checks"]["postgres"]["status"], "up");
     assert_eq!(body["checks"]["redis"]["status"], "up");
+    assert_eq!(body["checks"]["s3"]["status"], "up");
     assert!(body["checks"]["postgres"]["latency_ms"].is_number());
+}
+
+#[tokio::test]
+async fn readiness_names_s3_when_the_bucket_is_missing_or_unreachable() {
+    for (key, value) in [
+        ("s3_bucket", "no-such-bucket"),
+        ("s3_endpoint", "http://127.0.0.1:1"),
+    ] {
+        let app = TestApp::builder().env(key, value).spawn().await;
+        let body = assert_problem(app.get("/health/ready").await, 503, "not_ready").await;
+        assert_eq!(body["checks"]["s3"]["status"], "down", "{key}: {body}");
+        assert!(
+            body["checks"]["s3"]["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+        assert_eq!(body["checks"]["postgres"]["status"], "up", "{body}");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains("s3")));
+    }
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod openapi;
 mod pipeline;
 mod products;
 mod rbac;
+mod storage;
 mod tenants;
 mod tokens;
 mod users;

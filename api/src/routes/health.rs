@@ -54,6 +54,8 @@ pub struct Checks {
     pub postgres: Check,
     /// Redis.
     pub redis: Check,
+    /// The S3 bucket (`HeadBucket`).
+    pub s3: Check,
 }
 
 /// Readiness answer.
@@ -95,9 +97,20 @@ impl HealthApi {
                 .map(drop)
                 .map_err(|e| error_chain(&e))
         });
-        let (postgres, redis) = tokio::join!(postgres, redis);
-        let checks = Checks { postgres, redis };
-        if [&checks.postgres, &checks.redis]
+        let s3 = check(budget, async {
+            state
+                .storage
+                .check_bucket()
+                .await
+                .map_err(|e| e.to_string())
+        });
+        let (postgres, redis, s3) = tokio::join!(postgres, redis, s3);
+        let checks = Checks {
+            postgres,
+            redis,
+            s3,
+        };
+        if [&checks.postgres, &checks.redis, &checks.s3]
             .iter()
             .all(|c| c.status == CheckStatus::Up)
         {
@@ -106,11 +119,15 @@ impl HealthApi {
                 checks,
             }));
         }
-        let down: Vec<&str> = [("postgres", &checks.postgres), ("redis", &checks.redis)]
-            .into_iter()
-            .filter(|(_, c)| c.status == CheckStatus::Down)
-            .map(|(name, _)| name)
-            .collect();
+        let down: Vec<&str> = [
+            ("postgres", &checks.postgres),
+            ("redis", &checks.redis),
+            ("s3", &checks.s3),
+        ]
+        .into_iter()
+        .filter(|(_, c)| c.status == CheckStatus::Down)
+        .map(|(name, _)| name)
+        .collect();
         let checks = serde_json::to_value(&checks).map_err(ApiError::internal)?;
         Err(ApiError::new(
             ErrorCode::NotReady,
