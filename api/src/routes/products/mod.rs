@@ -440,23 +440,45 @@ impl Checks<'_> {
     }
 }
 
-impl CreateProduct {
+/// The fields a creation or a change sets, borrowed for checking (absent: not set).
+#[derive(Default)]
+struct Fields<'a> {
+    sku: Option<&'a str>,
+    name: Option<&'a str>,
+    description: Option<&'a str>,
+    price: Option<i64>,
+    compare_at_price: Option<i64>,
+    currency: Option<&'a str>,
+    stock_quantity: Option<i64>,
+    low_stock_threshold: Option<i64>,
+    attributes: Option<&'a BTreeMap<String, serde_json::Value>>,
+    tags: Option<&'a [String]>,
+    image_ids: Option<&'a [Uuid]>,
+}
+
+impl Fields<'_> {
+    /// Every failing field, named with the prefix `at` (`items[3].` in bulk requests).
     fn check(&self, at: &str) -> Vec<FieldError> {
         let mut c = Checks {
             at,
             errors: Vec::new(),
         };
-        if let Some(sku) = &self.sku {
+        if let Some(sku) = self.sku {
             c.sku(sku);
         }
-        c.text("name", &self.name, 1, 200, false);
-        if let Some(description) = &self.description {
+        if let Some(name) = self.name {
+            c.text("name", name, 1, 200, false);
+        }
+        if let Some(description) = self.description {
             c.text("description", description, 0, 5000, true);
         }
-        c.amount("price", self.price);
+        if let Some(price) = self.price {
+            c.amount("price", price);
+        }
         if let Some(compare_at) = self.compare_at_price {
             c.amount("compare_at_price", compare_at);
-            if compare_at < self.price {
+            // Against a stored price, the database's constraint has the last word.
+            if self.price.is_some_and(|price| compare_at < price) {
                 c.fail(
                     "compare_at_price",
                     "below_price",
@@ -464,23 +486,44 @@ impl CreateProduct {
                 );
             }
         }
-        c.currency(&self.currency);
+        if let Some(currency) = self.currency {
+            c.currency(currency);
+        }
         if let Some(n) = self.stock_quantity {
             c.count("stock_quantity", n);
         }
         if let Some(n) = self.low_stock_threshold {
             c.count("low_stock_threshold", n);
         }
-        if let Some(attributes) = &self.attributes {
+        if let Some(attributes) = self.attributes {
             c.attributes(attributes);
         }
-        if let Some(tags) = &self.tags {
+        if let Some(tags) = self.tags {
             c.tags(tags);
         }
-        if let Some(ids) = &self.image_ids {
+        if let Some(ids) = self.image_ids {
             c.images(ids);
         }
         c.errors
+    }
+}
+
+impl CreateProduct {
+    fn check(&self, at: &str) -> Vec<FieldError> {
+        Fields {
+            sku: self.sku.as_deref(),
+            name: Some(&self.name),
+            description: self.description.as_deref(),
+            price: Some(self.price),
+            compare_at_price: self.compare_at_price,
+            currency: Some(&self.currency),
+            stock_quantity: self.stock_quantity,
+            low_stock_threshold: self.low_stock_threshold,
+            attributes: self.attributes.as_ref(),
+            tags: self.tags.as_deref(),
+            image_ids: self.image_ids.as_deref(),
+        }
+        .check(at)
     }
 
     fn into_new(self) -> NewProduct {
@@ -510,51 +553,20 @@ impl Validate for CreateProduct {
 
 impl Validate for UpdateProduct {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
-        let mut c = Checks {
-            at: "",
-            errors: Vec::new(),
+        let fields = Fields {
+            sku: self.sku.as_deref(),
+            name: self.name.as_deref(),
+            description: self.description.as_deref(),
+            price: self.price,
+            compare_at_price: self.compare_at_price.value().copied(),
+            currency: self.currency.as_deref(),
+            stock_quantity: self.stock_quantity,
+            low_stock_threshold: self.low_stock_threshold,
+            attributes: self.attributes.as_ref(),
+            tags: self.tags.as_deref(),
+            image_ids: self.image_ids.as_deref(),
         };
-        if let Some(sku) = &self.sku {
-            c.sku(sku);
-        }
-        if let Some(name) = &self.name {
-            c.text("name", name, 1, 200, false);
-        }
-        if let Some(description) = &self.description {
-            c.text("description", description, 0, 5000, true);
-        }
-        if let Some(price) = self.price {
-            c.amount("price", price);
-        }
-        if let MaybeUndefined::Value(compare_at) = self.compare_at_price {
-            c.amount("compare_at_price", compare_at);
-            if self.price.is_some_and(|price| compare_at < price) {
-                c.fail(
-                    "compare_at_price",
-                    "below_price",
-                    "must be at least `price`",
-                );
-            }
-        }
-        if let Some(currency) = &self.currency {
-            c.currency(currency);
-        }
-        if let Some(n) = self.stock_quantity {
-            c.count("stock_quantity", n);
-        }
-        if let Some(n) = self.low_stock_threshold {
-            c.count("low_stock_threshold", n);
-        }
-        if let Some(attributes) = &self.attributes {
-            c.attributes(attributes);
-        }
-        if let Some(tags) = &self.tags {
-            c.tags(tags);
-        }
-        if let Some(ids) = &self.image_ids {
-            c.images(ids);
-        }
-        all_valid(c.errors)
+        all_valid(fields.check(""))
     }
 }
 
