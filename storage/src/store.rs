@@ -1,0 +1,270 @@
+//! The bucket: keys ([`ObjectKey`]) and the client ([`ObjectStore`]).
+
+use std::time::Duration;
+
+use aws_sdk_s3::{
+    Client,
+    config::{BehaviorVersion, Credentials, Region},
+    presigning::PresigningConfig,
+    primitives::ByteStream,
+};
+use bytes::Bytes;
+use tenancy::TenantId;
+use uuid::Uuid;
+
+/// Where the bucket is and how to sign in.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Endpoint URL (`http://127.0.0.1:3900`).
+    pub endpoint: String,
+    /// Region name (`garage`, `us-east-1`, …).
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+/// What went wrong talking to the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No object has this key.
+    #[error("no object has this key")]
+    NotFound,
+    /// The store refused or could not be reached.
+    #[error("object storage: {0}")]
+    Service(String),
+}
+
+fn service<E: std::error::Error>(e: E) -> StorageError {
+    // The SDK's Display is terse ("service error"); the source chain says what happened.
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StorageError::Service(text)
+}
+
+/// The size of a thumbnail's image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThumbnailFormat {
+    /// `image/webp`.
+    Webp,
+    /// `image/jpeg`.
+    Jpeg,
+}
+
+impl ThumbnailFormat {
+    /// File extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Webp => "webp",
+            Self::Jpeg => "jpg",
+        }
+    }
+}
+
+/// The key of an object, built from ids only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// `t/<tenant>/`: everything of one tenant.
+    pub fn tenant_prefix(tenant: TenantId) -> String {
+        format!("t/{}/", tenant.0)
+    }
+
+    /// `t/<tenant>/files/<file>/`: everything of one file.
+    pub fn file_prefix(tenant: TenantId, file: Uuid) -> String {
+        format!("{}files/{file}/", Self::tenant_prefix(tenant))
+    }
+
+    /// The uploaded bytes of a file.
+    pub fn original(tenant: TenantId, file: Uuid) -> Self {
+        Self(format!("{}original", Self::file_prefix(tenant, file)))
+    }
+
+    /// A thumbnail of a file, `size` pixels on its longest edge.
+    pub fn thumbnail(tenant: TenantId, file: Uuid, size: u32, format: ThumbnailFormat) -> Self {
+        Self(format!(
+            "{}thumbs/{size}.{}",
+            Self::file_prefix(tenant, file),
+            format.extension()
+        ))
+    }
+
+    /// The key as the store sees it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The bucket.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    client: Client,
+    bucket: String,
+}
+
+impl ObjectStore {
+    /// A client for the bucket (no request is made until the first use).
+    pub fn new(settings: &StorageSettings) -> Self {
+        let credentials = Credentials::new(
+            &settings.access_key_id,
+            &settings.secret_access_key,
+            None,
+            None,
+            "canopy-settings",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .endpoint_url(&settings.endpoint)
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Whether the bucket exists and these credentials reach it (readiness).
+    pub async fn check_bucket(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(service)
+    }
+
+    /// Stores `body` under `key`.
+    pub async fn put(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(drop)
+            .map_err(service)
+    }
+
+    /// The whole object (small objects: thumbnails' sources are read in parts elsewhere).
+    pub async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(err) if err.is_no_such_key() => StorageError::NotFound,
+                _ => service(e),
+            })?;
+        let data = object.body.collect().await.map_err(service)?;
+        Ok(data.into_bytes())
+    }
+
+    /// Removes the object (a missing one is fine: deletion is idempotent).
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map(drop)
+            .map_err(service)
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(service)?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// A URL that downloads the object without credentials until `expires_in` has passed,
+    /// answered with the given `Content-Disposition` and `Content-Type`.
+    pub async fn presigned_get(
+        &self,
+        key: &ObjectKey,
+        expires_in: Duration,
+        content_disposition: &str,
+        content_type: &str,
+    ) -> Result<String, StorageError> {
+        let presigning = PresigningConfig::expires_in(expires_in).map_err(service)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .response_content_disposition(content_disposition)
+            .response_content_type(content_type)
+            .presigned(presigning)
+            .await
+            .map_err(service)?;
+        Ok(request.uri().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_built_from_ids_under_the_tenant_prefix() {
+        let tenant = TenantId(Uuid::from_u128(1));
+        let file = Uuid::from_u128(2);
+        let prefix = "t/00000000-0000-0000-0000-000000000001/";
+        assert_eq!(ObjectKey::tenant_prefix(tenant), prefix);
+        assert_eq!(
+            ObjectKey::original(tenant, file).as_str(),
+            format!("{prefix}files/00000000-0000-0000-0000-000000000002/original")
+        );
+        assert_eq!(
+            ObjectKey::thumbnail(tenant, file, 512, ThumbnailFormat::Webp).as_str(),
+            format!("{prefix}files/00000000-0000-0000-0000-000000000002/thumbs/512.webp")
+        );
+        assert!(
+            ObjectKey::thumbnail(tenant, file, 128, ThumbnailFormat::Jpeg)
+                .as_str()
+                .starts_with(&ObjectKey::file_prefix(tenant, file))
+        );
+    }
+}
