@@ -38,7 +38,7 @@ pub enum StorageError {
     Service(String),
 }
 
-fn service<E: std::error::Error>(e: E) -> StorageError {
+pub(crate) fn service<E: std::error::Error>(e: E) -> StorageError {
     // The SDK's Display is terse ("service error"); the source chain says what happened.
     let mut text = e.to_string();
     let mut source = e.source();
@@ -107,8 +107,8 @@ impl ObjectKey {
 /// The bucket.
 #[derive(Debug, Clone)]
 pub struct ObjectStore {
-    client: Client,
-    bucket: String,
+    pub(crate) client: Client,
+    pub(crate) bucket: String,
 }
 
 impl ObjectStore {
