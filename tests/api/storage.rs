@@ -209,17 +209,21 @@ async fn refused_and_failed_uploads_leave_nothing_behind() {
     for (name, bytes, fail_after, rules) in cases {
         let key = ObjectKey::original(tenant, Uuid::new_v4());
         let outcome = store.upload(&key, body(&bytes, fail_after), &rules).await;
-        let refused_as_expected = match (name, &outcome) {
-            ("too large", Err(UploadError::TooLarge { .. })) => true,
-            ("broken body", Err(UploadError::Body(_))) => true,
-            ("svg", Err(UploadError::Type(TypeError::Markup))) => true,
-            ("not allowed", Err(UploadError::NotAllowed("application/pdf"))) => true,
-            ("declared otherwise", Err(UploadError::Type(TypeError::DeclaredMismatch { .. }))) => {
-                true
-            }
-            ("empty", Err(UploadError::Type(TypeError::Empty))) => true,
-            _ => false,
-        };
+        let refused_as_expected = matches!(
+            (name, &outcome),
+            ("too large", Err(UploadError::TooLarge { .. }))
+                | ("broken body", Err(UploadError::Body(_)))
+                | ("svg", Err(UploadError::Type(TypeError::Markup)))
+                | (
+                    "not allowed",
+                    Err(UploadError::NotAllowed("application/pdf"))
+                )
+                | (
+                    "declared otherwise",
+                    Err(UploadError::Type(TypeError::DeclaredMismatch { .. }))
+                )
+                | ("empty", Err(UploadError::Type(TypeError::Empty)))
+        );
         assert!(refused_as_expected, "{name}: {outcome:?}");
         assert!(
             store.list(&prefix).await.unwrap().is_empty(),
