@@ -8,6 +8,7 @@
 //! cargo run -p bench --release -- login_storm [--logins 32] [--seconds 20] [--read-rate 200]
 //! cargo run -p bench --release -- tenant_read [--tenants 100] [--connections 64] [--seconds 10]
 //! cargo run -p bench --release -- tenant_write [--tenants 100] [--connections 32] [--seconds 10]
+//! cargo run -p bench --release -- thumbnail [--runs 5]
 //! ```
 //!
 //! `tenant_read` and `tenant_write` compare against `pgbench` (Debian's `postgresql`
@@ -15,6 +16,7 @@
 //! (`deploy/local/up.sh`). `login_storm`'s reads are an authenticated `GET /v1/me` until
 //! products exist.
 
+mod files;
 mod identity;
 mod load;
 mod products;
@@ -115,6 +117,13 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Thumbnails of a 4000×3000 JPEG and PNG at the default sizes vs `vipsthumbnail`.
+    #[command(name = "thumbnail")]
+    Thumbnail {
+        /// Timed runs per side (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// `POST /v1/products` then `PATCH` with `If-Match`, vs pgbench running the INSERT and
     /// the version-checked UPDATE.
     #[command(name = "tenant_write")]
@@ -148,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
         } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
+        Bench::Thumbnail { runs } => files::thumbnail(runs.max(1)),
         Bench::TenantRead {
             tenants,
             connections,
