@@ -209,17 +209,16 @@ impl Permissions {
             Some(generation) => {
                 let entry = format!("{generation} {}", granted.names().join(","));
                 let ttl = self.ttl.as_secs().max(1);
-                let stored = self
-                    .redis(|mut conn| async move {
-                        redis::cmd("SET")
-                            .arg(user_key(tenant, user))
-                            .arg(entry)
-                            .arg("EX")
-                            .arg(ttl)
-                            .query_async::<()>(&mut *conn)
-                            .await
-                    })
-                    .await;
+                let stored = super::with_redis(&self.redis, |mut conn| async move {
+                    redis::cmd("SET")
+                        .arg(user_key(tenant, user))
+                        .arg(entry)
+                        .arg("EX")
+                        .arg(ttl)
+                        .query_async::<()>(&mut *conn)
+                        .await
+                })
+                .await;
                 if let Err(error) = stored {
                     tracing::debug!(%error, "permission cache write failed");
                 }
@@ -252,27 +251,16 @@ impl Permissions {
         };
         tracing::warn!(%error, %tenant, "permission cache invalidation failed; retrying in the background");
         let this = self.clone();
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + this.ttl;
-            let mut delay = Duration::from_millis(200);
-            loop {
-                tokio::time::sleep(delay).await;
-                match this.start_generation(tenant, false).await {
-                    Ok(()) => return,
-                    Err(error) if tokio::time::Instant::now() >= deadline => {
-                        tracing::error!(%error, %tenant, "gave up invalidating the permission cache");
-                        return;
-                    }
-                    Err(_) => delay = (delay * 2).min(Duration::from_secs(10)),
-                }
-            }
+        super::retry_in_background(self.ttl, "invalidating the permission cache", move || {
+            let this = this.clone();
+            async move { this.start_generation(tenant, false).await }
         });
     }
 
     /// Sets a fresh random generation (only when there is none, with `only_if_absent`).
     async fn start_generation(&self, tenant: TenantId, only_if_absent: bool) -> Result<(), String> {
         let generation = Uuid::new_v4().simple().to_string();
-        self.redis(|mut conn| async move {
+        super::with_redis(&self.redis, |mut conn| async move {
             let mut cmd = redis::cmd("SET");
             // Expiring is safe (a new generation voids everything cached under the old)
             // and keeps a purged tenant from leaving its key behind forever.
@@ -286,19 +274,5 @@ impl Permissions {
             cmd.query_async::<()>(&mut *conn).await
         })
         .await
-    }
-
-    /// Runs one Redis operation within [`super::REDIS_BUDGET`].
-    async fn redis<'s, T, F, Fut>(&'s self, op: F) -> Result<T, String>
-    where
-        F: FnOnce(bb8::PooledConnection<'s, bb8_redis::RedisConnectionManager>) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        tokio::time::timeout(super::REDIS_BUDGET, async {
-            let conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            op(conn).await.map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
     }
 }

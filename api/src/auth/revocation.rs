@@ -67,24 +67,6 @@ impl Revocations {
         }
     }
 
-    /// Whether `session` of `user` may be used: `Ok` or a 401/403/503 problem.
-    pub async fn check(
-        self: &Arc<Self>,
-        tenant: TenantId,
-        user: Uuid,
-        session: Uuid,
-    ) -> Result<(), ApiError> {
-        let keys = Self::keys(tenant, user, session);
-        let looked_up = super::mget(&self.redis, &keys).await;
-        self.check_looked_up(
-            tenant,
-            user,
-            session,
-            looked_up.as_deref().map_err(String::as_str),
-        )
-        .await
-    }
-
     /// The keys [`Self::check_looked_up`] needs, in order.
     pub fn keys(tenant: TenantId, user: Uuid, session: Uuid) -> [String; 3] {
         [
@@ -94,8 +76,9 @@ impl Revocations {
         ]
     }
 
-    /// [`Self::check`] with the values of [`Self::keys`] already fetched (so that a caller
-    /// can fetch them in the same round trip as others), or the error fetching them.
+    /// Whether `session` of `user` may be used (`Ok` or a 401/403/503 problem), given the
+    /// values of [`Self::keys`] (fetched by the caller in the same round trip as others) or
+    /// the error fetching them.
     pub async fn check_looked_up(
         self: &Arc<Self>,
         tenant: TenantId,
@@ -170,27 +153,19 @@ impl Revocations {
         };
         tracing::warn!(%error, "revocation list write failed; retrying in the background");
         let this = self.clone();
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + this.retry_for;
-            let mut delay = Duration::from_millis(200);
-            loop {
-                tokio::time::sleep(delay).await;
-                match this.try_write(&writes).await {
-                    Ok(()) => return,
-                    Err(error) if tokio::time::Instant::now() >= deadline => {
-                        tracing::error!(%error, "gave up writing to the revocation list");
-                        return;
-                    }
-                    Err(_) => delay = (delay * 2).min(Duration::from_secs(10)),
-                }
-            }
-        });
+        super::retry_in_background(
+            self.retry_for,
+            "writing to the revocation list",
+            move || {
+                let (this, writes) = (this.clone(), writes.clone());
+                async move { this.try_write(&writes).await }
+            },
+        );
     }
 
     async fn try_write(&self, writes: &[Write]) -> Result<(), String> {
         let ttl = self.ttl.as_secs().max(1);
-        tokio::time::timeout(super::REDIS_BUDGET, async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        super::with_redis(&self.redis, |mut conn| async move {
             let mut pipe = redis::pipe();
             for write in writes {
                 match write {
@@ -199,12 +174,9 @@ impl Revocations {
                 }
                 .ignore();
             }
-            pipe.query_async::<()>(&mut *conn)
-                .await
-                .map_err(|e| e.to_string())
+            pipe.query_async::<()>(&mut *conn).await
         })
         .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
     }
 
     /// Rebuilds `tenant`'s list from the database in the background (once at a time).

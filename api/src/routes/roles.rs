@@ -264,11 +264,15 @@ fn role_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No role of this tenant has this id.")
 }
 
-/// A 403 unless `actor` holds every permission of `wanted`.
+/// Why a role is refused to someone lacking what it grants.
+const GRANTS_MORE: &str = "This role grants permissions you do not hold";
+
+/// A 403 `forbidden` (starting with `refusal`, listing the permissions in `permissions`)
+/// unless `actor` holds every permission of `wanted`.
 pub(crate) fn ensure_holds(
     actor: PermissionSet,
     wanted: PermissionSet,
-    what: &str,
+    refusal: &str,
 ) -> Result<(), ApiError> {
     let lacking = wanted.difference(actor);
     if lacking.is_empty() {
@@ -276,10 +280,7 @@ pub(crate) fn ensure_holds(
     }
     Err(ApiError::new(
         ErrorCode::Forbidden,
-        format!(
-            "{what} grants permissions you do not hold: {}.",
-            lacking.names().join(", ")
-        ),
+        format!("{refusal}: {}.", lacking.names().join(", ")),
     )
     .with_extension("permissions", lacking.names().into()))
 }
@@ -400,7 +401,7 @@ impl RolesApi {
             store::check_parent(&roles, id, parent)?;
             allows = allows.union(store::effective_permissions(&roles, parent));
         }
-        ensure_holds(held, allows, "This role")?;
+        ensure_holds(held, allows, GRANTS_MORE)?;
         let role = store::create_role(
             &mut tx,
             NewRole {
@@ -478,7 +479,7 @@ impl RolesApi {
         let after = store::effective_permissions(&roles, id.0);
         // Changing a role changes what its holders may do: the caller must hold everything
         // it grants, before and after (like managing each holder).
-        ensure_holds(held, before.union(after), "This role")?;
+        ensure_holds(held, before.union(after), GRANTS_MORE)?;
         let role = store::update_role(
             &mut tx,
             id.0,
@@ -537,7 +538,7 @@ impl RolesApi {
             ensure_holds(
                 held,
                 store::effective_permissions(&roles, id.0),
-                "This role",
+                GRANTS_MORE,
             )?;
         }
         let role = store::delete_role(&mut tx, id.0).await?;

@@ -474,7 +474,11 @@ impl UsersApi {
             .iter()
             .map(|id| roles::effective_permissions(&all_roles, *id))
             .fold(PermissionSet::EMPTY, PermissionSet::union);
-        ensure_holds(held, granted.difference(current), "These roles")?;
+        ensure_holds(
+            held,
+            granted.difference(current),
+            "These roles grant permissions you do not hold",
+        )?;
         let owner = all_roles
             .iter()
             .find(|r| r.system == Some(SystemRole::Owner))
@@ -520,18 +524,8 @@ async fn ensure_outranks(
     let theirs = roles::user_permissions(tx, target)
         .await
         .map_err(ApiError::internal)?;
-    let lacking = theirs.difference(held);
-    if lacking.is_empty() {
-        return Ok(theirs);
-    }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        format!(
-            "This user holds permissions you do not: {}.",
-            lacking.names().join(", ")
-        ),
-    )
-    .with_extension("permissions", lacking.names().into()))
+    ensure_holds(held, theirs, "This user holds permissions you do not")?;
+    Ok(theirs)
 }
 
 /// A 409 if `target` is an owner and no other active user is. Call under the roles lock.
