@@ -94,7 +94,10 @@ error_codes! {
     PreconditionFailed => (PRECONDITION_FAILED, "Precondition failed", "`If-Match` names a version that is no longer current; fetch the resource again (`current_version`) and retry."),
     LastOwner => (CONFLICT, "Last owner", "The change would leave the tenant without an active owner; make another user owner first."),
     PayloadTooLarge => (PAYLOAD_TOO_LARGE, "Payload too large", "The body is larger than this endpoint accepts."),
-    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "Unsupported media type", "The `Content-Type` is missing or not one this endpoint accepts."),
+    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "Unsupported media type", "The `Content-Type` is missing or not one this endpoint accepts; or an uploaded file's type, read from its bytes, is refused (SVG, HTML, a type the plan does not allow) or contradicts its declared type or extension."),
+    QuotaExceeded => (PAYMENT_REQUIRED, "Storage quota exceeded", "Storing this file would pass the storage the tenant's plan allows (`used` and `limit`, in bytes); delete files or move to a larger plan."),
+    ImageTooLarge => (UNPROCESSABLE_ENTITY, "Image too large", "The image declares more pixels than Canopy decodes (`max_width` × `max_height`)."),
+    FileNotReady => (CONFLICT, "File not ready", "The file's thumbnails are still being made; retry in a moment."),
     ValidationFailed => (UNPROCESSABLE_ENTITY, "Validation failed", "The body is well-formed JSON but some fields are invalid; `errors` lists each one."),
     RateLimited => (TOO_MANY_REQUESTS, "Too many requests", "Slow down; `Retry-After` says when to try again."),
     InternalError => (INTERNAL_SERVER_ERROR, "Internal server error", "Something went wrong on our side. Quote `request_id` when reporting it."),
@@ -487,6 +490,12 @@ impl From<tenancy::TenancyError> for ApiError {
             ),
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::internal(err)
     }
 }
 

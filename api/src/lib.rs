@@ -5,6 +5,7 @@ pub mod admin_auth;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod files;
 pub mod metrics;
 pub mod middleware;
 pub mod payload;

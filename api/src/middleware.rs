@@ -4,7 +4,8 @@
 //! 2. [`Observe`]: request id, the request's tracing span, metrics, panic catching, and the
 //!    translation of every error into problem+json;
 //! 3. CORS, when origins are configured;
-//! 4. [`Timeout`] and [`BodyLimit`];
+//! 4. [`Timeout`] and [`BodyLimit`] (except for file uploads, which stream under the plan's
+//!    limit: see `routes::files`);
 //! 5. tenant resolution, authentication and authorization (added by their modules);
 //! 6. the handler.
 
@@ -247,6 +248,10 @@ impl<E: Endpoint> Endpoint for TimeoutEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
+        if crate::routes::files::is_upload(&req) {
+            // Streams for as long as the client sends; stalls are cut off by the endpoint.
+            return self.inner.call(req).await.map(IntoResponse::into_response);
+        }
         match tokio::time::timeout(self.limit, self.inner.call(req)).await {
             Ok(result) => result.map(IntoResponse::into_response),
             Err(_) => Err(ApiError::new(
@@ -295,6 +300,10 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     type Output = E::Output;
 
     async fn call(&self, mut req: Request) -> poem::Result<E::Output> {
+        if crate::routes::files::is_upload(&req) {
+            // Limited by the tenant's plan, in the endpoint.
+            return self.inner.call(req).await;
+        }
         let limit = self.limit;
         let declared = req
             .headers()

@@ -264,6 +264,31 @@ pub const SETTINGS: &[SettingSpec] = &[
         "S3 secret access key",
     ),
     spec(
+        "thumbnail_sizes",
+        Some("128,512"),
+        "comma-separated thumbnail sizes in pixels on the longest edge (16 to 2048, at most 4)",
+    ),
+    spec(
+        "file_url_ttl",
+        Some("5m"),
+        "lifetime of the presigned URLs that file downloads and thumbnails redirect to (at most 7d)",
+    ),
+    spec(
+        "orphan_sweep_interval",
+        Some("1h"),
+        "how often the orphan sweeper removes objects without a file record and aborts stale multipart uploads",
+    ),
+    spec(
+        "orphan_grace",
+        Some("6h"),
+        "the sweeper leaves objects and multipart uploads younger than this alone (uploads in flight)",
+    ),
+    spec(
+        "plans",
+        None,
+        "plan catalog as a JSON array replacing the default `free`/`pro`/`business` one: `[{\"name\": \"free\", \"price_ids\": [], \"limits\": {\"storage_bytes\": \"1 GiB\", \"upload_bytes\": \"10 MiB\", \"products\": 100, \"seats\": 3, \"file_types\": [\"image/png\"]}}]`",
+    ),
+    spec(
         "log",
         Some("info"),
         "log filter in `tracing` syntax (e.g. `info,canopy=debug`); `RUST_LOG` is read when this is unset",
@@ -485,6 +510,19 @@ pub struct S3Settings {
     pub secret_access_key: SecretString,
 }
 
+/// File settings.
+#[derive(Debug, Clone)]
+pub struct FileSettings {
+    /// Thumbnail sizes (longest edge, pixels), ascending.
+    pub thumbnail_sizes: Vec<u32>,
+    /// Lifetime of presigned download URLs.
+    pub url_ttl: Duration,
+    /// Period of the orphan sweeper.
+    pub orphan_sweep_interval: Duration,
+    /// Age below which the sweeper leaves objects and uploads alone.
+    pub orphan_grace: Duration,
+}
+
 /// Logging settings.
 #[derive(Debug, Clone)]
 pub struct LogSettings {
@@ -511,6 +549,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Object storage.
     pub s3: S3Settings,
+    /// Files and thumbnails.
+    pub files: FileSettings,
+    /// The plan catalog.
+    pub plans: billing::PlanCatalog,
     /// Logging.
     pub log: LogSettings,
     /// Tenancy.
@@ -761,6 +803,41 @@ impl Settings {
             });
         }
 
+        let files = FileSettings {
+            thumbnail_sizes: src.parse(
+                "thumbnail_sizes",
+                "1 to 4 comma-separated sizes from 16 to 2048",
+                |v| {
+                    let mut sizes = v
+                        .split(',')
+                        .map(|s| s.trim().parse().ok().filter(|n| (16..=2048).contains(n)))
+                        .collect::<Option<Vec<u32>>>()?;
+                    sizes.sort_unstable();
+                    sizes.dedup();
+                    (1..=4).contains(&sizes.len()).then_some(sizes)
+                },
+            )?,
+            url_ttl: src.parse("file_url_ttl", "a duration from 1s to 7d", |v| {
+                parse_duration(v).filter(|d| *d <= Duration::from_secs(7 * 24 * 3600))
+            })?,
+            orphan_sweep_interval: src.parse(
+                "orphan_sweep_interval",
+                "a duration such as 1h",
+                parse_duration,
+            )?,
+            orphan_grace: src.parse("orphan_grace", "a duration such as 1h", parse_duration)?,
+        };
+        let plans = match src.get("plans") {
+            Some((name, v)) if !v.is_empty() => {
+                billing::PlanCatalog::from_json(&v).map_err(|e| ConfigError::Invalid {
+                    source_name: name,
+                    value: v,
+                    expected: format!("a JSON plan catalog ({e})"),
+                })?
+            }
+            _ => billing::PlanCatalog::default(),
+        };
+
         let log = LogSettings {
             filter: match src.get("log") {
                 Some((_, v)) => v,
@@ -860,6 +937,8 @@ impl Settings {
             jwt,
             auth,
             s3,
+            files,
+            plans,
             log,
             tenancy,
             jobs,

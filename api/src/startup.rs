@@ -16,6 +16,7 @@ use tenancy::{ControlDb, PoolSettings};
 use crate::{
     AppState,
     auth::{permissions::Permissions, revocation::Revocations},
+    files::jobs as files,
     metrics::Metrics,
     middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
     routes,
@@ -101,6 +102,10 @@ impl Application {
             tokio::spawn(tenant::listen_for_changes(self.state.clone())),
             tokio::spawn(purge_deleted_tenants(self.state.clone())),
             tokio::spawn(reload_signing_keys(self.state.clone())),
+            tokio::spawn(files::schedule_sweeps(
+                self.state.db.clone(),
+                self.state.settings.files.orphan_sweep_interval,
+            )),
         ];
         // One shutdown signal for the HTTP server and the in-process workers.
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -144,6 +149,7 @@ impl Application {
 
 /// The job handlers this binary runs, with their transports from `settings`.
 pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
+    let storage = object_store(settings);
     let from = &settings.email.from;
     let mailer = match &settings.email.smtp_url {
         Some(url) => email::Mailer::smtp(url.expose_secret(), from)?,
@@ -153,7 +159,27 @@ pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
     Ok(jobs::Registry::new()
         .register(email::SendEmail::new(mailer))
         .register(reset)
-        .register(verification))
+        .register(verification)
+        .register(files::Thumbnails::new(
+            storage.clone(),
+            settings.files.thumbnail_sizes.clone(),
+        ))
+        .register(files::DeleteObjects::new(storage.clone()))
+        .register(files::SweepOrphans::new(
+            storage,
+            settings.files.orphan_grace,
+        )))
+}
+
+/// The object store of `settings` (no request is made until the first use).
+pub fn object_store(settings: &Settings) -> storage::ObjectStore {
+    storage::ObjectStore::new(&storage::StorageSettings {
+        endpoint: settings.s3.endpoint.to_string(),
+        region: settings.s3.region.clone(),
+        bucket: settings.s3.bucket.clone(),
+        access_key_id: settings.s3.access_key_id.clone(),
+        secret_access_key: settings.s3.secret_access_key.expose_secret().to_owned(),
+    })
 }
 
 /// A worker for `registry` configured from the settings; its outcomes feed `/metrics`.
@@ -222,13 +248,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.jwt.refresh_ttl,
         settings.jwt.access_ttl,
     ));
-    let storage = storage::ObjectStore::new(&storage::StorageSettings {
-        endpoint: settings.s3.endpoint.to_string(),
-        region: settings.s3.region.clone(),
-        bucket: settings.s3.bucket.clone(),
-        access_key_id: settings.s3.access_key_id.clone(),
-        secret_access_key: settings.s3.secret_access_key.expose_secret().to_owned(),
-    });
+    let storage = object_store(&settings);
     let permissions = Arc::new(Permissions::new(
         redis.clone(),
         db.tenant_db(),

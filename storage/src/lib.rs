@@ -16,5 +16,7 @@ pub mod sniff;
 pub mod store;
 pub mod upload;
 
-pub use store::{ObjectKey, ObjectStore, StorageError, StorageSettings, ThumbnailFormat};
-pub use upload::{UploadError, UploadRules, Uploaded};
+pub use store::{
+    ObjectInfo, ObjectKey, ObjectStore, StorageError, StorageSettings, ThumbnailFormat,
+};
+pub use upload::{PendingUpload, UploadError, UploadRules, Uploaded};

@@ -1,6 +1,6 @@
 //! The bucket: keys ([`ObjectKey`]) and the client ([`ObjectStore`]).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::{
     Client,
@@ -102,6 +102,29 @@ impl ObjectKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A key as the store listed it (for removing what a listing found).
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+
+    /// The tenant and file ids of a key under `t/<tenant>/files/<file>/`, if it is one.
+    pub fn parse_file_key(key: &str) -> Option<(TenantId, Uuid)> {
+        let rest = key.strip_prefix("t/")?;
+        let (tenant, rest) = rest.split_once('/')?;
+        let rest = rest.strip_prefix("files/")?;
+        let (file, _) = rest.split_once('/')?;
+        Some((TenantId(tenant.parse().ok()?), file.parse().ok()?))
+    }
+}
+
+/// An object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its key.
+    pub key: String,
+    /// When it was written, when the store says.
+    pub last_modified: Option<SystemTime>,
 }
 
 /// The bucket.
@@ -200,7 +223,17 @@ impl ObjectStore {
 
     /// Every key under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let mut keys = Vec::new();
+        Ok(self
+            .list_objects(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
+    /// Every object under `prefix`, with its age.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
@@ -210,13 +243,25 @@ impl ObjectStore {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(service)?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
+            objects.extend(page.contents().iter().filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_owned(),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                })
+            }));
         }
-        Ok(keys)
+        Ok(objects)
+    }
+
+    /// Removes every object under `prefix` (idempotent).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let keys = self.list(prefix).await?;
+        for key in &keys {
+            self.delete(&ObjectKey(key.clone())).await?;
+        }
+        Ok(keys.len())
     }
 
     /// A URL that downloads the object without credentials until `expires_in` has passed,
@@ -266,5 +311,21 @@ mod tests {
                 .as_str()
                 .starts_with(&ObjectKey::file_prefix(tenant, file))
         );
+        for key in [
+            ObjectKey::original(tenant, file),
+            ObjectKey::thumbnail(tenant, file, 512, ThumbnailFormat::Jpeg),
+        ] {
+            assert_eq!(
+                ObjectKey::parse_file_key(key.as_str()),
+                Some((tenant, file))
+            );
+        }
+        for foreign in [
+            "t/x/files/y/original",
+            "t/00000000-0000-0000-0000-000000000001/other/y",
+            "files/00000000-0000-0000-0000-000000000002/original",
+        ] {
+            assert_eq!(ObjectKey::parse_file_key(foreign), None);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! one part is held in memory. A failed upload aborts its multipart upload, so the bucket
 //! keeps neither an object nor parts.
 
-use std::fmt::Display;
+use std::{fmt::Display, time::SystemTime};
 
 use aws_sdk_s3::{
     primitives::ByteStream,
@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     ObjectKey, ObjectStore, StorageError,
+    images::{ImageError, ImageLimits, dimensions},
     sniff::{FileType, SNIFF_LEN, TypeError, check_claims, sniff},
     store::service,
 };
@@ -35,6 +36,9 @@ pub struct UploadRules {
     pub declared_type: Option<String>,
     /// The file name the client gave, if any.
     pub file_name: Option<String>,
+    /// For images: dimensions that the header already shows to pass these limits refuse
+    /// the upload before anything is stored.
+    pub image_limits: Option<ImageLimits>,
 }
 
 /// What was stored.
@@ -54,6 +58,9 @@ pub enum UploadError {
     /// The bytes are of a refused type, or contradict what the client said.
     #[error(transparent)]
     Type(#[from] TypeError),
+    /// The image's header declares more pixels than allowed.
+    #[error(transparent)]
+    Image(ImageError),
     /// The type is recognised but not allowed here.
     #[error("{0} files are not allowed")]
     NotAllowed(&'static str),
@@ -248,26 +255,51 @@ impl ObjectStore {
             .map_err(service)
     }
 
-    /// The multipart uploads in progress under `prefix`, as `(key, upload id)` (for the
-    /// orphan sweeper).
-    pub async fn pending_uploads(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<(String, String)>, StorageError> {
-        let listed = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .map_err(service)?;
-        Ok(listed
-            .uploads()
-            .iter()
-            .filter_map(|u| Some((u.key()?.to_owned(), u.upload_id()?.to_owned())))
-            .collect())
+    /// The multipart uploads in progress under `prefix` (for the orphan sweeper).
+    pub async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StorageError> {
+        let mut pending = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let listed = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(service)?;
+            pending.extend(listed.uploads().iter().filter_map(|u| {
+                Some(PendingUpload {
+                    key: u.key()?.to_owned(),
+                    upload_id: u.upload_id()?.to_owned(),
+                    initiated: u.initiated().and_then(|t| SystemTime::try_from(*t).ok()),
+                })
+            }));
+            if listed.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = listed.next_key_marker().map(str::to_owned);
+            id_marker = listed.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(pending)
     }
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it will write.
+    pub key: String,
+    /// Its id.
+    pub upload_id: String,
+    /// When it started, when the store says.
+    pub initiated: Option<SystemTime>,
 }
 
 fn check_type(head: &[u8], rules: &UploadRules) -> Result<FileType, UploadError> {
@@ -280,5 +312,13 @@ fn check_type(head: &[u8], rules: &UploadRules) -> Result<FileType, UploadError>
         rules.declared_type.as_deref(),
         rules.file_name.as_deref(),
     )?;
+    if let Some(limits) = rules.image_limits
+        && kind.is_image()
+        && let Err(refused @ ImageError::TooLarge { .. }) = dimensions(head, limits)
+    {
+        // Only a header that fits in the first bytes is judged here; anything else is the
+        // thumbnail job's to find out.
+        return Err(UploadError::Image(refused));
+    }
     Ok(kind)
 }

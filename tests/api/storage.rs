@@ -126,6 +126,7 @@ fn rules(max_bytes: u64) -> UploadRules {
         allowed: FileType::ALL.to_vec(),
         declared_type: Some("image/png".to_owned()),
         file_name: Some("picture.png".to_owned()),
+        image_limits: None,
     }
 }
 
@@ -171,10 +172,13 @@ async fn refused_and_failed_uploads_leave_nothing_behind() {
     // The listing of pending uploads sees one, and aborting ends it.
     let pending_key = ObjectKey::original(tenant, Uuid::new_v4());
     let id = store.start_upload(&pending_key, "image/png").await.unwrap();
+    let pending = store.pending_uploads(&prefix).await.unwrap();
+    assert_eq!(pending.len(), 1);
     assert_eq!(
-        store.pending_uploads(&prefix).await.unwrap(),
-        [(pending_key.as_str().to_owned(), id.clone())]
+        (pending[0].key.as_str(), pending[0].upload_id.as_str()),
+        (pending_key.as_str(), id.as_str())
     );
+    assert!(pending[0].initiated.is_some());
     store.abort_upload(pending_key.as_str(), &id).await.unwrap();
     assert!(store.pending_uploads(&prefix).await.unwrap().is_empty());
 

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod ops;
@@ -32,6 +33,8 @@ pub enum ApiTag {
     Roles,
     /// The tenant's product catalog.
     Products,
+    /// The tenant's files: uploads, downloads and thumbnails.
+    Files,
     /// The tenant's security audit log.
     Audit,
 }
@@ -43,6 +46,7 @@ pub type Apis = (
     users::UsersApi,
     roles::RolesApi,
     products::ProductsApi,
+    files::FilesApi,
     audit::AuditApi,
     tenants::TenantsApi,
     jobs::JobsApi,
@@ -57,6 +61,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             users::UsersApi,
             roles::RolesApi,
             products::ProductsApi,
+            files::FilesApi,
             audit::AuditApi,
             tenants::TenantsApi,
             jobs::JobsApi,

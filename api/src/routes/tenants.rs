@@ -89,6 +89,19 @@ pub struct TenantProfile {
     pub status: TenantStatusView,
     /// Tenant-owned settings.
     pub settings: TenantSettings,
+    /// File storage in use, and what the plan allows.
+    pub storage: StorageUsage,
+}
+
+/// File storage of a tenant.
+#[derive(Debug, Object)]
+pub struct StorageUsage {
+    /// Bytes of live files.
+    pub used_bytes: i64,
+    /// Live files.
+    pub files: i64,
+    /// Bytes the plan allows.
+    pub limit_bytes: u64,
 }
 
 /// A tenant as the platform operator sees it.
@@ -251,7 +264,9 @@ impl TenantsApi {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(ApiError::internal)?;
+        let (used_bytes, files) = crate::files::store::usage(&mut tx).await?;
         tx.commit().await?;
+        let limits = state.settings.plans.limits(&tenant.plan);
         Ok(Json(TenantProfile {
             id: tenant.id.0,
             slug: tenant.slug.to_string(),
@@ -259,6 +274,11 @@ impl TenantsApi {
             plan: tenant.plan.clone(),
             status: tenant.status.into(),
             settings: TenantSettings { locale, timezone },
+            storage: StorageUsage {
+                used_bytes,
+                files,
+                limit_bytes: limits.storage_bytes.as_u64(),
+            },
         }))
     }
 

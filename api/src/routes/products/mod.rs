@@ -27,7 +27,7 @@ use crate::{
     auth::permissions::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
-    routes::{ApiTag, page},
+    routes::{ApiTag, files::check_image_ids, page},
     tenant::CurrentTenant,
 };
 
@@ -1004,6 +1004,7 @@ impl ProductsApi {
     ) -> ApiResult<ProductCreated> {
         let new = body.0.into_new();
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        check_image_ids(&mut tx, &[("image_ids".to_owned(), &new.image_ids)]).await?;
         let product = store::insert(&mut tx, std::slice::from_ref(&new))
             .await?
             .pop()
@@ -1066,6 +1067,12 @@ impl ProductsApi {
             )
             .with_field_errors(errors));
         }
+        let images: Vec<(String, &[Uuid])> = new
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("items[{i}].image_ids"), p.image_ids.as_slice()))
+            .collect();
+        check_image_ids(&mut tx, &images).await?;
         let created = store::insert(&mut tx, &new).await?;
         tx.commit().await?;
         Ok(BulkResponse::Created(Json(BulkCreated {
@@ -1161,6 +1168,9 @@ impl ProductsApi {
             image_ids: body.image_ids.map(dedup),
         };
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        if let Some(ids) = &changes.image_ids {
+            check_image_ids(&mut tx, &[("image_ids".to_owned(), ids)]).await?;
+        }
         let product = outcome(store::update(&mut tx, id.0, expected.as_deref(), changes).await?)?;
         tx.commit().await?;
         Ok(ProductResponse::of(product))

@@ -1,0 +1,313 @@
+//! The jobs of files. All are idempotent, as the queue runs a job again after a crash:
+//!
+//! * [`Thumbnails`] (`files.thumbnails`, one per file): makes the thumbnails of an image and
+//!   marks it `ready`, or `failed` when it cannot be decoded.
+//! * [`DeleteObjects`] (`files.delete_objects`): removes a deleted file's objects.
+//! * [`SweepOrphans`] (`files.sweep_orphans`, scheduled by [`schedule_sweeps`]): removes
+//!   objects that no live file record owns (an upload that crashed between storing and
+//!   recording, a purged tenant) and aborts stale multipart uploads.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use jobs::{JobContext, JobHandler, NewJob};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use storage::{
+    ObjectKey, ObjectStore, ThumbnailFormat,
+    images::{self, ImageLimits},
+};
+use tenancy::{BoxFuture, ControlDb, TenantId};
+use uuid::Uuid;
+
+use super::store::{self, FileStatus};
+
+/// Job kind: thumbnails of one file.
+pub const THUMBNAILS: &str = "files.thumbnails";
+/// Job kind: remove a deleted file's objects.
+pub const DELETE_OBJECTS: &str = "files.delete_objects";
+/// Job kind: the orphan sweep.
+pub const SWEEP_ORPHANS: &str = "files.sweep_orphans";
+
+/// Images larger than this are not thumbnailed (the file is `failed`, and downloadable).
+pub const MAX_THUMBNAIL_SOURCE: i64 = 128 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileJob {
+    file_id: Uuid,
+}
+
+/// The thumbnail job of `file` (enqueue it in the tenant transaction recording the file).
+pub fn thumbnails_job(file: Uuid) -> NewJob {
+    NewJob::new(THUMBNAILS, json!(FileJob { file_id: file }))
+        .unique(format!("{THUMBNAILS}:{file}"))
+        .max_attempts(5)
+}
+
+/// The job removing deleted `file`'s objects (enqueue it in the deleting transaction).
+pub fn delete_objects_job(file: Uuid) -> NewJob {
+    NewJob::new(DELETE_OBJECTS, json!(FileJob { file_id: file }))
+        .unique(format!("{DELETE_OBJECTS}:{file}"))
+        .max_attempts(20)
+}
+
+fn tenant_of(ctx: &JobContext) -> anyhow::Result<TenantId> {
+    ctx.tenant
+        .as_ref()
+        .map(|t| t.id)
+        .ok_or_else(|| anyhow::anyhow!("a files job needs a tenant"))
+}
+
+/// Makes thumbnails; see the module docs.
+pub struct Thumbnails {
+    storage: ObjectStore,
+    sizes: Vec<u32>,
+    limits: ImageLimits,
+}
+
+impl Thumbnails {
+    /// Thumbnails of `sizes` pixels on the longest edge.
+    pub fn new(storage: ObjectStore, sizes: Vec<u32>) -> Self {
+        Self {
+            storage,
+            sizes,
+            limits: ImageLimits::default(),
+        }
+    }
+
+    async fn process(&self, ctx: &mut JobContext, file_id: Uuid) -> anyhow::Result<()> {
+        let tenant = tenant_of(ctx)?;
+        let tx = ctx.tenant_tx()?;
+        // Locked: a deletion waits for the thumbnails, then removes them with the rest.
+        let Some(file) = store::get_for_update(tx, file_id).await? else {
+            return Ok(());
+        };
+        if file.status != FileStatus::Processing {
+            return Ok(());
+        }
+        if file.size > MAX_THUMBNAIL_SOURCE {
+            let reason = format!(
+                "images larger than {} MiB are stored but not thumbnailed",
+                MAX_THUMBNAIL_SOURCE >> 20
+            );
+            store::finish_processing(tx, file_id, Err(&reason)).await?;
+            return Ok(());
+        }
+        let original = self
+            .storage
+            .get(&ObjectKey::original(tenant, file_id))
+            .await
+            .context("reading the original")?;
+        let (sizes, limits) = (self.sizes.clone(), self.limits);
+        let made = tokio::task::spawn_blocking(move || {
+            let stored = images::dimensions(&original, limits)?;
+            let thumbs = images::thumbnails(&original, &sizes, limits)?;
+            Ok::<_, images::ImageError>((stored, thumbs))
+        })
+        .await
+        .context("the thumbnail task panicked")?;
+        let (stored, thumbs) = match made {
+            Ok(made) => made,
+            Err(refused) => {
+                store::finish_processing(tx, file_id, Err(&refused.to_string())).await?;
+                return Ok(());
+            }
+        };
+        for thumb in &thumbs {
+            let key = ObjectKey::thumbnail(tenant, file_id, thumb.size, ThumbnailFormat::Jpeg);
+            self.storage
+                .put(&key, thumb.jpeg.clone().into(), "image/jpeg")
+                .await
+                .context("storing a thumbnail")?;
+        }
+        // Thumbnails are upright (EXIF orientation applied): so are the reported dimensions.
+        let (mut width, mut height) = (stored.width, stored.height);
+        if let Some(largest) = thumbs.last()
+            && width != height
+            && (width > height) != (largest.width > largest.height)
+        {
+            std::mem::swap(&mut width, &mut height);
+        }
+        let sizes: Vec<u32> = thumbs.iter().map(|t| t.size).collect();
+        store::finish_processing(tx, file_id, Ok((width, height, &sizes))).await?;
+        Ok(())
+    }
+}
+
+impl JobHandler for Thumbnails {
+    fn kind(&self) -> &'static str {
+        THUMBNAILS
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let job: FileJob = serde_json::from_value(payload)?;
+            self.process(ctx, job.file_id).await
+        })
+    }
+}
+
+/// Removes a deleted file's objects; see the module docs.
+pub struct DeleteObjects {
+    storage: ObjectStore,
+}
+
+impl DeleteObjects {
+    /// Over `storage`.
+    pub fn new(storage: ObjectStore) -> Self {
+        Self { storage }
+    }
+}
+
+impl JobHandler for DeleteObjects {
+    fn kind(&self) -> &'static str {
+        DELETE_OBJECTS
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let job: FileJob = serde_json::from_value(payload)?;
+            let tenant = tenant_of(ctx)?;
+            if store::get(ctx.tenant_tx()?, job.file_id).await?.is_some() {
+                // Never remove the objects of a live file.
+                return Ok(());
+            }
+            let removed = self
+                .storage
+                .delete_prefix(&ObjectKey::file_prefix(tenant, job.file_id))
+                .await?;
+            tracing::info!(file_id = %job.file_id, removed, "removed a deleted file's objects");
+            Ok(())
+        })
+    }
+}
+
+/// The orphan sweep; see the module docs.
+pub struct SweepOrphans {
+    storage: ObjectStore,
+    grace: Duration,
+}
+
+impl SweepOrphans {
+    /// Leaves objects and uploads younger than `grace` alone.
+    pub fn new(storage: ObjectStore, grace: Duration) -> Self {
+        Self { storage, grace }
+    }
+
+    /// One sweep: returns (objects removed, uploads aborted).
+    pub async fn sweep(&self, control: &ControlDb) -> anyhow::Result<(usize, usize)> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let old_enough = |at: Option<SystemTime>| at.is_some_and(|at| at <= cutoff);
+
+        let mut by_tenant: BTreeMap<TenantId, BTreeMap<Uuid, Vec<String>>> = BTreeMap::new();
+        for object in self.storage.list_objects("t/").await? {
+            if !old_enough(object.last_modified) {
+                continue;
+            }
+            match ObjectKey::parse_file_key(&object.key) {
+                Some((tenant, file)) => by_tenant
+                    .entry(tenant)
+                    .or_default()
+                    .entry(file)
+                    .or_default()
+                    .push(object.key),
+                None => tracing::warn!(key = object.key, "an object outside the key scheme"),
+            }
+        }
+        let tenant_db = control.tenant_db();
+        let mut removed = 0;
+        for (tenant, files) in by_tenant {
+            let ids: Vec<Uuid> = files.keys().copied().collect();
+            let live = match control.tenant_by_id(tenant).await? {
+                // Purged (or never created): nothing of it is live.
+                None => Vec::new(),
+                Some(_) => {
+                    let mut tx = match tenant_db.begin(tenant).await {
+                        Ok(tx) => tx,
+                        Err(error) => {
+                            // A deleted tenant awaiting its purge: its objects wait too.
+                            tracing::debug!(%error, tenant = %tenant.0, "skipping a tenant");
+                            continue;
+                        }
+                    };
+                    let live = store::existing(&mut tx, &ids).await?;
+                    tx.commit().await?;
+                    live
+                }
+            };
+            for (file, keys) in files {
+                if live.contains(&file) {
+                    continue;
+                }
+                for key in keys {
+                    self.storage.delete(&ObjectKey::from_stored(key)).await?;
+                    removed += 1;
+                }
+            }
+        }
+        let mut aborted = 0;
+        for upload in self.storage.pending_uploads("t/").await? {
+            if old_enough(upload.initiated) {
+                self.storage
+                    .abort_upload(&upload.key, &upload.upload_id)
+                    .await?;
+                aborted += 1;
+            }
+        }
+        Ok((removed, aborted))
+    }
+}
+
+impl JobHandler for SweepOrphans {
+    fn kind(&self) -> &'static str {
+        SWEEP_ORPHANS
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        _payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let (removed, aborted) = self.sweep(&ctx.control).await?;
+            tracing::info!(removed, aborted, "orphan sweep done");
+            Ok(())
+        })
+    }
+}
+
+/// Enqueues an orphan sweep every `interval` (at most one pending at a time, however many
+/// instances run this).
+pub async fn schedule_sweeps(control: ControlDb, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let enqueued = async {
+            let mut conn = control.pool().acquire().await?;
+            jobs::enqueue(
+                &mut conn,
+                NewJob::new(SWEEP_ORPHANS, json!({}))
+                    .unique(SWEEP_ORPHANS)
+                    .max_attempts(3),
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        if let Err(error) = enqueued.await {
+            tracing::warn!(error = %tenancy::error_chain(error.as_ref()), "cannot schedule the orphan sweep");
+        }
+    }
+}
