@@ -1,21 +1,31 @@
 //! Images, decoded safely: dimensions come from the header alone and are checked against
 //! [`ImageLimits`] before any pixel is decoded (a 50-byte PNG declaring 100000×100000
-//! pixels is refused at once, with no allocation), and decoding itself runs under
-//! `image::Limits` (width, height and allocation caps). Thumbnails apply the EXIF
-//! orientation, are resized with a SIMD resizer (`fast_image_resize`) and encoded afresh as
-//! JPEG, so no metadata of the original (GPS included) survives. Everything here is CPU
-//! work: call it on the blocking pool.
+//! pixels is refused at once, with no allocation), and decoding itself runs under a memory
+//! cap.
+//!
+//! Thumbnails of a JPEG are decoded at reduced size by `jpeg-decoder`, whose IDCT can scale
+//! by 1/2, 1/4 or 1/8: the smallest scale still at least as large as the biggest thumbnail
+//! is used, so the final resize only shrinks. CMYK, lossless and other JPEGs that
+//! `jpeg-decoder` cannot scale, and all other formats, are decoded at full size by the
+//! `image` crate under `image::Limits`. Transparent images are laid over white. Each
+//! thumbnail is resized with a SIMD resizer (`fast_image_resize`), turned upright by the
+//! EXIF orientation and encoded afresh as JPEG, so no metadata of the original (GPS
+//! included) survives. Everything here is CPU work: call it on the blocking pool.
 
-use std::io::Cursor;
+use std::{
+    io::Cursor,
+    panic::{AssertUnwindSafe, catch_unwind},
+};
 
 use fast_image_resize::{
     FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
     images::{Image, ImageRef},
 };
 use image::{
-    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageReader, Limits,
-    codecs::jpeg::JpegEncoder, metadata::Orientation,
+    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, Limits,
+    RgbImage, RgbaImage, codecs::jpeg::JpegEncoder, metadata::Orientation,
 };
+use jpeg_decoder::{CodingProcess, PixelFormat};
 
 /// Caps on what an image may be.
 #[derive(Debug, Clone, Copy)]
@@ -128,35 +138,233 @@ pub fn thumbnails(
     limits: ImageLimits,
 ) -> Result<Vec<Thumbnail>, ImageError> {
     dimensions(bytes, limits)?;
-    let corrupt = |e: image::ImageError| ImageError::Corrupt(e.to_string());
+    let scaled = if reader(bytes)?.format() == Some(ImageFormat::Jpeg) {
+        // jpeg-decoder is fuzzed, but a panic in it must still come out as a refusal.
+        catch_unwind(AssertUnwindSafe(|| {
+            decode_jpeg_scaled(bytes, sizes, limits)
+        }))
+        .unwrap_or_else(|_| Err(ImageError::Corrupt("the JPEG decoder failed".to_owned())))?
+    } else {
+        None
+    };
+    let decoded = match scaled {
+        Some(decoded) => decoded,
+        None => decode_full(bytes, limits)?,
+    };
+    render(&decoded, sizes)
+}
+
+/// Decoded pixels, before orientation, ready to be resized.
+struct Decoded {
+    /// The pixels, as stored (before the EXIF orientation).
+    rgb: RgbImage,
+    /// Width and height of the picture within `rgb`, from its top left corner: when the
+    /// IDCT scaled the image, the last column and row may be only partly picture.
+    content: (f64, f64),
+    /// The image's full width and height, as stored.
+    full: (u32, u32),
+    /// What turns it upright.
+    orientation: Orientation,
+}
+
+fn corrupt(e: image::ImageError) -> ImageError {
+    ImageError::Corrupt(e.to_string())
+}
+
+/// Whether `orientation` swaps width and height.
+fn turns(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Each thumbnail's width and height, as stored (before `orientation`), for an image stored
+/// `full` (width, height).
+fn targets(
+    full: (u32, u32),
+    orientation: Orientation,
+    sizes: &[u32],
+) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let turned = turns(orientation);
+    let swap = move |(a, b): (u32, u32)| if turned { (b, a) } else { (a, b) };
+    let (width, height) = swap(full);
+    sizes
+        .iter()
+        .map(move |&size| swap(fit(width, height, size)))
+}
+
+/// The whole image, decoded by the `image` crate.
+fn decode_full(bytes: &[u8], limits: ImageLimits) -> Result<Decoded, ImageError> {
     let mut reader = reader(bytes)?;
     reader.limits(limits.decoder_limits());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    image.apply_orientation(orientation);
-    let rgb = image.into_rgb8();
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    let rgb = if image.color().has_alpha() {
+        over_white(&image.into_rgba8())?
+    } else {
+        image.into_rgb8()
+    };
     let (width, height) = rgb.dimensions();
-    let source = ImageRef::new(width, height, rgb.as_raw(), PixelType::U8x3)
+    Ok(Decoded {
+        rgb,
+        content: (f64::from(width), f64::from(height)),
+        full: (width, height),
+        orientation,
+    })
+}
+
+/// `rgba` laid over white.
+fn over_white(rgba: &RgbaImage) -> Result<RgbImage, ImageError> {
+    let (width, height) = rgba.dimensions();
+    let pixels = rgba
+        .as_raw()
+        .chunks_exact(4)
+        .flat_map(|pixel| {
+            let alpha = u32::from(pixel[3]);
+            // c·α + 255·(1 − α), α in 255ths, rounded.
+            [pixel[0], pixel[1], pixel[2]].map(|channel| {
+                let mixed = (u32::from(channel) * alpha + 255 * (255 - alpha) + 127) / 255;
+                u8::try_from(mixed).unwrap_or(u8::MAX)
+            })
+        })
+        .collect();
+    RgbImage::from_raw(width, height, pixels)
+        .ok_or_else(|| ImageError::Corrupt("pixel buffer of the wrong size".to_owned()))
+}
+
+/// The orientation in a JPEG's EXIF data (from its TIFF header on).
+fn exif_orientation(exif: Option<&[u8]>) -> Orientation {
+    exif.and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms)
+}
+
+/// The JPEG decoded by `jpeg-decoder` at the smallest IDCT scale (1/8, 1/4, 1/2 or 1) that
+/// still covers the largest thumbnail, or `None` when it is one for [`decode_full`]: CMYK,
+/// lossless, or using a feature `jpeg-decoder` lacks.
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<Option<Decoded>, ImageError> {
+    let corrupt = |e: jpeg_decoder::Error| ImageError::Corrupt(e.to_string());
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc).unwrap_or(usize::MAX));
+    match decoder.read_info() {
+        Ok(()) => {}
+        Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
+        Err(e) => return Err(corrupt(e)),
+    }
+    let info = decoder
+        .info()
+        .ok_or_else(|| ImageError::Corrupt("no JPEG frame header".to_owned()))?;
+    if !matches!(info.pixel_format, PixelFormat::RGB24 | PixelFormat::L8)
+        || info.coding_process == CodingProcess::Lossless
+    {
+        return Ok(None);
+    }
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    if width > limits.max_width || height > limits.max_height {
+        return Err(ImageError::TooLarge { width, height });
+    }
+    let orientation = exif_orientation(decoder.exif_data());
+    let (need_width, need_height) = targets((width, height), orientation, sizes)
+        .fold((1, 1), |(w, h), (tw, th)| (w.max(tw), h.max(th)));
+    // Output is ⌈size·eighths/8⌉, the picture itself size·eighths/8: that must cover the need.
+    let mut eighths = [1, 2, 4, 8]
+        .into_iter()
+        .find(|&e| width * e >= 8 * need_width && height * e >= 8 * need_height)
+        .unwrap_or(8);
+    let mut output = (width, height);
+    if eighths < 8 {
+        output = (
+            (width * eighths).div_ceil(8),
+            (height * eighths).div_ceil(8),
+        );
+        let edge = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+        // jpeg-decoder picks the smallest scale reaching the request in *either* axis: for
+        // images under 8 pixels on a side that may not be ours, so decode at full size then.
+        if decoder
+            .scale(edge(output.0), edge(output.1))
+            .map_err(corrupt)?
+            != (edge(output.0), edge(output.1))
+        {
+            decoder.scale(u16::MAX, u16::MAX).map_err(corrupt)?;
+            eighths = 8;
+            output = (width, height);
+        }
+    }
+    let channels = u64::from(info.pixel_format == PixelFormat::RGB24) * 2 + 1;
+    // Planes, decoder output and our RGB copy; a progressive JPEG also keeps every DCT
+    // coefficient (2 bytes per sample, at full size whatever the scale).
+    let pixels = u64::from(output.0) * u64::from(output.1);
+    let mut needed = pixels * (2 * channels + 3);
+    if info.coding_process == CodingProcess::DctProgressive {
+        needed += (u64::from(width) + 31) * (u64::from(height) + 31) * channels * 2;
+    }
+    if needed > limits.max_alloc {
+        return Err(ImageError::Corrupt(format!(
+            "decoding would take about {needed} bytes, more than the {} allowed",
+            limits.max_alloc
+        )));
+    }
+    let mut samples = match decoder.decode() {
+        Ok(samples) => samples,
+        Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
+        Err(e) => return Err(corrupt(e)),
+    };
+    // EXIF seen only past the frame header would not have told the scale: start over then.
+    if exif_orientation(decoder.exif_data()) != orientation {
+        return Ok(None);
+    }
+    if info.pixel_format == PixelFormat::L8 {
+        samples = samples.iter().flat_map(|&luma| [luma; 3]).collect();
+    }
+    let rgb = RgbImage::from_raw(output.0, output.1, samples)
+        .ok_or_else(|| ImageError::Corrupt("JPEG decoded to an unexpected size".to_owned()))?;
+    let content = |edge: u32| f64::from(edge * eighths) / 8.0;
+    Ok(Some(Decoded {
+        rgb,
+        content: (content(width), content(height)),
+        full: (width, height),
+        orientation,
+    }))
+}
+
+/// Resizes, turns upright and encodes one thumbnail per size.
+fn render(decoded: &Decoded, sizes: &[u32]) -> Result<Vec<Thumbnail>, ImageError> {
+    let resize_error = |e: fast_image_resize::ResizeError| ImageError::Corrupt(e.to_string());
+    let (width, height) = decoded.rgb.dimensions();
+    let source = ImageRef::new(width, height, decoded.rgb.as_raw(), PixelType::U8x3)
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let mut resizer = Resizer::new();
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    sizes
-        .iter()
-        .map(|&size| {
-            let (w, h) = fit(width, height, size);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
+        .crop(0.0, 0.0, decoded.content.0, decoded.content.1);
+    targets(decoded.full, decoded.orientation, sizes)
+        .zip(sizes)
+        .map(|((w, h), &size)| {
             let mut target = Image::new(w, h, PixelType::U8x3);
             resizer
                 .resize(&source, &mut target, &options)
-                .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+                .map_err(resize_error)?;
+            let stored = RgbImage::from_raw(w, h, target.into_vec())
+                .ok_or_else(|| ImageError::Corrupt("resized to the wrong size".to_owned()))?;
+            let mut thumbnail = DynamicImage::ImageRgb8(stored);
+            thumbnail.apply_orientation(decoded.orientation);
+            let (width, height) = (thumbnail.width(), thumbnail.height());
             let mut jpeg = Vec::new();
             JpegEncoder::new_with_quality(&mut jpeg, 82)
-                .write_image(target.buffer(), w, h, ExtendedColorType::Rgb8)
+                .write_image(thumbnail.as_bytes(), width, height, ExtendedColorType::Rgb8)
                 .map_err(corrupt)?;
             Ok(Thumbnail {
                 size,
-                width: w,
-                height: h,
+                width,
+                height,
                 jpeg,
             })
         })
@@ -165,7 +373,7 @@ pub fn thumbnails(
 
 #[cfg(test)]
 mod tests {
-    use image::{ImageFormat, RgbImage};
+    use image::{GrayImage, Rgba};
 
     use super::*;
 
@@ -275,5 +483,153 @@ mod tests {
         assert_eq!((made[0].width, made[0].height), (85, 128));
         assert_eq!(decoded_size(&made[0].jpeg), (85, 128));
         assert!(!made[0].jpeg.windows(4).any(|w| w == b"Exif"));
+    }
+
+    /// A JPEG whose top-left quarter is red and the rest blue.
+    fn quartered_jpeg(width: u32, height: u32) -> Vec<u8> {
+        let image = RgbImage::from_fn(width, height, |x, y| {
+            if x < width / 2 && y < height / 2 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let mut bytes = Cursor::new(Vec::new());
+        image
+            .write_to(&mut bytes, ImageFormat::Jpeg)
+            .expect("encodes");
+        bytes.into_inner()
+    }
+
+    fn decoded(jpeg: &[u8]) -> RgbImage {
+        image::load_from_memory(jpeg).unwrap().to_rgb8()
+    }
+
+    fn is_red(pixel: image::Rgb<u8>) -> bool {
+        pixel[0] > 200 && pixel[1] < 60 && pixel[2] < 60
+    }
+
+    #[test]
+    fn large_jpegs_are_decoded_at_the_smallest_sufficient_scale() {
+        let jpeg = quartered_jpeg(2000, 1500);
+        let limits = ImageLimits::default();
+        for (sizes, stored) in [
+            (&[128][..], (250, 188)),
+            (&[128, 400][..], (500, 375)),
+            (&[1000][..], (1000, 750)),
+            (&[1001][..], (2000, 1500)),
+        ] {
+            let scaled = decode_jpeg_scaled(&jpeg, sizes, limits).unwrap().unwrap();
+            assert_eq!(scaled.rgb.dimensions(), stored, "{sizes:?}");
+            assert_eq!(scaled.full, (2000, 1500));
+        }
+        let made = thumbnails(&jpeg, &[128, 400, 1000], limits).unwrap();
+        let sizes: Vec<_> = made.iter().map(|t| (t.width, t.height)).collect();
+        assert_eq!(sizes, [(128, 96), (400, 300), (1000, 750)]);
+        for thumbnail in &made {
+            let image = decoded(&thumbnail.jpeg);
+            assert_eq!(image.dimensions(), (thumbnail.width, thumbnail.height));
+            let (w, h) = image.dimensions();
+            assert!(is_red(*image.get_pixel(w / 4, h / 4)));
+            assert!(!is_red(*image.get_pixel(3 * w / 4, 3 * h / 4)));
+        }
+    }
+
+    #[test]
+    fn jpegs_too_narrow_for_the_decoders_scale_choice_are_decoded_whole() {
+        // 1×128 is needed: 1/4 would do, but jpeg-decoder reaches a 1-pixel width at 1/8.
+        let jpeg = encoded(4, 1000, ImageFormat::Jpeg);
+        let scaled = decode_jpeg_scaled(&jpeg, &[128], ImageLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(scaled.rgb.dimensions(), (4, 1000));
+        let made = thumbnails(&jpeg, &[128], ImageLimits::default()).unwrap();
+        assert_eq!((made[0].width, made[0].height), (1, 128));
+        assert_eq!(decoded_size(&made[0].jpeg), (1, 128));
+    }
+
+    #[test]
+    fn scaled_jpegs_still_follow_the_exif_orientation() {
+        let jpeg = with_exif(&quartered_jpeg(2000, 1500), 6);
+        let scaled = decode_jpeg_scaled(&jpeg, &[128], ImageLimits::default())
+            .unwrap()
+            .unwrap();
+        // Turned a quarter, 96×128 is needed of a 1500×2000 picture: 1/8 does.
+        assert_eq!(scaled.rgb.dimensions(), (250, 188));
+        let made = thumbnails(&jpeg, &[128], ImageLimits::default()).unwrap();
+        assert_eq!((made[0].width, made[0].height), (96, 128));
+        assert!(!made[0].jpeg.windows(4).any(|w| w == b"Exif"));
+        let image = decoded(&made[0].jpeg);
+        assert_eq!(image.dimensions(), (96, 128));
+        // A quarter turn clockwise takes the top-left corner to the top right.
+        assert!(is_red(*image.get_pixel(72, 32)));
+        assert!(!is_red(*image.get_pixel(24, 32)));
+    }
+
+    #[test]
+    fn grayscale_jpegs_are_scaled_too() {
+        let gray = GrayImage::from_fn(1200, 800, |x, _| {
+            image::Luma([if x < 600 { 30 } else { 220 }])
+        });
+        let mut bytes = Cursor::new(Vec::new());
+        gray.write_to(&mut bytes, ImageFormat::Jpeg).unwrap();
+        let jpeg = bytes.into_inner();
+        let scaled = decode_jpeg_scaled(&jpeg, &[100], ImageLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(scaled.rgb.dimensions(), (150, 100));
+        let made = thumbnails(&jpeg, &[100], ImageLimits::default()).unwrap();
+        assert_eq!((made[0].width, made[0].height), (100, 66));
+        let image = decoded(&made[0].jpeg);
+        let [r, g, b] = image.get_pixel(10, 30).0;
+        assert!(r < 50 && g < 50 && b < 50, "{r} {g} {b}");
+        let [r, g, b] = image.get_pixel(90, 30).0;
+        assert!(r > 200 && g > 200 && b > 200, "{r} {g} {b}");
+    }
+
+    #[test]
+    fn truncated_and_over_budget_large_jpegs_are_corrupt() {
+        let jpeg = quartered_jpeg(2000, 1500);
+        for cut in [jpeg.len() / 2, jpeg.len() - 10, 400] {
+            assert!(
+                matches!(
+                    thumbnails(&jpeg[..cut], &[128], ImageLimits::default()),
+                    Err(ImageError::Corrupt(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        // 1/8 scale needs ~560 kB: refused under 100 kB before decoding.
+        let tight = ImageLimits {
+            max_alloc: 100_000,
+            ..ImageLimits::default()
+        };
+        assert!(matches!(
+            thumbnails(&jpeg, &[128], tight),
+            Err(ImageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn transparency_is_laid_over_white() {
+        // Left half fully transparent (black underneath), right half opaque red.
+        let rgba = RgbaImage::from_fn(64, 32, |x, _| {
+            if x < 32 {
+                Rgba([0, 0, 0, 0])
+            } else {
+                Rgba([255, 0, 0, 255])
+            }
+        });
+        let mut bytes = Cursor::new(Vec::new());
+        rgba.write_to(&mut bytes, ImageFormat::Png).unwrap();
+        let made = thumbnails(&bytes.into_inner(), &[32], ImageLimits::default()).unwrap();
+        let image = decoded(&made[0].jpeg);
+        assert_eq!(image.dimensions(), (32, 16));
+        let [r, g, b] = image.get_pixel(4, 8).0;
+        assert!(r > 240 && g > 240 && b > 240, "{r} {g} {b}");
+        assert!(is_red(*image.get_pixel(28, 8)));
+        // Half-transparent black is mid grey.
+        let half = RgbaImage::from_pixel(1, 1, Rgba([0, 0, 0, 128]));
+        assert_eq!(over_white(&half).unwrap().get_pixel(0, 0).0, [127; 3]);
     }
 }
