@@ -165,10 +165,12 @@ pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
             settings.files.thumbnail_sizes.clone(),
         ))
         .register(files::DeleteObjects::new(storage.clone()))
-        .register(files::SweepOrphans::new(
-            storage,
+        .register(files::SweepOrphans)
+        .register(files::SweepTenant::new(
+            storage.clone(),
             settings.files.orphan_grace,
-        )))
+        ))
+        .register(files::PurgeTenantObjects::new(storage)))
 }
 
 /// The object store of `settings` (no request is made until the first use).
@@ -218,7 +220,8 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         max_connections: settings.database.max_connections,
         acquire_timeout: settings.database.acquire_timeout,
         max_lifetime: settings.database.max_lifetime,
-    });
+    })
+    .with_purge_hook(Arc::new(files::PurgeObjects));
     let manager = RedisConnectionManager::new(settings.redis.url.expose_secret())
         .context("invalid Redis URL")?;
     let redis = bb8::Pool::builder()

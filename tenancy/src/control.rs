@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::{TenancyError, TenantDb, TenantSeed};
+use crate::{PurgeHook, TenancyError, TenantDb, TenantSeed};
 
 /// Control-plane migrations, embedded at build time from `migrations/control/`.
 static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/control");
@@ -42,6 +42,7 @@ pub struct PoolStatus {
 pub struct ControlDb {
     pool: PgPool,
     seeds: Arc<[Arc<dyn TenantSeed>]>,
+    purge_hook: Option<Arc<dyn PurgeHook>>,
 }
 
 impl std::fmt::Debug for ControlDb {
@@ -67,6 +68,7 @@ impl ControlDb {
         Self {
             pool,
             seeds: Arc::new([]),
+            purge_hook: None,
         }
     }
 
@@ -74,6 +76,16 @@ impl ControlDb {
     pub fn with_seeds(mut self, seeds: Vec<Arc<dyn TenantSeed>>) -> Self {
         self.seeds = seeds.into();
         self
+    }
+
+    /// Registers what runs inside every tenant purge (see [`PurgeHook`]).
+    pub fn with_purge_hook(mut self, hook: Arc<dyn PurgeHook>) -> Self {
+        self.purge_hook = Some(hook);
+        self
+    }
+
+    pub(crate) fn purge_hook(&self) -> Option<&Arc<dyn PurgeHook>> {
+        self.purge_hook.as_ref()
     }
 
     pub(crate) fn seeds(&self) -> &[Arc<dyn TenantSeed>] {

@@ -21,4 +21,4 @@ pub use error::{TenancyError, error_chain};
 pub use keys::{ApiKey, KEY_PREFIX, NewApiKey};
 pub use model::{SlugError, Tenant, TenantId, TenantSlug, TenantStatus};
 pub use tenant_db::{TenantDb, TenantTx};
-pub use tenants::{BoxFuture, TenantSeed, validate_name};
+pub use tenants::{BoxFuture, PurgeHook, TenantSeed, validate_name};

@@ -25,6 +25,18 @@ pub trait TenantSeed: Send + Sync + 'static {
     fn seed<'a>(&'a self, tx: &'a mut TenantTx) -> BoxFuture<'a, Result<(), TenancyError>>;
 }
 
+/// Runs inside the transaction that purges a tenant, for what must go with it outside the
+/// database (its objects in the bucket): typically enqueueing a job, so that the purge and
+/// the clean-up are committed together.
+pub trait PurgeHook: Send + Sync + 'static {
+    /// Called with the purging transaction, before it commits.
+    fn on_purge<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: TenantId,
+    ) -> BoxFuture<'a, Result<(), TenancyError>>;
+}
+
 const TENANT_COLUMNS: &str =
     "id, slug, name, status, plan, created_at, updated_at, deleted_at, purge_after";
 
@@ -293,7 +305,7 @@ impl ControlDb {
     }
 
     /// Drops the schema and role of every deleted tenant whose grace period ended by
-    /// `cutoff`, and forgets the tenant. Safe to run from several processes at once.
+    /// `cutoff`, runs the [`PurgeHook`], and forgets the tenant. Safe to run from several processes at once.
     pub async fn purge_deleted_tenants(
         &self,
         cutoff: DateTime<Utc>,
@@ -318,6 +330,9 @@ impl ControlDb {
                     .bind(id.0)
                     .execute(&mut *tx)
                     .await?;
+                if let Some(hook) = self.purge_hook() {
+                    hook.on_purge(&mut tx, id).await?;
+                }
                 Ok::<_, TenancyError>(())
             }
             .await;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod errors;
+mod files;
 mod health;
 mod isolation;
 mod jobs;

@@ -71,8 +71,9 @@ struct Call {
 
 fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> Call {
     let success = match op {
-        "create_role" | "create_product" | "bulk_create_products" => 201,
-        "delete_role" | "delete_product" => 204,
+        "create_role" | "create_product" | "bulk_create_products" | "upload_file" => 201,
+        "delete_role" | "delete_product" | "delete_file" => 204,
+        "download_file" | "get_file_thumbnail" => 302,
         _ => 200,
     };
     Call {
@@ -82,6 +83,13 @@ fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> 
         body,
         success,
     }
+}
+
+/// A byte that differs between the matrix's actors, for files no other actor uploads.
+fn seed(actor: &str) -> u8 {
+    actor
+        .bytes()
+        .fold(7u8, |acc, b| acc.wrapping_mul(31).wrapping_add(b))
 }
 
 /// One call per operation, each on objects made for this actor alone.
@@ -131,7 +139,41 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
         .await;
     assert_eq!(gone.status(), 204);
     let new_product = json!({"name": "Chair", "price": 100, "currency": "USD"});
+    let image = app
+        .upload_ok(org, e2e::files::png(40, 30, seed(actor)), "photo.png")
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doomed = app
+        .upload_ok(org, e2e::files::pdf(100, seed(actor)), "doomed.pdf")
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.run_jobs().await;
     vec![
+        call("list_files", Method::GET, "/v1/files".into(), None),
+        call("upload_file", Method::POST, "/v1/files".into(), None),
+        call("get_file", Method::GET, format!("/v1/files/{image}"), None),
+        call(
+            "download_file",
+            Method::GET,
+            format!("/v1/files/{image}/download"),
+            None,
+        ),
+        call(
+            "get_file_thumbnail",
+            Method::GET,
+            format!("/v1/files/{image}/thumbnails/128"),
+            None,
+        ),
+        call(
+            "delete_file",
+            Method::DELETE,
+            format!("/v1/files/{doomed}"),
+            None,
+        ),
         call(
             "list_permissions",
             Method::GET,
@@ -286,9 +328,15 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
         );
 
         for c in calls {
-            let response = app
-                .send_authed(c.method, "acme", &c.path, &tokens.access, c.body.as_ref())
-                .await;
+            let response = if c.op == "upload_file" {
+                // A multipart body of bytes no other actor sends (no dedupe).
+                let bytes = e2e::files::pdf(200, seed(actor).wrapping_add(1));
+                app.upload("acme", &tokens.access, bytes, "new.pdf", "application/pdf")
+                    .await
+            } else {
+                app.send_authed(c.method, "acme", &c.path, &tokens.access, c.body.as_ref())
+                    .await
+            };
             match &ops[c.op] {
                 Some(needed) if !held.contains(&needed.as_str()) => {
                     let problem = assert_problem(response, 403, "forbidden").await;

@@ -14,6 +14,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 pub mod auth;
+pub mod files;
 pub mod products;
 pub mod rbac;
 pub mod test_api;

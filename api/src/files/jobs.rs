@@ -3,9 +3,12 @@
 //! * [`Thumbnails`] (`files.thumbnails`, one per file): makes the thumbnails of an image and
 //!   marks it `ready`, or `failed` when it cannot be decoded.
 //! * [`DeleteObjects`] (`files.delete_objects`): removes a deleted file's objects.
-//! * [`SweepOrphans`] (`files.sweep_orphans`, scheduled by [`schedule_sweeps`]): removes
-//!   objects that no live file record owns (an upload that crashed between storing and
-//!   recording, a purged tenant) and aborts stale multipart uploads.
+//! * [`SweepOrphans`] (`files.sweep_orphans`, scheduled by [`schedule_sweeps`]) enqueues a
+//!   [`SweepTenant`] (`files.sweep_tenant`) per tenant, which removes the tenant's objects
+//!   that no live file record owns (an upload that crashed between storing and recording)
+//!   and aborts its stale multipart uploads.
+//! * [`PurgeTenantObjects`] (`files.purge_tenant_objects`): removes a purged tenant's
+//!   objects; [`PurgeObjects`] enqueues it in the transaction that purges the tenant.
 
 use std::{
     collections::BTreeMap,
@@ -16,11 +19,12 @@ use anyhow::Context;
 use jobs::{JobContext, JobHandler, NewJob};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sqlx::PgConnection;
 use storage::{
     ObjectKey, ObjectStore, ThumbnailFormat,
     images::{self, ImageLimits},
 };
-use tenancy::{BoxFuture, ControlDb, TenantId};
+use tenancy::{BoxFuture, ControlDb, PurgeHook, TenancyError, TenantId, TenantStatus};
 use uuid::Uuid;
 
 use super::store::{self, FileStatus};
@@ -29,8 +33,12 @@ use super::store::{self, FileStatus};
 pub const THUMBNAILS: &str = "files.thumbnails";
 /// Job kind: remove a deleted file's objects.
 pub const DELETE_OBJECTS: &str = "files.delete_objects";
-/// Job kind: the orphan sweep.
+/// Job kind: the orphan sweep (of every tenant).
 pub const SWEEP_ORPHANS: &str = "files.sweep_orphans";
+/// Job kind: the orphan sweep of one tenant.
+pub const SWEEP_TENANT: &str = "files.sweep_tenant";
+/// Job kind: remove a purged tenant's objects.
+pub const PURGE_TENANT_OBJECTS: &str = "files.purge_tenant_objects";
 
 /// Images larger than this are not thumbnailed (the file is `failed`, and downloadable).
 pub const MAX_THUMBNAIL_SOURCE: i64 = 128 * 1024 * 1024;
@@ -193,83 +201,8 @@ impl JobHandler for DeleteObjects {
     }
 }
 
-/// The orphan sweep; see the module docs.
-pub struct SweepOrphans {
-    storage: ObjectStore,
-    grace: Duration,
-}
-
-impl SweepOrphans {
-    /// Leaves objects and uploads younger than `grace` alone.
-    pub fn new(storage: ObjectStore, grace: Duration) -> Self {
-        Self { storage, grace }
-    }
-
-    /// One sweep: returns (objects removed, uploads aborted).
-    pub async fn sweep(&self, control: &ControlDb) -> anyhow::Result<(usize, usize)> {
-        let cutoff = SystemTime::now()
-            .checked_sub(self.grace)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let old_enough = |at: Option<SystemTime>| at.is_some_and(|at| at <= cutoff);
-
-        let mut by_tenant: BTreeMap<TenantId, BTreeMap<Uuid, Vec<String>>> = BTreeMap::new();
-        for object in self.storage.list_objects("t/").await? {
-            if !old_enough(object.last_modified) {
-                continue;
-            }
-            match ObjectKey::parse_file_key(&object.key) {
-                Some((tenant, file)) => by_tenant
-                    .entry(tenant)
-                    .or_default()
-                    .entry(file)
-                    .or_default()
-                    .push(object.key),
-                None => tracing::warn!(key = object.key, "an object outside the key scheme"),
-            }
-        }
-        let tenant_db = control.tenant_db();
-        let mut removed = 0;
-        for (tenant, files) in by_tenant {
-            let ids: Vec<Uuid> = files.keys().copied().collect();
-            let live = match control.tenant_by_id(tenant).await? {
-                // Purged (or never created): nothing of it is live.
-                None => Vec::new(),
-                Some(_) => {
-                    let mut tx = match tenant_db.begin(tenant).await {
-                        Ok(tx) => tx,
-                        Err(error) => {
-                            // A deleted tenant awaiting its purge: its objects wait too.
-                            tracing::debug!(%error, tenant = %tenant.0, "skipping a tenant");
-                            continue;
-                        }
-                    };
-                    let live = store::existing(&mut tx, &ids).await?;
-                    tx.commit().await?;
-                    live
-                }
-            };
-            for (file, keys) in files {
-                if live.contains(&file) {
-                    continue;
-                }
-                for key in keys {
-                    self.storage.delete(&ObjectKey::from_stored(key)).await?;
-                    removed += 1;
-                }
-            }
-        }
-        let mut aborted = 0;
-        for upload in self.storage.pending_uploads("t/").await? {
-            if old_enough(upload.initiated) {
-                self.storage
-                    .abort_upload(&upload.key, &upload.upload_id)
-                    .await?;
-                aborted += 1;
-            }
-        }
-        Ok((removed, aborted))
-    }
-}
+/// Sweeps every tenant: enqueues one [`SweepTenant`] job per active tenant.
+pub struct SweepOrphans;
 
 impl JobHandler for SweepOrphans {
     fn kind(&self) -> &'static str {
@@ -282,17 +215,197 @@ impl JobHandler for SweepOrphans {
         _payload: Value,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let (removed, aborted) = self.sweep(&ctx.control).await?;
-            tracing::info!(removed, aborted, "orphan sweep done");
+            let mut after: Option<String> = None;
+            let mut enqueued = 0;
+            loop {
+                let tenants = ctx
+                    .control
+                    .list_tenants(Some(TenantStatus::Active), after.as_deref(), 500)
+                    .await?;
+                let Some(last) = tenants.last() else { break };
+                after = Some(last.slug.to_string());
+                let mut conn = ctx.control.pool().acquire().await?;
+                for tenant in &tenants {
+                    jobs::enqueue(&mut conn, sweep_tenant_job(tenant.id)).await?;
+                    enqueued += 1;
+                }
+            }
+            tracing::info!(tenants = enqueued, "orphan sweep scheduled");
             Ok(())
         })
     }
 }
 
-/// Enqueues an orphan sweep every `interval` (at most one pending at a time, however many
-/// instances run this).
+fn sweep_tenant_job(tenant: TenantId) -> NewJob {
+    NewJob::new(SWEEP_TENANT, json!({}))
+        .for_tenant(tenant)
+        .unique(format!("{SWEEP_TENANT}:{}", tenant.0))
+        .max_attempts(3)
+}
+
+/// The orphan sweep of one tenant, inside its transaction: removes the objects under its
+/// prefix that no live file owns, and aborts its multipart uploads, once they are older
+/// than the grace period (younger ones may be uploads in flight).
+pub struct SweepTenant {
+    storage: ObjectStore,
+    grace: Duration,
+}
+
+impl SweepTenant {
+    /// Leaves objects and uploads younger than `grace` alone.
+    pub fn new(storage: ObjectStore, grace: Duration) -> Self {
+        Self { storage, grace }
+    }
+
+    /// Sweeps `tenant`, whose transaction `conn` is in; returns (objects removed, uploads
+    /// aborted).
+    pub async fn sweep(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+    ) -> anyhow::Result<(usize, usize)> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let old_enough = |at: Option<SystemTime>| at.is_some_and(|at| at <= cutoff);
+        let prefix = ObjectKey::tenant_prefix(tenant);
+
+        let mut by_file: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+        for object in self.storage.list_objects(&prefix).await? {
+            if !old_enough(object.last_modified) {
+                continue;
+            }
+            match ObjectKey::parse_file_key(&object.key) {
+                Some((owner, file)) if owner == tenant => {
+                    by_file.entry(file).or_default().push(object.key);
+                }
+                _ => tracing::warn!(key = object.key, "an object outside the key scheme"),
+            }
+        }
+        let ids: Vec<Uuid> = by_file.keys().copied().collect();
+        let live = store::existing(conn, &ids).await?;
+        let mut removed = 0;
+        for (file, keys) in by_file {
+            if live.contains(&file) {
+                continue;
+            }
+            for key in keys {
+                self.storage.delete(&ObjectKey::from_stored(key)).await?;
+                removed += 1;
+            }
+        }
+        let mut aborted = 0;
+        for upload in self.storage.pending_uploads(&prefix).await? {
+            if old_enough(upload.initiated) {
+                self.storage
+                    .abort_upload(&upload.key, &upload.upload_id)
+                    .await?;
+                aborted += 1;
+            }
+        }
+        Ok((removed, aborted))
+    }
+}
+
+impl JobHandler for SweepTenant {
+    fn kind(&self) -> &'static str {
+        SWEEP_TENANT
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        _payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let tenant = tenant_of(ctx)?;
+            let (removed, aborted) = self.sweep(ctx.tenant_tx()?, tenant).await?;
+            if removed + aborted > 0 {
+                tracing::info!(removed, aborted, "removed orphaned objects and uploads");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Removes every object of a purged tenant (enqueued by [`PurgeObjects`] in the purging
+/// transaction).
+pub struct PurgeTenantObjects {
+    storage: ObjectStore,
+}
+
+impl PurgeTenantObjects {
+    /// Over `storage`.
+    pub fn new(storage: ObjectStore) -> Self {
+        Self { storage }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PurgeJob {
+    tenant_id: Uuid,
+}
+
+impl JobHandler for PurgeTenantObjects {
+    fn kind(&self) -> &'static str {
+        PURGE_TENANT_OBJECTS
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let job: PurgeJob = serde_json::from_value(payload)?;
+            let tenant = TenantId(job.tenant_id);
+            if ctx.control.tenant_by_id(tenant).await?.is_some() {
+                anyhow::bail!("tenant {} still exists; its objects stay", tenant.0);
+            }
+            let prefix = ObjectKey::tenant_prefix(tenant);
+            for upload in self.storage.pending_uploads(&prefix).await? {
+                self.storage
+                    .abort_upload(&upload.key, &upload.upload_id)
+                    .await?;
+            }
+            let removed = self.storage.delete_prefix(&prefix).await?;
+            tracing::info!(tenant_id = %tenant.0, removed, "removed a purged tenant's objects");
+            Ok(())
+        })
+    }
+}
+
+/// The [`PurgeHook`] that enqueues [`PurgeTenantObjects`] with every tenant purge.
+pub struct PurgeObjects;
+
+impl PurgeHook for PurgeObjects {
+    fn on_purge<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: TenantId,
+    ) -> BoxFuture<'a, Result<(), TenancyError>> {
+        Box::pin(async move {
+            let job = NewJob::new(
+                PURGE_TENANT_OBJECTS,
+                json!(PurgeJob {
+                    tenant_id: tenant.0
+                }),
+            )
+            .max_attempts(20);
+            jobs::enqueue(conn, job).await.map_err(|e| match e {
+                jobs::JobError::Database(e) => TenancyError::Database(e),
+                jobs::JobError::Tenancy(e) => e,
+                other => TenancyError::Database(sqlx::Error::Protocol(other.to_string())),
+            })?;
+            Ok(())
+        })
+    }
+}
+
+/// Enqueues an orphan sweep every `interval`, the first one `interval` after start-up (at
+/// most one is pending at a time, however many instances run this).
 pub async fn schedule_sweeps(control: ControlDb, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
         let enqueued = async {
