@@ -9,6 +9,7 @@
 //! cargo run -p bench --release -- tenant_read [--tenants 100] [--connections 64] [--seconds 10]
 //! cargo run -p bench --release -- tenant_write [--tenants 100] [--connections 32] [--seconds 10]
 //! cargo run -p bench --release -- thumbnail [--runs 5]
+//! cargo run -p bench --release -- upload [--mib 1024]
 //! ```
 //!
 //! `tenant_read` and `tenant_write` compare against `pgbench` (Debian's `postgresql`
@@ -21,6 +22,7 @@ mod identity;
 mod load;
 mod products;
 mod tenancy;
+mod upload;
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -124,6 +126,14 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// A large file through `POST /v1/files` vs a direct `PutObject` of it to the same S3
+    /// server, with the process's resident-memory growth during the upload.
+    #[command(name = "upload")]
+    Upload {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
     /// `POST /v1/products` then `PATCH` with `If-Match`, vs pgbench running the INSERT and
     /// the version-checked UPDATE.
     #[command(name = "tenant_write")]
@@ -158,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
         Bench::Thumbnail { runs } => files::thumbnail(runs.max(1)),
+        Bench::Upload { mib } => upload::upload(mib.max(1)).await,
         Bench::TenantRead {
             tenants,
             connections,

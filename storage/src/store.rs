@@ -4,7 +4,10 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::{
     Client,
-    config::{BehaviorVersion, Credentials, Region},
+    config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
+    },
     presigning::PresigningConfig,
     primitives::ByteStream,
 };
@@ -149,12 +152,22 @@ impl ObjectStore {
             .region(Region::new(settings.region.clone()))
             .endpoint_url(&settings.endpoint)
             .force_path_style(true)
+            // Checksums only where S3 requires them: the SDK's default (a CRC trailer on
+            // every streamed body, in aws-chunked encoding) is not understood by every
+            // S3-compatible server (Garage refuses it), and TLS already protects transit.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .credentials_provider(credentials)
             .build();
         Self {
             client: Client::from_conf(config),
             bucket: settings.bucket.clone(),
         }
+    }
+
+    /// The SDK client, for what this crate does not wrap (benchmarks' baselines).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The bucket's name.
