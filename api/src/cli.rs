@@ -207,7 +207,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .ensure_tenants_current()
                 .await
                 .context("cannot start the worker")?;
-            let worker = startup::worker(&state, startup::job_registry(&state.settings)?);
+            let worker = startup::worker(&state, startup::job_registry(&state)?);
             worker.run(startup::shutdown_signal()).await?;
             state.db.close().await;
             Ok(())

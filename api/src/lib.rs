@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod files;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod payload;
@@ -13,6 +14,7 @@ pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod tenant;
 

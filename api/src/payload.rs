@@ -220,3 +220,30 @@ mod tests {
         }
     }
 }
+
+/// A JSON request body kept as the exact bytes sent (for signatures computed over them,
+/// such as a webhook's). Documented as a JSON object.
+#[derive(Debug, Clone)]
+pub struct RawJson(pub bytes::Bytes);
+
+impl Payload for RawJson {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn check_content_type(content_type: &str) -> bool {
+        JsonBody::<serde_json::Value>::check_content_type(content_type)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        serde_json::Value::schema_ref()
+    }
+}
+
+impl ParsePayload for RawJson {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        Ok(Self(body.take()?.into_bytes().await?))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(RawJson,);

@@ -23,6 +23,11 @@ pub const DEFAULT_S3_ACCESS_KEY_ID: &str = "GK0123456789abcdef01234567";
 pub const DEFAULT_S3_SECRET_ACCESS_KEY: &str =
     "8d8e3b8f3a8c4e2f9b1d7a6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f";
 
+/// Placeholder Stripe key for development (the API is not reachable with it).
+pub const DEFAULT_STRIPE_SECRET_KEY: &str = "sk_test_canopy_development";
+/// Development webhook signing secret.
+pub const DEFAULT_STRIPE_WEBHOOK_SECRET: &str = "whsec_canopy_development";
+
 /// One documented setting: its key, default and meaning.
 #[derive(Debug, Clone, Copy)]
 pub struct SettingSpec {
@@ -289,6 +294,41 @@ pub const SETTINGS: &[SettingSpec] = &[
         "plan catalog as a JSON array replacing the default `free`/`pro`/`business` one: `[{\"name\": \"free\", \"price_ids\": [], \"limits\": {\"storage_bytes\": \"1 GiB\", \"upload_bytes\": \"10 MiB\", \"products\": 100, \"seats\": 3, \"file_types\": [\"image/png\"]}}]`",
     ),
     spec(
+        "stripe_secret_key",
+        Some(DEFAULT_STRIPE_SECRET_KEY),
+        "Stripe secret API key (`sk_live_…`/`sk_test_…`); production refuses the development placeholder",
+    ),
+    spec(
+        "stripe_api_base",
+        Some("https://api.stripe.com"),
+        "base URL of the Stripe API (tests point it at a local server)",
+    ),
+    spec(
+        "stripe_webhook_secrets",
+        Some(DEFAULT_STRIPE_WEBHOOK_SECRET),
+        "comma-separated webhook signing secrets (`whsec_…`); a delivery signed with any of them is accepted, so a rotation lists the old and the new one",
+    ),
+    spec(
+        "billing_success_url",
+        None,
+        "where Checkout sends the customer after paying (default: `<public_url>/billing/success?session_id={CHECKOUT_SESSION_ID}`)",
+    ),
+    spec(
+        "billing_cancel_url",
+        None,
+        "where Checkout sends a customer who gives up (default: `<public_url>/billing/cancel`)",
+    ),
+    spec(
+        "billing_return_url",
+        None,
+        "where the billing portal returns to (default: `<public_url>/billing`)",
+    ),
+    spec(
+        "billing_reconcile_interval",
+        Some("15m"),
+        "how often recent Stripe events are listed to catch deliveries that never arrived",
+    ),
+    spec(
         "log",
         Some("info"),
         "log filter in `tracing` syntax (e.g. `info,canopy=debug`); `RUST_LOG` is read when this is unset",
@@ -523,6 +563,38 @@ pub struct FileSettings {
     pub orphan_grace: Duration,
 }
 
+/// Billing settings.
+#[derive(Clone)]
+pub struct BillingSettings {
+    /// Stripe secret key.
+    pub secret_key: SecretString,
+    /// Stripe API base URL.
+    pub api_base: Url,
+    /// Webhook signing secrets.
+    pub webhook_secrets: Vec<SecretString>,
+    /// Checkout success URL.
+    pub success_url: String,
+    /// Checkout cancel URL.
+    pub cancel_url: String,
+    /// Billing portal return URL.
+    pub return_url: String,
+    /// Period of the reconciliation job.
+    pub reconcile_interval: Duration,
+}
+
+impl fmt::Debug for BillingSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BillingSettings")
+            .field("api_base", &self.api_base.as_str())
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("success_url", &self.success_url)
+            .field("cancel_url", &self.cancel_url)
+            .field("return_url", &self.return_url)
+            .field("reconcile_interval", &self.reconcile_interval)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Logging settings.
 #[derive(Debug, Clone)]
 pub struct LogSettings {
@@ -553,6 +625,8 @@ pub struct Settings {
     pub files: FileSettings,
     /// The plan catalog.
     pub plans: billing::PlanCatalog,
+    /// Payments.
+    pub billing: BillingSettings,
     /// Logging.
     pub log: LogSettings,
     /// Tenancy.
@@ -838,6 +912,65 @@ impl Settings {
             _ => billing::PlanCatalog::default(),
         };
 
+        let public_url = auth.public_url.as_str().trim_end_matches('/').to_owned();
+        let url_or = |key: &str, default: String| -> Result<String, ConfigError> {
+            Ok(src
+                .optional(key, "an http(s):// URL", |v| {
+                    Url::parse(v)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https"))
+                        .map(|_| v.to_owned())
+                })?
+                .unwrap_or(default))
+        };
+        let billing = BillingSettings {
+            secret_key: src.parse_secret("stripe_secret_key", "a Stripe secret key", |v| {
+                (!v.is_empty()).then(|| SecretString::from(v))
+            })?,
+            api_base: src.parse("stripe_api_base", "an http(s):// URL", |v| {
+                Url::parse(v)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            })?,
+            webhook_secrets: src.parse_secret(
+                "stripe_webhook_secrets",
+                "comma-separated signing secrets",
+                |v| {
+                    let secrets: Vec<SecretString> = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(SecretString::from)
+                        .collect();
+                    (!secrets.is_empty()).then_some(secrets)
+                },
+            )?,
+            success_url: url_or(
+                "billing_success_url",
+                format!("{public_url}/billing/success?session_id={{CHECKOUT_SESSION_ID}}"),
+            )?,
+            cancel_url: url_or("billing_cancel_url", format!("{public_url}/billing/cancel"))?,
+            return_url: url_or("billing_return_url", format!("{public_url}/billing"))?,
+            reconcile_interval: src.parse(
+                "billing_reconcile_interval",
+                "a duration such as 15m",
+                parse_duration,
+            )?,
+        };
+        if environment == Environment::Production {
+            for (key, placeholder) in [
+                ("stripe_secret_key", DEFAULT_STRIPE_SECRET_KEY),
+                ("stripe_webhook_secrets", DEFAULT_STRIPE_WEBHOOK_SECRET),
+            ] {
+                if src.get(key).is_none_or(|(_, v)| v == placeholder) {
+                    return Err(ConfigError::Missing {
+                        var: env_name(key),
+                        expected: "the Stripe account's own value (production does not use the development placeholder)".into(),
+                    });
+                }
+            }
+        }
+
         let log = LogSettings {
             filter: match src.get("log") {
                 Some((_, v)) => v,
@@ -939,6 +1072,7 @@ impl Settings {
             s3,
             files,
             plans,
+            billing,
             log,
             tenancy,
             jobs,

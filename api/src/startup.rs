@@ -106,11 +106,15 @@ impl Application {
                 self.state.db.clone(),
                 self.state.settings.files.orphan_sweep_interval,
             )),
+            tokio::spawn(crate::subscriptions::schedule_reconciliation(
+                self.state.db.clone(),
+                self.state.settings.billing.reconcile_interval,
+            )),
         ];
         // One shutdown signal for the HTTP server and the in-process workers.
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let workers = if self.state.settings.jobs.workers > 0 {
-            let worker = worker(&self.state, job_registry(&self.state.settings)?);
+            let worker = worker(&self.state, job_registry(&self.state)?);
             let mut stopped = stopped.clone();
             Some(tokio::spawn(worker.run(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
@@ -147,8 +151,9 @@ impl Application {
     }
 }
 
-/// The job handlers this binary runs, with their transports from `settings`.
-pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
+/// The job handlers this binary runs, with their transports from the state's settings.
+pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
+    let settings = &state.settings;
     let storage = object_store(settings);
     let from = &settings.email.from;
     let mailer = match &settings.email.smtp_url {
@@ -170,7 +175,9 @@ pub fn job_registry(settings: &Settings) -> anyhow::Result<jobs::Registry> {
             storage.clone(),
             settings.files.orphan_grace,
         ))
-        .register(files::PurgeTenantObjects::new(storage)))
+        .register(files::PurgeTenantObjects::new(storage))
+        .register(crate::subscriptions::ProcessEvent::new(state.clone()))
+        .register(crate::subscriptions::Reconcile::new(state.clone())))
 }
 
 /// The object store of `settings` (no request is made until the first use).
@@ -257,7 +264,13 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         db.tenant_db(),
         settings.auth.permission_cache_ttl,
     ));
+    let stripe = billing::stripe_api::StripeApi::new(
+        settings.billing.api_base.as_str(),
+        settings.billing.secret_key.expose_secret(),
+    )
+    .context("cannot set up the Stripe client")?;
     Ok(AppState {
+        stripe,
         settings: Arc::new(settings),
         tenant_db: db.tenant_db(),
         db,

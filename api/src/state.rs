@@ -42,4 +42,6 @@ pub struct AppState {
     pub permissions: Arc<Permissions>,
     /// The object store (S3 bucket).
     pub storage: storage::ObjectStore,
+    /// Stripe's API.
+    pub stripe: billing::stripe_api::StripeApi,
 }

@@ -1,6 +1,14 @@
-//! Canopy's billing, free of HTTP. So far: the plan catalog ([`PlanCatalog`]), which maps
-//! plan names to the limits they set ([`Limits`]) and to the payment provider's price ids.
+//! Canopy's billing, free of HTTP: the plan catalog ([`PlanCatalog`]) mapping plan names to
+//! the limits they set ([`Limits`]) and to the provider's price ids; webhook signatures
+//! ([`signature`]); the inbox of webhook events ([`inbox`]); and each tenant's billing
+//! account, driven by subscription events ([`accounts`], [`events`]); and the calls made to
+//! Stripe's API ([`stripe_api`]).
 
+pub mod accounts;
+pub mod events;
+pub mod inbox;
 mod plans;
+pub mod signature;
+pub mod stripe_api;
 
 pub use plans::{FREE_PLAN, Limits, Plan, PlanCatalog, PlanError};

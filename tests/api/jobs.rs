@@ -588,7 +588,7 @@ async fn email_jobs_deliver_through_a_real_smtp_server() {
     .expect("enqueue");
     tx.commit().await.expect("commit");
 
-    let registry = api::startup::job_registry(&app.settings).expect("registry");
+    let registry = api::startup::job_registry(&app.state).expect("registry");
     let mut worker = Running::start(&app, registry, config());
     assert_eq!(worker.outcome_of(id).await, "succeeded");
     worker.stop().await;
@@ -634,7 +634,7 @@ async fn the_development_transport_writes_to_the_outbox() {
     .await;
     let mut worker = Running::start(
         &app,
-        api::startup::job_registry(&app.settings).expect("registry"),
+        api::startup::job_registry(&app.state).expect("registry"),
         config(),
     );
     assert_eq!(worker.outcome_of(id).await, "succeeded");

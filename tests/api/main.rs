@@ -1,6 +1,7 @@
 //! End-to-end tests of the running server: one binary, one module per area.
 
 mod auth;
+mod billing;
 mod errors;
 mod files;
 mod health;

@@ -153,6 +153,24 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
         .to_owned();
     app.run_jobs().await;
     vec![
+        call(
+            "get_subscription",
+            Method::GET,
+            "/v1/billing/subscription".into(),
+            None,
+        ),
+        call(
+            "create_checkout_session",
+            Method::POST,
+            "/v1/billing/checkout".into(),
+            Some(json!({"plan": "pro"})),
+        ),
+        call(
+            "create_billing_portal_session",
+            Method::POST,
+            "/v1/billing/portal".into(),
+            None,
+        ),
         call("list_files", Method::GET, "/v1/files".into(), None),
         call("upload_file", Method::POST, "/v1/files".into(), None),
         call("get_file", Method::GET, format!("/v1/files/{image}"), None),
@@ -281,7 +299,11 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
 
 #[tokio::test]
 async fn every_endpoint_enforces_the_permission_its_document_declares() {
-    let app = spawn_app().await;
+    let stripe = e2e::stripe::FakeStripe::start().await;
+    let app = e2e::TestApp::builder()
+        .env("stripe_api_base", &stripe.url)
+        .spawn()
+        .await;
     let org = app.signup("acme").await;
     let ops = user_operations();
     let viewer = app.role_id(&org, "viewer").await;

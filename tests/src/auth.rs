@@ -200,7 +200,7 @@ impl TestApp {
 
     /// Runs every due job with this binary's handlers, until none is left.
     pub async fn run_jobs(&self) {
-        let registry = api::startup::job_registry(&self.settings).expect("job registry");
+        let registry = api::startup::job_registry(&self.state).expect("job registry");
         let worker = api::startup::worker(&self.state, registry);
         let mut outcomes = worker.outcomes();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

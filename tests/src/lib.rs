@@ -17,6 +17,7 @@ pub mod auth;
 pub mod files;
 pub mod products;
 pub mod rbac;
+pub mod stripe;
 pub mod test_api;
 
 pub use test_api::Gate;

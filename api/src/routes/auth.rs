@@ -24,6 +24,7 @@ use crate::{
         throttle::{self, Counter},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
+    limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag,
@@ -398,6 +399,8 @@ impl AuthApi {
         // Hashed whether or not the address is taken: both answers take the same time.
         let password_hash = state.hasher.hash(&body.password).await?;
         let mut tx = state.tenant_db.begin(tenant.0.id).await?;
+        // Before looking the address up: a full tenant answers the same for every address.
+        limits::ensure_room(&state, &mut tx, &tenant.0, Limited::Seats, 1).await?;
         let existing = store::user_by_email(&mut tx, email).await?;
         match existing {
             Some(user) => {
@@ -465,7 +468,14 @@ impl AuthApi {
         let user = store::consume_user_token(&mut tx, &token, TokenPurpose::VerifyEmail)
             .await?
             .ok_or_else(link_invalid)?;
+        let was_pending = store::user_by_id(&mut tx, user)
+            .await?
+            .is_some_and(|u| u.status == UserStatus::Pending);
         store::mark_email_verified(&mut tx, user).await?;
+        if was_pending {
+            // The user now takes a seat.
+            limits::ensure_room(&state, &mut tx, &tenant.0, Limited::Seats, 0).await?;
+        }
         audit(
             &mut tx,
             "email.verified",

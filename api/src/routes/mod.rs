@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod files;
 pub mod health;
 pub mod jobs;
@@ -37,6 +38,8 @@ pub enum ApiTag {
     Files,
     /// The tenant's security audit log.
     Audit,
+    /// Plans, subscriptions through Stripe, and Stripe's webhooks.
+    Billing,
 }
 
 /// Every API of the service, in the order the document lists them.
@@ -47,6 +50,7 @@ pub type Apis = (
     roles::RolesApi,
     products::ProductsApi,
     files::FilesApi,
+    billing::BillingApi,
     audit::AuditApi,
     tenants::TenantsApi,
     jobs::JobsApi,
@@ -62,6 +66,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             roles::RolesApi,
             products::ProductsApi,
             files::FilesApi,
+            billing::BillingApi,
             audit::AuditApi,
             tenants::TenantsApi,
             jobs::JobsApi,

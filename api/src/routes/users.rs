@@ -25,6 +25,7 @@ use crate::{
         permissions::{Authorized, perm},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
+    limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag,
@@ -384,6 +385,9 @@ impl UsersApi {
         let (before, after) = store::update_user(&mut tx, target, status, name)
             .await?
             .ok_or_else(user_not_found)?;
+        if after.status == UserStatus::Active && before.status != UserStatus::Active {
+            limits::ensure_room(&state, &mut tx, &me.tenant, Limited::Seats, 0).await?;
+        }
         let blocked = after.status.is_blocked() && !before.status.is_blocked();
         let unblocked = before.status.is_blocked() && !after.status.is_blocked();
         let ended = if blocked {

@@ -26,6 +26,7 @@ use crate::{
     AppState,
     auth::permissions::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
+    limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{ApiTag, files::check_image_ids, page},
     tenant::CurrentTenant,
@@ -1004,6 +1005,14 @@ impl ProductsApi {
     ) -> ApiResult<ProductCreated> {
         let new = body.0.into_new();
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        limits::ensure_room(
+            &state,
+            &mut tx,
+            &auth.principal.tenant,
+            Limited::Products,
+            1,
+        )
+        .await?;
         check_image_ids(&mut tx, &[("image_ids".to_owned(), &new.image_ids)]).await?;
         let product = store::insert(&mut tx, std::slice::from_ref(&new))
             .await?
@@ -1042,6 +1051,15 @@ impl ProductsApi {
             .collect();
         let skus: Vec<String> = new.iter().map(|p| p.sku.clone()).collect();
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let adding = u64::try_from(new.len()).unwrap_or(u64::MAX);
+        limits::ensure_room(
+            &state,
+            &mut tx,
+            &auth.principal.tenant,
+            Limited::Products,
+            adding,
+        )
+        .await?;
         let taken = store::taken_skus(&mut tx, &skus)
             .await
             .map_err(ApiError::internal)?;
@@ -1228,6 +1246,15 @@ impl ProductsApi {
     ) -> ApiResult<ProductResponse> {
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
         let product = store::restore(&mut tx, id.0).await?.ok_or_else(not_found)?;
+        // Restored, it counts again (a product that was live already does not change it).
+        limits::ensure_room(
+            &state,
+            &mut tx,
+            &auth.principal.tenant,
+            Limited::Products,
+            0,
+        )
+        .await?;
         tx.commit().await?;
         Ok(ProductResponse::of(product))
     }

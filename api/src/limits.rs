@@ -1,0 +1,87 @@
+//! The plan limits enforced where they apply: products and seats here (counted inside the
+//! tenant transaction that would pass them, under a per-tenant advisory lock so that
+//! concurrent requests cannot both take the last unit), storage and upload size in
+//! `routes::files`. A request over a limit is a 402 `plan_limit_reached` naming it.
+
+use sqlx::PgConnection;
+use tenancy::Tenant;
+
+use crate::{
+    AppState,
+    error::{ApiError, ApiResult, ErrorCode},
+};
+
+/// What is limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Live products.
+    Products,
+    /// Active users.
+    Seats,
+}
+
+impl Limited {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Products => "products",
+            Self::Seats => "seats",
+        }
+    }
+
+    fn count_sql(self) -> &'static str {
+        match self {
+            Self::Products => "select count(*) from products where deleted_at is null",
+            Self::Seats => "select count(*) from users where status = 'active'",
+        }
+    }
+}
+
+/// The 402 for passing `limit`.
+pub fn limit_reached(limit: Limited, allowed: u64, used: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::PlanLimitReached,
+        format!(
+            "The tenant's plan allows {allowed} {}; {used} are in use.",
+            limit.name()
+        ),
+    )
+    .with_extension("limit", limit.name().into())
+    .with_extension("allowed", allowed.into())
+    .with_extension("used", used.into())
+}
+
+/// How many of `limit` are in use, in the tenant transaction `conn` is in.
+pub async fn used(conn: &mut PgConnection, limit: Limited) -> ApiResult<u64> {
+    let count: i64 = sqlx::query_scalar(limit.count_sql())
+        .fetch_one(conn)
+        .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Refuses adding `adding` of `limit` past what `tenant`'s plan allows. Takes a
+/// per-tenant lock held until the transaction ends, so check and insert are one step.
+pub async fn ensure_room(
+    state: &AppState,
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    limit: Limited,
+    adding: u64,
+) -> ApiResult<()> {
+    let limits = state.settings.plans.limits(&tenant.plan);
+    let allowed = match limit {
+        Limited::Products => limits.products,
+        Limited::Seats => limits.seats,
+    };
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("canopy:{}:{}", tenant.id.0, limit.name()))
+        .execute(&mut *conn)
+        .await?;
+    let used = used(conn, limit).await?;
+    if used + adding > allowed {
+        return Err(limit_reached(limit, allowed, used));
+    }
+    Ok(())
+}

@@ -1,0 +1,667 @@
+//! Billing end to end against the real PostgreSQL and Redis, with Stripe's API replaced by
+//! a local server that records what it receives; webhook signatures are real HMACs.
+
+use std::time::Duration;
+
+use e2e::{
+    TestApp, assert_problem,
+    auth::Signup,
+    spawn_app,
+    stripe::{FakeStripe, WEBHOOK_SECRET, event, now, subscription},
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn app_with(stripe: &FakeStripe, extra: &[(&str, &str)]) -> TestApp {
+    let mut builder = TestApp::builder().env("stripe_api_base", &stripe.url);
+    for (key, value) in extra {
+        builder = builder.env(key, value);
+    }
+    builder.spawn().await
+}
+
+/// Links `org` to Stripe customer `customer` (as a completed checkout would).
+async fn link_customer(app: &TestApp, org: &Signup, customer: &str) {
+    sqlx::query("update public.tenants set stripe_customer_id = $2 where id = $1")
+        .bind(org.tenant_id)
+        .bind(customer)
+        .execute(app.state.db.pool())
+        .await
+        .expect("link customer");
+}
+
+async fn billing_state(app: &TestApp, org: &Signup) -> Value {
+    let response = app
+        .get_authed(&org.slug, "/v1/billing/subscription", &org.tokens.access)
+        .await;
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("JSON")
+}
+
+async fn stored_status(app: &TestApp, id: &str) -> (String, i32) {
+    sqlx::query_as("select status, attempts from public.webhook_events where id = $1")
+        .bind(id)
+        .fetch_one(app.state.db.pool())
+        .await
+        .expect("stored event")
+}
+
+#[tokio::test]
+async fn signed_events_change_the_plan_and_forgeries_are_refused() {
+    let app = spawn_app().await;
+    let org = app.signup("bill-sig").await;
+    link_customer(&app, &org, "cus_sig").await;
+    let tenant = org.tenant_id.to_string();
+    let created = event(
+        "evt_sig_1",
+        "customer.subscription.created",
+        now() - 5,
+        subscription("sub_sig", "cus_sig", "active", "price_pro", &tenant),
+    );
+    let body = serde_json::to_vec(&created).expect("JSON");
+
+    // Forgeries and stale or early deliveries: 400, nothing stored.
+    let sign = |secret: &str, t: i64, body: &[u8]| billing::signature::header(&[secret], t, body);
+    let mut tampered = body.clone();
+    let at = tampered.len() - 3;
+    tampered[at] ^= 1;
+    let v1 = billing::signature::sign(WEBHOOK_SECRET, now(), &body);
+    let cases = [
+        (
+            "tampered",
+            tampered.clone(),
+            Some(sign(WEBHOOK_SECRET, now(), &body)),
+        ),
+        (
+            "wrong secret",
+            body.clone(),
+            Some(sign("whsec_other", now(), &body)),
+        ),
+        (
+            "stale",
+            body.clone(),
+            Some(sign(WEBHOOK_SECRET, now() - 301, &body)),
+        ),
+        (
+            "future",
+            body.clone(),
+            Some(sign(WEBHOOK_SECRET, now() + 61, &body)),
+        ),
+        (
+            "only v0",
+            body.clone(),
+            Some(format!("t={},v0={v1}", now())),
+        ),
+        ("missing", body.clone(), None),
+    ];
+    for (name, body, signature) in cases {
+        let response = app.deliver_raw(&body, signature.as_deref()).await;
+        let problem = assert_problem(response, 400, "invalid_signature").await;
+        assert!(
+            !problem["detail"].as_str().unwrap_or_default().is_empty(),
+            "{name}"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("select count(*) from public.webhook_events")
+        .fetch_one(app.state.db.pool())
+        .await
+        .expect("count");
+    assert_eq!(stored, 0);
+
+    // Signed with the old and the new secret during a rotation: accepted.
+    let rotated = billing::signature::header(&["whsec_retired", WEBHOOK_SECRET], now(), &body);
+    let response = app.deliver_raw(&body, Some(&rotated)).await;
+    assert_eq!(response.status(), 200);
+    let receipt: Value = response.json().await.expect("JSON");
+    assert_eq!(receipt, json!({"id": "evt_sig_1", "duplicate": false}));
+
+    assert_eq!(billing_state(&app, &org).await["plan"], "free");
+    app.run_jobs().await;
+    let state = billing_state(&app, &org).await;
+    assert_eq!(state["plan"], "pro");
+    assert_eq!(state["status"], "active");
+    assert_eq!(state["subscribed_plan"], "pro");
+    assert_eq!(state["limits"]["products"], 10_000);
+    let tenant_view: Value = app
+        .request(Method::GET, "/v1/tenant")
+        .header("x-tenant", &org.slug)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(tenant_view["plan"], "pro");
+    assert_eq!(
+        stored_status(&app, "evt_sig_1").await,
+        ("processed".into(), 1)
+    );
+
+    // Not an event at all, though signed: 400; an unknown type: recorded, acknowledged.
+    let junk = b"{\"hello\": 1}";
+    let response = app
+        .deliver_raw(junk, Some(&sign(WEBHOOK_SECRET, now(), junk)))
+        .await;
+    assert_problem(response, 400, "bad_request").await;
+    let unknown = event(
+        "evt_sig_2",
+        "charge.dispute.funds_withdrawn",
+        now(),
+        json!({"id": "du_1"}),
+    );
+    assert_eq!(app.deliver(&unknown).await.status(), 200);
+    app.run_jobs().await;
+    assert_eq!(stored_status(&app, "evt_sig_2").await.0, "ignored");
+}
+
+#[tokio::test]
+async fn a_second_secret_is_accepted_after_a_rotation() {
+    let app = TestApp::builder()
+        .env("stripe_webhook_secrets", "whsec_new, whsec_old")
+        .spawn()
+        .await;
+    let body =
+        serde_json::to_vec(&event("evt_rot", "ping", now(), json!({"id": "x"}))).expect("JSON");
+    for secret in ["whsec_old", "whsec_new"] {
+        let signature = billing::signature::header(&[secret], now(), &body);
+        assert_eq!(app.deliver_raw(&body, Some(&signature)).await.status(), 200);
+    }
+    let signature = billing::signature::header(&[WEBHOOK_SECRET], now(), &body);
+    let response = app.deliver_raw(&body, Some(&signature)).await;
+    assert_problem(response, 400, "invalid_signature").await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_deliveries_of_one_event_have_one_effect() {
+    let app = spawn_app().await;
+    let org = app.signup("bill-dup").await;
+    link_customer(&app, &org, "cus_dup").await;
+    let tenant = org.tenant_id.to_string();
+    let created = event(
+        "evt_dup",
+        "customer.subscription.created",
+        now() - 5,
+        subscription("sub_dup", "cus_dup", "active", "price_business", &tenant),
+    );
+    let deliveries = (0..50).map(|_| app.deliver(&created));
+    let responses = futures_util::future::join_all(deliveries).await;
+    let mut fresh = 0;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let receipt: Value = response.json().await.expect("JSON");
+        if receipt["duplicate"] == false {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one delivery was new");
+    let jobs: i64 =
+        sqlx::query_scalar("select count(*) from public.jobs where kind = 'billing.process_event'")
+            .fetch_one(app.state.db.pool())
+            .await
+            .expect("count");
+    assert_eq!(jobs, 1, "one processing job");
+    app.run_jobs().await;
+    assert_eq!(
+        stored_status(&app, "evt_dup").await,
+        ("processed".into(), 1)
+    );
+    assert_eq!(billing_state(&app, &org).await["plan"], "business");
+    // Delivered again later: acknowledged, nothing queued.
+    let again: Value = app.deliver(&created).await.json().await.expect("JSON");
+    assert_eq!(again["duplicate"], true);
+    let jobs: i64 =
+        sqlx::query_scalar("select count(*) from public.jobs where kind = 'billing.process_event'")
+            .fetch_one(app.state.db.pool())
+            .await
+            .expect("count");
+    assert_eq!(jobs, 1);
+}
+
+#[tokio::test]
+async fn subscription_events_in_any_order_end_in_the_latest_state() {
+    let app = spawn_app().await;
+    let org = app.signup("bill-order").await;
+    let tenant = org.tenant_id.to_string();
+    let t = now() - 100;
+    // No customer is linked: the subscription's metadata names the tenant.
+    let sub =
+        |status: &str, price: &str| subscription("sub_o", "cus_order", status, price, &tenant);
+    let history = [
+        event(
+            "evt_o1",
+            "customer.subscription.created",
+            t,
+            sub("active", "price_pro"),
+        ),
+        event(
+            "evt_o2",
+            "customer.subscription.updated",
+            t + 10,
+            sub("active", "price_business"),
+        ),
+        event(
+            "evt_o3",
+            "customer.subscription.updated",
+            t + 20,
+            sub("past_due", "price_business"),
+        ),
+        event(
+            "evt_o4",
+            "customer.subscription.deleted",
+            t + 30,
+            sub("canceled", "price_business"),
+        ),
+    ];
+    // Newest first, each processed before the next arrives.
+    for e in history.iter().rev() {
+        assert_eq!(app.deliver(e).await.status(), 200);
+        app.run_jobs().await;
+    }
+    let state = billing_state(&app, &org).await;
+    assert_eq!(state["status"], "canceled");
+    assert_eq!(
+        state["plan"], "free",
+        "a canceled subscription falls back to free"
+    );
+    assert_eq!(stored_status(&app, "evt_o4").await.0, "processed");
+    for older in ["evt_o1", "evt_o2", "evt_o3"] {
+        assert_eq!(stored_status(&app, older).await.0, "ignored", "{older}");
+    }
+    // The customer is now the tenant's: invoices map through it.
+    let failed = event(
+        "evt_o5",
+        "invoice.payment_failed",
+        t + 40,
+        json!({"id": "in_1", "customer": "cus_order"}),
+    );
+    app.deliver(&failed).await;
+    app.run_jobs().await;
+    assert_eq!(
+        billing_state(&app, &org).await["last_payment_status"],
+        "failed"
+    );
+
+    // Another tenant, shuffled: the state of the newest event wins.
+    let other = app.signup("bill-order-b").await;
+    let tenant_b = other.tenant_id.to_string();
+    let sub_b =
+        |status: &str, price: &str| subscription("sub_b", "cus_b", status, price, &tenant_b);
+    let shuffled = [
+        event(
+            "evt_b2",
+            "customer.subscription.updated",
+            t + 10,
+            sub_b("past_due", "price_pro"),
+        ),
+        event(
+            "evt_b3",
+            "customer.subscription.updated",
+            t + 20,
+            sub_b("active", "price_pro"),
+        ),
+        event(
+            "evt_b1",
+            "customer.subscription.created",
+            t,
+            sub_b("incomplete", "price_pro"),
+        ),
+    ];
+    for e in &shuffled {
+        app.deliver(e).await;
+    }
+    app.run_jobs().await;
+    let state = billing_state(&app, &other).await;
+    assert_eq!(
+        (state["status"].clone(), state["plan"].clone()),
+        (json!("active"), json!("pro"))
+    );
+    // A replay of an older event changes nothing either.
+    let key = app.admin_key().await;
+    let replay = app
+        .request(Method::POST, "/v1/admin/webhook-events/evt_b1/replay")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(replay.status(), 202);
+    app.run_jobs().await;
+    assert_eq!(billing_state(&app, &other).await["status"], "active");
+}
+
+#[tokio::test]
+async fn slow_processing_does_not_delay_the_answer() {
+    let app = spawn_app().await;
+    let org = app.signup("bill-slow").await;
+    link_customer(&app, &org, "cus_slow").await;
+    let tenant = org.tenant_id.to_string();
+    // Processing this tenant's events waits for this lock as long as the test holds it.
+    let mut blocker = app.state.db.pool().begin().await.expect("tx");
+    sqlx::query("select 1 from public.tenants where id = $1 for update")
+        .bind(org.tenant_id)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let worker = api::startup::worker(
+        &app.state,
+        api::startup::job_registry(&app.state).expect("registry"),
+    );
+    let mut outcomes = worker.outcomes();
+    let running = tokio::spawn(worker.run(std::future::pending::<()>()));
+
+    let first = event(
+        "evt_slow_1",
+        "customer.subscription.created",
+        now() - 5,
+        subscription("sub_slow", "cus_slow", "active", "price_pro", &tenant),
+    );
+    let second = event(
+        "evt_slow_2",
+        "invoice.paid",
+        now() - 4,
+        json!({"id": "in_s", "customer": "cus_slow"}),
+    );
+    for e in [&first, &second] {
+        let answered = tokio::time::timeout(Duration::from_secs(10), app.deliver(e))
+            .await
+            .expect("answered while processing is blocked");
+        assert_eq!(answered.status(), 200);
+    }
+    assert_eq!(stored_status(&app, "evt_slow_1").await.0, "pending");
+    blocker.rollback().await.expect("release");
+    let mut done = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while done < 2 {
+            let outcome = outcomes.recv().await.expect("worker alive");
+            assert_eq!(outcome.status, "succeeded", "{outcome:?}");
+            done += 1;
+        }
+    })
+    .await
+    .expect("both processed once the lock is gone");
+    running.abort();
+    assert_eq!(billing_state(&app, &org).await["plan"], "pro");
+}
+
+#[tokio::test]
+async fn checkout_and_portal_send_the_right_requests() {
+    let stripe = FakeStripe::start().await;
+    let app = app_with(&stripe, &[("public_url", "https://app.canopy.test")]).await;
+    let org = app.signup("bill-checkout").await;
+    let checkout = |plan: &str| {
+        app.authed(
+            Method::POST,
+            &org.slug,
+            "/v1/billing/checkout",
+            &org.tokens.access,
+        )
+        .json(&json!({"plan": plan}))
+        .send()
+    };
+    // Before any checkout there is no portal.
+    let portal = app
+        .send_authed(
+            Method::POST,
+            &org.slug,
+            "/v1/billing/portal",
+            &org.tokens.access,
+            None,
+        )
+        .await;
+    assert_problem(portal, 409, "no_billing_account").await;
+    for plan in ["free", "platinum"] {
+        let problem = assert_problem(
+            checkout(plan).await.expect("request"),
+            422,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], "plan");
+    }
+    assert!(stripe.requests().is_empty());
+
+    let response = checkout("pro").await.expect("request");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["url"], "https://checkout.stripe.test/c/pay/cs_fake");
+    let tenant = org.tenant_id.to_string();
+    let customers = stripe.requests_to("/v1/customers");
+    assert_eq!(customers.len(), 1);
+    let customer = &customers[0];
+    assert_eq!(customer.method, "POST");
+    assert_eq!(
+        customer.authorization.as_deref(),
+        Some("Bearer sk_test_canopy_development")
+    );
+    assert_eq!(customer.form["email"], org.owner_email);
+    assert_eq!(customer.form["name"], "Org bill-checkout");
+    assert_eq!(customer.form["metadata[tenant_id]"], tenant);
+    let sessions = stripe.requests_to("/v1/checkout/sessions");
+    assert_eq!(sessions.len(), 1);
+    let form = &sessions[0].form;
+    assert_eq!(form["mode"], "subscription");
+    assert_eq!(form["customer"], "cus_fake1");
+    assert_eq!(form["line_items[0][price]"], "price_pro");
+    assert_eq!(form["line_items[0][quantity]"], "1");
+    assert_eq!(
+        form["success_url"],
+        "https://app.canopy.test/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    );
+    assert_eq!(form["cancel_url"], "https://app.canopy.test/billing/cancel");
+    assert_eq!(form["client_reference_id"], tenant);
+    assert_eq!(form["metadata[tenant_id]"], tenant);
+    assert_eq!(form["subscription_data[metadata][tenant_id]"], tenant);
+
+    // A second checkout reuses the customer.
+    assert_eq!(checkout("business").await.expect("request").status(), 200);
+    assert_eq!(stripe.requests_to("/v1/customers").len(), 1);
+    let sessions = stripe.requests_to("/v1/checkout/sessions");
+    assert_eq!(sessions[1].form["customer"], "cus_fake1");
+    assert_eq!(sessions[1].form["line_items[0][price]"], "price_business");
+
+    let portal = app
+        .send_authed(
+            Method::POST,
+            &org.slug,
+            "/v1/billing/portal",
+            &org.tokens.access,
+            None,
+        )
+        .await;
+    assert_eq!(portal.status(), 200);
+    let body: Value = portal.json().await.expect("JSON");
+    assert_eq!(body["url"], "https://billing.stripe.test/p/session/fake");
+    let portals = stripe.requests_to("/v1/billing_portal/sessions");
+    assert_eq!(portals.len(), 1);
+    assert_eq!(portals[0].form["customer"], "cus_fake1");
+    assert_eq!(
+        portals[0].form["return_url"],
+        "https://app.canopy.test/billing"
+    );
+
+    // Stripe unreachable: 503, retry later.
+    stripe.stop();
+    let problem = assert_problem(
+        checkout("pro").await.expect("request"),
+        503,
+        "dependency_unavailable",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Stripe"))
+    );
+}
+
+#[tokio::test]
+async fn limits_apply_and_a_downgrade_keeps_data_but_restores_free_limits() {
+    let plans = r#"[
+        {"name": "free", "limits": {"storage_bytes": "1 MiB", "upload_bytes": "1 MiB", "products": 2, "seats": 2}},
+        {"name": "pro", "price_ids": ["price_pro"], "limits": {"storage_bytes": "1 GiB", "upload_bytes": "10 MiB", "products": 100, "seats": 10}}
+    ]"#;
+    let app = TestApp::builder().env("plans", plans).spawn().await;
+    let org = app.signup("bill-limits").await;
+    link_customer(&app, &org, "cus_lim").await;
+    let tenant = org.tenant_id.to_string();
+    let product = |n: u32| json!({"name": format!("P{n}"), "price": 100, "currency": "USD"});
+
+    app.create_product_ok(&org, &product(1)).await;
+    app.create_product_ok(&org, &product(2)).await;
+    let response = app
+        .create_product(&org.slug, &org.tokens.access, &product(3))
+        .await;
+    let problem = assert_problem(response, 402, "plan_limit_reached").await;
+    assert_eq!(problem["limit"], "products");
+    assert_eq!(
+        (problem["allowed"].clone(), problem["used"].clone()),
+        (json!(2), json!(2))
+    );
+
+    // Pro: room for more.
+    let t = now() - 50;
+    let sub = |status: &str| subscription("sub_l", "cus_lim", status, "price_pro", &tenant);
+    app.deliver(&event(
+        "evt_l1",
+        "customer.subscription.created",
+        t,
+        sub("active"),
+    ))
+    .await;
+    app.run_jobs().await;
+    for n in 3..=4 {
+        app.create_product_ok(&org, &product(n)).await;
+    }
+    app.register_verified(&org.slug, "second@bill-limits.example")
+        .await;
+    app.register_verified(&org.slug, "third@bill-limits.example")
+        .await;
+
+    // Canceled: back to free limits, nothing deleted.
+    app.deliver(&event(
+        "evt_l2",
+        "customer.subscription.deleted",
+        t + 10,
+        sub("canceled"),
+    ))
+    .await;
+    app.run_jobs().await;
+    let state = billing_state(&app, &org).await;
+    assert_eq!(state["plan"], "free");
+    assert_eq!(state["usage"]["products"], 4);
+    assert_eq!(state["usage"]["seats"], 3);
+    let response = app
+        .create_product(&org.slug, &org.tokens.access, &product(5))
+        .await;
+    let problem = assert_problem(response, 402, "plan_limit_reached").await;
+    assert_eq!(
+        (problem["allowed"].clone(), problem["used"].clone()),
+        (json!(2), json!(4))
+    );
+    let bulk = app.bulk_create(&org, &[product(6)]).await;
+    assert_problem(bulk, 402, "plan_limit_reached").await;
+    let listed: Value = app
+        .get_authed(&org.slug, "/v1/products", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        listed["items"].as_array().expect("items").len(),
+        4,
+        "data kept"
+    );
+    // Seats: no new member while over the free plan's two.
+    let response = app
+        .post_as(
+            &org.slug,
+            "/v1/auth/register",
+            &json!({"email": "fourth@bill-limits.example", "password": e2e::auth::PASSWORD, "name": "Four"}),
+        )
+        .await;
+    let problem = assert_problem(response, 402, "plan_limit_reached").await;
+    assert_eq!(problem["limit"], "seats");
+}
+
+#[tokio::test]
+async fn reconciliation_finds_events_that_were_never_delivered() {
+    let stripe = FakeStripe::start().await;
+    let app = app_with(&stripe, &[]).await;
+    let org = app.signup("bill-recon").await;
+    link_customer(&app, &org, "cus_recon").await;
+    let tenant = org.tenant_id.to_string();
+    let delivered = event(
+        "evt_r1",
+        "invoice.paid",
+        now() - 20,
+        json!({"id": "in_r", "customer": "cus_recon"}),
+    );
+    let missed = event(
+        "evt_r2",
+        "customer.subscription.created",
+        now() - 10,
+        subscription("sub_r", "cus_recon", "active", "price_pro", &tenant),
+    );
+    assert_eq!(app.deliver(&delivered).await.status(), 200);
+    stripe.set_events(vec![missed, delivered]);
+
+    let mut conn = app.state.db.pool().acquire().await.expect("connection");
+    jobs::enqueue(
+        &mut conn,
+        jobs::NewJob::new(api::subscriptions::RECONCILE, json!({})),
+    )
+    .await
+    .expect("enqueue");
+    drop(conn);
+    app.run_jobs().await;
+
+    let listing = stripe.requests_to("/v1/events");
+    assert_eq!(listing.len(), 1);
+    assert!(listing[0].uri.contains("created"), "{}", listing[0].uri);
+    assert_eq!(billing_state(&app, &org).await["plan"], "pro");
+    let key = app.admin_key().await;
+    let page: Value = app
+        .request(Method::GET, "/v1/admin/webhook-events?status=processed")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    let items = page["items"].as_array().expect("items");
+    let sources: Vec<(&str, &str)> = items
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().expect("id"),
+                e["source"].as_str().expect("source"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [("evt_r2", "reconciliation"), ("evt_r1", "webhook")]
+    );
+    assert!(items.iter().all(|e| e["tenant_id"] == tenant.as_str()));
+    let filtered: Value = app
+        .request(
+            Method::GET,
+            "/v1/admin/webhook-events?type=invoice.paid&limit=1",
+        )
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(filtered["items"][0]["id"], "evt_r1");
+    assert_eq!(filtered["next_cursor"], Value::Null);
+    let missing = app
+        .request(Method::POST, "/v1/admin/webhook-events/evt_nope/replay")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_problem(missing, 404, "not_found").await;
+}
