@@ -301,25 +301,8 @@ impl JobHandler for Reconcile {
 /// Enqueues a reconciliation every `interval`, the first one `interval` after start-up (at
 /// most one pending at a time, however many instances run this).
 pub async fn schedule_reconciliation(control: ControlDb, interval: Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    loop {
-        tick.tick().await;
-        let enqueued = async {
-            let mut conn = control.pool().acquire().await?;
-            jobs::enqueue(
-                &mut conn,
-                NewJob::new(RECONCILE, json!({}))
-                    .unique(RECONCILE)
-                    .max_attempts(3),
-            )
-            .await?;
-            Ok::<_, anyhow::Error>(())
-        };
-        if let Err(error) = enqueued.await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "cannot schedule the reconciliation"
-            );
-        }
-    }
+    let job = NewJob::new(RECONCILE, json!({}))
+        .unique(RECONCILE)
+        .max_attempts(3);
+    jobs::enqueue_every(control, interval, job).await;
 }

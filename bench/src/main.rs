@@ -10,6 +10,7 @@
 //! cargo run -p bench --release -- tenant_write [--tenants 100] [--connections 32] [--seconds 10]
 //! cargo run -p bench --release -- thumbnail [--runs 5]
 //! cargo run -p bench --release -- upload [--mib 1024]
+//! cargo run -p bench --release -- webhooks [--events 5000] [--copies 5] [--connections 64]
 //! ```
 //!
 //! `tenant_read` and `tenant_write` compare against `pgbench` (Debian's `postgresql`
@@ -23,6 +24,7 @@ mod load;
 mod products;
 mod tenancy;
 mod upload;
+mod webhooks;
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -134,6 +136,20 @@ enum Bench {
         #[arg(long, default_value_t = 1024)]
         mib: u64,
     },
+    /// Signed Stripe events, each delivered several times concurrently, vs HMAC
+    /// verification alone; checks one effect per event.
+    #[command(name = "webhooks")]
+    Webhooks {
+        /// Distinct events.
+        #[arg(long, default_value_t = 5000)]
+        events: usize,
+        /// Deliveries of each, sent at once.
+        #[arg(long, default_value_t = 5)]
+        copies: usize,
+        /// Concurrent requests.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
     /// `POST /v1/products` then `PATCH` with `If-Match`, vs pgbench running the INSERT and
     /// the version-checked UPDATE.
     #[command(name = "tenant_write")]
@@ -169,6 +185,11 @@ async fn main() -> anyhow::Result<()> {
         } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
         Bench::Thumbnail { runs } => files::thumbnail(runs.max(1)),
         Bench::Upload { mib } => upload::upload(mib.max(1)).await,
+        Bench::Webhooks {
+            events,
+            copies,
+            connections,
+        } => webhooks::webhooks(events.max(1), copies.max(1), connections.max(1)).await,
         Bench::TenantRead {
             tenants,
             connections,

@@ -119,6 +119,23 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<Uuid, JobEr
     Ok(id)
 }
 
+/// Enqueues `job` every `interval`, the first time one `interval` from now, until the
+/// task is dropped. Give the job a unique key: however many instances run this, at most one
+/// is pending at a time.
+pub async fn enqueue_every(control: ControlDb, interval: std::time::Duration, job: NewJob) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        let enqueued = async {
+            let mut conn = control.pool().acquire().await?;
+            enqueue(&mut conn, job.clone()).await
+        };
+        if let Err(error) = enqueued.await {
+            tracing::warn!(kind = %job.kind, error = %tenancy::error_chain(&error), "cannot enqueue a scheduled job");
+        }
+    }
+}
+
 /// What a handler gets: the job, its tenant and, for tenant jobs, the tenant transaction
 /// the worker commits when the handler succeeds.
 pub struct JobContext {

@@ -405,22 +405,8 @@ impl PurgeHook for PurgeObjects {
 /// Enqueues an orphan sweep every `interval`, the first one `interval` after start-up (at
 /// most one is pending at a time, however many instances run this).
 pub async fn schedule_sweeps(control: ControlDb, interval: Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    loop {
-        tick.tick().await;
-        let enqueued = async {
-            let mut conn = control.pool().acquire().await?;
-            jobs::enqueue(
-                &mut conn,
-                NewJob::new(SWEEP_ORPHANS, json!({}))
-                    .unique(SWEEP_ORPHANS)
-                    .max_attempts(3),
-            )
-            .await?;
-            Ok::<_, anyhow::Error>(())
-        };
-        if let Err(error) = enqueued.await {
-            tracing::warn!(error = %tenancy::error_chain(error.as_ref()), "cannot schedule the orphan sweep");
-        }
-    }
+    let job = NewJob::new(SWEEP_ORPHANS, json!({}))
+        .unique(SWEEP_ORPHANS)
+        .max_attempts(3);
+    jobs::enqueue_every(control, interval, job).await;
 }
