@@ -1291,25 +1291,40 @@ mod tests {
             "{err}"
         );
         assert!(prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", DEFAULT_S3_SECRET_ACCESS_KEY)]).is_err());
-        let err = prod(&[("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret")]).unwrap_err();
+        let s3 = ("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret");
+        let err = prod(&[s3]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("CANOPY_STRIPE_SECRET_KEY is required"),
+            "{err}"
+        );
+        assert!(prod(&[s3, ("CANOPY_STRIPE_SECRET_KEY", DEFAULT_STRIPE_SECRET_KEY)]).is_err());
+        let key = ("CANOPY_STRIPE_SECRET_KEY", "sk_live_real");
+        let err = prod(&[s3, key]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("CANOPY_STRIPE_WEBHOOK_SECRETS is required"),
+            "{err}"
+        );
+        let hooks = ("CANOPY_STRIPE_WEBHOOK_SECRETS", "whsec_real");
+        let err = prod(&[s3, key, hooks]).unwrap_err();
         assert!(
             err.to_string().starts_with("CANOPY_SMTP_URL is required"),
             "{err}"
         );
-        let err = prod(&[
-            ("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret"),
-            ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465"),
-        ])
-        .unwrap_err();
+        let smtp = ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465");
+        let err = prod(&[s3, key, hooks, smtp]).unwrap_err();
         assert!(
             err.to_string().starts_with("CANOPY_PUBLIC_URL is required"),
             "{err}"
         );
         assert!(
             prod(&[
-                ("CANOPY_S3_SECRET_ACCESS_KEY", "a-real-secret"),
-                ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465"),
-                ("CANOPY_PUBLIC_URL", "https://app.example"),
+                s3,
+                key,
+                hooks,
+                smtp,
+                ("CANOPY_PUBLIC_URL", "https://app.example")
             ])
             .is_ok()
         );
