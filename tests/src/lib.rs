@@ -33,6 +33,15 @@ fn redis_url() -> String {
         .unwrap_or_else(|_| api::settings::DEFAULT_REDIS_URL.to_owned())
 }
 
+/// The plan catalog of test apps (see [`TestAppBuilder`]).
+pub const TEST_PLANS: &str = r#"[
+    {"name": "free", "limits": {"storage_bytes": "1 GiB", "upload_bytes": "10 MiB"}},
+    {"name": "pro", "price_ids": ["price_pro"],
+     "limits": {"storage_bytes": "50 GiB", "upload_bytes": "200 MiB", "products": 10000, "seats": 25}},
+    {"name": "business", "price_ids": ["price_business"],
+     "limits": {"storage_bytes": "1 TiB", "upload_bytes": "5 GiB"}}
+]"#;
+
 /// A running app and the handles a test needs.
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
@@ -105,6 +114,9 @@ impl TestAppBuilder {
             ),
             // Two hashing threads whatever the machine, so parallel tests stay responsive.
             ("CANOPY_PASSWORD_HASH_THREADS".to_owned(), "2".to_owned()),
+            // The default catalog, with a free plan that counts no products or seats: tests
+            // make many of both. Tests of limits set a catalog of their own.
+            ("CANOPY_PLANS".to_owned(), TEST_PLANS.to_owned()),
         ]);
         env.extend(overrides);
         let settings = Settings::from_env_map(&env).context("test settings")?;
