@@ -271,6 +271,10 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     .context("cannot set up the Stripe client")?;
     Ok(AppState {
         stripe,
+        recent_webhooks: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(std::time::Duration::from_secs(600))
+            .build(),
         settings: Arc::new(settings),
         tenant_db: db.tenant_db(),
         db,

@@ -44,4 +44,7 @@ pub struct AppState {
     pub storage: storage::ObjectStore,
     /// Stripe's API.
     pub stripe: billing::stripe_api::StripeApi,
+    /// Webhook event ids this instance stored or saw stored recently: concurrent and
+    /// repeated deliveries of one event wait for, or reuse, one database round trip.
+    pub recent_webhooks: moka::future::Cache<String, bool>,
 }

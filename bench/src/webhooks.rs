@@ -73,7 +73,7 @@ pub async fn webhooks(events: usize, copies: usize, connections: usize) -> anyho
     });
     let mut results = futures_util::stream::iter(deliveries).buffer_unordered(connections);
     let mut accepted = 0usize;
-    let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     while let Some(result) = results.next().await {
         let took = result.context("a delivery failed")?;
         latency.saturating_record(took.as_micros() as u64);

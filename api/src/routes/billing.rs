@@ -278,14 +278,24 @@ impl BillingApi {
         .map_err(|e| ApiError::new(ErrorCode::InvalidSignature, format!("{e}.")))?;
         let event = InboundEvent::parse(&body.0)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("The body is {e}.")))?;
-        let mut tx = state.db.pool().begin().await?;
-        let new = accept(&mut tx, &event, Source::Webhook)
+        // Deliveries of one event to this instance share one store-and-enqueue: the first
+        // runs it, concurrent ones wait for its outcome, later ones reuse it. Another
+        // instance's copy meets the database's unique key instead.
+        let mut stored_here = false;
+        let new = state
+            .recent_webhooks
+            .try_get_with(event.id.clone(), async {
+                let mut tx = state.db.pool().begin().await?;
+                let new = accept(&mut tx, &event, Source::Webhook).await?;
+                tx.commit().await?;
+                stored_here = true;
+                Ok::<_, anyhow::Error>(new)
+            })
             .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await?;
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("{e:#}")))?;
         Ok(Json(WebhookReceipt {
             id: event.id,
-            duplicate: !new,
+            duplicate: !(new && stored_here),
         }))
     }
 
