@@ -35,6 +35,10 @@ pub struct Limits {
     /// Media types that may be uploaded.
     #[serde(default = "all_file_types")]
     pub file_types: Vec<String>,
+    /// Most authenticated API requests per minute, all the tenant's users together
+    /// (none: unlimited).
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
 }
 
 fn all_file_types() -> Vec<String> {
@@ -74,7 +78,7 @@ pub struct PlanCatalog {
 impl Default for PlanCatalog {
     /// `free`, `pro` (price `price_pro`) and `business` (price `price_business`).
     fn default() -> Self {
-        let plan = |name: &str, price: Option<&str>, products, storage, seats, upload| Plan {
+        let plan = |name: &str, price: Option<&str>, products, storage, seats, upload, rate| Plan {
             name: name.to_owned(),
             price_ids: price.map(str::to_owned).into_iter().collect(),
             limits: Limits {
@@ -83,6 +87,7 @@ impl Default for PlanCatalog {
                 seats,
                 upload_bytes: upload,
                 file_types: all_file_types(),
+                requests_per_minute: rate,
             },
         };
         Self {
@@ -94,6 +99,7 @@ impl Default for PlanCatalog {
                     ByteSize::gib(1),
                     Some(3),
                     ByteSize::mib(10),
+                    Some(600),
                 ),
                 plan(
                     "pro",
@@ -102,6 +108,7 @@ impl Default for PlanCatalog {
                     ByteSize::gib(50),
                     Some(25),
                     ByteSize::mib(200),
+                    Some(6_000),
                 ),
                 plan(
                     "business",
@@ -110,6 +117,7 @@ impl Default for PlanCatalog {
                     ByteSize::gib(1024),
                     None,
                     ByteSize::gib(5),
+                    Some(60_000),
                 ),
             ],
         }
@@ -209,6 +217,7 @@ mod tests {
         assert_eq!(catalog.by_price("price_business").unwrap().name, "business");
         assert!(catalog.by_price("price_free").is_none());
         assert_eq!(catalog.limits("free").upload_bytes, ByteSize::mib(10));
+        assert_eq!(catalog.limits("free").requests_per_minute, Some(600));
     }
 
     #[test]
@@ -233,6 +242,7 @@ mod tests {
         assert_eq!(free.products, None);
         let pro = catalog.limits("pro");
         assert_eq!(pro.products, Some(7));
+        assert_eq!(pro.requests_per_minute, None);
         assert_eq!(pro.file_types.len(), KNOWN_FILE_TYPES.len());
     }
 

@@ -665,3 +665,49 @@ async fn reconciliation_finds_events_that_were_never_delivered() {
         .expect("request");
     assert_problem(missing, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn the_plans_request_rate_is_enforced_per_tenant() {
+    let plans = r#"[{"name": "free", "limits": {"storage_bytes": "1 MiB", "upload_bytes": "1 MiB",
+                    "requests_per_minute": 5}}]"#;
+    let app = TestApp::builder().env("plans", plans).spawn().await;
+    let org = app.signup("bill-rate").await;
+    let other = app.signup("bill-rate-b").await;
+    // Five a minute: within 11 requests (two windows at most) one is refused.
+    let mut served = 0;
+    let mut refused = None;
+    for _ in 0..11 {
+        let response = app
+            .get_authed(&org.slug, "/v1/me", &org.tokens.access)
+            .await;
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        served += 1;
+    }
+    let refused = refused.expect("the sixth request of a minute is refused");
+    assert!(served >= 5, "{served} served first");
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after));
+    let problem = assert_problem(refused, 429, "rate_limited").await;
+    assert_eq!(problem["limit"], "requests_per_minute");
+    assert_eq!(problem["allowed"], 5);
+    // Another tenant has its own count; public endpoints are not counted.
+    let theirs = app
+        .get_authed(&other.slug, "/v1/me", &other.tokens.access)
+        .await;
+    assert_eq!(theirs.status(), 200);
+    let public = app
+        .request(Method::GET, "/v1/tenant")
+        .header("x-tenant", &org.slug)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(public.status(), 200);
+}

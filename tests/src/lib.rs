@@ -114,8 +114,8 @@ impl TestAppBuilder {
             ),
             // Two hashing threads whatever the machine, so parallel tests stay responsive.
             ("CANOPY_PASSWORD_HASH_THREADS".to_owned(), "2".to_owned()),
-            // The default catalog, with a free plan that counts no products or seats: tests
-            // make many of both. Tests of limits set a catalog of their own.
+            // The default catalog, with a free plan that counts no products, seats or requests:
+            // tests make many of each. Tests of limits set a catalog of their own.
             ("CANOPY_PLANS".to_owned(), TEST_PLANS.to_owned()),
         ]);
         env.extend(overrides);

@@ -67,6 +67,41 @@ where
     .unwrap_or_else(|_| Err("timed out".to_owned()))
 }
 
+/// `MGET keys` and, when given, one more hit on the per-minute counter `counter` (created
+/// with a two-minute expiry), in one round trip within [`REDIS_BUDGET`]. Returns the values
+/// and the counter's new value.
+async fn mget_and_count(
+    redis: &RedisPool,
+    keys: &[String],
+    counter: Option<&str>,
+) -> Result<(Vec<Option<String>>, Option<i64>), String> {
+    with_redis(redis, |mut conn| async move {
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(keys);
+        if let Some(counter) = counter {
+            pipe.cmd("SET")
+                .arg(counter)
+                .arg(0)
+                .arg("EX")
+                .arg(120)
+                .arg("NX")
+                .ignore()
+                .cmd("INCR")
+                .arg(counter);
+            let (values, count) = pipe
+                .query_async::<(Vec<Option<String>>, i64)>(&mut *conn)
+                .await?;
+            Ok((values, Some(count)))
+        } else {
+            let (values,) = pipe
+                .query_async::<(Vec<Option<String>>,)>(&mut *conn)
+                .await?;
+            Ok((values, None))
+        }
+    })
+    .await
+}
+
 /// `MGET keys` within [`REDIS_BUDGET`].
 pub(crate) async fn mget(
     redis: &RedisPool,
@@ -157,7 +192,29 @@ async fn authenticate_token(
     if with_permissions {
         keys.extend(Permissions::keys(tenant.id, user));
     }
-    let looked_up = mget(&state.redis, &keys).await;
+    // The plan's request rate, counted per tenant and minute in the same round trip.
+    let rate = state
+        .settings
+        .plans
+        .limits(&tenant.plan)
+        .requests_per_minute;
+    let now = chrono::Utc::now().timestamp();
+    let counter = rate.map(|_| format!("canopy:t:{}:rate:{}", tenant.id, now / 60));
+    let looked_up = mget_and_count(&state.redis, &keys, counter.as_deref()).await;
+    if let (Some(allowed), Ok((_, Some(count)))) = (rate, &looked_up)
+        && u64::try_from(*count).unwrap_or(0) > allowed
+    {
+        // Over the plan's rate. (With Redis down the rate goes unchecked: it is a
+        // fairness control, and the database is not worth a lookup per request for it.)
+        return Err(ApiError::retry_after(
+            ErrorCode::RateLimited,
+            format!("The tenant's plan allows {allowed} requests per minute."),
+            u64::try_from(60 - now.rem_euclid(60)).unwrap_or(1),
+        )
+        .with_extension("limit", "requests_per_minute".into())
+        .with_extension("allowed", allowed.into()));
+    }
+    let looked_up = looked_up.map(|(values, _)| values);
     let (revocation, permission) = match &looked_up {
         Ok(values) if values.len() == keys.len() => {
             let (r, p) = values.split_at(3);

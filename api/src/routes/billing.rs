@@ -76,6 +76,8 @@ pub struct LimitsView {
     pub upload_bytes: u64,
     /// Media types that may be uploaded.
     pub file_types: Vec<String>,
+    /// Authenticated API requests per minute, all users together.
+    pub requests_per_minute: Option<u64>,
 }
 
 /// What the tenant uses of its limits.
@@ -447,6 +449,7 @@ impl BillingApi {
                 storage_bytes: limits.storage_bytes.as_u64(),
                 upload_bytes: limits.upload_bytes.as_u64(),
                 file_types: limits.file_types.clone(),
+                requests_per_minute: limits.requests_per_minute,
             },
             usage: UsageView {
                 products,
