@@ -992,3 +992,50 @@ async fn a_purged_tenants_objects_are_removed() {
     assert!(app.objects_of(org.tenant_id).await.is_empty());
     assert_eq!(app.objects_of(neighbour.tenant_id).await.len(), 3);
 }
+
+#[tokio::test]
+async fn recording_past_the_quota_writes_nothing_and_duplicates_count_once() {
+    use api::files::store::{self, FileStatus, NewFile, Recorded};
+    let app = spawn_app().await;
+    let org = app.signup("files-record").await;
+    let tenant = TenantId(org.tenant_id);
+    // Another upload was counted between this one's start and its commit.
+    app.tenant_sql(org.tenant_id, "update storage_usage set bytes = 900", None)
+        .await;
+    let sha = [7u8; 32];
+    let file = |size: i64| NewFile {
+        id: Uuid::now_v7(),
+        name: "x.pdf",
+        content_type: "application/pdf",
+        size,
+        sha256: &sha,
+        status: FileStatus::Ready,
+        uploaded_by: org.owner_id,
+    };
+    let record = |size: i64| {
+        let app = &app;
+        let new = file(size);
+        async move {
+            let mut tx = app.state.tenant_db.begin(tenant).await.expect("tx");
+            let outcome = store::record(&mut tx, &new, 1000).await.expect("record");
+            // Committed whatever the outcome: the store must leave nothing uncounted.
+            tx.commit().await.expect("commit");
+            outcome
+        }
+    };
+    assert!(matches!(
+        record(200).await,
+        Recorded::OverQuota { used: 900 }
+    ));
+    let listed = json(get(&app, &org, "/v1/files").await).await;
+    assert_eq!(listed["items"], json!([]));
+    assert!(matches!(record(100).await, Recorded::Created(_)));
+    assert!(matches!(record(100).await, Recorded::Existing(_)));
+    // Full now, but the same bytes are still found rather than refused.
+    assert!(matches!(record(100).await, Recorded::Existing(_)));
+    let usage = storage_usage(&app, &org).await;
+    assert_eq!(
+        (usage["used_bytes"].clone(), usage["files"].clone()),
+        (json!(1000), json!(1))
+    );
+}

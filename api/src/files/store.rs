@@ -118,7 +118,7 @@ pub enum Recorded {
     Created(FileRecord),
     /// A live file with the same bytes existed; it is returned and nothing was added.
     Existing(FileRecord),
-    /// Recording it would pass `allowed` bytes (`used` are in use).
+    /// Recording it would pass the quota (`used` bytes are in use); nothing was written.
     OverQuota {
         /// Bytes in use.
         used: i64,
@@ -126,50 +126,73 @@ pub enum Recorded {
 }
 
 /// Records an uploaded file and counts it, unless the same bytes are already live (then
-/// the existing file) or the tenant would pass `quota` bytes.
+/// the existing file) or the tenant would pass `quota` bytes (then nothing is written).
+/// The usage is counted before the row is written, in the caller's transaction, so no
+/// outcome leaves a row that is not counted.
 pub async fn record(
     conn: &mut PgConnection,
     new: &NewFile<'_>,
     quota: i64,
 ) -> Result<Recorded, sqlx::Error> {
-    let inserted = sqlx::query(&format!(
-        "insert into files (id, name, content_type, size, sha256, status, uploaded_by)
-         values ($1, $2, $3, $4, $5, $6, $7)
-         on conflict (sha256) where deleted_at is null do nothing
-         returning {COLUMNS}"
-    ))
-    .bind(new.id)
-    .bind(new.name)
-    .bind(new.content_type)
-    .bind(new.size)
-    .bind(new.sha256)
-    .bind(new.status.as_db())
-    .bind(new.uploaded_by)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = inserted else {
-        let existing = sqlx::query(&format!(
-            "select {COLUMNS} from files where sha256 = $1 and deleted_at is null"
-        ))
-        .bind(new.sha256)
-        .fetch_one(&mut *conn)
+    // Twice at most: a live duplicate deleted between the insert and the lookup frees its
+    // hash, and the second insert then succeeds.
+    for _ in 0..2 {
+        if let Some(existing) = live_with_hash(conn, new.sha256).await? {
+            return Ok(Recorded::Existing(existing));
+        }
+        let counted = sqlx::query(
+            "update storage_usage set bytes = bytes + $1, files = files + 1
+             where bytes + $1 <= $2 returning bytes",
+        )
+        .bind(new.size)
+        .bind(quota)
+        .fetch_optional(&mut *conn)
         .await?;
-        return Ok(Recorded::Existing(from_row(&existing)?));
-    };
-    let counted = sqlx::query(
-        "update storage_usage set bytes = bytes + $1, files = files + 1
-         where bytes + $1 <= $2 returning bytes",
-    )
-    .bind(new.size)
-    .bind(quota)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if counted.is_none() {
-        return Ok(Recorded::OverQuota {
-            used: usage(conn).await?.0,
-        });
+        if counted.is_none() {
+            return Ok(Recorded::OverQuota {
+                used: usage(conn).await?.0,
+            });
+        }
+        let inserted = sqlx::query(&format!(
+            "insert into files (id, name, content_type, size, sha256, status, uploaded_by)
+             values ($1, $2, $3, $4, $5, $6, $7)
+             on conflict (sha256) where deleted_at is null do nothing
+             returning {COLUMNS}"
+        ))
+        .bind(new.id)
+        .bind(new.name)
+        .bind(new.content_type)
+        .bind(new.size)
+        .bind(new.sha256)
+        .bind(new.status.as_db())
+        .bind(new.uploaded_by)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = inserted {
+            return Ok(Recorded::Created(from_row(&row)?));
+        }
+        // A concurrent upload of the same bytes won: uncount ours and return theirs.
+        sqlx::query("update storage_usage set bytes = bytes - $1, files = files - 1")
+            .bind(new.size)
+            .execute(&mut *conn)
+            .await?;
     }
-    Ok(Recorded::Created(from_row(&row)?))
+    Err(sqlx::Error::RowNotFound)
+}
+
+async fn live_with_hash(
+    conn: &mut PgConnection,
+    sha256: &[u8],
+) -> Result<Option<FileRecord>, sqlx::Error> {
+    sqlx::query(&format!(
+        "select {COLUMNS} from files where sha256 = $1 and deleted_at is null"
+    ))
+    .bind(sha256)
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(from_row)
+    .transpose()
 }
 
 /// Bytes and files in use.

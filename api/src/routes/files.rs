@@ -588,12 +588,17 @@ impl FilesApi {
             let mut tx = state.tenant_db.begin(tenant.id).await?;
             let quota = i64::try_from(allowance.quota).unwrap_or(i64::MAX);
             let recorded = store::record(&mut tx, &new, quota).await?;
-            if matches!(recorded, Recorded::Created(_)) && uploaded.kind.is_image() {
-                jobs::enqueue(&mut tx, thumbnails_job(id))
-                    .await
-                    .map_err(ApiError::internal)?;
+            match recorded {
+                Recorded::Created(_) => {
+                    if uploaded.kind.is_image() {
+                        jobs::enqueue(&mut tx, thumbnails_job(id))
+                            .await
+                            .map_err(ApiError::internal)?;
+                    }
+                    tx.commit().await?;
+                }
+                Recorded::Existing(_) | Recorded::OverQuota { .. } => tx.rollback().await?,
             }
-            tx.commit().await?;
             Ok::<_, ApiError>(recorded)
         }
         .await;
