@@ -40,13 +40,18 @@ struct EventJob {
 
 /// The job applying stored event `id` (enqueue it in the transaction that stores it).
 pub fn process_event_job(id: &str) -> NewJob {
+    replay_event_job(id).unique(format!("{PROCESS_EVENT}:{id}"))
+}
+
+/// A job applying stored event `id` again, whatever job of it is pending or running (an
+/// operator's replay: a running one may have read the event before it was reset).
+pub fn replay_event_job(id: &str) -> NewJob {
     NewJob::new(
         PROCESS_EVENT,
         json!(EventJob {
             event_id: id.to_owned()
         }),
     )
-    .unique(format!("{PROCESS_EVENT}:{id}"))
     .priority(10)
     .max_attempts(10)
 }
@@ -138,7 +143,9 @@ impl ProcessEvent {
                     },
                     Applied::Stale => Outcome::Ignored {
                         tenant: Some(tenant),
-                        why: "a newer subscription event is already applied".to_owned(),
+                        why: "a newer subscription event is applied, or this one ends a \
+                              subscription other than the one in force"
+                            .to_owned(),
                     },
                 })
             }
@@ -265,11 +272,20 @@ impl Reconcile {
         let known = inbox::known(self.state.db.pool(), &ids).await?;
         let mut missing = 0;
         for event in events.iter().filter(|e| !known.contains(&e.id)) {
-            let mut tx = self.state.db.pool().begin().await?;
-            if accept(&mut tx, event, Source::Reconciliation).await? {
-                missing += 1;
+            // One event that cannot be stored must not hide the others.
+            let accepted = async {
+                let mut tx = self.state.db.pool().begin().await?;
+                let new = accept(&mut tx, event, Source::Reconciliation).await?;
+                tx.commit().await?;
+                Ok::<_, anyhow::Error>(new)
+            };
+            match accepted.await {
+                Ok(true) => missing += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(event_id = %event.id, error = format!("{error:#}"), "cannot store a reconciled event")
+                }
             }
-            tx.commit().await?;
         }
         Ok(missing)
     }

@@ -127,7 +127,8 @@ pub enum Applied {
         /// Plan after.
         to: String,
     },
-    /// The account already holds the state of a newer event: nothing was written.
+    /// The account already holds the state of a newer event, or the event ends a
+    /// subscription other than the one in force: nothing was written.
     Stale,
 }
 
@@ -142,7 +143,8 @@ pub async fn apply_subscription(
     catalog: &PlanCatalog,
 ) -> Result<Applied, sqlx::Error> {
     let row = sqlx::query(
-        "select plan, subscription_event_at from public.tenants where id = $1 for update",
+        "select plan, subscription_event_at, subscription_id, subscription_status
+         from public.tenants where id = $1 for update",
     )
     .bind(tenant.0)
     .fetch_one(&mut *conn)
@@ -150,6 +152,17 @@ pub async fn apply_subscription(
     let from: String = row.try_get("plan")?;
     let applied_at: Option<DateTime<Utc>> = row.try_get("subscription_event_at")?;
     if applied_at.is_some_and(|at| event_at < at) {
+        return Ok(Applied::Stale);
+    }
+    // The end of a replaced subscription must not end the one that replaced it.
+    let current_id: Option<String> = row.try_get("subscription_id")?;
+    let current_status: Option<String> = row.try_get("subscription_status")?;
+    let replaced = current_id
+        .as_deref()
+        .is_some_and(|id| id != subscription.id)
+        && current_status.as_deref().is_some_and(grants_plan)
+        && !grants_plan(&subscription.status);
+    if replaced {
         return Ok(Applied::Stale);
     }
     let subscribed = subscription

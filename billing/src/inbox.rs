@@ -51,8 +51,10 @@ impl InboundEvent {
         Self::from_value(payload)
     }
 
-    /// Reads an event from its JSON value.
-    pub fn from_value(payload: Value) -> Result<Self, NotAnEvent> {
+    /// Reads an event from its JSON value. NUL characters, which PostgreSQL cannot store,
+    /// are dropped from its strings.
+    pub fn from_value(mut payload: Value) -> Result<Self, NotAnEvent> {
+        strip_nul(&mut payload);
         let envelope = Envelope::deserialize(&payload).map_err(|e| NotAnEvent(e.to_string()))?;
         let Envelope {
             id,
@@ -61,9 +63,7 @@ impl InboundEvent {
             livemode,
             data: Data { object },
         } = envelope;
-        let valid_id = (1..=255).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid_id {
+        if !is_event_id(&id) {
             return Err(NotAnEvent("the id is not an event id".into()));
         }
         if !(1..=200).contains(&kind.len()) {
@@ -89,6 +89,28 @@ impl InboundEvent {
     pub fn object(&self) -> &Value {
         &self.payload["data"]["object"]
     }
+}
+
+fn strip_nul(value: &mut Value) {
+    match value {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(map) => {
+            let keys: Vec<String> = map.keys().filter(|k| k.contains('\0')).cloned().collect();
+            for key in keys {
+                if let Some(v) = map.remove(&key) {
+                    map.insert(key.replace('\0', ""), v);
+                }
+            }
+            map.values_mut().for_each(strip_nul);
+        }
+        _ => {}
+    }
+}
+
+/// Whether `id` has the shape of a provider's event id.
+pub fn is_event_id(id: &str) -> bool {
+    (1..=255).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// How an event reached us.

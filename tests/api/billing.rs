@@ -478,14 +478,41 @@ async fn checkout_and_portal_send_the_right_requests() {
         "https://app.canopy.test/billing"
     );
 
-    // Stripe unreachable: 503, retry later.
-    stripe.stop();
+    // Once subscribed, another checkout would bill twice: plans change in the portal.
+    let tenant_sub = subscription("sub_ck", "cus_fake1", "active", "price_pro", &tenant);
+    let created = event(
+        "evt_ck",
+        "customer.subscription.created",
+        now() - 5,
+        tenant_sub,
+    );
+    assert_eq!(app.deliver(&created).await.status(), 200);
+    app.run_jobs().await;
     let problem = assert_problem(
-        checkout("pro").await.expect("request"),
-        503,
-        "dependency_unavailable",
+        checkout("business").await.expect("request"),
+        409,
+        "conflict",
     )
     .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("portal"))
+    );
+    assert_eq!(stripe.requests_to("/v1/checkout/sessions").len(), 2);
+
+    // Stripe unreachable: 503, retry later.
+    stripe.stop();
+    let portal = app
+        .send_authed(
+            Method::POST,
+            &org.slug,
+            "/v1/billing/portal",
+            &org.tokens.access,
+            None,
+        )
+        .await;
+    let problem = assert_problem(portal, 503, "dependency_unavailable").await;
     assert!(
         problem["detail"]
             .as_str()
@@ -710,4 +737,79 @@ async fn the_plans_request_rate_is_enforced_per_tenant() {
         .await
         .expect("request");
     assert_eq!(public.status(), 200);
+}
+
+#[tokio::test]
+async fn the_end_of_a_replaced_subscription_does_not_end_its_successor() {
+    let app = spawn_app().await;
+    let org = app.signup("bill-replaced").await;
+    link_customer(&app, &org, "cus_rep").await;
+    let tenant = org.tenant_id.to_string();
+    let t = now() - 60;
+    let old = |status: &str| subscription("sub_old", "cus_rep", status, "price_pro", &tenant);
+    let new = subscription("sub_new", "cus_rep", "active", "price_business", &tenant);
+    for e in [
+        event(
+            "evt_rep1",
+            "customer.subscription.created",
+            t,
+            old("active"),
+        ),
+        event("evt_rep2", "customer.subscription.created", t + 10, new),
+        event(
+            "evt_rep3",
+            "customer.subscription.deleted",
+            t + 20,
+            old("canceled"),
+        ),
+    ] {
+        assert_eq!(app.deliver(&e).await.status(), 200);
+    }
+    app.run_jobs().await;
+    let state = billing_state(&app, &org).await;
+    assert_eq!(
+        (state["plan"].clone(), state["status"].clone()),
+        (json!("business"), json!("active"))
+    );
+    assert_eq!(stored_status(&app, "evt_rep3").await.0, "ignored");
+}
+
+#[tokio::test]
+async fn odd_but_signed_payloads_and_ids_are_client_errors_at_worst() {
+    let app = spawn_app().await;
+    // NUL in a string: PostgreSQL cannot store it, so it is dropped, and the event kept.
+    let nul = event(
+        "evt_nul",
+        "customer.updated",
+        now(),
+        json!({"id": "cus_n", "description": "a\u{0}b"}),
+    );
+    assert_eq!(app.deliver(&nul).await.status(), 200);
+    let stored: String = sqlx::query_scalar(
+        "select payload->'data'->'object'->>'description' from public.webhook_events where id = 'evt_nul'",
+    )
+    .fetch_one(app.state.db.pool())
+    .await
+    .expect("stored");
+    assert_eq!(stored, "ab");
+    let key = app.admin_key().await;
+    for path in [
+        "/v1/admin/webhook-events/evt%00x/replay",
+        "/v1/admin/webhook-events/evt%20x/replay",
+    ] {
+        let response = app
+            .request(Method::POST, path)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_problem(response, 404, "not_found").await;
+    }
+    let listing = app
+        .request(Method::GET, "/v1/admin/webhook-events?type=a%00b")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_problem(listing, 400, "invalid_parameter").await;
 }

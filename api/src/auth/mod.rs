@@ -201,19 +201,7 @@ async fn authenticate_token(
     let now = chrono::Utc::now().timestamp();
     let counter = rate.map(|_| format!("canopy:t:{}:rate:{}", tenant.id, now / 60));
     let looked_up = mget_and_count(&state.redis, &keys, counter.as_deref()).await;
-    if let (Some(allowed), Ok((_, Some(count)))) = (rate, &looked_up)
-        && u64::try_from(*count).unwrap_or(0) > allowed
-    {
-        // Over the plan's rate. (With Redis down the rate goes unchecked: it is a
-        // fairness control, and the database is not worth a lookup per request for it.)
-        return Err(ApiError::retry_after(
-            ErrorCode::RateLimited,
-            format!("The tenant's plan allows {allowed} requests per minute."),
-            u64::try_from(60 - now.rem_euclid(60)).unwrap_or(1),
-        )
-        .with_extension("limit", "requests_per_minute".into())
-        .with_extension("allowed", allowed.into()));
-    }
+    let counted = looked_up.as_ref().ok().and_then(|(_, count)| *count);
     let looked_up = looked_up.map(|(values, _)| values);
     let (revocation, permission) = match &looked_up {
         Ok(values) if values.len() == keys.len() => {
@@ -230,6 +218,20 @@ async fn authenticate_token(
         .revocations
         .check_looked_up(tenant.id, user, session, revocation)
         .await?;
+    if let (Some(allowed), Some(count)) = (rate, counted)
+        && u64::try_from(count).unwrap_or(0) > allowed
+    {
+        // Over the plan's rate, judged once the token is known to be valid. With Redis
+        // down the rate goes unchecked: it is a fairness control, and the database is not
+        // worth a lookup per request for it.
+        return Err(ApiError::retry_after(
+            ErrorCode::RateLimited,
+            format!("The tenant's plan allows {allowed} requests per minute."),
+            u64::try_from(60 - now.rem_euclid(60)).unwrap_or(1),
+        )
+        .with_extension("limit", "requests_per_minute".into())
+        .with_extension("allowed", allowed.into()));
+    }
     let granted = if with_permissions {
         Some(
             state

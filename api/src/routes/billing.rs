@@ -29,7 +29,7 @@ use crate::{
     limits::{self, Limited},
     payload::{JsonBody, RawJson, Validate},
     routes::{ApiTag, page},
-    subscriptions::{accept, process_event_job},
+    subscriptions::{accept, replay_event_job},
     tenant::CurrentTenant,
 };
 
@@ -234,6 +234,9 @@ fn decode_cursor(cursor: &str) -> ApiResult<(DateTime<Utc>, String)> {
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
     let (at, id) = raw.split_once('|').ok_or_else(invalid)?;
+    if !inbox::is_event_id(id) {
+        return Err(invalid());
+    }
     let at = DateTime::parse_from_rfc3339(at).map_err(|_| invalid())?;
     Ok((at.with_timezone(&Utc), id.to_owned()))
 }
@@ -305,7 +308,8 @@ impl BillingApi {
     ///
     /// Creates the tenant's Stripe customer when it has none, then a Checkout Session in
     /// subscription mode for the plan's price; send the user to the returned URL. The plan
-    /// changes when Stripe reports the subscription (by webhook).
+    /// changes when Stripe reports the subscription (by webhook). While a subscription is in
+    /// force this is 409 `conflict`: plans change in the billing portal.
     #[oai(
         path = "/v1/billing/checkout",
         method = "post",
@@ -341,6 +345,14 @@ impl BillingApi {
         let account = accounts::account(&mut conn, tenant.id)
             .await?
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("tenant row missing")))?;
+        if account.status.as_deref().is_some_and(accounts::grants_plan) {
+            // A second subscription would bill the tenant twice.
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "The tenant already has a subscription; change plans in the billing portal \
+                 (`POST /v1/billing/portal`).",
+            ));
+        }
         let customer = match account.customer_id {
             Some(customer) => customer,
             None => {
@@ -492,6 +504,16 @@ impl BillingApi {
         #[oai(validator(max_length = 400))]
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<WebhookEventPage>> {
+        if kind
+            .0
+            .as_deref()
+            .is_some_and(|k| k.chars().any(char::is_control))
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "Parameter `type` cannot contain control characters.",
+            ));
+        }
         let before = cursor.0.as_deref().map(decode_cursor).transpose()?;
         let filter = EventFilter {
             status: status.0.map(EventStatus::from),
@@ -526,14 +548,20 @@ impl BillingApi {
         #[oai(validator(max_length = 255))]
         id: Path<String>,
     ) -> ApiResult<Replayed> {
+        let not_found = || {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("No webhook event has id {}.", id.0.escape_debug()),
+            )
+        };
+        if !inbox::is_event_id(&id.0) {
+            return Err(not_found());
+        }
         let mut tx = state.db.pool().begin().await?;
         if !inbox::reset(&mut tx, &id.0).await? {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("No webhook event has id {}.", id.0),
-            ));
+            return Err(not_found());
         }
-        jobs::enqueue(&mut tx, process_event_job(&id.0))
+        jobs::enqueue(&mut tx, replay_event_job(&id.0))
             .await
             .map_err(ApiError::internal)?;
         tx.commit().await?;
