@@ -204,15 +204,7 @@ pub async fn usage(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
 
 /// A live file.
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<FileRecord>, sqlx::Error> {
-    sqlx::query(&format!(
-        "select {COLUMNS} from files where id = $1 and deleted_at is null"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+    live(conn, id, "").await
 }
 
 /// A live file, locked for the rest of the transaction.
@@ -220,8 +212,16 @@ pub async fn get_for_update(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<FileRecord>, sqlx::Error> {
+    live(conn, id, "for update").await
+}
+
+async fn live(
+    conn: &mut PgConnection,
+    id: Uuid,
+    locking: &'static str,
+) -> Result<Option<FileRecord>, sqlx::Error> {
     sqlx::query(&format!(
-        "select {COLUMNS} from files where id = $1 and deleted_at is null for update"
+        "select {COLUMNS} from files where id = $1 and deleted_at is null {locking}"
     ))
     .bind(id)
     .fetch_optional(conn)

@@ -90,6 +90,16 @@ impl From<FileStatus> for FileStatusView {
     }
 }
 
+impl From<FileStatusView> for FileStatus {
+    fn from(status: FileStatusView) -> Self {
+        match status {
+            FileStatusView::Processing => Self::Processing,
+            FileStatusView::Ready => Self::Ready,
+            FileStatusView::Failed => Self::Failed,
+        }
+    }
+}
+
 /// A thumbnail of an image.
 #[derive(Debug, Clone, Object)]
 pub struct ThumbnailView {
@@ -671,11 +681,7 @@ impl FilesApi {
             })
             .transpose()?;
         let listing = Listing {
-            status: status.0.map(|s| match s {
-                FileStatusView::Processing => FileStatus::Processing,
-                FileStatusView::Ready => FileStatus::Ready,
-                FileStatusView::Failed => FileStatus::Failed,
-            }),
+            status: status.0.map(FileStatus::from),
             content_type: content_type.0,
             before,
             limit: limit.0 + 1,
