@@ -14,10 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use billing::{
     accounts::{self, Applied},
-    events::{Meaning, meaning},
+    events::{Meaning, meaning, refusal},
     inbox::{self, EventStatus, InboundEvent, Source},
 };
 use jobs::{JobContext, JobHandler, NewJob};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -85,12 +86,16 @@ enum Outcome {
 /// Applies stored events; see the module docs.
 pub struct ProcessEvent {
     state: AppState,
+    /// The mode of the configured secret key: events of the other mode are never applied.
+    live: bool,
 }
 
 impl ProcessEvent {
     /// With the app's state (settings, and the tenant cache to refresh on plan changes).
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        let live =
+            billing::stripe_api::is_live_key(state.settings.billing.secret_key.expose_secret());
+        Self { state, live }
     }
 
     async fn tenant_for(
@@ -199,7 +204,10 @@ impl ProcessEvent {
             return Ok(());
         }
         let applied = match InboundEvent::from_value(stored.payload) {
-            Ok(event) => self.apply(&mut tx, &event).await,
+            Ok(event) => match refusal(&event, stored.received_at, self.live) {
+                Some(why) => Ok(Outcome::Ignored { tenant: None, why }),
+                None => self.apply(&mut tx, &event).await,
+            },
             Err(e) => Err(e.into()),
         };
         match applied {

@@ -109,6 +109,32 @@ pub fn meaning(event: &InboundEvent) -> Result<Meaning, Malformed> {
     }
 }
 
+/// Why `event`, received at `received_at`, must not be applied whatever it says, when it
+/// must not: an event whose `livemode` disagrees with the mode of the configured secret key
+/// (`live`) belongs to the other Stripe mode (a test event signed with a secret shared
+/// between modes must never touch a live tenant, nor the reverse), and an event created
+/// after it arrived, beyond the signature's clock skew, is impossible from Stripe and would
+/// make every later event look stale to the ordering guard of [`crate::accounts`].
+pub fn refusal(event: &InboundEvent, received_at: DateTime<Utc>, live: bool) -> Option<String> {
+    if event.livemode != live {
+        let mode = |live| if live { "live" } else { "test" };
+        return Some(format!(
+            "a {} mode event, but the configured secret key is for {} mode",
+            mode(event.livemode),
+            mode(live)
+        ));
+    }
+    let skew = chrono::Duration::seconds(crate::signature::FUTURE_SKEW);
+    if event.created > received_at + skew {
+        return Some(format!(
+            "created at {}, after it was received ({received_at}) by more than {} s",
+            event.created,
+            crate::signature::FUTURE_SKEW
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -196,5 +222,23 @@ mod tests {
         assert_eq!(meaning(&other).unwrap(), Meaning::Unhandled);
         let broken = event("customer.subscription.updated", json!({"id": "sub_1"}));
         assert!(meaning(&broken).is_err());
+    }
+
+    #[test]
+    fn events_of_the_other_mode_or_from_the_future_are_refused() {
+        let at = |secs| Utc.timestamp_opt(secs, 0).unwrap();
+        let test_event = event("invoice.paid", json!({"id": "in_1"}));
+        assert_eq!(refusal(&test_event, at(1_800_000_000), false), None);
+        let refused = refusal(&test_event, at(1_800_000_000), true).unwrap();
+        assert!(refused.contains("test mode event"), "{refused}");
+        let mut live_event = test_event.clone();
+        live_event.livemode = true;
+        assert_eq!(refusal(&live_event, at(1_800_000_000), true), None);
+        assert!(refusal(&live_event, at(1_800_000_000), false).is_some());
+
+        // Created up to the signature's skew after arrival: fine; later: refused.
+        assert_eq!(refusal(&test_event, at(1_800_000_000 - 60), false), None);
+        let future = refusal(&test_event, at(1_800_000_000 - 61), false).unwrap();
+        assert!(future.contains("after it was received"), "{future}");
     }
 }

@@ -24,6 +24,13 @@ use crate::inbox::InboundEvent;
 #[error("Stripe: {0}")]
 pub struct StripeError(String);
 
+/// Whether a Stripe secret (`sk_…`) or restricted (`rk_…`) key is a live-mode key: events
+/// Canopy acts on must be of the same mode (see [`crate::events::refusal`]). Anything but a
+/// `…_live_…` key, the development placeholder included, is test mode.
+pub fn is_live_key(key: &str) -> bool {
+    key.starts_with("sk_live_") || key.starts_with("rk_live_")
+}
+
 /// Where to reach Stripe, and as whom.
 #[derive(Clone)]
 pub struct StripeApi {
@@ -164,5 +171,20 @@ impl StripeApi {
             }
         }
         Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_live_key;
+
+    #[test]
+    fn the_mode_of_a_key() {
+        assert!(is_live_key("sk_live_51Habc"));
+        assert!(is_live_key("rk_live_51Habc"));
+        assert!(!is_live_key("sk_test_51Habc"));
+        assert!(!is_live_key("rk_test_51Habc"));
+        assert!(!is_live_key("sk_test_canopy_development"));
+        assert!(!is_live_key("pk_live_51Habc"));
     }
 }

@@ -813,3 +813,64 @@ async fn odd_but_signed_payloads_and_ids_are_client_errors_at_worst() {
         .expect("request");
     assert_problem(listing, 400, "invalid_parameter").await;
 }
+
+#[tokio::test]
+async fn events_of_the_other_mode_or_from_the_future_are_stored_but_never_applied() {
+    let app = spawn_app().await;
+    let org = app.signup("bill-mode").await;
+    link_customer(&app, &org, "cus_mode").await;
+    let tenant = org.tenant_id.to_string();
+    let why = |id: &'static str| {
+        let pool = app.state.db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "select last_error from public.webhook_events where id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("stored event")
+            .unwrap_or_default()
+        }
+    };
+
+    // A live-mode event signed with the (test-mode) development secret.
+    let mut live = event(
+        "evt_mode_live",
+        "customer.subscription.created",
+        now() - 5,
+        subscription("sub_mode", "cus_mode", "active", "price_business", &tenant),
+    );
+    live["livemode"] = json!(true);
+    assert_eq!(app.deliver(&live).await.status(), 200);
+    // Dated a day ahead: had it applied, every later event would look stale.
+    let future = event(
+        "evt_mode_future",
+        "customer.subscription.updated",
+        now() + 86_400,
+        subscription("sub_mode", "cus_mode", "active", "price_business", &tenant),
+    );
+    assert_eq!(app.deliver(&future).await.status(), 200);
+    app.run_jobs().await;
+    assert_eq!(billing_state(&app, &org).await["plan"], "free");
+    assert_eq!(stored_status(&app, "evt_mode_live").await.0, "ignored");
+    assert!(why("evt_mode_live").await.contains("live mode event"));
+    assert_eq!(stored_status(&app, "evt_mode_future").await.0, "ignored");
+    assert!(
+        why("evt_mode_future")
+            .await
+            .contains("after it was received")
+    );
+
+    // An ordinary event after them applies.
+    let ordinary = event(
+        "evt_mode_now",
+        "customer.subscription.updated",
+        now() - 1,
+        subscription("sub_mode", "cus_mode", "active", "price_pro", &tenant),
+    );
+    assert_eq!(app.deliver(&ordinary).await.status(), 200);
+    app.run_jobs().await;
+    assert_eq!(billing_state(&app, &org).await["plan"], "pro");
+    assert_eq!(stored_status(&app, "evt_mode_now").await.0, "processed");
+}
