@@ -324,6 +324,8 @@ pub struct EmailPayload {
 }
 
 /// A job that sends `template` to `to` (for the tenant of the transaction it is enqueued in).
+/// The payload is visible to operators: never put a secret in `vars` (mint it in a job of
+/// your own and use [`Mailer::send_from_job`]).
 pub fn send_email_job(
     to: &str,
     template: Template,

@@ -631,3 +631,27 @@ async fn reactivating_or_activating_a_user_past_the_seat_limit_is_refused() {
     assert_eq!(reactivate.status(), 200);
     assert_eq!(active_users(&app, &org).await, 3);
 }
+
+#[tokio::test]
+async fn concurrent_verifications_take_the_last_seat_once() {
+    let app = TestApp::builder().env("plans", THREE_SEATS).spawn().await;
+    let org = app.signup("lastseat").await;
+    app.register_verified(&org.slug, "two@lastseat.example")
+        .await;
+    let mut links = Vec::new();
+    for n in 3..=6 {
+        links.push(register_pending(&app, &org, &format!("m{n}@lastseat.example")).await);
+    }
+    // One seat left, four links opened at once: exactly one is let in.
+    let bodies: Vec<Value> = links.iter().map(|link| json!({"token": link})).collect();
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.post_as(&org.slug, "/v1/auth/verify-email", body)),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 402, 402, 402]);
+    assert_eq!(active_users(&app, &org).await, 3);
+}
