@@ -2,7 +2,13 @@
 //! tenant transaction that would pass them, under a per-tenant advisory lock so that
 //! concurrent requests cannot both take the last unit), storage and upload size in
 //! `routes::files`. A request over a limit is a 402 `plan_limit_reached` naming it.
+//!
+//! A seat is an active user. Whatever makes a user active (email verification, a password
+//! reset that verifies a pending user, reactivation, any later path such as accepting an
+//! invitation) goes through [`ensure_seats`] with the [`identity::Activated`] its store
+//! call returned, in the same transaction: that one function is where seats are judged.
 
+use identity::Activated;
 use sqlx::PgConnection;
 use tenancy::Tenant;
 
@@ -84,4 +90,20 @@ pub async fn ensure_room(
         return Err(limit_reached(limit, allowed, used));
     }
     Ok(())
+}
+
+/// The seat check of every activation: when `activated` made anyone active in the
+/// transaction `conn` is in, refuses (402, the transaction to be rolled back) if the active
+/// users now exceed `tenant`'s plan. Call it after the change, before committing.
+pub async fn ensure_seats(
+    state: &AppState,
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    activated: Activated,
+) -> ApiResult<()> {
+    if activated.count() == 0 {
+        return Ok(());
+    }
+    // Counted after the change, so the new users are in `used` already.
+    ensure_room(state, conn, tenant, Limited::Seats, 0).await
 }

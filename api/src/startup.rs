@@ -160,11 +160,12 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         Some(url) => email::Mailer::smtp(url.expose_secret(), from)?,
         None => email::Mailer::outbox(settings.email.outbox_dir.clone(), from)?,
     };
-    let [reset, verification] = crate::auth::jobs::EmailRequests::handlers(settings);
+    let [reset, verification, link] = crate::auth::jobs::EmailRequests::handlers(settings, &mailer);
     Ok(jobs::Registry::new()
         .register(email::SendEmail::new(mailer))
         .register(reset)
         .register(verification)
+        .register(link)
         .register(files::Thumbnails::new(
             storage.clone(),
             settings.files.thumbnail_sizes.clone(),

@@ -1,14 +1,27 @@
 //! Email: a [`Mailer`] over lettre (SMTP in production, an outbox directory of `.eml` files
 //! in development), templates rendered with the tenant's display name, and the
-//! [`SendEmail`] job handler. Email is always sent from a job, never on the request path:
-//! enqueue with [`send_email_job`].
+//! [`SendEmail`] job handler. Email is always sent from a job, never on the request path.
+//!
+//! * A message whose values are not secret is enqueued with [`send_email_job`]: its
+//!   recipient and values are the job's payload, which operators can read.
+//! * A message that carries a secret (a verification, reset or invitation link) is never
+//!   a payload. Its job names only whom and what (a user id, a purpose); the handler mints
+//!   the secret in the job's tenant transaction and sends at once with
+//!   [`Mailer::send_from_job`], and the worker commits after. A send that succeeds before a
+//!   failed commit delivers a link that does not work; the retry sends a working one.
+//!
+//! Every message carries `X-Canopy-Template` (which message) and `X-Canopy-Job` (the job
+//! that sent it), for support and for tests reading the outbox.
 
 use std::{path::PathBuf, sync::Arc};
 
 use jobs::{JobContext, JobHandler, NewJob};
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, MultiPart},
+    message::{
+        Mailbox, MultiPart,
+        header::{Header, HeaderName, HeaderValue},
+    },
 };
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
@@ -48,7 +61,8 @@ pub enum Template {
 }
 
 impl Template {
-    fn name(self) -> &'static str {
+    /// The stable name (also the `X-Canopy-Template` header).
+    pub fn name(self) -> &'static str {
         match self {
             Self::Verification => "verification",
             Self::PasswordReset => "password_reset",
@@ -172,6 +186,33 @@ impl Mailer {
         })
     }
 
+    /// Renders `template` with `vars` for the tenant of the job `ctx` runs (its display
+    /// name is added as `tenant_name` and shows as the sender) and sends it to `to` now.
+    /// For handlers whose message carries a secret they minted in the job's transaction:
+    /// see the crate docs.
+    pub async fn send_from_job(
+        &self,
+        ctx: &JobContext,
+        to: &str,
+        template: Template,
+        mut vars: serde_json::Map<String, Value>,
+    ) -> anyhow::Result<()> {
+        let tenant_name = ctx.tenant.as_ref().map(|t| t.name.clone());
+        vars.insert(
+            "tenant_name".to_owned(),
+            Value::String(tenant_name.clone().unwrap_or_else(|| "Canopy".to_owned())),
+        );
+        let rendered = render(template, &Value::Object(vars))?;
+        let tags = Tags {
+            template,
+            job: ctx.id.to_string(),
+        };
+        self.send_tagged(to, &rendered, tenant_name.as_deref(), Some(tags))
+            .await?;
+        tracing::info!(template = template.name(), "email sent");
+        Ok(())
+    }
+
     /// Builds and sends one message.
     pub async fn send(
         &self,
@@ -179,20 +220,35 @@ impl Mailer {
         rendered: &Rendered,
         from_name: Option<&str>,
     ) -> anyhow::Result<()> {
+        self.send_tagged(to, rendered, from_name, None).await
+    }
+
+    async fn send_tagged(
+        &self,
+        to: &str,
+        rendered: &Rendered,
+        from_name: Option<&str>,
+        tags: Option<Tags>,
+    ) -> anyhow::Result<()> {
         let to: Mailbox = to.parse().map_err(|_| EmailError::Address(to.to_owned()))?;
         // The tenant's name shows as the sender; the address stays the platform's.
         let from = Mailbox::new(
             from_name.map(str::to_owned).or(self.from.name.clone()),
             self.from.email.clone(),
         );
-        let message = Message::builder()
-            .from(from)
-            .to(to)
-            .subject(&rendered.subject)
-            .multipart(MultiPart::alternative_plain_html(
-                rendered.text.clone(),
-                rendered.html.clone(),
-            ))?;
+        let mut message = Message::builder().from(from).to(to);
+        if let Some(tags) = tags {
+            message = message
+                .header(TemplateHeader(tags.template.name().to_owned()))
+                .header(JobHeader(tags.job));
+        }
+        let message =
+            message
+                .subject(&rendered.subject)
+                .multipart(MultiPart::alternative_plain_html(
+                    rendered.text.clone(),
+                    rendered.html.clone(),
+                ))?;
         match &*self.transport {
             Transport::Smtp(smtp) => {
                 smtp.send(message).await?;
@@ -202,6 +258,50 @@ impl Mailer {
             }
         }
         Ok(())
+    }
+}
+
+/// What a message says about where it came from.
+struct Tags {
+    template: Template,
+    job: String,
+}
+
+/// `X-Canopy-Template`: which message this is.
+#[derive(Debug, Clone)]
+struct TemplateHeader(String);
+
+/// `X-Canopy-Job`: the id of the job that sent it.
+#[derive(Debug, Clone)]
+struct JobHeader(String);
+
+type HeaderError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Header for TemplateHeader {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Canopy-Template")
+    }
+
+    fn parse(s: &str) -> Result<Self, HeaderError> {
+        Ok(Self(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+impl Header for JobHeader {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Canopy-Job")
+    }
+
+    fn parse(s: &str) -> Result<Self, HeaderError> {
+        Ok(Self(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
     }
 }
 
@@ -224,6 +324,8 @@ pub struct EmailPayload {
 }
 
 /// A job that sends `template` to `to` (for the tenant of the transaction it is enqueued in).
+/// The payload is visible to operators: never put a secret in `vars` (mint it in a job of
+/// your own and use [`Mailer::send_from_job`]).
 pub fn send_email_job(
     to: &str,
     template: Template,
@@ -264,18 +366,10 @@ impl JobHandler for SendEmail {
         payload: Value,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let mut payload: EmailPayload = serde_json::from_value(payload)?;
-            let tenant_name = ctx.tenant.as_ref().map(|t| t.name.clone());
-            payload.vars.insert(
-                "tenant_name".to_owned(),
-                Value::String(tenant_name.clone().unwrap_or_else(|| "Canopy".to_owned())),
-            );
-            let rendered = render(payload.template, &Value::Object(payload.vars))?;
+            let payload: EmailPayload = serde_json::from_value(payload)?;
             self.mailer
-                .send(&payload.to, &rendered, tenant_name.as_deref())
-                .await?;
-            tracing::info!(template = ?payload.template, "email sent");
-            Ok(())
+                .send_from_job(ctx, &payload.to, payload.template, payload.vars)
+                .await
         })
     }
 }

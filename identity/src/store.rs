@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row, postgres::PgRow};
 use uuid::Uuid;
 
-use crate::secret::OpaqueToken;
+use crate::{email::Email, secret::OpaqueToken};
 
 /// Errors of the identity store.
 #[derive(Debug, thiserror::Error)]
@@ -130,16 +130,11 @@ impl ClientInfo {
     }
 }
 
-/// The lookup key of an email: trimmed and lowercased.
-pub fn email_key(email: &str) -> String {
-    email.trim().to_lowercase()
-}
-
 /// A user to create.
 #[derive(Debug)]
 pub struct NewUser<'a> {
-    /// Email (trimmed by the caller).
-    pub email: &'a str,
+    /// Email: stored as given, unique by its key.
+    pub email: &'a Email,
     /// Display name.
     pub name: &'a str,
     /// PHC hash.
@@ -148,15 +143,34 @@ pub struct NewUser<'a> {
     pub status: UserStatus,
 }
 
-/// Creates a user.
+/// How many users a change made active. Every active user takes a seat of the tenant's
+/// plan, which this crate knows nothing of: whoever makes a change that returns one checks
+/// the seat limit in the same transaction (the API's `limits::ensure_seats`). Returned
+/// bare by the functions that activate (`#[must_use]`), so that dropping one is a warning.
+#[must_use = "a user made active takes a seat: check the plan's seat limit in this transaction"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activated(u64);
+
+impl Activated {
+    /// Nobody.
+    pub const NONE: Self = Self(0);
+
+    /// How many users became active.
+    pub fn count(self) -> u64 {
+        self.0
+    }
+}
+
+/// Creates a user. Creating an active one takes a seat: see [`Activated`].
 pub async fn insert_user(conn: &mut PgConnection, new: NewUser<'_>) -> Result<User, StoreError> {
     let row = sqlx::query(&format!(
         "insert into users (id, email, email_key, name, password_hash, status)
-         values ($1, $2, lower($2), $3, $4, $5)
+         values ($1, $2, $3, $4, $5, $6)
          returning {USER_COLUMNS}"
     ))
     .bind(Uuid::now_v7())
-    .bind(new.email)
+    .bind(new.email.as_str())
+    .bind(new.email.key())
     .bind(new.name)
     .bind(new.password_hash)
     .bind(new.status.as_str())
@@ -180,15 +194,15 @@ pub async fn user_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<User
     Ok(row.as_ref().map(user_from_row).transpose()?)
 }
 
-/// The user with this email (any case).
+/// The user with this email (any spelling with the same key).
 pub async fn user_by_email(
     conn: &mut PgConnection,
-    email: &str,
+    email: &Email,
 ) -> Result<Option<User>, StoreError> {
     let row = sqlx::query(&format!(
         "select {USER_COLUMNS} from users where email_key = $1"
     ))
-    .bind(email_key(email))
+    .bind(email.key())
     .fetch_optional(conn)
     .await?;
     Ok(row.as_ref().map(user_from_row).transpose()?)
@@ -205,15 +219,15 @@ pub struct LoginRecord {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
-/// The login record of the user with this email.
+/// The login record of the user with this email (any spelling with the same key).
 pub async fn login_record(
     conn: &mut PgConnection,
-    email: &str,
+    email: &Email,
 ) -> Result<Option<LoginRecord>, StoreError> {
     let row = sqlx::query(&format!(
         "select {USER_COLUMNS}, password_hash, locked_until from users where email_key = $1"
     ))
-    .bind(email_key(email))
+    .bind(email.key())
     .fetch_optional(conn)
     .await?;
     row.map(|row| {
@@ -660,18 +674,24 @@ pub async fn consume_user_token(
     .await?)
 }
 
-/// Marks the email verified and a pending user active.
-pub async fn mark_email_verified(conn: &mut PgConnection, user: Uuid) -> Result<(), StoreError> {
-    sqlx::query(
-        "update users set email_verified_at = coalesce(email_verified_at, now()),
-                status = case when status = 'pending' then 'active' else status end,
+/// Marks the email verified and a pending user active. The answer says whether the user
+/// became active (and so now takes a seat).
+pub async fn mark_email_verified(
+    conn: &mut PgConnection,
+    user: Uuid,
+) -> Result<Activated, StoreError> {
+    let was_pending: Option<bool> = sqlx::query_scalar(
+        "with before as (select id, status from users where id = $1 for update)
+         update users u set email_verified_at = coalesce(u.email_verified_at, now()),
+                status = case when before.status = 'pending' then 'active' else u.status end,
                 updated_at = now()
-         where id = $1",
+         from before where u.id = before.id
+         returning before.status = 'pending'",
     )
     .bind(user)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(Activated(u64::from(was_pending.unwrap_or(false))))
 }
 
 /// Stores a new password hash. With `void_sessions`, every session from before now ends
@@ -696,14 +716,25 @@ pub async fn set_password(
     Ok(())
 }
 
+/// What [`update_user`] changed.
+#[derive(Debug)]
+pub struct UserUpdate {
+    /// The user before.
+    pub before: User,
+    /// The user after.
+    pub after: User,
+    /// Whether the user became active (and so now takes a seat).
+    pub activated: Activated,
+}
+
 /// Changes a user's status (and display name). Blocking a user voids every session from
-/// before now. Returns the user before and after.
+/// before now.
 pub async fn update_user(
     conn: &mut PgConnection,
     user: Uuid,
     status: Option<UserStatus>,
     name: Option<&str>,
-) -> Result<Option<(User, User)>, StoreError> {
+) -> Result<Option<UserUpdate>, StoreError> {
     let Some(before) = sqlx::query(&format!(
         "select {USER_COLUMNS} from users where id = $1 for update"
     ))
@@ -727,7 +758,15 @@ pub async fn update_user(
     .bind(blocking)
     .fetch_one(conn)
     .await?;
-    Ok(Some((before, user_from_row(&row)?)))
+    let after = user_from_row(&row)?;
+    let activated = Activated(u64::from(
+        after.status == UserStatus::Active && before.status != UserStatus::Active,
+    ));
+    Ok(Some(UserUpdate {
+        before,
+        after,
+        activated,
+    }))
 }
 
 /// A page of users ordered by creation, after the keyset `after` (created_at, id).

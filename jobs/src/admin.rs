@@ -1,4 +1,9 @@
 //! What operators see of the queue: listings, retries, depth for metrics.
+//!
+//! Payloads must never carry a usable secret (a job that emails a link names the user and
+//! mints the link when it runs). As defence in depth, every record this module returns has
+//! its payload passed through [`redact_payload`]: operators never see the value of a field
+//! named like a secret, nor a string holding a `token=` parameter.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -63,7 +68,7 @@ pub struct QueueDepth {
 const JOB_COLUMNS: &str = "id, kind, payload, tenant_id, priority, status, attempts, max_attempts, run_at, \
                            last_error, created_at, updated_at, finished_at";
 
-/// Jobs matching `filter`, newest first. Ids are time-ordered (UUIDv7), so the id orders too.
+/// Jobs matching `filter`, newest first, payloads redacted. Ids are time-ordered (UUIDv7), so the id orders too.
 pub async fn list_jobs(
     control: &ControlDb,
     filter: &JobFilter,
@@ -84,10 +89,10 @@ pub async fn list_jobs(
     .bind(filter.limit)
     .fetch_all(control.pool())
     .await?;
-    Ok(jobs)
+    Ok(jobs.into_iter().map(redacted).collect())
 }
 
-/// One job.
+/// One job, its payload redacted.
 pub async fn get_job(control: &ControlDb, id: Uuid) -> Result<JobRecord, JobError> {
     sqlx::query_as::<_, JobRecord>(&format!(
         "select {JOB_COLUMNS} from public.jobs where id = $1"
@@ -95,6 +100,7 @@ pub async fn get_job(control: &ControlDb, id: Uuid) -> Result<JobRecord, JobErro
     .bind(id)
     .fetch_optional(control.pool())
     .await?
+    .map(redacted)
     .ok_or(JobError::NotFound)
 }
 
@@ -115,7 +121,7 @@ pub async fn retry_job(control: &ControlDb, id: Uuid) -> Result<JobRecord, JobEr
                 .bind(&job.kind)
                 .execute(control.pool())
                 .await?;
-            Ok(job)
+            Ok(redacted(job))
         }
         None => Err(JobError::NotRetryable(get_job(control, id).await?.status)),
     }
@@ -128,4 +134,103 @@ pub async fn queue_depth(control: &ControlDb) -> Result<QueueDepth, JobError> {
             .fetch_all(control.pool())
             .await?;
     Ok(QueueDepth { by_status })
+}
+
+/// What operators see in place of a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Field names whose values are secrets wherever they appear in a payload.
+const SECRET_FIELDS: &[&str] = &[
+    "token",
+    "link",
+    "password",
+    "secret",
+    "api_key",
+    "authorization",
+];
+
+/// Suffixes of field names whose values are secrets (`reset_token`, `client_secret`, …).
+const SECRET_SUFFIXES: &[&str] = &["_token", "_secret", "_password", "_link"];
+
+fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_FIELDS.contains(&name.as_str()) || SECRET_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+fn holds_token_parameter(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("token=")
+}
+
+/// Replaces, anywhere in `payload`, the values of fields named like secrets and every
+/// string holding a `token=` parameter with [`REDACTED`].
+pub fn redact_payload(payload: &mut Value) {
+    match payload {
+        Value::Object(fields) => {
+            for (name, value) in fields.iter_mut() {
+                if is_secret_field(name) && !value.is_null() {
+                    *value = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_payload(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_payload),
+        Value::String(text) if holds_token_parameter(text) => {
+            *text = REDACTED.to_owned();
+        }
+        _ => {}
+    }
+}
+
+fn redacted(mut job: JobRecord) -> JobRecord {
+    redact_payload(&mut job.payload);
+    job
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_wherever_they_are() {
+        let mut payload = json!({
+            "to": "ada@example.com",
+            "template": "verification",
+            "vars": {
+                "user_name": "Ada",
+                "link": "https://acme.example/verify-email?token=abc",
+                "expires_in": "1day",
+            },
+            "reset_token": "abc",
+            "Client_Secret": "s3cret",
+            "password": null,
+            "notes": ["see https://x.example/?a=1&TOKEN=abc", "plain"],
+            "file_id": "0190",
+        });
+        redact_payload(&mut payload);
+        assert_eq!(
+            payload,
+            json!({
+                "to": "ada@example.com",
+                "template": "verification",
+                "vars": {"user_name": "Ada", "link": REDACTED, "expires_in": "1day"},
+                "reset_token": REDACTED,
+                "Client_Secret": REDACTED,
+                "password": null,
+                "notes": [REDACTED, "plain"],
+                "file_id": "0190",
+            })
+        );
+    }
+
+    #[test]
+    fn payloads_without_secrets_are_unchanged() {
+        let original =
+            json!({"user_id": "0190", "purpose": "verify_email", "email": "a@b.c", "n": 3});
+        let mut payload = original.clone();
+        redact_payload(&mut payload);
+        assert_eq!(payload, original);
+    }
 }

@@ -25,7 +25,10 @@ use sqlx::PgConnection;
 use tenancy::{BoxFuture, ControlDb, Tenant, TenantId, TenantTx};
 use uuid::Uuid;
 
-pub use admin::{JobFilter, JobRecord, QueueDepth, get_job, list_jobs, queue_depth, retry_job};
+pub use admin::{
+    JobFilter, JobRecord, QueueDepth, REDACTED, get_job, list_jobs, queue_depth, redact_payload,
+    retry_job,
+};
 pub use backoff::backoff;
 pub use worker::{JobOutcome, Worker, WorkerConfig};
 

@@ -238,7 +238,9 @@ async fn recovery_requests_answer_the_same_whether_or_not_the_account_exists() {
     }
     // Both answers did the same work: one job each, naming the address.
     let jobs: Vec<(String, String)> = sqlx::query_as(
-        "select kind, payload->>'email' from public.jobs where kind like 'auth.%' order by created_at, id",
+        "select kind, payload->>'email' from public.jobs
+         where kind in ('auth.password_reset_requested', 'auth.verification_requested')
+         order by created_at, id",
     )
     .fetch_all(app.state.db.pool())
     .await
@@ -877,4 +879,220 @@ async fn sessions_are_listed_and_ended_one_by_one_or_all_at_once() {
     let anonymous = app.get_as("acme", "/v1/auth/sessions").await;
     assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
     assert_problem(anonymous, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn a_non_ascii_address_is_one_account_in_every_spelling() {
+    let app = spawn_app().await;
+    let org = app.signup("buecher").await;
+    let register = |email: &'static str| {
+        let app = &app;
+        async move {
+            app.post_as(
+                "buecher",
+                "/v1/auth/register",
+                &json!({"email": email, "password": PASSWORD, "name": "Ana"}),
+            )
+            .await
+        }
+    };
+    let first = register("ANA@BÜCHER.TEST").await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    // The same address again: the same answer, nobody new.
+    let again = register("ANA@BÜCHER.TEST").await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+
+    let token = app
+        .emailed_token("ANA@BÜCHER.TEST", "verification")
+        .await
+        .expect("verification email");
+    let verified = app
+        .post_as("buecher", "/v1/auth/verify-email", &json!({"token": token}))
+        .await;
+    assert_eq!(verified.status(), 200);
+    let user: Value = verified.json().await.unwrap();
+    assert_eq!(user["email"], "ANA@BÜCHER.TEST", "kept as given");
+    app.login_ok("buecher", "ANA@BÜCHER.TEST", PASSWORD).await;
+    app.login_ok("buecher", "ana@bücher.test", PASSWORD).await;
+    // Decomposed ü (u + combining diaeresis) is the same mailbox too.
+    app.login_ok("buecher", "Ana@Bu\u{308}cher.test", PASSWORD)
+        .await;
+
+    // The lower-case spelling finds the account: same answer, a notice, no second user.
+    let lower = register("ana@bücher.test").await;
+    assert_eq!(lower.status(), 202);
+    assert_eq!(lower.json::<Value>().await.unwrap(), first);
+    let schema = tenancy::TenantId(org.tenant_id).schema_name();
+    let users: Vec<(String, String)> = sqlx::query_as(&format!(
+        "select email, email_key from {schema}.users where id <> $1 order by created_at"
+    ))
+    .bind(org.owner_id)
+    .fetch_all(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        users,
+        [("ANA@BÜCHER.TEST".to_owned(), "ana@bücher.test".to_owned())]
+    );
+    let emails = app.emails_to("ANA@BÜCHER.TEST").await;
+    let notices = emails
+        .iter()
+        .filter(|(t, _)| t == "security_notice")
+        .count();
+    assert_eq!(notices, 2, "one per repeated registration: {emails:?}");
+
+    // Recovery by either spelling reaches the account.
+    let forgot = app
+        .post_as(
+            "buecher",
+            "/v1/auth/forgot-password",
+            &json!({"email": "ana@BÜCHER.test"}),
+        )
+        .await;
+    assert_eq!(forgot.status(), 202);
+    assert!(
+        app.emailed_token("ANA@BÜCHER.TEST", "password_reset")
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn job_payloads_and_the_admin_view_hold_no_link_secret() {
+    let app = spawn_app().await;
+    let org = app.signup("secrets").await;
+    let registered = app
+        .post_as(
+            "secrets",
+            "/v1/auth/register",
+            &json!({"email": "cy@secrets.example", "password": PASSWORD, "name": "Cy"}),
+        )
+        .await;
+    assert_eq!(registered.status(), 202);
+    let forgot = app
+        .post_as(
+            "secrets",
+            "/v1/auth/forgot-password",
+            &json!({"email": org.owner_email}),
+        )
+        .await;
+    assert_eq!(forgot.status(), 202);
+    let payloads = || async {
+        sqlx::query_scalar::<_, String>("select payload::text from public.jobs")
+            .fetch_all(app.state.db.pool())
+            .await
+            .unwrap()
+    };
+    // Queued: a reference to the user and the purpose, nothing usable.
+    let queued = payloads().await;
+    assert!(
+        queued
+            .iter()
+            .any(|p| p.contains("verify_email") && p.contains("user_id")),
+        "{queued:?}"
+    );
+
+    // Sent (the helpers run the jobs and read the outbox).
+    let verification = app
+        .emailed_token("cy@secrets.example", "verification")
+        .await
+        .expect("verification email");
+    let owner_verification = app
+        .emailed_token(&org.owner_email, "verification")
+        .await
+        .expect("the owner's verification email");
+    let reset = app
+        .emailed_token(&org.owner_email, "password_reset")
+        .await
+        .expect("reset email");
+    let tokens = [&verification, &owner_verification, &reset];
+    for payload in payloads().await {
+        assert!(!payload.contains("token="), "{payload}");
+        for token in tokens {
+            assert!(!payload.contains(token.as_str()), "{payload}");
+        }
+    }
+    let key = app.admin_key().await;
+    let listed = app
+        .request(Method::GET, "/v1/admin/jobs?limit=100")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed = listed.text().await.unwrap();
+    assert!(listed.contains("auth.link_email"), "{listed}");
+    assert!(!listed.contains("token="), "{listed}");
+    for token in tokens {
+        assert!(!listed.contains(token.as_str()));
+    }
+
+    // The links from the outbox work.
+    let verified = app
+        .post_as(
+            "secrets",
+            "/v1/auth/verify-email",
+            &json!({"token": verification}),
+        )
+        .await;
+    assert_eq!(verified.status(), 200);
+    let owner = app
+        .post_as(
+            "secrets",
+            "/v1/auth/verify-email",
+            &json!({"token": owner_verification}),
+        )
+        .await;
+    assert_eq!(owner.status(), 200);
+    assert_eq!(owner.json::<Value>().await.unwrap()["email_verified"], true);
+    let reset = app
+        .post_as(
+            "secrets",
+            "/v1/auth/reset-password",
+            &json!({"token": reset, "password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(reset.status(), 204);
+    app.login_ok("secrets", "cy@secrets.example", PASSWORD)
+        .await;
+    app.login_ok("secrets", &org.owner_email, "a brand new passphrase")
+        .await;
+}
+
+#[tokio::test]
+async fn the_admin_job_view_redacts_secret_fields_of_any_payload() {
+    let app = spawn_app().await;
+    // A job as an older release (or a careless one) might have enqueued it.
+    let mut vars = serde_json::Map::new();
+    vars.insert("user_name".into(), json!("Ada"));
+    vars.insert(
+        "link".into(),
+        json!("https://acme.canopy.test/verify-email?token=s3cr3t-t0k3n"),
+    );
+    let mut conn = app.state.db.pool().acquire().await.unwrap();
+    let id = jobs::enqueue(
+        &mut conn,
+        email::send_email_job("ada@example.com", email::Template::Verification, vars),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let key = app.admin_key().await;
+    let listed: Value = app
+        .request(Method::GET, "/v1/admin/jobs?kind=email.send")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = &listed["items"][0];
+    assert_eq!(job["id"], id.to_string());
+    assert_eq!(job["payload"]["vars"]["link"], jobs::REDACTED);
+    assert_eq!(job["payload"]["vars"]["user_name"], "Ada");
+    assert_eq!(job["payload"]["to"], "ada@example.com");
+    assert!(!listed.to_string().contains("s3cr3t"), "{listed}");
 }

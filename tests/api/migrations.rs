@@ -323,3 +323,64 @@ async fn existing_tenants_get_the_system_roles_and_their_owner_keeps_ownership()
     .await;
     assert_eq!(systems, 4);
 }
+
+#[tokio::test]
+async fn existing_email_keys_are_rekeyed_by_unicode_and_collisions_are_left_alone() {
+    let app = spawn_app().await;
+    let before: Vec<TenantMigration> = embedded_migrations()
+        .into_iter()
+        .filter(|m| m.version < 20261201000020)
+        .collect();
+    let slug = TenantSlug::parse("legacy-mail").unwrap();
+    let tenant = app
+        .state
+        .db
+        .create_tenant_with(&slug, "Legacy", &before)
+        .await
+        .unwrap();
+    let schema = tenant.id.schema_name();
+    // Keys as the old `lower()` (C collation) wrote them.
+    for (n, email) in [
+        (1, "ANA@BÜCHER.TEST"),
+        (2, "Bob@Example.com"),
+        (3, "X@ÄÄ.TEST"),
+        (4, "x@ää.test"),
+        (5, "ΕΛΛΗ@ΕΛΛΑΣ.TEST"),
+    ] {
+        sqlx::query(&format!(
+            "insert into {schema}.users (id, email, email_key, name, password_hash, status)
+             values ($1, $2, lower($2), 'U', 'x', 'active')"
+        ))
+        .bind(uuid::Uuid::from_u128(n))
+        .bind(email)
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+    }
+
+    app.state
+        .db
+        .migrate_tenants(&embedded_migrations(), 2, |_| {})
+        .await
+        .unwrap();
+
+    let keys: Vec<(String, String)> = sqlx::query_as(&format!(
+        "select email, email_key from {schema}.users order by id"
+    ))
+    .fetch_all(app.state.db.pool())
+    .await
+    .unwrap();
+    let rust = |e: &str| identity::email::email_key(e);
+    assert_eq!(
+        keys,
+        [
+            ("ANA@BÜCHER.TEST".to_owned(), rust("ANA@BÜCHER.TEST")),
+            ("Bob@Example.com".to_owned(), rust("Bob@Example.com")),
+            // Its new key is the next row's: two accounts for one mailbox stay apart.
+            ("X@ÄÄ.TEST".to_owned(), "x@ÄÄ.test".to_owned()),
+            ("x@ää.test".to_owned(), rust("x@ää.test")),
+            ("ΕΛΛΗ@ΕΛΛΑΣ.TEST".to_owned(), rust("ΕΛΛΗ@ΕΛΛΑΣ.TEST")),
+        ]
+    );
+    assert_eq!(keys[0].1, "ana@bücher.test");
+}

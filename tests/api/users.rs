@@ -392,3 +392,266 @@ async fn with_redis_down_checks_fall_back_to_the_database() {
     assert!(response.headers().contains_key("retry-after"));
     assert_problem(response, 503, "dependency_unavailable").await;
 }
+
+/// A catalog whose free plan has three seats.
+const THREE_SEATS: &str = r#"[
+    {"name": "free", "limits": {"storage_bytes": "1 GiB", "upload_bytes": "10 MiB", "seats": 3}}
+]"#;
+
+async fn active_users(app: &TestApp, org: &Signup) -> i64 {
+    let schema = tenancy::TenantId(org.tenant_id).schema_name();
+    sqlx::query_scalar(&format!(
+        "select count(*) from {schema}.users where status = 'active'"
+    ))
+    .fetch_one(app.state.db.pool())
+    .await
+    .expect("count")
+}
+
+/// Registers `email` (pending) and returns the verification link's token.
+async fn register_pending(app: &TestApp, org: &Signup, email: &str) -> String {
+    let response = app
+        .post_as(
+            &org.slug,
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "name": "Member"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202, "register {email}");
+    app.emailed_token(email, "verification")
+        .await
+        .expect("a verification email")
+}
+
+#[tokio::test]
+async fn a_password_reset_does_not_activate_a_pending_user_past_the_seat_limit() {
+    let app = TestApp::builder()
+        .env("plans", THREE_SEATS)
+        .env("recovery_ip_max_requests", "1000")
+        .spawn()
+        .await;
+    let org = app.signup("seats").await;
+    // Registered while seats were free: pending users take none.
+    let emails: Vec<String> = (1..=5).map(|n| format!("m{n}@seats.example")).collect();
+    let mut links = Vec::new();
+    for email in &emails {
+        links.push(register_pending(&app, &org, email).await);
+    }
+    for link in &links[..2] {
+        let verified = app
+            .post_as(&org.slug, "/v1/auth/verify-email", &json!({"token": link}))
+            .await;
+        assert_eq!(verified.status(), 200);
+    }
+    assert_eq!(active_users(&app, &org).await, 3);
+    for (email, link) in emails[2..].iter().zip(&links[2..]) {
+        let refused = app
+            .post_as(&org.slug, "/v1/auth/verify-email", &json!({"token": link}))
+            .await;
+        assert_eq!(
+            assert_problem(refused, 402, "plan_limit_reached").await["limit"],
+            "seats"
+        );
+
+        // The bypass: forgot-password, then the reset link. It is refused as well, and
+        // changes nothing: the old password stands and the user stays pending.
+        let forgot = app
+            .post_as(
+                &org.slug,
+                "/v1/auth/forgot-password",
+                &json!({"email": email}),
+            )
+            .await;
+        assert_eq!(forgot.status(), 202);
+        let token = app
+            .emailed_token(email, "password_reset")
+            .await
+            .expect("a reset email");
+        let reset = app
+            .post_as(
+                &org.slug,
+                "/v1/auth/reset-password",
+                &json!({"token": token, "password": "a brand new passphrase"}),
+            )
+            .await;
+        let problem = assert_problem(reset, 402, "plan_limit_reached").await;
+        assert_eq!(
+            (problem["limit"].clone(), problem["allowed"].clone()),
+            (json!("seats"), json!(3))
+        );
+        assert_problem(
+            app.login(&org.slug, email, "a brand new passphrase").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+        assert_problem(
+            app.login(&org.slug, email, PASSWORD).await,
+            403,
+            "email_not_verified",
+        )
+        .await;
+    }
+    assert_eq!(active_users(&app, &org).await, 3);
+
+    // With a seat free again, the same reset link works and activates.
+    let member = app.login_ok(&org.slug, &emails[0], PASSWORD).await;
+    let me: Value = app
+        .get_authed(&org.slug, "/v1/me", &member.access)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let id: Uuid = me["id"].as_str().expect("id").parse().expect("uuid");
+    let deactivated = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        id,
+        json!({"status": "deactivated"}),
+    )
+    .await;
+    assert_eq!(deactivated.status(), 200);
+    let token = app
+        .emailed_token(&emails[2], "password_reset")
+        .await
+        .expect("reset email");
+    let reset = app
+        .post_as(
+            &org.slug,
+            "/v1/auth/reset-password",
+            &json!({"token": token, "password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(reset.status(), 204);
+    app.login_ok(&org.slug, &emails[2], "a brand new passphrase")
+        .await;
+    assert_eq!(active_users(&app, &org).await, 3);
+}
+
+#[tokio::test]
+async fn reactivating_or_activating_a_user_past_the_seat_limit_is_refused() {
+    let app = TestApp::builder().env("plans", THREE_SEATS).spawn().await;
+    let org = app.signup("reseat").await;
+    let second = app.register_verified(&org.slug, "two@reseat.example").await;
+    // Registered while seats were free: pending users take none.
+    let pending = register_pending(&app, &org, "four@reseat.example").await;
+    register_pending(&app, &org, "five@reseat.example").await;
+    app.register_verified(&org.slug, "three@reseat.example")
+        .await;
+    let deactivate = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        second,
+        json!({"status": "deactivated"}),
+    )
+    .await;
+    assert_eq!(deactivate.status(), 200);
+    let verified = app
+        .post_as(
+            &org.slug,
+            "/v1/auth/verify-email",
+            &json!({"token": pending}),
+        )
+        .await;
+    assert_eq!(verified.status(), 200);
+    let fourth: Uuid = verified.json::<Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    assert_eq!(active_users(&app, &org).await, 3);
+
+    let reactivate = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        second,
+        json!({"status": "active"}),
+    )
+    .await;
+    assert_eq!(
+        assert_problem(reactivate, 402, "plan_limit_reached").await["limit"],
+        "seats"
+    );
+    let user: Value = app
+        .get_authed(
+            &org.slug,
+            &format!("/v1/users/{second}"),
+            &org.tokens.access,
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(user["status"], "deactivated");
+
+    // An administrator activating a pending user is judged the same way.
+    let page: Value = app
+        .get_authed(&org.slug, "/v1/users?status=pending", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let fifth: Uuid = page["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let activate = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        fifth,
+        json!({"status": "active"}),
+    )
+    .await;
+    assert_problem(activate, 402, "plan_limit_reached").await;
+    assert_eq!(active_users(&app, &org).await, 3);
+
+    // A seat freed, reactivation works.
+    let off = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        fourth,
+        json!({"status": "banned"}),
+    )
+    .await;
+    assert_eq!(off.status(), 200);
+    let reactivate = patch_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        second,
+        json!({"status": "active"}),
+    )
+    .await;
+    assert_eq!(reactivate.status(), 200);
+    assert_eq!(active_users(&app, &org).await, 3);
+}
+
+#[tokio::test]
+async fn concurrent_verifications_take_the_last_seat_once() {
+    let app = TestApp::builder().env("plans", THREE_SEATS).spawn().await;
+    let org = app.signup("lastseat").await;
+    app.register_verified(&org.slug, "two@lastseat.example")
+        .await;
+    let mut links = Vec::new();
+    for n in 3..=6 {
+        links.push(register_pending(&app, &org, &format!("m{n}@lastseat.example")).await);
+    }
+    // One seat left, four links opened at once: exactly one is let in.
+    let bodies: Vec<Value> = links.iter().map(|link| json!({"token": link})).collect();
+    let answers = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.post_as(&org.slug, "/v1/auth/verify-email", body)),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 402, 402, 402]);
+    assert_eq!(active_users(&app, &org).await, 3);
+}

@@ -1,5 +1,6 @@
 //! Helpers for tests of users and sessions: sign-up, registration with verification,
-//! login, reading the links the service emails, and running queued jobs.
+//! login, reading the links the service emails (from the development outbox, as a user
+//! would), and running queued jobs.
 
 use std::time::Duration;
 
@@ -167,35 +168,52 @@ impl TestApp {
         body["id"].as_str().expect("id").parse().expect("uuid")
     }
 
-    /// The emails queued for `to` (newest first), as `(template, vars)`.
+    /// The emails sent to `to` (newest first, by when their job was enqueued), as
+    /// `(template, message)`; `message` holds the `subject`, the plain `text` and, when the
+    /// text has one, the `link`. Runs the due jobs first, then reads the development outbox
+    /// (`CANOPY_OUTBOX_DIR`): what a user receives, not what a job payload says.
     pub async fn emails_to(&self, to: &str) -> Vec<(String, Value)> {
-        let rows: Vec<Value> = sqlx::query_scalar(
-            "select payload from public.jobs
-             where kind = 'email.send' and payload->>'to' = $1
-             order by created_at desc, id desc",
+        self.run_jobs().await;
+        let wanted = identity::email::email_key(to);
+        let mut sent: Vec<(Uuid, String, Value)> = self
+            .outbox()
+            .into_iter()
+            .filter(|m| identity::email::email_key(&m.to) == wanted)
+            .map(|m| (m.job, m.template, m.message))
+            .collect();
+        let jobs: Vec<Uuid> = sent.iter().map(|(job, _, _)| *job).collect();
+        let order: Vec<Uuid> = sqlx::query_scalar(
+            "select id from public.jobs where id = any($1) order by created_at desc, id desc",
         )
-        .bind(to)
+        .bind(&jobs)
         .fetch_all(self.state.db.pool())
         .await
         .expect("query jobs");
-        rows.into_iter()
-            .map(|p| {
-                (
-                    p["template"].as_str().unwrap_or_default().to_owned(),
-                    p["vars"].clone(),
-                )
-            })
-            .collect()
+        sent.sort_by_key(|(job, _, _)| order.iter().position(|id| id == job));
+        sent.into_iter().map(|(_, t, m)| (t, m)).collect()
     }
 
-    /// The `token` of the link in the newest `template` email queued for `to`.
+    /// The `token` of the link in the newest `template` email sent to `to` (see
+    /// [`Self::emails_to`]).
     pub async fn emailed_token(&self, to: &str, template: &str) -> Option<String> {
         let emails = self.emails_to(to).await;
-        let (_, vars) = emails.into_iter().find(|(t, _)| t == template)?;
-        let link = url::Url::parse(vars["link"].as_str()?).ok()?;
+        let (_, message) = emails.into_iter().find(|(t, _)| t == template)?;
+        let link = url::Url::parse(message["link"].as_str()?).ok()?;
         link.query_pairs()
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
+    }
+
+    /// Every message in this app's outbox, in no particular order.
+    pub fn outbox(&self) -> Vec<OutboxMessage> {
+        let Ok(entries) = std::fs::read_dir(&self.settings.email.outbox_dir) else {
+            return Vec::new();
+        };
+        entries
+            .map(|e| e.expect("outbox entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .map(|p| OutboxMessage::parse(&std::fs::read_to_string(&p).expect("read eml")))
+            .collect()
     }
 
     /// Runs every due job with this binary's handlers, until none is left.
@@ -260,6 +278,111 @@ impl TestApp {
         .fetch_all(self.state.db.pool())
         .await
         .expect("audit events")
+    }
+}
+
+/// One message of the development outbox, as `lettre` wrote it.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// The `To` address.
+    pub to: String,
+    /// `X-Canopy-Template`.
+    pub template: String,
+    /// `X-Canopy-Job`: the job that sent it.
+    pub job: Uuid,
+    /// `{subject, text, link}` (`link` only when the text has one).
+    pub message: Value,
+    /// The whole file.
+    pub raw: String,
+}
+
+impl OutboxMessage {
+    /// Parses an `.eml` file: headers, and the decoded `text/plain` part.
+    pub fn parse(raw: &str) -> Self {
+        let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
+        let headers = unfold(head);
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let boundary = header("Content-Type")
+            .split_once("boundary=")
+            .map(|(_, b)| b.trim_matches('"').to_owned())
+            .expect("a multipart message");
+        let text = body
+            .split(&format!("--{boundary}"))
+            .filter_map(|part| {
+                let (head, content) = part.trim_start_matches("\r\n").split_once("\r\n\r\n")?;
+                let headers = unfold(head);
+                let value = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.to_ascii_lowercase())
+                        .unwrap_or_default()
+                };
+                value("Content-Type")
+                    .starts_with("text/plain")
+                    .then(|| decode(&value("Content-Transfer-Encoding"), content))
+            })
+            .next()
+            .expect("a text/plain part");
+        let link = text
+            .split_whitespace()
+            .find(|w| w.starts_with("http") && w.contains("token="))
+            .map(str::to_owned);
+        let to = header("To");
+        let to = match (to.find('<'), to.rfind('>')) {
+            (Some(start), Some(end)) if start < end => to[start + 1..end].to_owned(),
+            _ => to.trim().to_owned(),
+        };
+        Self {
+            to,
+            template: header("X-Canopy-Template"),
+            job: header("X-Canopy-Job").parse().expect("X-Canopy-Job"),
+            message: json!({ "subject": header("Subject"), "text": text, "link": link }),
+            raw: raw.to_owned(),
+        }
+    }
+}
+
+/// `(name, value)` of each header in `head`, continuation lines joined.
+fn unfold(head: &str) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = headers.last_mut() {
+                value.push_str(line.trim_start());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    headers
+}
+
+/// A MIME part's content, decoded.
+fn decode(encoding: &str, content: &str) -> String {
+    match encoding {
+        "quoted-printable" => String::from_utf8(
+            quoted_printable::decode(content.trim_end(), quoted_printable::ParseMode::Robust)
+                .expect("quoted-printable"),
+        )
+        .expect("utf-8"),
+        "base64" => {
+            use base64::Engine;
+            let joined: String = content.split_whitespace().collect();
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(joined)
+                    .expect("base64"),
+            )
+            .expect("utf-8")
+        }
+        _ => content.to_owned(),
     }
 }
 

@@ -2,12 +2,19 @@
 //! naming the email address, whether or not an account has it: the answer and its timing
 //! are the same either way, and the job (inside the tenant's transaction) finds out
 //! whether there is anyone to write to.
+//!
+//! No job payload carries a usable secret (operators read payloads in `/v1/admin/jobs`):
+//! the jobs name an address, or a user and a purpose ([`LINK_EMAIL`], enqueued by
+//! registration and sign-up), and their handler mints the verification or reset token in
+//! the job's tenant transaction and sends the link at once through the mailer
+//! ([`email::Mailer::send_from_job`]); the worker commits after. Security notices carry no
+//! secret and go through the ordinary `email.send` job.
 
 use std::time::Duration;
 
-use email::Template;
+use email::{Mailer, Template};
 use identity::{
-    User, UserStatus,
+    Email, User, UserStatus,
     store::{self, TokenPurpose},
 };
 use jobs::{JobContext, JobHandler, NewJob};
@@ -16,6 +23,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tenancy::BoxFuture;
 use url::Url;
+use uuid::Uuid;
 
 use crate::settings::Settings;
 
@@ -23,11 +31,30 @@ use crate::settings::Settings;
 pub const PASSWORD_RESET_REQUESTED: &str = "auth.password_reset_requested";
 /// Job kind: send a new verification link to this address if a pending account has it.
 pub const VERIFICATION_REQUESTED: &str = "auth.verification_requested";
+/// Job kind: send this user a fresh link for this purpose (if they are still eligible).
+pub const LINK_EMAIL: &str = "auth.link_email";
 
-/// Payload of both jobs.
+/// Payload of [`PASSWORD_RESET_REQUESTED`] and [`VERIFICATION_REQUESTED`].
 #[derive(Debug, Serialize, Deserialize)]
 struct EmailRequest {
     email: String,
+}
+
+/// What a link lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkPurpose {
+    /// Confirm the email address (a pending user becomes active).
+    VerifyEmail,
+    /// Set a new password.
+    ResetPassword,
+}
+
+/// Payload of [`LINK_EMAIL`]: a reference, never the link.
+#[derive(Debug, Serialize, Deserialize)]
+struct LinkRequest {
+    user_id: Uuid,
+    purpose: LinkPurpose,
 }
 
 /// A job of `kind` for `email` (enqueue it in the tenant's transaction).
@@ -39,6 +66,18 @@ pub fn request_job(kind: &'static str, email: &str) -> NewJob {
         }),
     )
     .max_attempts(5)
+}
+
+/// A job emailing `user` a fresh `purpose` link (enqueue it in the tenant's transaction).
+pub fn link_job(user: Uuid, purpose: LinkPurpose) -> NewJob {
+    NewJob::new(
+        LINK_EMAIL,
+        json!(LinkRequest {
+            user_id: user,
+            purpose
+        }),
+    )
+    .max_attempts(8)
 }
 
 /// Where email links point and how long they work.
@@ -68,48 +107,32 @@ impl Links {
         url.to_string()
     }
 
-    /// Issues a verification token for `user` and enqueues the email carrying it.
-    pub async fn send_verification(
+    /// Mints a `purpose` token for `user` in the job's transaction (voiding earlier unused
+    /// ones) and emails the link now.
+    async fn send(
         &self,
-        conn: &mut PgConnection,
+        ctx: &mut JobContext,
+        mailer: &Mailer,
         user: &User,
+        purpose: LinkPurpose,
     ) -> anyhow::Result<()> {
-        let token = store::issue_user_token(
-            conn,
-            user.id,
-            TokenPurpose::VerifyEmail,
-            self.verification_ttl,
-        )
-        .await?;
-        let vars = vars(
-            user,
-            Some(self.link("/verify-email", &token)),
-            self.verification_ttl,
-        );
-        jobs::enqueue(
-            conn,
-            email::send_email_job(&user.email, Template::Verification, vars),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Issues a reset token for `user` and enqueues the email carrying it.
-    pub async fn send_reset(&self, conn: &mut PgConnection, user: &User) -> anyhow::Result<()> {
-        let token =
-            store::issue_user_token(conn, user.id, TokenPurpose::ResetPassword, self.reset_ttl)
-                .await?;
-        let vars = vars(
-            user,
-            Some(self.link("/reset-password", &token)),
-            self.reset_ttl,
-        );
-        jobs::enqueue(
-            conn,
-            email::send_email_job(&user.email, Template::PasswordReset, vars),
-        )
-        .await?;
-        Ok(())
+        let (token_purpose, ttl, path, template) = match purpose {
+            LinkPurpose::VerifyEmail => (
+                TokenPurpose::VerifyEmail,
+                self.verification_ttl,
+                "/verify-email",
+                Template::Verification,
+            ),
+            LinkPurpose::ResetPassword => (
+                TokenPurpose::ResetPassword,
+                self.reset_ttl,
+                "/reset-password",
+                Template::PasswordReset,
+            ),
+        };
+        let token = store::issue_user_token(ctx.tenant_tx()?, user.id, token_purpose, ttl).await?;
+        let vars = vars(user, Some(self.link(path, &token)), ttl);
+        mailer.send_from_job(ctx, &user.email, template, vars).await
     }
 }
 
@@ -138,26 +161,69 @@ fn vars(user: &User, link: Option<String>, ttl: Duration) -> serde_json::Map<Str
     vars
 }
 
-/// Handles [`PASSWORD_RESET_REQUESTED`] and [`VERIFICATION_REQUESTED`].
+/// Handles [`PASSWORD_RESET_REQUESTED`], [`VERIFICATION_REQUESTED`] and [`LINK_EMAIL`].
 pub struct EmailRequests {
     kind: &'static str,
     links: Links,
+    mailer: Mailer,
 }
 
 impl EmailRequests {
-    /// Handlers for both kinds.
-    pub fn handlers(settings: &Settings) -> [Self; 2] {
+    /// Handlers for the three kinds, sending through `mailer`.
+    pub fn handlers(settings: &Settings, mailer: &Mailer) -> [Self; 3] {
         let links = Links::new(settings);
-        [
-            Self {
-                kind: PASSWORD_RESET_REQUESTED,
-                links: links.clone(),
-            },
-            Self {
-                kind: VERIFICATION_REQUESTED,
-                links,
-            },
-        ]
+        [PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, LINK_EMAIL].map(|kind| Self {
+            kind,
+            links: links.clone(),
+            mailer: mailer.clone(),
+        })
+    }
+
+    /// The user a job is about and the link to send them, if they are eligible for it.
+    async fn recipient(
+        &self,
+        ctx: &mut JobContext,
+        payload: Value,
+    ) -> anyhow::Result<Option<(User, LinkPurpose)>> {
+        let tx = ctx.tenant_tx()?;
+        let (user, purpose) = if self.kind == LINK_EMAIL {
+            let request: LinkRequest = serde_json::from_value(payload)?;
+            (
+                store::user_by_id(tx, request.user_id).await?,
+                request.purpose,
+            )
+        } else {
+            let request: EmailRequest = serde_json::from_value(payload)?;
+            let purpose = if self.kind == PASSWORD_RESET_REQUESTED {
+                LinkPurpose::ResetPassword
+            } else {
+                LinkPurpose::VerifyEmail
+            };
+            (
+                store::user_by_email(tx, &Email::new(&request.email)).await?,
+                purpose,
+            )
+        };
+        let Some(user) = user else {
+            tracing::info!(kind = self.kind, "no such account; nothing sent");
+            return Ok(None);
+        };
+        let eligible = match (self.kind, purpose) {
+            (_, LinkPurpose::ResetPassword) => !user.status.is_blocked(),
+            // Asked for by address: only a pending account gets a new link.
+            (VERIFICATION_REQUESTED, LinkPurpose::VerifyEmail) => {
+                user.status == UserStatus::Pending
+            }
+            // Enqueued at registration or sign-up: until the address is verified.
+            (_, LinkPurpose::VerifyEmail) => {
+                user.email_verified_at.is_none() && !user.status.is_blocked()
+            }
+        };
+        if !eligible {
+            tracing::info!(kind = self.kind, status = %user.status, "account not eligible; nothing sent");
+            return Ok(None);
+        }
+        Ok(Some((user, purpose)))
     }
 }
 
@@ -172,26 +238,9 @@ impl JobHandler for EmailRequests {
         payload: Value,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let request: EmailRequest = serde_json::from_value(payload)?;
-            let tx = ctx.tenant_tx()?;
-            let Some(user) = store::user_by_email(tx, &request.email).await? else {
-                tracing::info!(
-                    kind = self.kind,
-                    "no account has this address; nothing sent"
-                );
-                return Ok(());
-            };
-            match (self.kind, user.status) {
-                (PASSWORD_RESET_REQUESTED, status) if !status.is_blocked() => {
-                    self.links.send_reset(tx, &user).await
-                }
-                (VERIFICATION_REQUESTED, UserStatus::Pending) => {
-                    self.links.send_verification(tx, &user).await
-                }
-                _ => {
-                    tracing::info!(kind = self.kind, status = %user.status, "account not eligible; nothing sent");
-                    Ok(())
-                }
+            match self.recipient(ctx, payload).await? {
+                Some((user, purpose)) => self.links.send(ctx, &self.mailer, &user, purpose).await,
+                None => Ok(()),
             }
         })
     }

@@ -5,7 +5,7 @@ use std::{sync::Mutex, time::Duration};
 
 use chrono::{DateTime, Utc};
 use identity::{
-    ClientInfo, OpaqueToken, User, UserStatus, Verified,
+    ClientInfo, Email, OpaqueToken, User, UserStatus, Verified,
     store::{self, AuditEvent, LockoutPolicy, NewUser, RefreshOutcome, Session, TokenPurpose},
 };
 use poem::{Request, web::Data};
@@ -20,7 +20,10 @@ use crate::{
     AppState,
     auth::{
         UserAuth, client_info,
-        jobs::{Links, PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, request_job, send_notice},
+        jobs::{
+            LinkPurpose, PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, link_job, request_job,
+            send_notice,
+        },
         throttle::{self, Counter},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
@@ -340,12 +343,11 @@ impl AuthApi {
         let slug = TenantSlug::parse(&body.tenant_slug).map_err(TenancyError::from)?;
         let password_hash = state.hasher.hash(&body.password).await?;
         let seed = OwnerSeed {
-            email: body.email.trim().to_owned(),
+            email: Email::new(&body.email),
             name: body.name.trim().to_owned(),
             password_hash,
             client,
             refresh_ttl: state.settings.jwt.refresh_ttl,
-            links: Links::new(&state.settings),
             created: Mutex::new(None),
         };
         let tenant = state
@@ -395,13 +397,13 @@ impl AuthApi {
     ) -> ApiResult<AcceptedResponse> {
         let client = recovery_throttle(&state, request, &tenant).await?;
         let body = body.0;
-        let email = body.email.trim();
+        let email = Email::new(&body.email);
         // Hashed whether or not the address is taken: both answers take the same time.
         let password_hash = state.hasher.hash(&body.password).await?;
         let mut tx = state.tenant_db.begin(tenant.0.id).await?;
         // Before looking the address up: a full tenant answers the same for every address.
         limits::ensure_room(&state, &mut tx, &tenant.0, Limited::Seats, 1).await?;
-        let existing = store::user_by_email(&mut tx, email).await?;
+        let existing = store::user_by_email(&mut tx, &email).await?;
         match existing {
             Some(user) => {
                 send_notice(&mut tx, &user, "Someone tried to register a new account with your email address. If it was you, log in instead, or reset your password if you forgot it.")
@@ -412,7 +414,7 @@ impl AuthApi {
                 let user = store::insert_user(
                     &mut tx,
                     NewUser {
-                        email,
+                        email: &email,
                         name: body.name.trim(),
                         password_hash: &password_hash,
                         status: UserStatus::Pending,
@@ -423,10 +425,8 @@ impl AuthApi {
                 rbac::store::grant_system_role(&mut tx, user.id, SystemRole::Viewer)
                     .await
                     .map_err(ApiError::internal)?;
-                Links::new(&state.settings)
-                    .send_verification(&mut tx, &user)
-                    .await
-                    .map_err(ApiError::internal)?;
+                // The job mints the link when it sends it: no payload holds a secret.
+                jobs::enqueue(&mut tx, link_job(user.id, LinkPurpose::VerifyEmail)).await?;
                 audit(
                     &mut tx,
                     "user.registered",
@@ -468,14 +468,8 @@ impl AuthApi {
         let user = store::consume_user_token(&mut tx, &token, TokenPurpose::VerifyEmail)
             .await?
             .ok_or_else(link_invalid)?;
-        let was_pending = store::user_by_id(&mut tx, user)
-            .await?
-            .is_some_and(|u| u.status == UserStatus::Pending);
-        store::mark_email_verified(&mut tx, user).await?;
-        if was_pending {
-            // The user now takes a seat.
-            limits::ensure_room(&state, &mut tx, &tenant.0, Limited::Seats, 0).await?;
-        }
+        let activated = store::mark_email_verified(&mut tx, user).await?;
+        limits::ensure_seats(&state, &mut tx, &tenant.0, activated).await?;
         audit(
             &mut tx,
             "email.verified",
@@ -541,7 +535,7 @@ impl AuthApi {
 
         let body = body.0;
         let mut tx = state.tenant_db.begin(tenant_id).await?;
-        let record = store::login_record(&mut tx, &body.email).await?;
+        let record = store::login_record(&mut tx, &Email::new(&body.email)).await?;
         tx.commit().await?;
         if let Some(until) = record
             .as_ref()
@@ -894,8 +888,10 @@ impl AuthApi {
             return Err(link_invalid());
         };
         store::set_password(&mut tx, user, &hash, true).await?;
-        // Opening the link proves the mailbox is theirs.
-        store::mark_email_verified(&mut tx, user).await?;
+        // Opening the link proves the mailbox is theirs: a pending user becomes active and
+        // takes a seat, refused (and nothing done) when the plan has none left.
+        let activated = store::mark_email_verified(&mut tx, user).await?;
+        limits::ensure_seats(&state, &mut tx, &tenant.0, activated).await?;
         let ended = store::revoke_user_sessions(&mut tx, user, None, "password_reset").await?;
         audit(
             &mut tx,
@@ -1033,12 +1029,11 @@ impl AuthApi {
 
 /// Creates the owner inside the provisioning transaction of a sign-up.
 struct OwnerSeed {
-    email: String,
+    email: Email,
     name: String,
     password_hash: String,
     client: ClientInfo,
     refresh_ttl: Duration,
-    links: Links,
     created: Mutex<Option<(User, Session, OpaqueToken)>>,
 }
 
@@ -1071,8 +1066,7 @@ impl TenantSeed for OwnerSeed {
                 store::create_session(tx, user.id, &self.client, self.refresh_ttl)
                     .await
                     .map_err(|e| failed(e.into()))?;
-            self.links
-                .send_verification(tx, &user)
+            jobs::enqueue(tx, link_job(user.id, LinkPurpose::VerifyEmail))
                 .await
                 .map_err(|e| failed(e.into()))?;
             audit(

@@ -25,7 +25,7 @@ use crate::{
         permissions::{Authorized, perm},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    limits::{self, Limited},
+    limits,
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag,
@@ -279,9 +279,10 @@ impl UsersApi {
     ) -> ApiResult<Json<UserView>> {
         let me = auth.0;
         let mut tx = state.tenant_db.begin(me.tenant.id).await?;
-        let (_, user) = store::update_user(&mut tx, me.user_id, None, Some(body.0.name.trim()))
+        let user = store::update_user(&mut tx, me.user_id, None, Some(body.0.name.trim()))
             .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?
+            .after;
         let view = user_view(&mut tx, &user).await?;
         tx.commit().await?;
         Ok(Json(view))
@@ -382,12 +383,14 @@ impl UsersApi {
             ensure_not_last_owner(&mut tx, target).await?;
         }
         let name = body.0.name.as_deref().map(str::trim);
-        let (before, after) = store::update_user(&mut tx, target, status, name)
+        let store::UserUpdate {
+            before,
+            after,
+            activated,
+        } = store::update_user(&mut tx, target, status, name)
             .await?
             .ok_or_else(user_not_found)?;
-        if after.status == UserStatus::Active && before.status != UserStatus::Active {
-            limits::ensure_room(&state, &mut tx, &me.tenant, Limited::Seats, 0).await?;
-        }
+        limits::ensure_seats(&state, &mut tx, &me.tenant, activated).await?;
         let blocked = after.status.is_blocked() && !before.status.is_blocked();
         let unblocked = before.status.is_blocked() && !after.status.is_blocked();
         let ended = if blocked {
