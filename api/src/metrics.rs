@@ -38,6 +38,7 @@ pub struct Metrics {
     redis_connections: Family<PoolLabels, Gauge>,
     job_outcomes: Family<JobLabels, Counter>,
     jobs_by_status: Family<StatusLabels, Gauge>,
+    jobs_observed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +120,7 @@ impl Metrics {
             requests,
             job_outcomes,
             jobs_by_status,
+            jobs_observed: tokio::sync::watch::Sender::new(0),
             latency,
             db_connections,
             db_max_connections,
@@ -147,6 +149,13 @@ impl Metrics {
                 outcome,
             })
             .inc();
+        self.jobs_observed.send_modify(|n| *n += 1);
+    }
+
+    /// How many job runs [`Self::observe_job`] has counted so far, as it changes (lets a
+    /// caller wait until a run it saw finish is in the figures).
+    pub fn jobs_observed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.jobs_observed.subscribe()
     }
 
     /// Sets the queue gauges (read from the database at scrape time).
