@@ -39,6 +39,13 @@ pub struct Metrics {
     job_outcomes: Family<JobLabels, Counter>,
     jobs_by_status: Family<StatusLabels, Gauge>,
     jobs_observed: tokio::sync::watch::Sender<u64>,
+    rate_limited: Family<LimitLabels, Counter>,
+    rate_limit_fallbacks: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,8 +122,22 @@ impl Metrics {
             "Jobs in the queue by status (queue depth: queued + failed)",
             jobs_by_status.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused for a rate limit, by limit (ip_per_second, …, requests_per_minute, process)",
+            rate_limited.clone(),
+        );
+        let rate_limit_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Requests whose rate limits Redis could not judge (the process-wide cap applied instead)",
+            rate_limit_fallbacks.clone(),
+        );
         Self {
             registry,
+            rate_limited,
+            rate_limit_fallbacks,
             requests,
             job_outcomes,
             jobs_by_status,
@@ -139,6 +160,18 @@ impl Metrics {
         self.latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one request refused for `limit`.
+    pub fn observe_rate_limited(&self, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    /// Counts one request judged by the process-wide cap instead of Redis.
+    pub fn observe_rate_limit_fallback(&self) {
+        self.rate_limit_fallbacks.inc();
     }
 
     /// Counts one finished job run.

@@ -54,6 +54,7 @@ use uuid::Uuid;
 use crate::{
     client_ip::{ClientIp, TrustedProxies},
     error::{ApiError, ErrorCode},
+    metrics::Metrics,
     settings::RateLimitSettings,
     state::RedisPool,
 };
@@ -294,6 +295,7 @@ impl Deferred {
 pub struct RateLimiter {
     settings: RateLimitSettings,
     redis: RedisPool,
+    metrics: Arc<Metrics>,
     script: redis::Script,
     fallback: Option<DefaultDirectRateLimiter>,
     started: Instant,
@@ -305,13 +307,14 @@ pub struct RateLimiter {
 const BACK_OFF: Duration = Duration::from_secs(1);
 
 impl RateLimiter {
-    /// A limiter with `settings`, counting in `redis`.
-    pub fn new(settings: RateLimitSettings, redis: RedisPool) -> Self {
+    /// A limiter with `settings`, counting in `redis`, its refusals in `metrics`.
+    pub fn new(settings: RateLimitSettings, redis: RedisPool, metrics: Arc<Metrics>) -> Self {
         let fallback = NonZeroU32::new(settings.fallback_per_second)
             .map(|rate| governor::RateLimiter::direct(GovernorQuota::per_second(rate)));
         Self {
             settings,
             redis,
+            metrics,
             script: redis::Script::new(SCRIPT),
             fallback,
             started: Instant::now(),
@@ -437,6 +440,7 @@ impl RateLimiter {
         let verdict = if allowed == 1 {
             Verdict::Allowed(Some(quota))
         } else {
+            self.metrics.observe_rate_limited(limit.scope.name());
             Verdict::Refused {
                 scope: limit.scope,
                 quota,
@@ -448,8 +452,12 @@ impl RateLimiter {
 
     /// The verdict when Redis could not judge: the process-wide cap.
     pub fn fallback(&self) -> Verdict {
+        self.metrics.observe_rate_limit_fallback();
         match &self.fallback {
-            Some(cap) if cap.check().is_err() => Verdict::LocalCap,
+            Some(cap) if cap.check().is_err() => {
+                self.metrics.observe_rate_limited("process");
+                Verdict::LocalCap
+            }
             _ => Verdict::Allowed(None),
         }
     }

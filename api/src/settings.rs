@@ -1481,6 +1481,67 @@ mod tests {
     }
 
     #[test]
+    fn edge_settings_parse_and_the_old_forwarded_for_switch_still_works() {
+        let s = Settings::from_env_map(&BTreeMap::new()).expect("defaults");
+        assert!(s.http.trusted_proxies.is_empty());
+        assert_eq!(
+            s.http.metrics_bind.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
+        assert!(s.rate_limit.enabled);
+        assert_eq!(
+            (s.rate_limit.ip_per_second, s.rate_limit.ip_per_minute),
+            (3, 100)
+        );
+        assert_eq!(
+            (s.rate_limit.user_per_second, s.rate_limit.user_per_minute),
+            (20, 600)
+        );
+
+        let s = Settings::from_env_map(&env(&[
+            ("CANOPY_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1/32"),
+            ("CANOPY_METRICS_BIND", "off"),
+            ("CANOPY_RATE_LIMIT_ENABLED", "false"),
+            ("CANOPY_RATE_LIMIT_IP_PER_SECOND", "0"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            s.http.trusted_proxies,
+            TrustedProxies::parse("10.0.0.0/8,127.0.0.1").expect("valid")
+        );
+        assert_eq!(s.http.metrics_bind, None);
+        assert!(!s.rate_limit.enabled);
+        assert_eq!(s.rate_limit.ip_per_second, 0);
+
+        let legacy =
+            Settings::from_env_map(&env(&[("CANOPY_TRUST_FORWARDED_FOR", "true")])).expect("ok");
+        assert_eq!(
+            legacy.http.trusted_proxies,
+            TrustedProxies::legacy_one_hop()
+        );
+        let both = Settings::from_env_map(&env(&[
+            ("CANOPY_TRUST_FORWARDED_FOR", "true"),
+            ("CANOPY_TRUSTED_PROXIES", "10.0.0.1"),
+        ]))
+        .expect("ok");
+        assert_eq!(
+            both.http.trusted_proxies,
+            TrustedProxies::parse("10.0.0.1").expect("valid")
+        );
+
+        for (var, bad) in [
+            ("CANOPY_TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("CANOPY_TRUSTED_PROXIES", "proxy.internal"),
+            ("CANOPY_METRICS_BIND", "9090"),
+            ("CANOPY_RATE_LIMIT_USER_PER_MINUTE", "-1"),
+            ("CANOPY_RATE_LIMIT_ENABLED", "maybe"),
+        ] {
+            let err = Settings::from_env_map(&env(&[(var, bad)])).expect_err(var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
     fn file_values_apply_and_the_environment_wins() {
         let dir = std::env::temp_dir().join(format!("canopy-settings-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -402,7 +402,12 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.billing.secret_key.expose_secret(),
     )
     .context("cannot set up the Stripe client")?;
-    let rate_limiter = Arc::new(RateLimiter::new(settings.rate_limit.clone(), redis.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let rate_limiter = Arc::new(RateLimiter::new(
+        settings.rate_limit.clone(),
+        redis.clone(),
+        metrics.clone(),
+    ));
     Ok(AppState {
         stripe,
         rate_limiter,
@@ -415,7 +420,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         db,
         tenants,
         redis,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         tokens,
         hasher,
         revocations,
@@ -454,6 +459,10 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
             .allow_origins(http.cors_origins.iter().map(String::as_str))
             .expose_header("x-request-id")
             .expose_header("etag")
+            .expose_header("ratelimit-limit")
+            .expose_header("ratelimit-remaining")
+            .expose_header("ratelimit-reset")
+            .expose_header("retry-after")
             .max_age(600)
     });
     route

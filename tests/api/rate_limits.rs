@@ -75,6 +75,13 @@ async fn a_burst_from_one_address_is_refused_with_the_limit_headers() {
     let problem = assert_problem(refused, 429, "rate_limited").await;
     assert_eq!(problem["limit"], "ip_per_minute");
     assert_eq!(problem["allowed"], 3);
+    let metrics = app.scrape_metrics().await.text().await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"canopy_rate_limited_total{limit="ip_per_minute"} 1"#),
+        "{metrics}"
+    );
 
     // Another address has its own bucket.
     let other = from(&app, &unique_ip(), path)
@@ -286,6 +293,19 @@ async fn without_redis_the_limits_fail_open_under_the_process_cap() {
     assert!(refused.headers().contains_key("retry-after"));
     let problem = assert_problem(refused, 429, "rate_limited").await;
     assert_eq!(problem["limit"], "process");
+    let metrics = app.scrape_metrics().await.text().await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"canopy_rate_limited_total{limit="process"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("canopy_rate_limit_fallbacks_total {}", served + 1)),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
