@@ -450,8 +450,12 @@ impl RateLimiter {
         Ok((verdict, values))
     }
 
-    /// The verdict when Redis could not judge: the process-wide cap.
+    /// The verdict when Redis could not judge: the process-wide cap (none when the general
+    /// limits are off: the plan's rate alone then goes unchecked, as before).
     pub fn fallback(&self) -> Verdict {
+        if !self.settings.enabled {
+            return Verdict::Allowed(None);
+        }
         self.metrics.observe_rate_limit_fallback();
         match &self.fallback {
             Some(cap) if cap.check().is_err() => {

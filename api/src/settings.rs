@@ -252,7 +252,7 @@ pub const SETTINGS: &[SettingSpec] = &[
     spec(
         "rate_limit_enabled",
         Some("true"),
-        "`false` turns the per-IP and per-user request limits off (the plan's rate and the login, recovery and sign-up throttles stay)",
+        "`false` turns the per-IP and per-user request limits and their fallback cap off (the plan's rate and the login, recovery and sign-up throttles stay)",
     ),
     spec(
         "rate_limit_ip_per_second",
