@@ -38,7 +38,8 @@ pub enum Command {
     /// Run the HTTP API server until SIGTERM or SIGINT.
     ///
     /// Listens on CANOPY_BIND (default 127.0.0.1:8080) and serves the API, Swagger UI at
-    /// /docs, the OpenAPI document at /openapi.json, health probes and /metrics. Refuses to
+    /// /docs, the OpenAPI document at /openapi.json and health probes; /metrics is served on
+    /// its own listener, CANOPY_METRICS_BIND (default 127.0.0.1:9090). Refuses to
     /// start while the database is behind this binary's migrations. On SIGTERM/SIGINT it
     /// stops accepting connections and lets in-flight requests finish (up to
     /// CANOPY_SHUTDOWN_TIMEOUT).
@@ -53,8 +54,9 @@ pub enum Command {
     Migrate,
     /// Run background job workers only (no HTTP), until SIGTERM or SIGINT.
     ///
-    /// Runs CANOPY_WORKERS jobs at once. Several `canopy worker` processes, on one machine
-    /// or many, share the queue safely. On SIGTERM it stops claiming, lets running jobs
+    /// Runs CANOPY_WORKERS jobs at once and serves /metrics on CANOPY_METRICS_BIND (give
+    /// each process on a host its own port, or `off`). Several `canopy worker` processes,
+    /// on one machine or many, share the queue safely. On SIGTERM it stops claiming, lets running jobs
     /// finish within CANOPY_SHUTDOWN_TIMEOUT and puts the rest back in the queue.
     Worker,
     /// Create, inspect and change tenants (the same operations as /v1/admin/tenants).
@@ -186,7 +188,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 app.state().settings.http.bind.ip(),
                 app.port()
             );
-            tracing::info!(%url, docs = %format!("{url}/docs"), "listening");
+            tracing::info!(%url, docs = %format!("{url}/docs"), metrics_port = app.metrics_port(), "listening");
             app.run_until_stopped().await
         }
         Command::Migrate => {
@@ -196,21 +198,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             outcome
         }
         Command::Worker => {
-            let state = startup::build_state(settings)?;
-            state
-                .db
-                .ensure_migrated()
-                .await
-                .context("cannot start the worker")?;
-            state
-                .db
-                .ensure_tenants_current()
-                .await
-                .context("cannot start the worker")?;
-            let worker = startup::worker(&state, startup::job_registry(&state)?);
-            worker.run(startup::shutdown_signal()).await?;
-            state.db.close().await;
-            Ok(())
+            let worker = startup::WorkerProcess::build(settings).await?;
+            if let Some(port) = worker.metrics_port() {
+                tracing::info!(port, "serving /metrics");
+            }
+            worker.run_until(startup::shutdown_signal()).await
         }
         Command::Tenant(command) => {
             let state = startup::build_state(settings)?;

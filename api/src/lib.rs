@@ -4,12 +4,14 @@
 pub mod admin_auth;
 pub mod auth;
 pub mod cli;
+pub mod client_ip;
 pub mod error;
 pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod payload;
+pub mod rate_limit;
 pub mod routes;
 pub mod settings;
 pub mod startup;

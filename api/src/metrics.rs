@@ -38,6 +38,14 @@ pub struct Metrics {
     redis_connections: Family<PoolLabels, Gauge>,
     job_outcomes: Family<JobLabels, Counter>,
     jobs_by_status: Family<StatusLabels, Gauge>,
+    jobs_observed: tokio::sync::watch::Sender<u64>,
+    rate_limited: Family<LimitLabels, Counter>,
+    rate_limit_fallbacks: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,11 +122,26 @@ impl Metrics {
             "Jobs in the queue by status (queue depth: queued + failed)",
             jobs_by_status.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused for a rate limit, by limit (ip_per_second, …, requests_per_minute, process)",
+            rate_limited.clone(),
+        );
+        let rate_limit_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Requests whose rate limits Redis could not judge (the process-wide cap applied instead)",
+            rate_limit_fallbacks.clone(),
+        );
         Self {
             registry,
+            rate_limited,
+            rate_limit_fallbacks,
             requests,
             job_outcomes,
             jobs_by_status,
+            jobs_observed: tokio::sync::watch::Sender::new(0),
             latency,
             db_connections,
             db_max_connections,
@@ -139,6 +162,18 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts one request refused for `limit`.
+    pub fn observe_rate_limited(&self, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    /// Counts one request judged by the process-wide cap instead of Redis.
+    pub fn observe_rate_limit_fallback(&self) {
+        self.rate_limit_fallbacks.inc();
+    }
+
     /// Counts one finished job run.
     pub fn observe_job(&self, kind: &str, outcome: &'static str) {
         self.job_outcomes
@@ -147,6 +182,13 @@ impl Metrics {
                 outcome,
             })
             .inc();
+        self.jobs_observed.send_modify(|n| *n += 1);
+    }
+
+    /// How many job runs [`Self::observe_job`] has counted so far, as it changes (lets a
+    /// caller wait until a run it saw finish is in the figures).
+    pub fn jobs_observed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.jobs_observed.subscribe()
     }
 
     /// Sets the queue gauges (read from the database at scrape time).

@@ -6,8 +6,12 @@
 //! 3. CORS, when origins are configured;
 //! 4. [`Timeout`] and [`BodyLimit`] (except for file uploads, which stream under the plan's
 //!    limit: see `routes::files`);
-//! 5. tenant resolution, authentication and authorization (added by their modules);
-//! 6. the handler.
+//! 5. [`crate::rate_limit::RateLimit`]: the client address, and the per-IP limits. The
+//!    per-user and per-tenant limits need the user, so on authenticated routes they are
+//!    judged by authentication, in the Redis round trip it makes anyway (one per request
+//!    in all; see `rate_limit`);
+//! 6. tenant resolution, authentication and authorization (added by their modules);
+//! 7. the handler.
 
 use std::{
     any::Any,
@@ -26,6 +30,7 @@ use tracing::{Instrument, field::Empty};
 use crate::{
     error::{ApiError, ErrorCode},
     metrics::Metrics,
+    rate_limit::ResponseHeaders,
 };
 
 /// The header carrying the request id in both directions.
@@ -92,6 +97,9 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         let start = Instant::now();
         let request_id = RequestId::from_request(&req);
         req.set_data(request_id.clone());
+        // Headers any layer wants on the response, whoever ends up rendering it.
+        let extra_headers = ResponseHeaders::default();
+        req.set_data(extra_headers.clone());
         let method = req.method().clone();
         let span = tracing::info_span!(
             "request",
@@ -135,6 +143,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
                     (None, err.into_problem_response(&request_id.0))
                 }
             };
+            extra_headers.apply(&mut response);
             if let Ok(value) = HeaderValue::from_str(&request_id.0) {
                 response
                     .headers_mut()

@@ -11,6 +11,8 @@ use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use url::Url;
 
+use crate::client_ip::TrustedProxies;
+
 /// Default development database: the local cluster that `deploy/local/up.sh` starts.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://canopy:canopy@127.0.0.1:5432/canopy";
 /// Default development Redis.
@@ -235,7 +237,47 @@ pub const SETTINGS: &[SettingSpec] = &[
     spec(
         "trust_forwarded_for",
         Some("false"),
-        "take the client IP from the last `X-Forwarded-For` entry (set only behind a proxy that appends it)",
+        "deprecated: `true` takes the client IP from the last `X-Forwarded-For` entry whoever the peer is; use `CANOPY_TRUSTED_PROXIES` (which wins when both are set)",
+    ),
+    spec(
+        "trusted_proxies",
+        None,
+        "comma-separated CIDRs or addresses of the proxies in front of Canopy (e.g. `10.0.0.0/8,127.0.0.1/32`); from a peer in the list, the client IP is the right-most `X-Forwarded-For` entry not in it; none when empty",
+    ),
+    spec(
+        "metrics_bind",
+        Some("127.0.0.1:9090"),
+        "address of the separate listener serving `/metrics` (for `canopy serve` and `canopy worker`; give each process on a host its own port), or `off`",
+    ),
+    spec(
+        "rate_limit_enabled",
+        Some("true"),
+        "`false` turns the per-IP and per-user request limits and their fallback cap off (the plan's rate and the login, recovery and sign-up throttles stay)",
+    ),
+    spec(
+        "rate_limit_ip_per_second",
+        Some("3"),
+        "requests per second (and burst) from one client IP (an IPv6 /64) to unauthenticated routes; 0: no such limit",
+    ),
+    spec(
+        "rate_limit_ip_per_minute",
+        Some("100"),
+        "requests per minute from one client IP to unauthenticated routes; 0: no such limit",
+    ),
+    spec(
+        "rate_limit_user_per_second",
+        Some("20"),
+        "requests per second (and burst) by one user on authenticated routes; 0: no such limit",
+    ),
+    spec(
+        "rate_limit_user_per_minute",
+        Some("600"),
+        "requests per minute by one user on authenticated routes; 0: no such limit",
+    ),
+    spec(
+        "rate_limit_fallback_per_second",
+        Some("200"),
+        "while Redis cannot judge the limits, this process serves at most this many rate-limited requests per second (429 past it); 0: no cap",
     ),
     spec(
         "password_hash_threads",
@@ -487,6 +529,27 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// Per-dependency budget of the readiness check.
     pub health_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Listen address of the `/metrics` listener (`None`: off).
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+/// General request limits (see `rate_limit`); a count of 0 turns that limit off.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// Whether the per-IP and per-user limits apply.
+    pub enabled: bool,
+    /// Per client IP and second, unauthenticated routes.
+    pub ip_per_second: u32,
+    /// Per client IP and minute, unauthenticated routes.
+    pub ip_per_minute: u32,
+    /// Per user and second, authenticated routes.
+    pub user_per_second: u32,
+    /// Per user and minute, authenticated routes.
+    pub user_per_minute: u32,
+    /// The process's cap while Redis cannot judge (0: none).
+    pub fallback_per_second: u32,
 }
 
 /// Identity: links, token lifetimes, lockout and throttles, password hashing.
@@ -514,8 +577,6 @@ pub struct AuthSettings {
     pub recovery_ip_max_requests: u32,
     /// Sign-ups per IP per hour.
     pub signup_ip_max_requests: u32,
-    /// Read the client IP from `X-Forwarded-For`.
-    pub trust_forwarded_for: bool,
     /// Hashing threads (0: one per core).
     pub password_hash_threads: usize,
     /// Hashing queue bound.
@@ -635,6 +696,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// Email.
     pub email: EmailSettings,
+    /// General request limits.
+    pub rate_limit: RateLimitSettings,
 }
 
 impl Settings {
@@ -726,6 +789,63 @@ impl Settings {
                 )?
                 .unwrap_or_default(),
             health_timeout: src.parse("health_timeout", "a duration such as 2s", parse_duration)?,
+            trusted_proxies: match src.optional(
+                "trusted_proxies",
+                "comma-separated CIDRs or addresses such as 10.0.0.0/8,127.0.0.1/32",
+                TrustedProxies::parse,
+            )? {
+                Some(proxies) => proxies,
+                None => {
+                    let legacy: bool =
+                        src.parse("trust_forwarded_for", "`true` or `false`", |v| {
+                            v.parse().ok()
+                        })?;
+                    if legacy {
+                        TrustedProxies::legacy_one_hop()
+                    } else {
+                        TrustedProxies::none()
+                    }
+                }
+            },
+            metrics_bind: src.parse(
+                "metrics_bind",
+                "host:port such as 127.0.0.1:9090, or `off`",
+                |v| match v {
+                    "off" => Some(None),
+                    v => SocketAddr::from_str(v).ok().map(Some),
+                },
+            )?,
+        };
+        let count = |max: u32| move |v: &str| v.parse::<u32>().ok().filter(|n| *n <= max);
+        let rate_limit = RateLimitSettings {
+            enabled: src.parse("rate_limit_enabled", "`true` or `false`", |v| {
+                v.parse().ok()
+            })?,
+            ip_per_second: src.parse(
+                "rate_limit_ip_per_second",
+                "a whole number from 0 to 1000000",
+                count(1_000_000),
+            )?,
+            ip_per_minute: src.parse(
+                "rate_limit_ip_per_minute",
+                "a whole number from 0 to 1000000",
+                count(1_000_000),
+            )?,
+            user_per_second: src.parse(
+                "rate_limit_user_per_second",
+                "a whole number from 0 to 1000000",
+                count(1_000_000),
+            )?,
+            user_per_minute: src.parse(
+                "rate_limit_user_per_minute",
+                "a whole number from 0 to 1000000",
+                count(1_000_000),
+            )?,
+            fallback_per_second: src.parse(
+                "rate_limit_fallback_per_second",
+                "a whole number from 0 to 1000000",
+                count(1_000_000),
+            )?,
         };
 
         let database = DatabaseSettings {
@@ -825,9 +945,6 @@ impl Settings {
                 "a whole number from 1 to 100000",
                 whole(100_000),
             )?,
-            trust_forwarded_for: src.parse("trust_forwarded_for", "`true` or `false`", |v| {
-                v.parse().ok()
-            })?,
             password_hash_threads: src.parse(
                 "password_hash_threads",
                 "a whole number from 0 to 256",
@@ -1077,6 +1194,7 @@ impl Settings {
             tenancy,
             jobs,
             email,
+            rate_limit,
         })
     }
 }
@@ -1356,6 +1474,67 @@ mod tests {
             ("CANOPY_DATABASE_MAX_CONNECTIONS", "0"),
             ("CANOPY_S3_BUCKET", "Has_Upper"),
             ("CANOPY_LOG_FORMAT", "xml"),
+        ] {
+            let err = Settings::from_env_map(&env(&[(var, bad)])).expect_err(var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn edge_settings_parse_and_the_old_forwarded_for_switch_still_works() {
+        let s = Settings::from_env_map(&BTreeMap::new()).expect("defaults");
+        assert!(s.http.trusted_proxies.is_empty());
+        assert_eq!(
+            s.http.metrics_bind.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
+        assert!(s.rate_limit.enabled);
+        assert_eq!(
+            (s.rate_limit.ip_per_second, s.rate_limit.ip_per_minute),
+            (3, 100)
+        );
+        assert_eq!(
+            (s.rate_limit.user_per_second, s.rate_limit.user_per_minute),
+            (20, 600)
+        );
+
+        let s = Settings::from_env_map(&env(&[
+            ("CANOPY_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1/32"),
+            ("CANOPY_METRICS_BIND", "off"),
+            ("CANOPY_RATE_LIMIT_ENABLED", "false"),
+            ("CANOPY_RATE_LIMIT_IP_PER_SECOND", "0"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            s.http.trusted_proxies,
+            TrustedProxies::parse("10.0.0.0/8,127.0.0.1").expect("valid")
+        );
+        assert_eq!(s.http.metrics_bind, None);
+        assert!(!s.rate_limit.enabled);
+        assert_eq!(s.rate_limit.ip_per_second, 0);
+
+        let legacy =
+            Settings::from_env_map(&env(&[("CANOPY_TRUST_FORWARDED_FOR", "true")])).expect("ok");
+        assert_eq!(
+            legacy.http.trusted_proxies,
+            TrustedProxies::legacy_one_hop()
+        );
+        let both = Settings::from_env_map(&env(&[
+            ("CANOPY_TRUST_FORWARDED_FOR", "true"),
+            ("CANOPY_TRUSTED_PROXIES", "10.0.0.1"),
+        ]))
+        .expect("ok");
+        assert_eq!(
+            both.http.trusted_proxies,
+            TrustedProxies::parse("10.0.0.1").expect("valid")
+        );
+
+        for (var, bad) in [
+            ("CANOPY_TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("CANOPY_TRUSTED_PROXIES", "proxy.internal"),
+            ("CANOPY_METRICS_BIND", "9090"),
+            ("CANOPY_RATE_LIMIT_USER_PER_MINUTE", "-1"),
+            ("CANOPY_RATE_LIMIT_ENABLED", "maybe"),
         ] {
             let err = Settings::from_env_map(&env(&[(var, bad)])).expect_err(var);
             assert!(err.to_string().starts_with(var), "{err}");

@@ -19,6 +19,7 @@ use crate::{
     files::jobs as files,
     metrics::Metrics,
     middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
+    rate_limit::{RateLimit, RateLimiter},
     routes,
     settings::Settings,
     tenant::{self, TenantResolver},
@@ -28,8 +29,55 @@ use crate::{
 pub struct Application {
     acceptor: TcpAcceptor,
     port: u16,
+    metrics: Option<MetricsListener>,
     state: AppState,
     extra_routes: Option<Route>,
+}
+
+/// The bound `/metrics` listener of a process (see [`serve_metrics`]).
+pub struct MetricsListener {
+    acceptor: TcpAcceptor,
+    port: u16,
+}
+
+impl MetricsListener {
+    /// Binds `CANOPY_METRICS_BIND`, unless it is `off`.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Option<Self>> {
+        let Some(addr) = settings.http.metrics_bind else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to bind the metrics listener {addr}"))?;
+        let port = listener
+            .local_addr()
+            .context("metrics listener has no address")?
+            .port();
+        let acceptor =
+            TcpAcceptor::from_tokio(listener).context("failed to set up the metrics listener")?;
+        Ok(Some(Self { acceptor, port }))
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Serves `GET /metrics` of `state` on `listener` until `shutdown` completes. The figures
+/// (routes, pools, jobs) are for operators only, so they stay off the public port.
+pub async fn serve_metrics(
+    state: AppState,
+    listener: MetricsListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = Route::new()
+        .at("/metrics", get(routes::ops::metrics))
+        .data(state);
+    Server::new_with_acceptor(listener.acceptor)
+        .run_with_graceful_shutdown(app, shutdown, Some(std::time::Duration::from_secs(5)))
+        .await
+        .context("metrics listener failed")
 }
 
 impl Application {
@@ -60,9 +108,11 @@ impl Application {
             .port();
         let acceptor =
             TcpAcceptor::from_tokio(listener).context("failed to set up the listener")?;
+        let metrics = MetricsListener::bind(&state.settings).await?;
         Ok(Self {
             acceptor,
             port,
+            metrics,
             state,
             extra_routes: None,
         })
@@ -78,6 +128,11 @@ impl Application {
     /// The port actually bound (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the `/metrics` listener (`None` when `CANOPY_METRICS_BIND=off`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(MetricsListener::port)
     }
 
     /// The shared state.
@@ -122,6 +177,12 @@ impl Application {
         } else {
             None
         };
+        let metrics = self.metrics.map(|listener| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(serve_metrics(self.state.clone(), listener, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
+        });
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);
@@ -144,10 +205,82 @@ impl Application {
                 Err(error) => tracing::error!(%error, "worker panicked"),
             }
         }
+        if let Some(metrics) = metrics {
+            match metrics.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(error = format!("{error:#}"), "metrics listener failed")
+                }
+                Err(error) => tracing::error!(%error, "metrics listener panicked"),
+            }
+        }
         served.context("server failed")?;
         db.close().await;
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// A `canopy worker` process: job workers and the `/metrics` listener, no public HTTP.
+pub struct WorkerProcess {
+    state: AppState,
+    metrics: Option<MetricsListener>,
+}
+
+impl WorkerProcess {
+    /// Connects, checks the database is migrated, and binds the metrics listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let state = build_state(settings)?;
+        state
+            .db
+            .ensure_migrated()
+            .await
+            .context("cannot start the worker")?;
+        state
+            .db
+            .ensure_tenants_current()
+            .await
+            .context("cannot start the worker")?;
+        let metrics = MetricsListener::bind(&state.settings).await?;
+        Ok(Self { state, metrics })
+    }
+
+    /// The port of the `/metrics` listener (`None` when `CANOPY_METRICS_BIND=off`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(MetricsListener::port)
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Runs the workers until `shutdown` completes and their jobs are done or put back,
+    /// serving `/metrics` meanwhile.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let metrics = self.metrics.map(|listener| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(serve_metrics(self.state.clone(), listener, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
+        });
+        let worker = worker(&self.state, job_registry(&self.state)?);
+        let outcome = worker
+            .run(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        drop(stopped);
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        self.state.db.close().await;
+        Ok(outcome?)
     }
 }
 
@@ -270,8 +403,15 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         settings.billing.secret_key.expose_secret(),
     )
     .context("cannot set up the Stripe client")?;
+    let metrics = Arc::new(Metrics::new());
+    let rate_limiter = Arc::new(RateLimiter::new(
+        settings.rate_limit.clone(),
+        redis.clone(),
+        metrics.clone(),
+    ));
     Ok(AppState {
         stripe,
+        rate_limiter,
         recent_webhooks: moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(std::time::Duration::from_secs(600))
@@ -281,7 +421,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         db,
         tenants,
         redis,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         tokens,
         hasher,
         revocations,
@@ -311,7 +451,6 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
                     .body(spec.clone())
             })),
         )
-        .at("/metrics", get(routes::ops::metrics))
         .at("/problems/:code", get(routes::ops::problem_type));
     if let Some(extra) = extra_routes {
         route = route.nest("/__test", extra);
@@ -321,9 +460,17 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
             .allow_origins(http.cors_origins.iter().map(String::as_str))
             .expose_header("x-request-id")
             .expose_header("etag")
+            .expose_header("ratelimit-limit")
+            .expose_header("ratelimit-remaining")
+            .expose_header("ratelimit-reset")
+            .expose_header("retry-after")
             .max_age(600)
     });
     route
+        .with(RateLimit::new(
+            state.rate_limiter.clone(),
+            http.trusted_proxies.clone(),
+        ))
         .with(BodyLimit(http.body_limit))
         .with(Timeout(http.request_timeout))
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))

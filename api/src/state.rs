@@ -10,6 +10,7 @@ use identity::{AccessTokens, PasswordHasher};
 use crate::{
     auth::{permissions::Permissions, revocation::Revocations},
     metrics::Metrics,
+    rate_limit::RateLimiter,
     settings::Settings,
     tenant::TenantResolver,
 };
@@ -40,6 +41,8 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     /// Effective permissions per user, cached.
     pub permissions: Arc<Permissions>,
+    /// The general request limits.
+    pub rate_limiter: Arc<RateLimiter>,
     /// The object store (S3 bucket).
     pub storage: storage::ObjectStore,
     /// Stripe's API.

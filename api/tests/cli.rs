@@ -172,6 +172,7 @@ async fn migrate_then_serve_logs_json_and_stops_on_sigterm() {
     let env = [
         ("CANOPY_DATABASE_URL", db.url.as_str()),
         ("CANOPY_BIND", "127.0.0.1:0"),
+        ("CANOPY_METRICS_BIND", "127.0.0.1:0"),
         ("CANOPY_LOG_FORMAT", "json"),
     ];
 

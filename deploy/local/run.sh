@@ -17,4 +17,5 @@ echo "==> migrating the database"
 target/release/canopy migrate
 bind=${CANOPY_BIND:-127.0.0.1:8080}
 echo "==> Canopy on http://$bind (Swagger UI: http://$bind/docs, spec: http://$bind/openapi.json)"
+echo "    metrics on http://${CANOPY_METRICS_BIND:-127.0.0.1:9090}/metrics"
 exec target/release/canopy serve

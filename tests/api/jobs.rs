@@ -367,7 +367,7 @@ async fn failures_back_off_then_die_and_an_operator_can_retry() {
         .expect("request");
     assert_problem(missing, 404, "not_found").await;
 
-    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let metrics = app.scrape_metrics().await.text().await.expect("metrics");
     assert!(
         metrics.contains("canopy_jobs{status=\"queued\"} 1"),
         "{metrics}"

@@ -12,6 +12,7 @@ mod migrations;
 mod openapi;
 mod pipeline;
 mod products;
+mod rate_limits;
 mod rbac;
 mod storage;
 mod tenants;

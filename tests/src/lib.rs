@@ -48,6 +48,8 @@ pub struct TestApp {
     pub address: String,
     /// The bound port.
     pub port: u16,
+    /// The port of the `/metrics` listener (`None` with `metrics_bind=off`).
+    pub metrics_port: Option<u16>,
     /// A client with no default headers and no redirects followed.
     pub client: reqwest::Client,
     /// The app's state (pools, settings, metrics).
@@ -112,6 +114,26 @@ impl TestAppBuilder {
                 "CANOPY_SIGNUP_IP_MAX_REQUESTS".to_owned(),
                 "100000".to_owned(),
             ),
+            // The same for the general limits; tests of them set their own, and send from
+            // addresses of their own through a trusted proxy.
+            (
+                "CANOPY_RATE_LIMIT_IP_PER_SECOND".to_owned(),
+                "1000000".to_owned(),
+            ),
+            (
+                "CANOPY_RATE_LIMIT_IP_PER_MINUTE".to_owned(),
+                "1000000".to_owned(),
+            ),
+            (
+                "CANOPY_RATE_LIMIT_USER_PER_SECOND".to_owned(),
+                "1000000".to_owned(),
+            ),
+            (
+                "CANOPY_RATE_LIMIT_USER_PER_MINUTE".to_owned(),
+                "1000000".to_owned(),
+            ),
+            // Tests run in parallel: each app's metrics listener on a port of its own.
+            ("CANOPY_METRICS_BIND".to_owned(), "127.0.0.1:0".to_owned()),
             // Two hashing threads whatever the machine, so parallel tests stay responsive.
             ("CANOPY_PASSWORD_HASH_THREADS".to_owned(), "2".to_owned()),
             // The default catalog, with a free plan that counts no products, seats or requests:
@@ -135,6 +157,7 @@ impl TestAppBuilder {
             .await?
             .with_extra_routes(test_api::routes(gate.clone()));
         let port = app.port();
+        let metrics_port = app.metrics_port();
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
@@ -143,6 +166,7 @@ impl TestAppBuilder {
         Ok(TestApp {
             address: format!("http://127.0.0.1:{port}"),
             port,
+            metrics_port,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
@@ -188,6 +212,16 @@ impl TestApp {
             .send()
             .await
             .expect("request failed")
+    }
+
+    /// `GET /metrics` on the app's metrics listener.
+    pub async fn scrape_metrics(&self) -> Response {
+        let port = self.metrics_port.expect("the metrics listener is on");
+        self.client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("metrics request failed")
     }
 
     /// Another app on the same database and Redis, as a second server instance would be.

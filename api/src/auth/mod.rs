@@ -8,7 +8,7 @@ pub mod permissions;
 pub mod revocation;
 pub mod throttle;
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use identity::{AccessClaims, ClientInfo, TokenError};
 use poem::Request;
@@ -21,7 +21,9 @@ use rbac::PermissionSet;
 use crate::{
     AppState,
     auth::{permissions::Permissions, revocation::Revocations},
+    client_ip::ClientIp,
     error::{ApiError, ErrorCode},
+    rate_limit::{RateLimiter, Verdict},
     state::RedisPool,
 };
 
@@ -65,41 +67,6 @@ where
     })
     .await
     .unwrap_or_else(|_| Err("timed out".to_owned()))
-}
-
-/// `MGET keys` and, when given, one more hit on the per-minute counter `counter` (created
-/// with a two-minute expiry), in one round trip within [`REDIS_BUDGET`]. Returns the values
-/// and the counter's new value.
-async fn mget_and_count(
-    redis: &RedisPool,
-    keys: &[String],
-    counter: Option<&str>,
-) -> Result<(Vec<Option<String>>, Option<i64>), String> {
-    with_redis(redis, |mut conn| async move {
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(keys);
-        if let Some(counter) = counter {
-            pipe.cmd("SET")
-                .arg(counter)
-                .arg(0)
-                .arg("EX")
-                .arg(120)
-                .arg("NX")
-                .ignore()
-                .cmd("INCR")
-                .arg(counter);
-            let (values, count) = pipe
-                .query_async::<(Vec<Option<String>>, i64)>(&mut *conn)
-                .await?;
-            Ok((values, Some(count)))
-        } else {
-            let (values,) = pipe
-                .query_async::<(Vec<Option<String>>,)>(&mut *conn)
-                .await?;
-            Ok((values, None))
-        }
-    })
-    .await
 }
 
 /// `MGET keys` within [`REDIS_BUDGET`].
@@ -192,17 +159,30 @@ async fn authenticate_token(
     if with_permissions {
         keys.extend(Permissions::keys(tenant.id, user));
     }
-    // The plan's request rate, counted per tenant and minute in the same round trip.
-    let rate = state
+    // The user's limits (unless the edge judged this request already) and the plan's
+    // request rate, judged by the script that also reads the keys: one round trip.
+    let mut limits = Vec::new();
+    if request
+        .data::<crate::rate_limit::Deferred>()
+        .is_some_and(|deferred| deferred.take())
+    {
+        limits.extend(state.rate_limiter.user_limits(tenant.id, user));
+    }
+    if let Some(rate) = state
         .settings
         .plans
         .limits(&tenant.plan)
-        .requests_per_minute;
-    let now = chrono::Utc::now().timestamp();
-    let counter = rate.map(|_| format!("canopy:t:{}:rate:{}", tenant.id, now / 60));
-    let looked_up = mget_and_count(&state.redis, &keys, counter.as_deref()).await;
-    let counted = looked_up.as_ref().ok().and_then(|(_, count)| *count);
-    let looked_up = looked_up.map(|(values, _)| values);
+        .requests_per_minute
+    {
+        limits.push(RateLimiter::plan_limit(tenant.id, rate));
+    }
+    let looked_up = state.rate_limiter.check(&limits, &keys).await;
+    let (verdict, looked_up) = match looked_up {
+        Ok((verdict, values)) => (verdict, Ok(values)),
+        // Redis down: the process-wide cap stands in for the limits (they fail open).
+        Err(error) if limits.is_empty() => (Verdict::Allowed(None), Err(error)),
+        Err(error) => (state.rate_limiter.fallback(), Err(error)),
+    };
     let (revocation, permission) = match &looked_up {
         Ok(values) if values.len() == keys.len() => {
             let (r, p) = values.split_at(3);
@@ -218,20 +198,8 @@ async fn authenticate_token(
         .revocations
         .check_looked_up(tenant.id, user, session, revocation)
         .await?;
-    if let (Some(allowed), Some(count)) = (rate, counted)
-        && u64::try_from(count).unwrap_or(0) > allowed
-    {
-        // Over the plan's rate, judged once the token is known to be valid. With Redis
-        // down the rate goes unchecked: it is a fairness control, and the database is not
-        // worth a lookup per request for it.
-        return Err(ApiError::retry_after(
-            ErrorCode::RateLimited,
-            format!("The tenant's plan allows {allowed} requests per minute."),
-            u64::try_from(60 - now.rem_euclid(60)).unwrap_or(1),
-        )
-        .with_extension("limit", "requests_per_minute".into())
-        .with_extension("allowed", allowed.into()));
-    }
+    // Over a limit, judged once the token is known to be valid (a revoked token is a 401).
+    crate::rate_limit::conclude(request, verdict)?;
     let granted = if with_permissions {
         Some(
             state
@@ -256,34 +224,20 @@ async fn authenticate_token(
     ))
 }
 
-/// Who is calling: the peer address (or, behind a trusted proxy, the last
-/// `X-Forwarded-For` entry) and the user agent.
-pub fn client_info(request: &Request, trust_forwarded_for: bool) -> ClientInfo {
-    let forwarded = trust_forwarded_for
-        .then(|| {
-            request
-                .headers()
-                .get("x-forwarded-for")?
-                .to_str()
-                .ok()?
-                .rsplit(',')
-                .next()?
-                .trim()
-                .parse::<IpAddr>()
-                .ok()
-        })
-        .flatten();
-    let peer = request
-        .remote_addr()
-        .as_socket_addr()
-        .map(|addr| addr.ip().to_canonical());
+/// Who is calling: the client address the edge worked out (the peer's, or behind trusted
+/// proxies the one they forwarded; see [`crate::client_ip`]) and the user agent.
+pub fn client_info(request: &Request) -> ClientInfo {
+    let ip = match request.data::<ClientIp>() {
+        Some(ClientIp(ip)) => *ip,
+        None => request
+            .remote_addr()
+            .as_socket_addr()
+            .map(|addr| addr.ip().to_canonical()),
+    };
     let user_agent = request
         .headers()
         .get(poem::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect());
-    ClientInfo {
-        ip: forwarded.or(peer),
-        user_agent,
-    }
+    ClientInfo { ip, user_agent }
 }

@@ -330,7 +330,7 @@ impl AuthApi {
         request: &Request,
         body: JsonBody<SignupRequest>,
     ) -> ApiResult<SignupCreated> {
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let key = throttle::key(Counter::Signup, None, client.ip);
         throttle::hit(
             &state.redis,
@@ -462,7 +462,7 @@ impl AuthApi {
         tenant: CurrentTenant,
         body: JsonBody<VerifyEmailRequest>,
     ) -> ApiResult<Json<UserView>> {
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let token = OpaqueToken::parse(&body.0.token).ok_or_else(link_invalid)?;
         let mut tx = state.tenant_db.begin(tenant.0.id).await?;
         let user = store::consume_user_token(&mut tx, &token, TokenPurpose::VerifyEmail)
@@ -528,7 +528,7 @@ impl AuthApi {
         body: JsonBody<LoginRequest>,
     ) -> ApiResult<Json<TokenPair>> {
         let settings = &state.settings.auth;
-        let client = client_info(request, settings.trust_forwarded_for);
+        let client = client_info(request);
         let tenant_id = tenant.0.id;
         let ip_key = throttle::key(Counter::LoginFailures, Some(tenant_id), client.ip);
         throttle::ensure_below(&state.redis, &ip_key, settings.login_ip_max_failures).await?;
@@ -658,7 +658,7 @@ impl AuthApi {
         tenant: CurrentTenant,
         body: JsonBody<RefreshRequest>,
     ) -> ApiResult<Json<TokenPair>> {
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let tenant_id = tenant.0.id;
         let invalid = || {
             ApiError::new(
@@ -936,7 +936,7 @@ impl AuthApi {
         body: JsonBody<ChangePasswordRequest>,
     ) -> ApiResult<NoContent> {
         let me = auth.0;
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let tenant_id = me.tenant.id;
         let mut tx = state.tenant_db.begin(tenant_id).await?;
         let stored = store::password_hash(&mut tx, me.user_id).await?;
@@ -1100,7 +1100,7 @@ async fn end_sessions(
     scope: SessionScope,
     reason: &str,
 ) -> ApiResult<()> {
-    let client = client_info(request, state.settings.auth.trust_forwarded_for);
+    let client = client_info(request);
     let tenant = me.tenant.id;
     let mut tx = state.tenant_db.begin(tenant).await?;
     let ended = match scope {
@@ -1140,7 +1140,7 @@ async fn recovery_throttle(
     request: &Request,
     tenant: &CurrentTenant,
 ) -> ApiResult<ClientInfo> {
-    let client = client_info(request, state.settings.auth.trust_forwarded_for);
+    let client = client_info(request);
     let key = throttle::key(Counter::Recovery, Some(tenant.0.id), client.ip);
     throttle::hit(
         &state.redis,

@@ -391,7 +391,7 @@ impl RolesApi {
     ) -> ApiResult<CreatedRole> {
         let me = auth.principal;
         let body = body.0;
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let permissions = parse_permissions(&body.permissions);
         let mut tx = state.tenant_db.begin(me.tenant.id).await?;
         let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
@@ -448,7 +448,7 @@ impl RolesApi {
     ) -> ApiResult<Json<RoleView>> {
         let me = auth.principal;
         let body = body.0;
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let tenant = me.tenant.id;
         let mut tx = state.tenant_db.begin(tenant).await?;
         let (mut roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
@@ -530,7 +530,7 @@ impl RolesApi {
         id: Path<Uuid>,
     ) -> ApiResult<DeletedRole> {
         let me = auth.principal;
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let tenant = me.tenant.id;
         let mut tx = state.tenant_db.begin(tenant).await?;
         let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;

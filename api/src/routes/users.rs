@@ -362,7 +362,7 @@ impl UsersApi {
         body: JsonBody<UpdateUser>,
     ) -> ApiResult<Json<UserView>> {
         let me = auth.principal;
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let tenant = me.tenant.id;
         let target = id.0;
         let status = body.0.status.map(|s| match s {
@@ -449,7 +449,7 @@ impl UsersApi {
         body: JsonBody<SetUserRoles>,
     ) -> ApiResult<Json<UserView>> {
         let me = auth.principal;
-        let client = client_info(request, state.settings.auth.trust_forwarded_for);
+        let client = client_info(request);
         let tenant = me.tenant.id;
         let target = id.0;
         let requested = body.0.role_ids;
