@@ -1,13 +1,19 @@
 //! Canopy's identity core, free of HTTP: password policy and hashing ([`password`]),
 //! access tokens and their signing keys ([`jwt`]), opaque client secrets ([`secret`]) and
-//! the per-tenant identity tables ([`store`]). The API crate wires these into endpoints.
+//! the per-tenant identity tables ([`store`]), who may join a tenant ([`membership`]) and
+//! invitations with their email job ([`invitations`]). The API crate wires these into
+//! endpoints.
 
+pub mod invitations;
 pub mod jwt;
+pub mod membership;
 pub mod password;
 pub mod secret;
 pub mod store;
 
+pub use invitations::Invitation;
 pub use jwt::{AccessClaims, AccessTokens, KeyError, PublicJwk, TokenError};
+pub use membership::{Registration, RegistrationPolicy};
 pub use password::{HashCost, HashError, PasswordHasher, PolicyViolation, Verified, check_policy};
 pub use secret::OpaqueToken;
 pub use store::{ClientInfo, StoreError, User, UserStatus};
