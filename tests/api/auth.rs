@@ -106,7 +106,8 @@ async fn password_policy_names_the_rule_that_failed() {
 #[tokio::test]
 async fn registration_needs_a_verified_email_and_the_link_works_once() {
     let app = spawn_app().await;
-    app.signup("acme").await;
+    let org = app.signup("acme").await;
+    app.open_registration(&org).await;
     let response = app
         .post_as(
             "acme",
@@ -169,6 +170,7 @@ async fn registration_needs_a_verified_email_and_the_link_works_once() {
 async fn an_expired_verification_link_is_refused() {
     let app = spawn_app().await;
     let org = app.signup("acme").await;
+    app.open_registration(&org).await;
     app.post_as(
         "acme",
         "/v1/auth/register",
