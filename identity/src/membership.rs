@@ -16,7 +16,7 @@
 
 use std::{fmt, str::FromStr};
 
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, Row, postgres::PgRow};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -144,13 +144,21 @@ impl Registration {
     }
 }
 
+/// The columns of `settings` [`registration_from_row`] reads, for a caller that selects
+/// them with other settings in one statement.
+pub const REGISTRATION_COLUMNS: &str =
+    "registration_policy, registration_domains, registration_role_id";
+
 /// The tenant's registration settings.
 pub async fn registration(conn: &mut PgConnection) -> Result<Registration, StoreError> {
-    let row = sqlx::query(
-        "select registration_policy, registration_domains, registration_role_id from settings",
-    )
-    .fetch_one(conn)
-    .await?;
+    let row = sqlx::query(&format!("select {REGISTRATION_COLUMNS} from settings"))
+        .fetch_one(conn)
+        .await?;
+    Ok(registration_from_row(&row)?)
+}
+
+/// The registration settings of a `settings` row holding [`REGISTRATION_COLUMNS`].
+pub fn registration_from_row(row: &PgRow) -> Result<Registration, sqlx::Error> {
     let policy: String = row.try_get("registration_policy")?;
     Ok(Registration {
         policy: policy

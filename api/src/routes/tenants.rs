@@ -26,6 +26,7 @@ use rbac::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use sqlx::Row;
 use tenancy::{Tenant, TenantId, TenantSlug, TenantStatus, TenantTx};
 use uuid::Uuid;
 
@@ -403,8 +404,7 @@ impl TenantsApi {
     ) -> ApiResult<Json<TenantProfile>> {
         let tenant = tenant.0;
         let mut tx = state.tenant_db.begin(tenant.id).await?;
-        let registration = membership::registration(&mut tx).await?;
-        let profile = profile(&state, &mut tx, &tenant, &registration, caller.granted()).await?;
+        let profile = profile(&state, &mut tx, &tenant, caller.granted()).await?;
         tx.commit().await?;
         Ok(Json(profile))
     }
@@ -472,7 +472,7 @@ impl TenantsApi {
             )
             .await?;
         }
-        let profile = profile(&state, &mut tx, &me.tenant, &after, held).await?;
+        let profile = profile(&state, &mut tx, &me.tenant, held).await?;
         tx.commit().await?;
         Ok(Json(profile))
     }
@@ -609,19 +609,23 @@ impl TenantsApi {
     }
 }
 
-/// The profile of `tenant` as a caller holding `granted` may see it.
+/// The profile of `tenant` as a caller holding `granted` may see it: one query for an
+/// anonymous visitor (the login page's), more only for what a member may see.
 async fn profile(
     state: &AppState,
     tx: &mut TenantTx,
     tenant: &Tenant,
-    registration: &Registration,
     granted: PermissionSet,
 ) -> ApiResult<TenantProfile> {
-    let (locale, timezone): (String, String) =
-        sqlx::query_as("select locale, timezone from settings")
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(ApiError::internal)?;
+    let row = sqlx::query(&format!(
+        "select locale, timezone, {} from settings",
+        membership::REGISTRATION_COLUMNS
+    ))
+    .fetch_one(&mut **tx)
+    .await?;
+    let locale: String = row.try_get("locale")?;
+    let timezone: String = row.try_get("timezone")?;
+    let registration = &membership::registration_from_row(&row)?;
     let manager = granted.contains(Permission::TenantManage);
     let role_id = match (manager, registration.role_id) {
         (false, _) => None,
