@@ -304,9 +304,8 @@ impl JobHandler for InvitationEmails {
                 "expires_in": humantime::format_duration(left).to_string(),
             });
             let rendered = email::render(Template::Invitation, &vars)?;
-            // Sent before the worker commits the token's hash: should the commit fail, the
-            // retry mints and sends another link (at least once, never a link that works
-            // without its hash stored).
+            // Sent before the worker commits the token's hash: should that commit fail, this
+            // link never works and the retry mints and sends another (at least once).
             self.mailer
                 .send(&invitation.email, &rendered, Some(&tenant_name))
                 .await?;
