@@ -108,6 +108,8 @@ error_codes! {
     NotReady => (SERVICE_UNAVAILABLE, "Not ready", "A dependency of the service is unavailable; `checks` says which."),
     DependencyUnavailable => (SERVICE_UNAVAILABLE, "Temporarily unavailable", "A service this operation cannot safely do without is unreachable; retry after `Retry-After` seconds."),
     Overloaded => (SERVICE_UNAVAILABLE, "Overloaded", "Too many requests of this kind are in progress; retry after `Retry-After` seconds."),
+    InvitationInvalid => (BAD_REQUEST, "Invitation invalid", "The invitation link is unknown, already used, replaced by a newer one, revoked or expired; ask whoever invited you for a new invitation."),
+    AlreadyMember => (CONFLICT, "Already a member", "A user of this tenant already has this email address: there is nobody to invite."),
 }
 
 impl fmt::Display for ErrorCode {

@@ -200,6 +200,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "lifetime of a password reset link",
     ),
     spec(
+        "invitation_ttl",
+        Some("7d"),
+        "lifetime of an invitation (`/accept-invitation?token=…`); a resend starts it again",
+    ),
+    spec(
         "permission_cache_ttl",
         Some("5m"),
         "how long Redis keeps a user's effective permissions (every role or assignment change voids them at once)",
@@ -563,6 +568,8 @@ pub struct AuthSettings {
     pub verification_ttl: Duration,
     /// Reset link lifetime.
     pub password_reset_ttl: Duration,
+    /// Invitation lifetime.
+    pub invitation_ttl: Duration,
     /// Lifetime of a cached set of effective permissions.
     pub permission_cache_ttl: Duration,
     /// Failures that lock an account.
@@ -913,6 +920,15 @@ impl Settings {
                 "password_reset_ttl",
                 "a duration such as 1h",
                 parse_duration,
+            )?,
+            invitation_ttl: src.parse(
+                "invitation_ttl",
+                "a duration from 1m to 90d, such as 7d",
+                |v| {
+                    parse_duration(v).filter(|d| {
+                        (Duration::from_secs(60)..=Duration::from_secs(90 * 86_400)).contains(d)
+                    })
+                },
             )?,
             permission_cache_ttl: src.parse(
                 "permission_cache_ttl",

@@ -294,8 +294,13 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         None => email::Mailer::outbox(settings.email.outbox_dir.clone(), from)?,
     };
     let [reset, verification, link] = crate::auth::jobs::EmailRequests::handlers(settings, &mailer);
+    let invitations = identity::invitations::InvitationEmails::new(
+        mailer.clone(),
+        settings.auth.public_url.clone(),
+    );
     Ok(jobs::Registry::new()
         .register(email::SendEmail::new(mailer))
+        .register(invitations)
         .register(reset)
         .register(verification)
         .register(link)

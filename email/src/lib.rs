@@ -58,6 +58,8 @@ pub enum Template {
     PasswordReset,
     /// Something changed on the account (`event`).
     SecurityNotice,
+    /// An invitation to join the tenant (`link`, `expires_in`, optional `inviter_name`).
+    Invitation,
 }
 
 impl Template {
@@ -67,6 +69,7 @@ impl Template {
             Self::Verification => "verification",
             Self::PasswordReset => "password_reset",
             Self::SecurityNotice => "security_notice",
+            Self::Invitation => "invitation",
         }
     }
 }
@@ -121,6 +124,18 @@ fn environment() -> Environment<'static> {
         (
             "security_notice.html",
             include_str!("../templates/security_notice.html"),
+        ),
+        (
+            "invitation.subject.txt",
+            include_str!("../templates/invitation.subject.txt"),
+        ),
+        (
+            "invitation.txt",
+            include_str!("../templates/invitation.txt"),
+        ),
+        (
+            "invitation.html",
+            include_str!("../templates/invitation.html"),
         ),
     ] {
         // The sources are compiled in; a syntax error is caught by the tests.
@@ -407,5 +422,25 @@ mod tests {
                 .text
                 .contains("https://acme.example/verify?token=abc")
         );
+        let invitation = render(
+            Template::Invitation,
+            &json!({
+                "tenant_name": "Acme",
+                "inviter_name": "Grace <Admin>",
+                "link": "https://acme.example/accept-invitation?token=abc",
+                "expires_in": "7days",
+            }),
+        )
+        .expect("renders");
+        assert!(invitation.subject.contains("Acme"), "{invitation:?}");
+        assert!(invitation.text.contains("Grace <Admin> invites you"));
+        assert!(invitation.html.contains("Grace &lt;Admin&gt; invites you"));
+        assert!(invitation.text.contains("accept-invitation?token=abc"));
+        let anonymous = render(
+            Template::Invitation,
+            &json!({"tenant_name": "Acme", "inviter_name": null, "link": "x", "expires_in": "1h"}),
+        )
+        .expect("renders");
+        assert!(anonymous.text.contains("You are invited to join Acme"));
     }
 }

@@ -1,16 +1,21 @@
 //! Canopy's identity core, free of HTTP: password policy and hashing ([`password`]),
 //! access tokens and their signing keys ([`jwt`]), opaque client secrets ([`secret`]),
-//! email addresses and their one normalized key ([`email`]) and the per-tenant identity
-//! tables ([`store`]). The API crate wires these into endpoints.
+//! email addresses and their one normalized key ([`email`]), the per-tenant identity
+//! tables ([`store`]), who may join a tenant ([`membership`]) and invitations with their
+//! email job ([`invitations`]). The API crate wires these into endpoints.
 
 pub mod email;
+pub mod invitations;
 pub mod jwt;
+pub mod membership;
 pub mod password;
 pub mod secret;
 pub mod store;
 
 pub use email::Email;
+pub use invitations::Invitation;
 pub use jwt::{AccessClaims, AccessTokens, KeyError, PublicJwk, TokenError};
+pub use membership::{Registration, RegistrationPolicy};
 pub use password::{HashCost, HashError, PasswordHasher, PolicyViolation, Verified, check_policy};
 pub use secret::OpaqueToken;
 pub use store::{Activated, ClientInfo, StoreError, User, UserStatus};

@@ -44,6 +44,7 @@ permissions! {
     BillingRead => ("billing:read", "View the tenant's subscription."),
     BillingManage => ("billing:manage", "Change the subscription: checkout and billing portal."),
     AuditRead => ("audit:read", "Read the security audit log."),
+    TenantManage => ("tenant:manage", "Change the tenant's settings: who may register, and with which role."),
 }
 
 impl fmt::Display for Permission {
@@ -121,6 +122,12 @@ impl PermissionSet {
         Self(self.0 | other.0)
     }
 
+    /// What both sets have.
+    #[must_use]
+    pub const fn intersection(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
     /// What `self` has and `other` lacks.
     #[must_use]
     pub const fn difference(self, other: Self) -> Self {
@@ -136,6 +143,11 @@ impl PermissionSet {
     /// Whether every permission of `self` is in `other`.
     pub const fn is_subset(self, other: Self) -> bool {
         self.0 & !other.0 == 0
+    }
+
+    /// Whether the two sets have no permission in common.
+    pub const fn is_disjoint(self, other: Self) -> bool {
+        self.0 & other.0 == 0
     }
 
     /// Whether the set is empty.
@@ -187,6 +199,16 @@ impl fmt::Debug for PermissionSet {
             .finish()
     }
 }
+
+/// What a role given away without anyone's decision (to self-registered users) must not
+/// grant: managing people, roles, the tenant or its billing. Owner and admin grant these;
+/// so may a custom role, which then cannot be the registration role either.
+pub const NOT_FOR_SELF_REGISTRATION: PermissionSet = PermissionSet::of(&[
+    Permission::UsersManage,
+    Permission::RolesManage,
+    Permission::TenantManage,
+    Permission::BillingManage,
+]);
 
 /// The roles every tenant has. Their permission sets are defined here, not stored, so that
 /// a permission added to the catalog reaches every tenant at once.
@@ -271,6 +293,17 @@ mod tests {
         assert!(Member.permissions().is_subset(Admin.permissions()));
         assert!(Viewer.permissions().is_subset(Member.permissions()));
         assert!(!Viewer.permissions().contains(Permission::ProductsWrite));
+        assert!(Admin.permissions().contains(Permission::TenantManage));
+        assert!(!Member.permissions().contains(Permission::TenantManage));
+    }
+
+    #[test]
+    fn only_roles_below_admin_may_be_handed_out_by_registration() {
+        use SystemRole::*;
+        assert!(!Owner.permissions().is_disjoint(NOT_FOR_SELF_REGISTRATION));
+        assert!(!Admin.permissions().is_disjoint(NOT_FOR_SELF_REGISTRATION));
+        assert!(Member.permissions().is_disjoint(NOT_FOR_SELF_REGISTRATION));
+        assert!(Viewer.permissions().is_disjoint(NOT_FOR_SELF_REGISTRATION));
     }
 
     #[test]

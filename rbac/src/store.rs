@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row, postgres::PgRow};
 use uuid::Uuid;
 
-use crate::{Permission, PermissionSet, SystemRole};
+use crate::{Permission, PermissionSet, SystemRole, catalog::NOT_FOR_SELF_REGISTRATION};
 
 /// Most roles (system ones included) a tenant may have.
 pub const MAX_ROLES: usize = 104;
@@ -153,6 +153,34 @@ pub fn effective_permissions(roles: &[Role], id: Uuid) -> PermissionSet {
         next = role.parent_id;
     }
     set
+}
+
+/// Whether a role may be what self-registration grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationRole {
+    /// It may; this is what it allows (its ancestors' permissions included).
+    Allowed(PermissionSet),
+    /// No role of the tenant has this id.
+    NotFound,
+    /// It is `owner` or `admin`, or it allows some of
+    /// [`NOT_FOR_SELF_REGISTRATION`](crate::catalog::NOT_FOR_SELF_REGISTRATION) (listed).
+    TooPowerful(PermissionSet),
+}
+
+/// Judges role `id` of `roles` (the tenant's whole role list) as the role of
+/// self-registered users: anything below admin, i.e. neither `owner` nor `admin`, and
+/// allowing nothing of [`NOT_FOR_SELF_REGISTRATION`] through itself or its ancestors.
+pub fn registration_role(roles: &[Role], id: Uuid) -> RegistrationRole {
+    let Some(role) = roles.iter().find(|r| r.id == id) else {
+        return RegistrationRole::NotFound;
+    };
+    let allows = effective_permissions(roles, id);
+    let forbidden = allows.intersection(NOT_FOR_SELF_REGISTRATION);
+    let privileged = matches!(role.system, Some(SystemRole::Owner | SystemRole::Admin));
+    if privileged || !forbidden.is_empty() {
+        return RegistrationRole::TooPowerful(forbidden);
+    }
+    RegistrationRole::Allowed(allows)
 }
 
 /// Checks that `id` (an existing role, or a new one when absent from `roles`) may have
@@ -495,6 +523,34 @@ mod tests {
             effective_permissions(&roles, Uuid::from_u128(1)),
             PermissionSet::of(&[ProductsRead])
         );
+    }
+
+    #[test]
+    fn registration_roles_stay_below_admin_through_their_ancestors() {
+        use Permission::*;
+        let mut admin = role(1, None, &[]);
+        admin.system = Some(SystemRole::Admin);
+        admin.permissions = SystemRole::Admin.permissions();
+        let roles = [
+            admin,
+            role(2, None, &[ProductsRead, ProductsWrite]),
+            role(3, None, &[UsersManage]),
+            role(4, Some(3), &[ProductsRead]),
+        ];
+        let id = Uuid::from_u128;
+        assert!(matches!(
+            registration_role(&roles, id(1)),
+            RegistrationRole::TooPowerful(_)
+        ));
+        assert_eq!(
+            registration_role(&roles, id(2)),
+            RegistrationRole::Allowed(PermissionSet::of(&[ProductsRead, ProductsWrite]))
+        );
+        assert_eq!(
+            registration_role(&roles, id(4)),
+            RegistrationRole::TooPowerful(PermissionSet::of(&[UsersManage]))
+        );
+        assert_eq!(registration_role(&roles, id(9)), RegistrationRole::NotFound);
     }
 
     #[test]

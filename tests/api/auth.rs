@@ -106,7 +106,8 @@ async fn password_policy_names_the_rule_that_failed() {
 #[tokio::test]
 async fn registration_needs_a_verified_email_and_the_link_works_once() {
     let app = spawn_app().await;
-    app.signup("acme").await;
+    let org = app.signup("acme").await;
+    app.open_registration(&org).await;
     let response = app
         .post_as(
             "acme",
@@ -169,6 +170,7 @@ async fn registration_needs_a_verified_email_and_the_link_works_once() {
 async fn an_expired_verification_link_is_refused() {
     let app = spawn_app().await;
     let org = app.signup("acme").await;
+    app.open_registration(&org).await;
     app.post_as(
         "acme",
         "/v1/auth/register",
@@ -1095,4 +1097,367 @@ async fn the_admin_job_view_redacts_secret_fields_of_any_payload() {
     assert_eq!(job["payload"]["vars"]["user_name"], "Ada");
     assert_eq!(job["payload"]["to"], "ada@example.com");
     assert!(!listed.to_string().contains("s3cr3t"), "{listed}");
+}
+
+/// `POST /v1/auth/register` of `email` in tenant `slug`: the status and the body without
+/// its request id.
+async fn register(app: &TestApp, slug: &str, email: &str) -> (u16, Value) {
+    let response = app
+        .post_as(
+            slug,
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "name": "Someone"}),
+        )
+        .await;
+    let status = response.status().as_u16();
+    (
+        status,
+        without_request_id(response.json().await.expect("well-formed answer")),
+    )
+}
+
+/// The user of `org` with this address (as its owner sees the directory), if any.
+async fn user_by_email(app: &TestApp, org: &e2e::auth::Signup, email: &str) -> Option<Value> {
+    let page: Value = app
+        .get_authed(&org.slug, "/v1/users?limit=100", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("well-formed answer");
+    page["items"]
+        .as_array()
+        .expect("well-formed answer")
+        .iter()
+        .find(|u| {
+            u["email"]
+                .as_str()
+                .expect("well-formed answer")
+                .eq_ignore_ascii_case(email)
+        })
+        .cloned()
+}
+
+/// How many queued jobs mention `email` (any case) anywhere in their payload.
+async fn jobs_mentioning(app: &TestApp, email: &str) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from public.jobs where strpos(lower(payload::text), lower($1)) > 0",
+    )
+    .bind(email)
+    .fetch_one(app.state.db.pool())
+    .await
+    .expect("well-formed answer")
+}
+
+fn role_names(user: &Value) -> Vec<&str> {
+    user["roles"]
+        .as_array()
+        .expect("well-formed answer")
+        .iter()
+        .map(|r| r["name"].as_str().expect("well-formed answer"))
+        .collect()
+}
+
+#[tokio::test]
+async fn invite_only_registration_makes_nothing_and_answers_like_a_taken_address() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let taken = register(&app, "acme", &org.owner_email).await;
+    assert_eq!(taken.0, 202);
+    let refused = register(&app, "acme", "newcomer@example.com").await;
+    assert_eq!(refused, taken);
+    assert_eq!(
+        user_by_email(&app, &org, "newcomer@example.com").await,
+        None
+    );
+    assert_eq!(jobs_mentioning(&app, "newcomer@example.com").await, 0);
+    assert!(
+        app.audit_events(org.tenant_id, "user.registered")
+            .await
+            .is_empty()
+    );
+    assert_problem(
+        app.login("acme", "newcomer@example.com", PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_open_tenant_registers_viewers_or_the_role_it_chose() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    app.open_registration(&org).await;
+    assert_eq!(register(&app, "acme", "first@example.com").await.0, 202);
+    let first = user_by_email(&app, &org, "first@example.com")
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "pending");
+    assert_eq!(role_names(&first), ["viewer"]);
+
+    let helper = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "helper", "permissions": ["products:read", "products:write"]}),
+        )
+        .await;
+    let response = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"registration_role_id": helper}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let profile: Value = response.json().await.unwrap();
+    assert_eq!(profile["registration_policy"], "open");
+    assert_eq!(profile["registration_role_id"], helper.to_string());
+    register(&app, "acme", "second@example.com").await;
+    let second = user_by_email(&app, &org, "second@example.com")
+        .await
+        .unwrap();
+    assert_eq!(role_names(&second), ["helper"]);
+
+    // The role changed since it was chosen and now manages users: registrants get viewer.
+    let changed = app
+        .send_authed(
+            Method::PATCH,
+            "acme",
+            &format!("/v1/roles/{helper}"),
+            &org.tokens.access,
+            Some(&json!({"permissions": ["products:read", "users:manage"]})),
+        )
+        .await;
+    assert_eq!(changed.status(), 200);
+    register(&app, "acme", "third@example.com").await;
+    let third = user_by_email(&app, &org, "third@example.com")
+        .await
+        .unwrap();
+    assert_eq!(role_names(&third), ["viewer"]);
+
+    // `null` goes back to the default, which the profile names.
+    let viewer = app.role_id(&org, "viewer").await;
+    let profile: Value = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"registration_role_id": null}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile["registration_role_id"], viewer.to_string());
+}
+
+#[tokio::test]
+async fn roles_at_admin_level_cannot_be_what_registration_grants() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let admin = app.role_id(&org, "admin").await;
+    let owner = app.role_id(&org, "owner").await;
+    let member = app.role_id(&org, "member").await;
+    let deputy = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "deputy", "permissions": ["users:manage"]}),
+        )
+        .await;
+    let designer = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "designer", "permissions": ["roles:manage"]}),
+        )
+        .await;
+    let heir = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "heir", "parent_id": designer, "permissions": ["products:read"]}),
+        )
+        .await;
+    let payer = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "payer", "permissions": ["billing:manage"]}),
+        )
+        .await;
+    for (role, code) in [
+        (owner, "too_powerful"),
+        (admin, "too_powerful"),
+        (deputy, "too_powerful"),
+        (heir, "too_powerful"),
+        (payer, "too_powerful"),
+        (uuid::Uuid::now_v7(), "not_found"),
+    ] {
+        let response = app
+            .update_tenant(
+                "acme",
+                &org.tokens.access,
+                &json!({"registration_role_id": role}),
+            )
+            .await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(
+            problem["errors"][0]["field"], "registration_role_id",
+            "{problem}"
+        );
+        assert_eq!(problem["errors"][0]["code"], code, "{problem}");
+    }
+    let viewer = app.role_id(&org, "viewer").await;
+    let profile: Value = app
+        .get_authed("acme", "/v1/tenant", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile["registration_role_id"], viewer.to_string());
+
+    // A settings keeper may not hand out what they do not hold themselves.
+    let keeper = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "keeper", "permissions": ["tenant:manage"]}),
+        )
+        .await;
+    let (_, tokens) = app
+        .user_with_roles(&org, "keeper@acme.example", &[keeper])
+        .await;
+    let problem = assert_problem(
+        app.update_tenant(
+            "acme",
+            &tokens.access,
+            &json!({"registration_role_id": member}),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert!(
+        problem["permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("products:write")),
+        "{problem}"
+    );
+    assert_eq!(
+        app.update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"registration_role_id": member})
+        )
+        .await
+        .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_domain_policy_admits_only_its_domains() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let response = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({
+                "registration_policy": "domain",
+                "registration_domains": ["Acme.Example", "bücher.example", "acme.example "],
+            }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let profile: Value = response.json().await.unwrap();
+    assert_eq!(profile["registration_policy"], "domain");
+    assert_eq!(
+        profile["registration_domains"],
+        json!(["acme.example", "xn--bcher-kva.example"])
+    );
+
+    let taken = register(&app, "acme", &org.owner_email).await;
+    let admitted = register(&app, "acme", "Ada@ACME.example").await;
+    assert_eq!(admitted, taken);
+    let ada = user_by_email(&app, &org, "ada@acme.example").await.unwrap();
+    assert_eq!(ada["status"], "pending");
+    assert_eq!(role_names(&ada), ["viewer"]);
+    assert!(
+        jobs_mentioning(&app, "Ada@ACME.example").await >= 1,
+        "a verification email"
+    );
+    for outsider in [
+        "eve@evil.example",
+        "eve@sub.acme.example",
+        "eve@acme.example.evil",
+    ] {
+        assert_eq!(register(&app, "acme", outsider).await, taken, "{outsider}");
+        assert_eq!(
+            user_by_email(&app, &org, outsider).await,
+            None,
+            "{outsider}"
+        );
+        assert_eq!(jobs_mentioning(&app, outsider).await, 0, "{outsider}");
+    }
+}
+
+#[tokio::test]
+async fn registration_settings_are_validated_with_422s() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let too_many: Vec<String> = (0..51).map(|n| format!("d{n}.example")).collect();
+    let long = format!("{}.example", vec!["a".repeat(63); 4].join("."));
+    for (body, field, code) in [
+        (json!({}), "", "empty"),
+        (
+            json!({"registration_policy": "domain"}),
+            "registration_domains",
+            "required",
+        ),
+        (
+            json!({"registration_policy": "domain", "registration_domains": []}),
+            "registration_domains",
+            "required",
+        ),
+        (
+            json!({"registration_domains": too_many}),
+            "registration_domains",
+            "too_long",
+        ),
+        (
+            json!({"registration_domains": ["ok.example", "not a domain"]}),
+            "registration_domains[1]",
+            "invalid",
+        ),
+        (
+            json!({"registration_domains": [long]}),
+            "registration_domains[0]",
+            "too_long",
+        ),
+        (
+            json!({"registration_domains": ["ada@acme.example"]}),
+            "registration_domains[0]",
+            "invalid",
+        ),
+    ] {
+        let response = app.update_tenant("acme", &org.tokens.access, &body).await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["code"], code, "{body}: {problem}");
+    }
+    for body in [
+        json!({"registration_policy": "everyone"}),
+        json!({"registration_domains": "acme.example"}),
+        json!({"registration_role_id": "not-a-uuid"}),
+        json!({"registration_policy": "open", "plan": "business"}),
+    ] {
+        let response = app.update_tenant("acme", &org.tokens.access, &body).await;
+        assert_problem(response, 422, "validation_failed").await;
+    }
+    let profile: Value = app
+        .get_authed("acme", "/v1/tenant", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile["registration_policy"], "invite_only");
+    assert_eq!(profile["registration_domains"], json!([]));
 }

@@ -125,6 +125,7 @@ async fn signed_events_change_the_plan_and_forgeries_are_refused() {
     let tenant_view: Value = app
         .request(Method::GET, "/v1/tenant")
         .header("x-tenant", &org.slug)
+        .bearer_auth(&org.tokens.access)
         .send()
         .await
         .expect("request")

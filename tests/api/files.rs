@@ -46,11 +46,12 @@ async fn delete(app: &TestApp, org: &Signup, path: &str) -> reqwest::Response {
         .await
 }
 
-/// The tenant's `storage` member of `GET /v1/tenant`.
+/// The tenant's `storage` member of `GET /v1/tenant`, as its owner sees it.
 async fn storage_usage(app: &TestApp, org: &Signup) -> Value {
     let response = app
         .request(Method::GET, "/v1/tenant")
         .header("x-tenant", &org.slug)
+        .bearer_auth(&org.tokens.access)
         .send()
         .await
         .expect("request");

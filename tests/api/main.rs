@@ -5,6 +5,7 @@ mod billing;
 mod errors;
 mod files;
 mod health;
+mod invitations;
 mod isolation;
 mod jobs;
 mod metrics;

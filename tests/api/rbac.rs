@@ -71,8 +71,13 @@ struct Call {
 
 fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> Call {
     let success = match op {
-        "create_role" | "create_product" | "bulk_create_products" | "upload_file" => 201,
-        "delete_role" | "delete_product" | "delete_file" => 204,
+        "create_role"
+        | "create_product"
+        | "bulk_create_products"
+        | "upload_file"
+        | "create_invitation" => 201,
+        "delete_role" | "delete_product" | "delete_file" | "revoke_invitation" => 204,
+        "resend_invitation" => 202,
         "download_file" | "get_file_thumbnail" => 302,
         _ => 200,
     };
@@ -151,8 +156,47 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
         .as_str()
         .expect("id")
         .to_owned();
+    let to_revoke = app
+        .invite_ok(org, &format!("revoke-{actor}@acme.example"), &[viewer])
+        .await;
+    let to_resend = app
+        .invite_ok(org, &format!("resend-{actor}@acme.example"), &[viewer])
+        .await;
     app.run_jobs().await;
     vec![
+        call("get_current_tenant", Method::GET, "/v1/tenant".into(), None),
+        call(
+            "update_current_tenant",
+            Method::PATCH,
+            "/v1/tenant".into(),
+            Some(json!({"registration_policy": "open"})),
+        ),
+        call(
+            "create_invitation",
+            Method::POST,
+            "/v1/invitations".into(),
+            Some(
+                json!({"email": format!("invited-by-{actor}@acme.example"), "role_ids": [viewer]}),
+            ),
+        ),
+        call(
+            "list_invitations",
+            Method::GET,
+            "/v1/invitations".into(),
+            None,
+        ),
+        call(
+            "revoke_invitation",
+            Method::DELETE,
+            format!("/v1/invitations/{to_revoke}"),
+            None,
+        ),
+        call(
+            "resend_invitation",
+            Method::POST,
+            format!("/v1/invitations/{to_resend}/resend"),
+            None,
+        ),
         call(
             "get_subscription",
             Method::GET,

@@ -1,4 +1,5 @@
-//! Tenant resolution and the platform operator's tenant registry.
+//! Tenant resolution, the tenant profile and its registration settings, and the platform
+//! operator's tenant registry.
 
 use e2e::{TestApp, assert_problem, spawn_app};
 use reqwest::Method;
@@ -454,4 +455,189 @@ async fn suspension_reaches_every_instance_within_a_second() {
         "tenant_suspended",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_public_profile_shows_what_a_login_page_needs_and_members_see_more() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let viewer = app.role_id(&org, "viewer").await;
+    let accountant = app
+        .create_role_ok(
+            &org,
+            &json!({"name": "accountant", "permissions": ["billing:read"]}),
+        )
+        .await;
+    let (_, viewer_tokens) = app
+        .user_with_roles(&org, "viewer@acme.example", &[viewer])
+        .await;
+    let (_, accountant_tokens) = app
+        .user_with_roles(&org, "accountant@acme.example", &[accountant])
+        .await;
+    let keys = |profile: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = profile
+            .as_object()
+            .expect("object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let public = [
+        "id",
+        "name",
+        "registration_policy",
+        "settings",
+        "slug",
+        "status",
+    ];
+
+    let anonymous: Value = app
+        .get_as("acme", "/v1/tenant")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(keys(&anonymous), public);
+    // `user_with_roles` registered its users after opening registration.
+    assert_eq!(anonymous["registration_policy"], "open");
+    assert_eq!(anonymous["id"], org.tenant_id.to_string());
+    let as_viewer: Value = app
+        .get_authed("acme", "/v1/tenant", &viewer_tokens.access)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(as_viewer, anonymous);
+
+    let as_accountant: Value = app
+        .get_authed("acme", "/v1/tenant", &accountant_tokens.access)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(as_accountant["plan"], "free");
+    assert_eq!(as_accountant["storage"]["used_bytes"], 0);
+    assert_eq!(as_accountant["storage"]["files"], 0);
+    assert!(
+        as_accountant.get("registration_domains").is_none(),
+        "{as_accountant}"
+    );
+
+    let as_owner: Value = app
+        .get_authed("acme", "/v1/tenant", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut everything: Vec<&str> = public.to_vec();
+    everything.extend([
+        "plan",
+        "registration_domains",
+        "registration_role_id",
+        "storage",
+    ]);
+    everything.sort_unstable();
+    assert_eq!(keys(&as_owner), everything);
+    assert_eq!(as_owner["plan"], "free");
+    assert!(
+        as_owner["storage"]["limit_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0)
+    );
+    assert_eq!(as_owner["registration_role_id"], viewer.to_string());
+
+    // A token that is sent must be valid: never quietly anonymous.
+    let forged = app
+        .request(Method::GET, "/v1/tenant")
+        .header("x-tenant", "acme")
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(forged, 401, "invalid_token").await;
+    let other = app.signup("other").await;
+    let foreign = app
+        .request(Method::GET, "/v1/tenant")
+        .header("x-tenant", "acme")
+        .bearer_auth(&other.tokens.access)
+        .send()
+        .await
+        .expect("request");
+    assert_problem(foreign, 403, "wrong_tenant").await;
+}
+
+#[tokio::test]
+async fn changing_who_may_register_needs_tenant_manage_and_is_audited() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let member = app.role_id(&org, "member").await;
+    let admin = app.role_id(&org, "admin").await;
+    let (_, member_tokens) = app
+        .user_with_roles(&org, "member@acme.example", &[member])
+        .await;
+    let (admin_id, admin_tokens) = app
+        .user_with_roles(&org, "admin@acme.example", &[admin])
+        .await;
+    // user_with_roles opened registration; start again from invite_only.
+    let reset = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"registration_policy": "invite_only"}),
+        )
+        .await;
+    assert_eq!(reset.status(), 200);
+    let body = json!({"registration_policy": "open"});
+
+    let anonymous = app
+        .request(Method::PATCH, "/v1/tenant")
+        .header("x-tenant", "acme")
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_problem(anonymous, 401, "unauthorized").await;
+    let problem = assert_problem(
+        app.update_tenant("acme", &member_tokens.access, &body)
+            .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(problem["permission"], "tenant:manage");
+    let public: Value = app
+        .get_as("acme", "/v1/tenant")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(public["registration_policy"], "invite_only");
+
+    let response = app.update_tenant("acme", &admin_tokens.access, &body).await;
+    assert_eq!(response.status(), 200);
+    let public: Value = app
+        .get_as("acme", "/v1/tenant")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(public["registration_policy"], "open");
+    let events = app
+        .audit_events(org.tenant_id, "tenant.registration_changed")
+        .await;
+    let last = events.last().expect("audited");
+    assert_eq!(last["actor_id"], admin_id.to_string());
+    assert_eq!(last["details"]["from"]["policy"], "invite_only");
+    assert_eq!(last["details"]["to"]["policy"], "open");
+    // Setting what is already set changes and audits nothing.
+    let count = events.len();
+    app.update_tenant("acme", &admin_tokens.access, &body).await;
+    assert_eq!(
+        app.audit_events(org.tenant_id, "tenant.registration_changed")
+            .await
+            .len(),
+        count
+    );
 }

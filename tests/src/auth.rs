@@ -146,8 +146,10 @@ impl TestApp {
         .await
     }
 
-    /// Registers `email` in `tenant`, follows the verification link, and returns the user id.
+    /// Registers `email` in `tenant` (opening registration first, as the owner
+    /// [`TestApp::signup`] made), follows the verification link, and returns the user id.
     pub async fn register_verified(&self, tenant: &str, email: &str) -> Uuid {
+        self.open_registration_as_owner(tenant).await;
         let response = self
             .post_as(
                 tenant,

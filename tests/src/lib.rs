@@ -15,6 +15,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 pub mod auth;
 pub mod files;
+pub mod membership;
 pub mod products;
 pub mod rbac;
 pub mod stripe;

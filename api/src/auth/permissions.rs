@@ -71,6 +71,7 @@ requirements!(
     BillingRead,
     BillingManage,
     AuditRead,
+    TenantManage,
 );
 
 /// A request by a user who holds permission `P` in the tenant it addresses.
@@ -114,6 +115,58 @@ impl<'a, P: Requirement> ApiExtractor<'a> for Authorized<P> {
             granted,
             required: PhantomData,
         })
+    }
+}
+
+/// A request that may come from a signed-in user: `None` when it has no `Authorization`
+/// header (an anonymous visitor), else the user and everything they may do. A header
+/// that is present must hold a valid token of the addressed tenant: a bad one is refused
+/// as it would be anywhere, never quietly taken for an anonymous visitor. Documented as
+/// `UserAuth` with an anonymous alternative.
+pub struct MaybeSignedIn(pub Option<(Principal, PermissionSet)>);
+
+impl MaybeSignedIn {
+    /// What the caller may do (nothing, when anonymous).
+    pub fn granted(&self) -> PermissionSet {
+        self.0.as_ref().map_or(PermissionSet::EMPTY, |(_, g)| *g)
+    }
+}
+
+impl<'a> ApiExtractor<'a> for MaybeSignedIn {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        UserAuth::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec![crate::routes::USER_AUTH]
+    }
+
+    /// The anonymous alternative (an empty security requirement).
+    fn has_security_fallback() -> bool {
+        true
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let _ = (body, param_opts);
+        if !request
+            .headers()
+            .contains_key(poem::http::header::AUTHORIZATION)
+        {
+            return Ok(Self(None));
+        }
+        let (principal, granted) = super::authenticate(request, true).await?;
+        let granted = granted
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("permissions were not looked up")))?;
+        Ok(Self(Some((principal, granted))))
     }
 }
 

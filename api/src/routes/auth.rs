@@ -5,12 +5,12 @@ use std::{sync::Mutex, time::Duration};
 
 use chrono::{DateTime, Utc};
 use identity::{
-    ClientInfo, Email, OpaqueToken, User, UserStatus, Verified,
+    ClientInfo, Email, OpaqueToken, User, UserStatus, Verified, membership,
     store::{self, AuditEvent, LockoutPolicy, NewUser, RefreshOutcome, Session, TokenPurpose},
 };
 use poem::{Request, web::Data};
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
-use rbac::SystemRole;
+use rbac::{SystemRole, store::RegistrationRole};
 use serde::Deserialize;
 use serde_json::json;
 use tenancy::{BoxFuture, TenancyError, TenantSeed, TenantSlug, TenantTx};
@@ -380,7 +380,10 @@ impl AuthApi {
     ///
     /// Creates a `pending` user and emails a verification link; the user can log in once
     /// verified. The answer is the same whether or not the address is already registered
-    /// (its owner then gets a notice instead).
+    /// (its owner then gets a notice instead), and whether or not the tenant's
+    /// registration policy admits the address (`invite_only` admits none, `domain` those
+    /// of its domains): a refused registration makes nothing. The user gets the tenant's
+    /// registration role (`viewer` by default).
     #[oai(
         path = "/v1/auth/register",
         method = "post",
@@ -401,6 +404,14 @@ impl AuthApi {
         // Hashed whether or not the address is taken: both answers take the same time.
         let password_hash = state.hasher.hash(&body.password).await?;
         let mut tx = state.tenant_db.begin(tenant.0.id).await?;
+        let registration = membership::registration(&mut tx).await?;
+        if registration.role_id.is_some() {
+            // Granting a custom role is an assignment, serialised with role changes like
+            // every other; the roles lock comes before the seat lock, as everywhere.
+            rbac::store::lock_roles(&mut tx)
+                .await
+                .map_err(ApiError::internal)?;
+        }
         // Before looking the address up: a full tenant answers the same for every address.
         limits::ensure_room(&state, &mut tx, &tenant.0, Limited::Seats, 1).await?;
         let existing = store::user_by_email(&mut tx, &email).await?;
@@ -409,6 +420,11 @@ impl AuthApi {
                 send_notice(&mut tx, &user, "Someone tried to register a new account with your email address. If it was you, log in instead, or reset your password if you forgot it.")
                     .await
                     .map_err(ApiError::internal)?;
+            }
+            // The tenant's policy does not admit this address: nothing is made, and the
+            // answer is the one a taken address gets.
+            None if !registration.admits(email.key()) => {
+                tracing::debug!("registration refused by the tenant's policy");
             }
             None => {
                 let user = store::insert_user(
@@ -421,10 +437,7 @@ impl AuthApi {
                     },
                 )
                 .await?;
-                // Self-registration grants the least: reading the catalog and files.
-                rbac::store::grant_system_role(&mut tx, user.id, SystemRole::Viewer)
-                    .await
-                    .map_err(ApiError::internal)?;
+                grant_registration_role(&mut tx, user.id, registration.role_id).await?;
                 // The job mints the link when it sends it: no payload holds a secret.
                 jobs::enqueue(&mut tx, link_job(user.id, LinkPurpose::VerifyEmail)).await?;
                 audit(
@@ -1134,8 +1147,36 @@ async fn end_sessions(
     Ok(())
 }
 
+/// Gives a self-registered user the tenant's registration role when it still qualifies
+/// (it may have been changed since it was chosen), else `viewer`, the least there is.
+/// Call under the roles lock when `role` is given.
+async fn grant_registration_role(
+    tx: &mut TenantTx,
+    user: Uuid,
+    role: Option<Uuid>,
+) -> ApiResult<()> {
+    if let Some(role) = role {
+        let roles = rbac::store::list_roles(tx)
+            .await
+            .map_err(ApiError::internal)?;
+        match rbac::store::registration_role(&roles, role) {
+            RegistrationRole::Allowed(_) => {
+                return rbac::store::set_user_roles(tx, user, &[role], None)
+                    .await
+                    .map_err(ApiError::internal);
+            }
+            refused => {
+                tracing::warn!(%role, ?refused, "the registration role no longer qualifies; granting viewer");
+            }
+        }
+    }
+    rbac::store::grant_system_role(tx, user, SystemRole::Viewer)
+        .await
+        .map_err(ApiError::internal)
+}
+
 /// Counts a recovery request from this client (429 past the limit, 503 without Redis).
-async fn recovery_throttle(
+pub(crate) async fn recovery_throttle(
     state: &AppState,
     request: &Request,
     tenant: &CurrentTenant,
@@ -1189,7 +1230,7 @@ pub(crate) async fn audit(
     .await
 }
 
-fn token_pair(
+pub(crate) fn token_pair(
     state: &AppState,
     tenant: Uuid,
     user: Uuid,
@@ -1246,7 +1287,7 @@ fn account_disabled() -> ApiError {
     )
 }
 
-fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str) {
+pub(crate) fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str) {
     if !email::is_valid_address(email.trim()) {
         errors.push(FieldError::new(
             field,
@@ -1256,7 +1297,7 @@ fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str) {
     }
 }
 
-fn check_new_password(errors: &mut Vec<FieldError>, field: &str, password: &str) {
+pub(crate) fn check_new_password(errors: &mut Vec<FieldError>, field: &str, password: &str) {
     if let Err(violation) = identity::check_policy(password) {
         errors.push(FieldError::new(
             field,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod billing;
 pub mod files;
 pub mod health;
+pub mod invitations;
 pub mod jobs;
 pub mod ops;
 pub mod products;
@@ -30,6 +31,8 @@ pub enum ApiTag {
     Auth,
     /// The current user, the tenant's member directory and users' roles.
     Users,
+    /// Invitations to join the tenant, and their acceptance.
+    Invitations,
     /// The permission catalog and the tenant's roles.
     Roles,
     /// The tenant's product catalog.
@@ -47,6 +50,7 @@ pub type Apis = (
     health::HealthApi,
     auth::AuthApi,
     users::UsersApi,
+    invitations::InvitationsApi,
     roles::RolesApi,
     products::ProductsApi,
     files::FilesApi,
@@ -63,6 +67,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             health::HealthApi,
             auth::AuthApi,
             users::UsersApi,
+            invitations::InvitationsApi,
             roles::RolesApi,
             products::ProductsApi,
             files::FilesApi,
@@ -103,7 +108,7 @@ pub(crate) fn page<T>(
 }
 
 /// The security scheme of tenant users (see [`crate::auth::UserAuth`]).
-const USER_AUTH: &str = "UserAuth";
+pub(crate) const USER_AUTH: &str = "UserAuth";
 
 /// The OpenAPI document as served and checked in (pretty JSON).
 ///
@@ -125,6 +130,14 @@ pub fn openapi_json() -> String {
     for op in operations {
         let mut permission = None;
         let mut user_auth = false;
+        // An empty requirement: anonymous callers are served too (`MaybeSignedIn`).
+        let anonymous = op
+            .get("security")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|all| {
+                all.iter()
+                    .any(|r| r.as_object().is_some_and(|r| r.is_empty()))
+            });
         let requirements = op
             .get_mut("security")
             .and_then(serde_json::Value::as_array_mut)
@@ -146,6 +159,10 @@ pub fn openapi_json() -> String {
             Some(p) => {
                 op.insert("x-permission".to_owned(), p.as_str().into());
                 format!("**Permission:** `{p}` ({})", p.description())
+            }
+            None if user_auth && anonymous => {
+                "**Authentication:** optional; a signed-in user of the tenant may see more."
+                    .to_owned()
             }
             None if user_auth => {
                 "**Permission:** none; any signed-in user of the tenant.".to_owned()

@@ -1,23 +1,50 @@
-//! Tenants: the resolved tenant's profile (`GET /v1/tenant`) and the platform operator's
-//! registry (`/v1/admin/tenants`, authenticated by platform API keys).
+//! Tenants: the resolved tenant's profile (`GET /v1/tenant`) and its settings
+//! (`PATCH /v1/tenant`), and the platform operator's registry (`/v1/admin/tenants`,
+//! authenticated by platform API keys).
+//!
+//! The profile is public, for a login page: anyone naming the tenant sees its id, slug,
+//! name, settings and registration policy. What else it shows depends on who asks: the
+//! plan and storage use to members holding `billing:read`, the registration domains and
+//! role to members holding `tenant:manage`.
 
 use chrono::{DateTime, Utc};
-use poem::web::Data;
+use identity::{
+    Registration, RegistrationPolicy,
+    membership::{self, MAX_DOMAINS},
+};
+use poem::{Request, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Path, Query},
     payload::Json,
+    types::MaybeUndefined,
+};
+use rbac::{
+    Permission, PermissionSet, SystemRole,
+    catalog::NOT_FOR_SELF_REGISTRATION,
+    store::{self as roles, RegistrationRole},
 };
 use serde::Deserialize;
-use tenancy::{Tenant, TenantId, TenantSlug, TenantStatus};
+use serde_json::json;
+use sqlx::Row;
+use tenancy::{Tenant, TenantId, TenantSlug, TenantStatus, TenantTx};
 use uuid::Uuid;
 
 use crate::{
     AppState,
     admin_auth::PlatformAdmin,
+    auth::{
+        client_info,
+        permissions::{Authorized, MaybeSignedIn, perm},
+    },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
-    routes::{ApiTag, page},
+    routes::{
+        ApiTag,
+        auth::audit,
+        page,
+        roles::{ensure_holds, lock_for_change},
+    },
     tenant::{CurrentTenant, publish_change},
 };
 
@@ -74,7 +101,41 @@ pub struct TenantSettings {
     pub timezone: String,
 }
 
-/// The public profile of the tenant a request addresses.
+/// Who may register themselves in a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationPolicyView {
+    /// Nobody: members join through invitations (`POST /v1/invitations`).
+    InviteOnly,
+    /// Anyone, who then verifies their address.
+    Open,
+    /// Addresses of the listed domains only, who then verify their address.
+    Domain,
+}
+
+impl From<RegistrationPolicy> for RegistrationPolicyView {
+    fn from(policy: RegistrationPolicy) -> Self {
+        match policy {
+            RegistrationPolicy::InviteOnly => Self::InviteOnly,
+            RegistrationPolicy::Open => Self::Open,
+            RegistrationPolicy::Domain => Self::Domain,
+        }
+    }
+}
+
+impl From<RegistrationPolicyView> for RegistrationPolicy {
+    fn from(policy: RegistrationPolicyView) -> Self {
+        match policy {
+            RegistrationPolicyView::InviteOnly => Self::InviteOnly,
+            RegistrationPolicyView::Open => Self::Open,
+            RegistrationPolicyView::Domain => Self::Domain,
+        }
+    }
+}
+
+/// The profile of the tenant a request addresses. Public members are always there; the
+/// others only for a signed-in member holding the permission each names.
 #[derive(Debug, Object)]
 pub struct TenantProfile {
     /// Tenant id (usable in `X-Tenant`).
@@ -83,14 +144,94 @@ pub struct TenantProfile {
     pub slug: String,
     /// Display name.
     pub name: String,
-    /// Billing plan.
-    pub plan: String,
     /// Always `active` here: other tenants are not served.
     pub status: TenantStatusView,
     /// Tenant-owned settings.
     pub settings: TenantSettings,
-    /// File storage in use, and what the plan allows.
-    pub storage: StorageUsage,
+    /// Who may register themselves (`POST /v1/auth/register`).
+    pub registration_policy: RegistrationPolicyView,
+    /// The domains the `domain` policy admits (lower-case ASCII). Only with `tenant:manage`.
+    #[oai(skip_serializing_if_is_none)]
+    pub registration_domains: Option<Vec<String>>,
+    /// The role self-registered users get. Only with `tenant:manage`.
+    #[oai(skip_serializing_if_is_none)]
+    pub registration_role_id: Option<Uuid>,
+    /// Billing plan. Only with `billing:read`.
+    #[oai(skip_serializing_if_is_none)]
+    pub plan: Option<String>,
+    /// File storage in use, and what the plan allows. Only with `billing:read`.
+    #[oai(skip_serializing_if_is_none)]
+    pub storage: Option<StorageUsage>,
+}
+
+/// Changes to the tenant's own settings; absent fields stay as they are.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCurrentTenant {
+    /// Who may register themselves. `domain` needs at least one domain.
+    #[serde(default)]
+    pub registration_policy: Option<RegistrationPolicyView>,
+    /// The domains `domain` admits, replacing the list: at most 50 names such as
+    /// `example.com` (compared exactly, subdomains not included; international names are
+    /// stored in their ASCII `xn--` form, case does not matter).
+    #[serde(default)]
+    pub registration_domains: Option<Vec<String>>,
+    /// The role self-registered users get (`null`: `viewer`, the default). It must be
+    /// below admin: neither `owner` nor `admin`, and allowing (itself or through its
+    /// parents) none of `users:manage`, `roles:manage`, `tenant:manage`,
+    /// `billing:manage`; and you must hold everything it allows.
+    #[serde(default)]
+    pub registration_role_id: MaybeUndefined<Uuid>,
+}
+
+impl UpdateCurrentTenant {
+    /// The domains, normalized and deduplicated (in the given order); per-item errors.
+    fn domains(&self) -> Result<Option<Vec<String>>, Vec<FieldError>> {
+        let Some(raw) = &self.registration_domains else {
+            return Ok(None);
+        };
+        if raw.len() > MAX_DOMAINS {
+            return Err(vec![FieldError::new(
+                "registration_domains",
+                "too_long",
+                format!("at most {MAX_DOMAINS} domains"),
+            )]);
+        }
+        let mut domains = Vec::new();
+        let mut errors = Vec::new();
+        for (i, domain) in raw.iter().enumerate() {
+            match membership::normalize_domain(domain) {
+                Ok(domain) if !domains.contains(&domain) => domains.push(domain),
+                Ok(_) => {}
+                Err(e) => errors.push(FieldError::new(
+                    format!("registration_domains[{i}]"),
+                    match e {
+                        membership::DomainError::TooLong => "too_long",
+                        membership::DomainError::Invalid => "invalid",
+                    },
+                    e.to_string(),
+                )),
+            }
+        }
+        all_valid(errors).map(|()| Some(domains))
+    }
+}
+
+impl Validate for UpdateCurrentTenant {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        if self.registration_policy.is_none()
+            && self.registration_domains.is_none()
+            && self.registration_role_id.is_undefined()
+        {
+            return Err(vec![FieldError::new(
+                "",
+                "empty",
+                "give at least one of `registration_policy`, `registration_domains`, `registration_role_id`",
+            )]);
+        }
+        self.domains().map(|_| ())
+    }
 }
 
 /// File storage of a tenant.
@@ -244,7 +385,10 @@ impl TenantsApi {
     /// The tenant this request addresses.
     ///
     /// The tenant comes from the subdomain of the base domain, else from the `X-Tenant`
-    /// header (slug or id).
+    /// header (slug or id). Anyone may ask (a login page needs the name and whether it may
+    /// offer registration); with an access token, members holding `billing:read` also see
+    /// the plan and storage use, and those holding `tenant:manage` the registration
+    /// settings. An access token that is sent must be valid.
     #[oai(
         path = "/v1/tenant",
         method = "get",
@@ -256,30 +400,81 @@ impl TenantsApi {
         /// Tenant slug or id, when the host is not the tenant's subdomain.
         #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
+        caller: MaybeSignedIn,
     ) -> ApiResult<Json<TenantProfile>> {
         let tenant = tenant.0;
         let mut tx = state.tenant_db.begin(tenant.id).await?;
-        let (locale, timezone): (String, String) =
-            sqlx::query_as("select locale, timezone from settings")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(ApiError::internal)?;
-        let (used_bytes, files) = crate::files::store::usage(&mut tx).await?;
+        let profile = profile(&state, &mut tx, &tenant, caller.granted()).await?;
         tx.commit().await?;
-        let limits = state.settings.plans.limits(&tenant.plan);
-        Ok(Json(TenantProfile {
-            id: tenant.id.0,
-            slug: tenant.slug.to_string(),
-            name: tenant.name.clone(),
-            plan: tenant.plan.clone(),
-            status: tenant.status.into(),
-            settings: TenantSettings { locale, timezone },
-            storage: StorageUsage {
-                used_bytes,
-                files,
-                limit_bytes: limits.storage_bytes.as_u64(),
-            },
-        }))
+        Ok(Json(profile))
+    }
+
+    /// Change the tenant's registration settings.
+    ///
+    /// Sets who may register themselves (`invite_only`, `open`, or `domain` with its
+    /// domains) and the role they get. Takes effect with the next registration. Audited as
+    /// `tenant.registration_changed`. Answers with the profile as the caller sees it.
+    #[oai(
+        path = "/v1/tenant",
+        method = "patch",
+        operation_id = "update_current_tenant"
+    )]
+    async fn update_current_tenant(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::TenantManage>,
+        /// Tenant slug or id, when the host is not the tenant's subdomain.
+        #[oai(name = "X-Tenant")]
+        _tenant: CurrentTenant,
+        body: JsonBody<UpdateCurrentTenant>,
+    ) -> ApiResult<Json<TenantProfile>> {
+        let me = auth.principal;
+        let client = client_info(request);
+        let body = body.0;
+        let domains = body.domains().map_err(ApiError::validation)?;
+        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        // Under the roles lock: the role judged here cannot change before this commits.
+        let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::TenantManage).await?;
+        let before = membership::registration(&mut tx).await?;
+        let mut after = before.clone();
+        if let Some(policy) = body.registration_policy {
+            after.policy = policy.into();
+        }
+        if let Some(domains) = domains {
+            after.domains = domains;
+        }
+        match body.registration_role_id {
+            MaybeUndefined::Value(id) => {
+                judge_registration_role(&all_roles, held, id)?;
+                after.role_id = Some(id);
+            }
+            MaybeUndefined::Null => after.role_id = None,
+            MaybeUndefined::Undefined => {}
+        }
+        if after.policy == RegistrationPolicy::Domain && after.domains.is_empty() {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "registration_domains",
+                "required",
+                "the `domain` policy needs at least one domain",
+            )]));
+        }
+        if after != before {
+            membership::set_registration(&mut tx, &after).await?;
+            audit(
+                &mut tx,
+                "tenant.registration_changed",
+                Some(me.user_id),
+                None,
+                Some(me.session_id),
+                &client,
+                json!({ "from": registration_json(&before), "to": registration_json(&after) }),
+            )
+            .await?;
+        }
+        let profile = profile(&state, &mut tx, &me.tenant, held).await?;
+        tx.commit().await?;
+        Ok(Json(profile))
     }
 
     /// Provision a tenant.
@@ -412,6 +607,103 @@ impl TenantsApi {
         publish_change(&state, id).await;
         Ok(Json((&tenant).into()))
     }
+}
+
+/// The profile of `tenant` as a caller holding `granted` may see it: one query for an
+/// anonymous visitor (the login page's), more only for what a member may see.
+async fn profile(
+    state: &AppState,
+    tx: &mut TenantTx,
+    tenant: &Tenant,
+    granted: PermissionSet,
+) -> ApiResult<TenantProfile> {
+    let row = sqlx::query(&format!(
+        "select locale, timezone, {} from settings",
+        membership::REGISTRATION_COLUMNS
+    ))
+    .fetch_one(&mut **tx)
+    .await?;
+    let locale: String = row.try_get("locale")?;
+    let timezone: String = row.try_get("timezone")?;
+    let registration = &membership::registration_from_row(&row)?;
+    let manager = granted.contains(Permission::TenantManage);
+    let role_id = match (manager, registration.role_id) {
+        (false, _) => None,
+        (true, Some(id)) => Some(id),
+        (true, None) => Some(
+            roles::system_role_id(tx, SystemRole::Viewer)
+                .await
+                .map_err(ApiError::internal)?,
+        ),
+    };
+    let storage = if granted.contains(Permission::BillingRead) {
+        let (used_bytes, files) = crate::files::store::usage(tx).await?;
+        let limits = state.settings.plans.limits(&tenant.plan);
+        Some(StorageUsage {
+            used_bytes,
+            files,
+            limit_bytes: limits.storage_bytes.as_u64(),
+        })
+    } else {
+        None
+    };
+    Ok(TenantProfile {
+        id: tenant.id.0,
+        slug: tenant.slug.to_string(),
+        name: tenant.name.clone(),
+        status: tenant.status.into(),
+        settings: TenantSettings { locale, timezone },
+        registration_policy: registration.policy.into(),
+        registration_domains: manager.then(|| registration.domains.clone()),
+        registration_role_id: role_id,
+        plan: granted
+            .contains(Permission::BillingRead)
+            .then(|| tenant.plan.clone()),
+        storage,
+    })
+}
+
+/// A 422 unless role `id` may be the role of self-registered users, and a 403 unless the
+/// caller (holding `held`) holds everything it allows: otherwise registering a second
+/// account would be a way to get more than one has.
+fn judge_registration_role(
+    all_roles: &[rbac::Role],
+    held: PermissionSet,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    match roles::registration_role(all_roles, id) {
+        RegistrationRole::Allowed(allows) => {
+            ensure_holds(held, allows, "This role grants permissions you do not hold")
+        }
+        RegistrationRole::NotFound => Err(ApiError::validation(vec![FieldError::new(
+            "registration_role_id",
+            "not_found",
+            "no role of this tenant has this id",
+        )])),
+        RegistrationRole::TooPowerful(forbidden) => {
+            Err(ApiError::validation(vec![FieldError::new(
+                "registration_role_id",
+                "too_powerful",
+                format!(
+                    "must be a role below admin: not owner or admin, and allowing none of {}{}",
+                    NOT_FOR_SELF_REGISTRATION.names().join(", "),
+                    if forbidden.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (this one allows {})", forbidden.names().join(", "))
+                    }
+                ),
+            )]))
+        }
+    }
+}
+
+fn registration_json(registration: &Registration) -> serde_json::Value {
+    json!({
+        "policy": registration.policy.as_str(),
+        "domains": registration.domains,
+        "role_id": registration.role_id,
+    })
 }
 
 fn default_limit() -> i64 {

@@ -1,0 +1,312 @@
+//! Invitations: how members join an `invite_only` tenant (or any tenant, with chosen
+//! roles). An invitation names an address and the roles its user will hold; its email
+//! carries a single-use link whose token only the email job ever sees.
+//!
+//! No job payload carries a usable secret: the invitation email job names the invitation
+//! alone, and the job mints a fresh token when it runs, storing only its SHA-256 on the
+//! invitation (replacing any earlier one, so only the newest link works), renders the
+//! message and sends it itself. A resend voids the current link at once and enqueues the
+//! job again; a retried job simply mints another token. Accepting uses the token up.
+//!
+//! At most one invitation per address is open (neither accepted nor revoked); inviting an
+//! open address again refreshes that invitation (new roles, new lifetime, new link).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use email::{Mailer, Template};
+use jobs::{JobContext, JobHandler, NewJob};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, Row, postgres::PgRow};
+use tenancy::BoxFuture;
+use url::Url;
+use uuid::Uuid;
+
+use crate::{StoreError, email::email_key, secret::OpaqueToken, store::user_by_id};
+
+/// Most roles one invitation may grant.
+pub const MAX_ROLES: usize = 20;
+
+/// An open invitation.
+#[derive(Debug, Clone)]
+pub struct Invitation {
+    /// Id.
+    pub id: Uuid,
+    /// The address invited, as typed (trimmed).
+    pub email: String,
+    /// The roles its user will hold.
+    pub role_ids: Vec<Uuid>,
+    /// Who invited (last).
+    pub invited_by: Option<Uuid>,
+    /// First invited.
+    pub created_at: DateTime<Utc>,
+    /// Last invited, resent or emailed.
+    pub updated_at: DateTime<Utc>,
+    /// The link stops working then.
+    pub expires_at: DateTime<Utc>,
+    /// When the current link was emailed (`None`: its email is still queued).
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str =
+    "id, email, role_ids, invited_by, created_at, updated_at, expires_at, sent_at";
+
+/// Open: neither accepted nor revoked (expired ones included: they can be resent).
+const OPEN: &str = "accepted_at is null and revoked_at is null";
+
+fn from_row(row: &PgRow) -> Result<Invitation, sqlx::Error> {
+    Ok(Invitation {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        role_ids: row.try_get("role_ids")?,
+        invited_by: row.try_get("invited_by")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        expires_at: row.try_get("expires_at")?,
+        sent_at: row.try_get("sent_at")?,
+    })
+}
+
+fn expiry(ttl: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
+}
+
+/// An invitation to make.
+#[derive(Debug)]
+pub struct NewInvitation<'a> {
+    /// The address (trimmed by the caller).
+    pub email: &'a str,
+    /// Roles of the tenant (checked by the caller), 1 to [`MAX_ROLES`].
+    pub role_ids: &'a [Uuid],
+    /// The inviter.
+    pub invited_by: Uuid,
+}
+
+/// Invites `new.email`, or refreshes the open invitation of that address (its roles,
+/// inviter and lifetime are replaced, and its current link is void). Returns the
+/// invitation and whether it is new. Enqueue [`invitation_email_job`] after it.
+pub async fn invite(
+    conn: &mut PgConnection,
+    new: NewInvitation<'_>,
+    ttl: Duration,
+) -> Result<(Invitation, bool), StoreError> {
+    let id = Uuid::now_v7();
+    let row = sqlx::query(&format!(
+        "insert into invitations (id, email, email_key, role_ids, invited_by, expires_at)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (email_key) where {OPEN}
+         do update set email = excluded.email, role_ids = excluded.role_ids,
+                       invited_by = excluded.invited_by, expires_at = excluded.expires_at,
+                       token_hash = null, sent_at = null, updated_at = now()
+         returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(new.email)
+    .bind(email_key(new.email))
+    .bind(new.role_ids)
+    .bind(new.invited_by)
+    .bind(expiry(ttl))
+    .fetch_one(conn)
+    .await?;
+    let invitation = from_row(&row)?;
+    let created = invitation.id == id;
+    Ok((invitation, created))
+}
+
+/// A page of open invitations, oldest first, after the keyset `after` (created_at, id).
+pub async fn list_open(
+    conn: &mut PgConnection,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Invitation>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "select {COLUMNS} from invitations
+         where {OPEN} and ($1::timestamptz is null or (created_at, id) > ($1, $2))
+         order by created_at, id limit $3"
+    ))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
+/// Revokes the open invitation `id`: its link stops working. `None` if there is none.
+pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<Option<Invitation>, StoreError> {
+    let row = sqlx::query(&format!(
+        "update invitations set revoked_at = now(), token_hash = null, updated_at = now()
+         where id = $1 and {OPEN} returning {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+/// Prepares a resend of the open invitation `id`: its current link is void at once and its
+/// lifetime starts again. Enqueue [`invitation_email_job`] after it. `None` if there is
+/// no such open invitation.
+pub async fn renew(
+    conn: &mut PgConnection,
+    id: Uuid,
+    ttl: Duration,
+) -> Result<Option<Invitation>, StoreError> {
+    let row = sqlx::query(&format!(
+        "update invitations set token_hash = null, sent_at = null, expires_at = $2,
+                updated_at = now()
+         where id = $1 and {OPEN} returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(expiry(ttl))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+/// Mints the link token of the open, unexpired invitation `id`, replacing the previous
+/// one (only its hash is stored). `None` when the invitation is no longer open or has
+/// expired: there is nothing to send.
+pub async fn mint_token(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(Invitation, OpaqueToken)>, StoreError> {
+    let token = OpaqueToken::generate();
+    let row = sqlx::query(&format!(
+        "update invitations set token_hash = $2, sent_at = now(), updated_at = now()
+         where id = $1 and {OPEN} and expires_at > now() returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(token.hash())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row
+        .as_ref()
+        .map(from_row)
+        .transpose()?
+        .map(|invitation| (invitation, token)))
+}
+
+/// Uses up `token`: the open, unexpired invitation it is the current link of, now
+/// accepted; `None` for a token that is unknown, replaced, used, revoked or expired.
+/// Record the user made with [`record_acceptance`] in the same transaction.
+pub async fn accept(
+    conn: &mut PgConnection,
+    token: &OpaqueToken,
+) -> Result<Option<Invitation>, StoreError> {
+    let row = sqlx::query(&format!(
+        "update invitations set accepted_at = now(), token_hash = null, updated_at = now()
+         where token_hash = $1 and {OPEN} and expires_at > now() returning {COLUMNS}"
+    ))
+    .bind(token.hash())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+/// Notes which user accepting invitation `id` made.
+pub async fn record_acceptance(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user: Uuid,
+) -> Result<(), StoreError> {
+    sqlx::query("update invitations set accepted_user_id = $2 where id = $1")
+        .bind(id)
+        .bind(user)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Job kind of [`InvitationEmails`].
+pub const INVITATION_EMAIL: &str = "auth.invitation_email";
+
+/// Payload of [`INVITATION_EMAIL`]: the invitation, nothing secret (the job's tenant is
+/// the job row's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationEmailPayload {
+    /// The invitation to email.
+    pub invitation_id: Uuid,
+}
+
+/// The job that emails invitation `id` a fresh link (enqueue it in the tenant's
+/// transaction).
+pub fn invitation_email_job(id: Uuid) -> NewJob {
+    let payload = InvitationEmailPayload { invitation_id: id };
+    NewJob::new(
+        INVITATION_EMAIL,
+        serde_json::to_value(payload).unwrap_or_default(),
+    )
+    .max_attempts(8)
+}
+
+/// Sends [`INVITATION_EMAIL`] jobs: mints the token, renders the invitation and sends it.
+pub struct InvitationEmails {
+    mailer: Mailer,
+    public_url: Url,
+}
+
+impl InvitationEmails {
+    /// Sends through `mailer`, with links to `public_url/accept-invitation?token=…`.
+    pub fn new(mailer: Mailer, public_url: Url) -> Self {
+        Self { mailer, public_url }
+    }
+
+    fn link(&self, token: &OpaqueToken) -> String {
+        let mut url = self.public_url.clone();
+        url.set_path("/accept-invitation");
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("token", &token.encode());
+        url.to_string()
+    }
+}
+
+impl JobHandler for InvitationEmails {
+    fn kind(&self) -> &'static str {
+        INVITATION_EMAIL
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a mut JobContext,
+        payload: Value,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let payload: InvitationEmailPayload = serde_json::from_value(payload)?;
+            let tenant_name = ctx
+                .tenant
+                .as_ref()
+                .map_or_else(|| "Canopy".to_owned(), |t| t.name.clone());
+            let tx = ctx.tenant_tx()?;
+            let Some((invitation, token)) = mint_token(tx, payload.invitation_id).await? else {
+                tracing::info!("invitation no longer open; nothing sent");
+                return Ok(());
+            };
+            let inviter = match invitation.invited_by {
+                Some(id) => user_by_id(tx, id).await?.map(|u| u.name),
+                None => None,
+            };
+            let left = (invitation.expires_at - Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            // Whole minutes: "6days 23h 59m 59s 870ms" reads badly in an email.
+            let left = Duration::from_secs(left.as_secs().div_ceil(60) * 60);
+            let vars = serde_json::json!({
+                "tenant_name": tenant_name,
+                "inviter_name": inviter,
+                "link": self.link(&token),
+                "expires_in": humantime::format_duration(left).to_string(),
+            });
+            let rendered = email::render(Template::Invitation, &vars)?;
+            // Sent before the worker commits the token's hash: should that commit fail, this
+            // link never works and the retry mints and sends another (at least once).
+            self.mailer
+                .send(&invitation.email, &rendered, Some(&tenant_name))
+                .await?;
+            tracing::info!(invitation_id = %invitation.id, "invitation sent");
+            Ok(())
+        })
+    }
+}
