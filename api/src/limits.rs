@@ -73,20 +73,9 @@ pub async fn ensure_room(
     limit: Limited,
     adding: u64,
 ) -> ApiResult<()> {
-    let limits = state.settings.plans.limits(&tenant.plan);
-    let allowed = match limit {
-        Limited::Products => limits.products,
-        Limited::Seats => limits.seats,
-    };
-    let Some(allowed) = allowed else {
-        return Ok(());
-    };
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("canopy:{}:{}", tenant.id.0, limit.name()))
-        .execute(&mut *conn)
-        .await?;
-    let used = used(conn, limit).await?;
-    if used + adding > allowed {
+    if let Some((allowed, used)) = allowed_and_used(state, conn, tenant, limit).await?
+        && used + adding > allowed
+    {
         return Err(limit_reached(limit, allowed, used));
     }
     Ok(())
@@ -104,6 +93,36 @@ pub async fn ensure_seats(
     if activated.count() == 0 {
         return Ok(());
     }
-    // Counted after the change, so the new users are in `used` already.
-    ensure_room(state, conn, tenant, Limited::Seats, 0).await
+    if let Some((allowed, used)) = allowed_and_used(state, conn, tenant, Limited::Seats).await?
+        && used > allowed
+    {
+        // Counted after the change: the refusal reports the seats in use without it.
+        let before = used.saturating_sub(activated.count());
+        return Err(limit_reached(Limited::Seats, allowed, before));
+    }
+    Ok(())
+}
+
+/// What `tenant`'s plan allows of `limit` and how many are in use, under the per-tenant
+/// lock of that limit (held until the transaction ends); `None` when the plan sets no
+/// limit.
+async fn allowed_and_used(
+    state: &AppState,
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    limit: Limited,
+) -> ApiResult<Option<(u64, u64)>> {
+    let limits = state.settings.plans.limits(&tenant.plan);
+    let allowed = match limit {
+        Limited::Products => limits.products,
+        Limited::Seats => limits.seats,
+    };
+    let Some(allowed) = allowed else {
+        return Ok(None);
+    };
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("canopy:{}:{}", tenant.id.0, limit.name()))
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some((allowed, used(conn, limit).await?)))
 }

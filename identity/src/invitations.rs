@@ -275,10 +275,6 @@ impl JobHandler for InvitationEmails {
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let payload: InvitationEmailPayload = serde_json::from_value(payload)?;
-            let tenant_name = ctx
-                .tenant
-                .as_ref()
-                .map_or_else(|| "Canopy".to_owned(), |t| t.name.clone());
             let tx = ctx.tenant_tx()?;
             let Some((invitation, token)) = mint_token(tx, payload.invitation_id).await? else {
                 tracing::info!("invitation no longer open; nothing sent");
@@ -293,17 +289,17 @@ impl JobHandler for InvitationEmails {
                 .unwrap_or_default();
             // Whole minutes: "6days 23h 59m 59s 870ms" reads badly in an email.
             let left = Duration::from_secs(left.as_secs().div_ceil(60) * 60);
-            let vars = serde_json::json!({
-                "tenant_name": tenant_name,
-                "inviter_name": inviter,
-                "link": self.link(&token),
-                "expires_in": humantime::format_duration(left).to_string(),
-            });
-            let rendered = email::render(Template::Invitation, &vars)?;
+            let mut vars = serde_json::Map::new();
+            vars.insert("inviter_name".into(), serde_json::json!(inviter));
+            vars.insert("link".into(), Value::String(self.link(&token)));
+            vars.insert(
+                "expires_in".into(),
+                Value::String(humantime::format_duration(left).to_string()),
+            );
             // Sent before the worker commits the token's hash: should that commit fail, this
             // link never works and the retry mints and sends another (at least once).
             self.mailer
-                .send(&invitation.email, &rendered, Some(&tenant_name))
+                .send_from_job(ctx, &invitation.email, Template::Invitation, vars)
                 .await?;
             tracing::info!(invitation_id = %invitation.id, "invitation sent");
             Ok(())

@@ -410,6 +410,7 @@ async fn active_users(app: &TestApp, org: &Signup) -> i64 {
 
 /// Registers `email` (pending) and returns the verification link's token.
 async fn register_pending(app: &TestApp, org: &Signup, email: &str) -> String {
+    app.open_registration(org).await;
     let response = app
         .post_as(
             &org.slug,
