@@ -1039,3 +1039,73 @@ async fn recording_past_the_quota_writes_nothing_and_duplicates_count_once() {
         (json!(1000), json!(1))
     );
 }
+
+/// Uploads `bytes` as a file part named `upload` (no extension) with the form field `name`.
+async fn upload_named(app: &TestApp, org: &Signup, bytes: Vec<u8>, name: &str) -> Value {
+    let part = Part::bytes(bytes).file_name("upload");
+    let response = app
+        .authed(Method::POST, &org.slug, "/v1/files", &org.tokens.access)
+        .multipart(Form::new().text("name", name.to_owned()).part("file", part))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 201);
+    json(response).await
+}
+
+#[tokio::test]
+async fn download_names_carry_the_extension_of_the_bytes_and_the_bucket_answer_cannot_render() {
+    let app = spawn_app().await;
+    let org = app.signup("files-names").await;
+    for (seed, name, kind, shown) in [
+        (1, "report.html", "image/png", "report.png"),
+        (2, "report.svg", "image/png", "report.png"),
+        (3, "report.exe", "image/png", "report.png"),
+        (4, "report", "image/png", "report.png"),
+        (5, "photo.jpeg", "image/jpeg", "photo.jpeg"),
+        (6, "invoice.html", "application/pdf", "invoice.pdf"),
+    ] {
+        let bytes = match kind {
+            "image/png" => png(40, 30, seed),
+            "image/jpeg" => jpeg(40, 30, seed),
+            _ => pdf(2_000, seed),
+        };
+        let file = upload_named(&app, &org, bytes.clone(), name).await;
+        assert_eq!(file["name"], shown, "{name}");
+        assert_eq!(file["content_type"], kind, "{name}");
+        let id = id_of(&file);
+        // Stored as something a browser would render: the bucket's answer still says
+        // what the bytes are, as an attachment.
+        let key = ObjectKey::original(TenantId(org.tenant_id), id.parse().expect("uuid"));
+        app.state
+            .storage
+            .put(&key, bytes.into(), "text/html")
+            .await
+            .expect("put");
+        let response = get(&app, &org, &format!("/v1/files/{id}/download")).await;
+        let object = app.follow(response).await;
+        assert_eq!(object.status(), 200);
+        assert_eq!(object.headers()["content-type"], kind, "{name}");
+        let disposition = object.headers()["content-disposition"]
+            .to_str()
+            .expect("ASCII");
+        assert_eq!(
+            disposition,
+            format!("attachment; filename=\"{shown}\"; filename*=UTF-8''{shown}"),
+            "{name}"
+        );
+    }
+    // Thumbnails download as JPEG under the file's stem.
+    app.run_jobs().await;
+    let listed = json(get(&app, &org, "/v1/files?content_type=image/png&limit=1").await).await;
+    let id = id_of(&listed["items"][0]);
+    let response = get(&app, &org, &format!("/v1/files/{id}/thumbnails/128")).await;
+    let thumb = app.follow(response).await;
+    assert_eq!(thumb.headers()["content-type"], "image/jpeg");
+    assert!(
+        thumb.headers()["content-disposition"]
+            .to_str()
+            .expect("ASCII")
+            .starts_with("attachment; filename=\"report-128.jpg\""),
+    );
+}

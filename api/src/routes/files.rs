@@ -27,7 +27,7 @@ use poem_openapi::{
 use storage::{
     ObjectKey, UploadError, UploadRules, Uploaded,
     images::{ImageError, ImageLimits},
-    names::{content_disposition, display_name},
+    names::display_name,
     sniff::{FileType, TypeError},
 };
 use tokio::io::AsyncReadExt;
@@ -580,6 +580,7 @@ impl FilesApi {
                 .as_deref()
                 .or(file_name.as_deref())
                 .unwrap_or("file"),
+            Some(uploaded.kind),
         );
         let new = NewFile {
             id,
@@ -764,7 +765,8 @@ impl FilesApi {
         let tenant = &auth.principal.tenant;
         let file = live_file(&state, tenant, id.0).await?;
         let key = ObjectKey::original(tenant.id, file.id);
-        redirect(&state, &key, &file.name, &file.content_type).await
+        let kind = FileType::from_mime(&file.content_type);
+        redirect(&state, &key, &file.name, kind).await
     }
 
     /// Get a thumbnail of an image.
@@ -811,8 +813,8 @@ impl FilesApi {
             .name
             .rsplit_once('.')
             .map_or(file.name.as_str(), |(stem, _)| stem);
-        let name = display_name(&format!("{stem}-{}.jpg", size.0));
-        redirect(&state, &key, &name, "image/jpeg").await
+        let name = format!("{stem}-{}.jpg", size.0);
+        redirect(&state, &key, &name, Some(FileType::Jpeg)).await
     }
 }
 
@@ -823,20 +825,17 @@ async fn live_file(state: &AppState, tenant: &tenancy::Tenant, id: Uuid) -> ApiR
     file.ok_or_else(|| not_found(id))
 }
 
+/// A redirect to `key`, downloaded as `name` of type `kind` (see
+/// [`storage::ObjectStore::presigned_get`]).
 async fn redirect(
     state: &AppState,
     key: &ObjectKey,
     name: &str,
-    content_type: &str,
+    kind: Option<FileType>,
 ) -> ApiResult<Redirect> {
     let url = state
         .storage
-        .presigned_get(
-            key,
-            state.settings.files.url_ttl,
-            &content_disposition(name),
-            content_type,
-        )
+        .presigned_get(key, state.settings.files.url_ttl, name, kind)
         .await
         .map_err(storage_unavailable)?;
     Ok(Redirect::Found(url, "no-store".to_owned()))
