@@ -1109,3 +1109,113 @@ async fn download_names_carry_the_extension_of_the_bytes_and_the_bucket_answer_c
             .starts_with("attachment; filename=\"report-128.jpg\""),
     );
 }
+
+/// Writes `data` as one chunk of a chunked body.
+async fn write_chunk(stream: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stream.write_all(data).await?;
+    stream.write_all(b"\r\n").await
+}
+
+#[tokio::test]
+async fn a_part_with_a_huge_header_line_is_refused_before_the_client_is_done_sending() {
+    // The default free plan: 10 MiB per upload.
+    let app = spawn_app().await;
+    let org = app.signup("files-headers").await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         X-Tenant: {}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        org.tokens.access, org.slug
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let part = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\
+                 X-Padding: ";
+    write_chunk(&mut stream, part).await.expect("write");
+    // The header line is to be 1 MiB long: only its first 64 KiB are sent before the
+    // answer is awaited, so an answer proves the server refused without the rest.
+    let line = vec![b'a'; 1 << 20];
+    write_chunk(&mut stream, &line[..64 << 10])
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !(contains(&answer, b"\r\n\r\n") && contains(&answer, b"}")) {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "connection closed before an answer");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .expect("an answer before the header line was sent whole");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"code\":\"bad_request\""), "{answer}");
+    assert!(answer.contains("bytes of headers"), "{answer}");
+    // The rest may or may not be taken: the server has given up on this request.
+    let _ = write_chunk(&mut stream, &line[64 << 10..]).await;
+    drop(stream);
+
+    let listed = json(get(&app, &org, "/v1/files").await).await;
+    assert_eq!(listed["items"], json!([]));
+    assert!(app.objects_of(org.tenant_id).await.is_empty());
+    assert_eq!(storage_usage(&app, &org).await["used_bytes"], 0);
+}
+
+#[tokio::test]
+async fn every_byte_of_the_form_counts_against_the_upload_limit() {
+    let app = TestApp::builder()
+        .env(
+            "plans",
+            r#"[{"name": "free", "limits": {"storage_bytes": 100000, "upload_bytes": 30000}}]"#,
+        )
+        .spawn()
+        .await;
+    let org = app.signup("files-framing").await;
+    // Streamed (no Content-Length): a 29,000-byte file under 4 KiB of extra part headers.
+    let send = |padding: usize, seed: u8| {
+        let bytes = pdf(29_000, seed);
+        let body = futures_util::stream::iter(
+            bytes
+                .chunks(4096)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        if padding > 0 {
+            headers.insert(
+                "x-padding",
+                "p".repeat(padding).parse().expect("a header value"),
+            );
+        }
+        let part = Part::stream(reqwest::Body::wrap_stream(body))
+            .file_name("f.pdf")
+            .mime_str("application/pdf")
+            .expect("mime")
+            .headers(headers);
+        app.authed(Method::POST, &org.slug, "/v1/files", &org.tokens.access)
+            .multipart(Form::new().part("file", part))
+            .send()
+    };
+    let response = send(4000, 1).await.expect("request");
+    let problem = assert_problem(response, 413, "payload_too_large").await;
+    assert_eq!(problem["limit"], 30_000);
+    assert!(app.objects_of(org.tenant_id).await.is_empty());
+    // The same file with ordinary framing fits.
+    assert_eq!(send(0, 2).await.expect("request").status(), 201);
+    // A declared length past the limit is refused at once, framing included.
+    let answer = answer_without_body(&app, &org, 30_001).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
