@@ -839,7 +839,11 @@ async fn a_thumbnail_job_killed_midway_runs_again_and_the_file_ends_ready() {
 
     let reached = Arc::new(Notify::new());
     let dying = DiesAfterWork {
-        inner: api::files::jobs::Thumbnails::new(app.state.storage.clone(), vec![128, 512]),
+        inner: api::files::jobs::Thumbnails::new(
+            app.state.storage.clone(),
+            vec![128, 512],
+            storage::images::DecodeBudget::new(512 << 20),
+        ),
         reached: reached.clone(),
     };
     let worker = api::startup::worker(&app.state, Registry::new().register(dying));
@@ -1218,4 +1222,44 @@ async fn every_byte_of_the_form_counts_against_the_upload_limit() {
     // A declared length past the limit is refused at once, framing included.
     let answer = answer_without_body(&app, &org, 30_001).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_image_whose_decode_exceeds_the_whole_budget_ends_failed_and_one_within_it_ready() {
+    let app = TestApp::builder()
+        .env("decode_memory", "64MiB")
+        .spawn()
+        .await;
+    let org = app.signup("files-decode").await;
+    // 16384×16384 at 1 bit: tens of KiB of file, 256 MiB as 8-bit grey once decoded.
+    let bomb = e2e::files::one_bit_png(16_384, 16_384, 1);
+    assert!(bomb.len() < 128 * 1024, "{} bytes", bomb.len());
+    let big = id_of(&app.upload_ok(&org, bomb, "big.png").await);
+    // 2048×2048 at 1 bit: 4 MiB decoded, well within the budget.
+    let small = id_of(
+        &app.upload_ok(&org, e2e::files::one_bit_png(2048, 2048, 2), "small.png")
+            .await,
+    );
+    app.run_jobs().await;
+
+    let file = json(app.file(&org, &big).await).await;
+    assert_eq!(file["status"], "failed", "{file}");
+    let failure = file["failure"].as_str().expect("a reason");
+    assert!(
+        failure.starts_with("the image is too large to decode")
+            && failure.contains("more than the 64 MiB decode budget"),
+        "{failure}"
+    );
+    assert_eq!(file["thumbnails"], json!([]));
+    // Still downloadable.
+    let response = get(&app, &org, &format!("/v1/files/{big}/download")).await;
+    assert_eq!(app.follow(response).await.status(), 200);
+
+    let file = json(app.file(&org, &small).await).await;
+    assert_eq!(file["status"], "ready", "{file}");
+    assert_eq!(
+        (&file["width"], &file["height"]),
+        (&json!(2048), &json!(2048))
+    );
+    assert_eq!(file["thumbnails"].as_array().map(Vec::len), Some(2));
 }

@@ -460,6 +460,9 @@ impl Allowance {
                 .with_extension("max_width", limits.max_width.into())
                 .with_extension("max_height", limits.max_height.into())
             }
+            UploadError::Image(refused @ ImageError::OverBudget { .. }) => {
+                ApiError::new(ErrorCode::ImageTooLarge, format!("{refused}."))
+            }
             UploadError::Image(ImageError::Corrupt(reason)) => {
                 ApiError::validation(vec![FieldError::new("file", "corrupt", reason)])
             }
