@@ -128,7 +128,8 @@ pub struct ThumbnailView {
 pub struct FileView {
     /// Id.
     pub id: Uuid,
-    /// Display name (cleaned of paths and control characters).
+    /// Display name (cleaned of paths and control characters; its extension is that of
+    /// the type read from the bytes).
     pub name: String,
     /// Media type, read from the bytes.
     pub content_type: String,
@@ -576,7 +577,9 @@ impl FilesApi {
     ///
     /// `multipart/form-data` with a `file` field and an optional `name`. The body streams
     /// to object storage as it arrives. Refusals: 413 `payload_too_large` past the plan's
-    /// upload size (at once when `Content-Length` says so), 402 `quota_exceeded` past its
+    /// upload size, which the whole body counts against (at once when `Content-Length`
+    /// says so), 400 `bad_request` for a form whose preamble or a part's headers pass 8 KiB
+    /// or with more than 4 parts, 402 `quota_exceeded` past its
     /// storage, 415 `unsupported_media_type` for SVG, HTML, types the plan does not allow,
     /// and bytes contradicting the declared type or the extension, 422 for empty files and
     /// images declaring more pixels than accepted, 503 when storage is unreachable (nothing
@@ -812,7 +815,8 @@ impl FilesApi {
     /// Download a file.
     ///
     /// Redirects (302) to a presigned URL of the bytes, valid for a few minutes, which
-    /// answers with `Content-Disposition: attachment` and the file's name.
+    /// answers with `Content-Disposition: attachment` and the file's name (its extension
+    /// that of the type read from the bytes), and the file's type as `Content-Type`.
     #[oai(
         path = "/v1/files/:id/download",
         method = "get",
