@@ -663,9 +663,11 @@ mod tests {
             .await
             .is_ok()
         );
+        // A route where signing in is optional: a bearer there is judged by authentication.
+        assert!(probe(Method::GET, "/v1/tenant").await.is_ok());
         // Public and platform-key routes are judged per address.
         assert!(probe(Method::POST, "/v1/auth/login").await.is_err());
-        assert!(probe(Method::GET, "/v1/tenant").await.is_err());
+        assert!(probe(Method::POST, "/v1/auth/register").await.is_err());
         assert!(probe(Method::GET, "/v1/admin/tenants").await.is_err());
         assert!(probe(Method::GET, "/metrics").await.is_err());
     }

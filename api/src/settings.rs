@@ -336,6 +336,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "the sweeper leaves objects and multipart uploads younger than this alone (uploads in flight)",
     ),
     spec(
+        "decode_memory",
+        Some("512MiB"),
+        "memory all image decodes of a process share (thumbnail jobs wait for room; an image needing more than all of it ends `failed`); at least 16MiB",
+    ),
+    spec(
         "plans",
         None,
         "plan catalog as a JSON array replacing the default `free`/`pro`/`business` one: `[{\"name\": \"free\", \"price_ids\": [], \"limits\": {\"storage_bytes\": \"1 GiB\", \"upload_bytes\": \"10 MiB\", \"products\": 100, \"seats\": 3, \"file_types\": [\"image/png\"]}}]`",
@@ -629,6 +634,8 @@ pub struct FileSettings {
     pub orphan_sweep_interval: Duration,
     /// Age below which the sweeper leaves objects and uploads alone.
     pub orphan_grace: Duration,
+    /// Memory all image decodes of the process share, in bytes.
+    pub decode_memory: u64,
 }
 
 /// Billing settings.
@@ -1033,6 +1040,11 @@ impl Settings {
                 parse_duration,
             )?,
             orphan_grace: src.parse("orphan_grace", "a duration such as 1h", parse_duration)?,
+            decode_memory: src.parse(
+                "decode_memory",
+                "a size from 16MiB, such as 512MiB",
+                |v| parse_size(v).filter(|n| *n >= 16 << 20),
+            )?,
         };
         let plans = match src.get("plans") {
             Some((name, v)) if !v.is_empty() => {

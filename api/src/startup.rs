@@ -307,6 +307,8 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         .register(files::Thumbnails::new(
             storage.clone(),
             settings.files.thumbnail_sizes.clone(),
+            // One budget for every decode of this process's workers.
+            storage::images::DecodeBudget::new(settings.files.decode_memory),
         ))
         .register(files::DeleteObjects::new(storage.clone()))
         .register(files::SweepOrphans)

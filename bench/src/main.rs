@@ -9,6 +9,7 @@
 //! cargo run -p bench --release -- tenant_read [--tenants 100] [--connections 64] [--seconds 10]
 //! cargo run -p bench --release -- tenant_write [--tenants 100] [--connections 32] [--seconds 10]
 //! cargo run -p bench --release -- thumbnail [--runs 5]
+//! cargo run -p bench --release -- decode_peak [--images 4]
 //! cargo run -p bench --release -- upload [--mib 1024]
 //! cargo run -p bench --release -- webhooks [--events 5000] [--copies 5] [--connections 64]
 //! ```
@@ -18,6 +19,7 @@
 //! (`deploy/local/up.sh`). `login_storm`'s reads are an authenticated `GET /v1/me` until
 //! products exist.
 
+mod decode;
 mod files;
 mod identity;
 mod load;
@@ -128,6 +130,14 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Several 16384×16384 1-bit PNGs thumbnailed at once under the decode budget: peak
+    /// resident-memory growth against the stated bound (and without the budget).
+    #[command(name = "decode_peak")]
+    DecodePeak {
+        /// Images decoded at once.
+        #[arg(long, default_value_t = 4)]
+        images: usize,
+    },
     /// A large file through `POST /v1/files` vs a direct `PutObject` of it to the same S3
     /// server, with the process's resident-memory growth during the upload.
     #[command(name = "upload")]
@@ -185,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
         Bench::Thumbnail { runs } => files::thumbnail(runs.max(1)),
         Bench::Upload { mib } => upload::upload(mib.max(1)).await,
+        Bench::DecodePeak { images } => decode::decode_peak(images.max(1)).await,
         Bench::Webhooks {
             events,
             copies,

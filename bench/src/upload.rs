@@ -20,7 +20,7 @@ use storage::ObjectKey;
 use tokio::io::AsyncWriteExt;
 
 /// Resident memory of this process, in bytes.
-fn rss() -> u64 {
+pub(crate) fn rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -34,7 +34,7 @@ fn rss() -> u64 {
 }
 
 /// Samples the resident memory every 20 ms until stopped; returns the peak.
-fn watch_rss() -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+pub(crate) fn watch_rss() -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(rss()));
     let stopping = stop.clone();

@@ -15,17 +15,21 @@
 use std::{
     io::Cursor,
     panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
 };
+
+use bytes::Bytes;
 
 use fast_image_resize::{
     FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
     images::{Image, ImageRef},
 };
 use image::{
-    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, Limits,
-    RgbImage, RgbaImage, codecs::jpeg::JpegEncoder, metadata::Orientation,
+    ColorType, DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageFormat,
+    ImageReader, Limits, RgbImage, codecs::jpeg::JpegEncoder, metadata::Orientation,
 };
 use jpeg_decoder::{CodingProcess, PixelFormat};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Caps on what an image may be.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +76,18 @@ pub enum ImageError {
     /// It cannot be decoded (corrupt, truncated, empty, not an image).
     #[error("the image cannot be decoded: {0}")]
     Corrupt(String),
+    /// Decoding it would take more memory than the whole [`DecodeBudget`].
+    #[error(
+        "the image is too large to decode: it needs about {} MiB of memory, more than the {} MiB decode budget",
+        needed.div_ceil(1 << 20),
+        budget >> 20
+    )]
+    OverBudget {
+        /// Bytes its decode needs, estimated.
+        needed: u64,
+        /// The whole budget, in bytes.
+        budget: u64,
+    },
 }
 
 /// Width and height in pixels.
@@ -131,7 +147,9 @@ fn fit(width: u32, height: u32, size: u32) -> (u32, u32) {
 }
 
 /// Thumbnails of the image in `bytes`, one per entry of `sizes` (longest edge, upright
-/// after the EXIF orientation), as metadata-free JPEG.
+/// after the EXIF orientation), as metadata-free JPEG. This decodes at once, whatever
+/// memory it takes (at most about [`decode_estimate`]): a server calls
+/// [`thumbnails_within`] instead, which waits for that memory in the [`DecodeBudget`].
 pub fn thumbnails(
     bytes: &[u8],
     sizes: &[u32],
@@ -154,17 +172,30 @@ pub fn thumbnails(
     render(&decoded, sizes)
 }
 
-/// Decoded pixels, before orientation, ready to be resized.
+/// Decoded pixels, before orientation, ready to be resized: 8 bits per channel, 1 to 4
+/// channels as decoded (grey, grey and alpha, RGB, RGBA), any alpha already laid over
+/// white (and then opaque), so that no copy of the whole image is ever made.
 struct Decoded {
-    /// The pixels, as stored (before the EXIF orientation).
-    rgb: RgbImage,
-    /// Width and height of the picture within `rgb`, from its top left corner: when the
-    /// IDCT scaled the image, the last column and row may be only partly picture.
+    /// The pixels, row by row, as stored (before the EXIF orientation).
+    pixels: Vec<u8>,
+    /// Their layout.
+    pixel: PixelType,
+    /// Width and height of `pixels`.
+    size: (u32, u32),
+    /// Width and height of the picture within `pixels`, from its top left corner: when
+    /// the IDCT scaled the image, the last column and row may be only partly picture.
     content: (f64, f64),
     /// The image's full width and height, as stored.
     full: (u32, u32),
     /// What turns it upright.
     orientation: Orientation,
+}
+
+impl Decoded {
+    #[cfg(test)]
+    fn dimensions(&self) -> (u32, u32) {
+        self.size
+    }
 }
 
 fn corrupt(e: image::ImageError) -> ImageError {
@@ -197,44 +228,79 @@ fn targets(
         .map(move |&size| swap(fit(width, height, size)))
 }
 
-/// The whole image, decoded by the `image` crate.
+/// Bytes per pixel of `pixel` (one of the 8-bit layouts [`Decoded`] holds).
+fn channels(pixel: PixelType) -> u64 {
+    match pixel {
+        PixelType::U8 => 1,
+        PixelType::U8x2 => 2,
+        PixelType::U8x3 => 3,
+        _ => 4,
+    }
+}
+
+/// The layout an 8-bit image of `color` is resized in, and the bytes per pixel of the
+/// 8-bit copy made first when `color` is not 8-bit (0 when it is).
+fn layout(color: ColorType) -> (PixelType, u64) {
+    match color {
+        ColorType::L8 => (PixelType::U8, 0),
+        ColorType::La8 => (PixelType::U8x2, 0),
+        ColorType::Rgb8 => (PixelType::U8x3, 0),
+        ColorType::Rgba8 => (PixelType::U8x4, 0),
+        ColorType::L16 => (PixelType::U8, 1),
+        ColorType::La16 => (PixelType::U8x2, 2),
+        other if other.has_alpha() => (PixelType::U8x4, 4),
+        _ => (PixelType::U8x3, 3),
+    }
+}
+
+/// The whole image, decoded by the `image` crate into its own layout (16-bit and float
+/// images are brought to 8 bits).
 fn decode_full(bytes: &[u8], limits: ImageLimits) -> Result<Decoded, ImageError> {
     let mut reader = reader(bytes)?;
     reader.limits(limits.decoder_limits());
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    let rgb = if image.color().has_alpha() {
-        over_white(&image.into_rgba8())?
-    } else {
-        image.into_rgb8()
+    let size = (image.width(), image.height());
+    let (pixel, _) = layout(image.color());
+    let mut pixels = match (image, pixel) {
+        (DynamicImage::ImageLuma8(i), _) => i.into_raw(),
+        (DynamicImage::ImageLumaA8(i), _) => i.into_raw(),
+        (DynamicImage::ImageRgb8(i), _) => i.into_raw(),
+        (DynamicImage::ImageRgba8(i), _) => i.into_raw(),
+        (other, PixelType::U8) => other.into_luma8().into_raw(),
+        (other, PixelType::U8x2) => other.into_luma_alpha8().into_raw(),
+        (other, PixelType::U8x4) => other.into_rgba8().into_raw(),
+        (other, _) => other.into_rgb8().into_raw(),
     };
-    let (width, height) = rgb.dimensions();
+    over_white(&mut pixels, pixel);
     Ok(Decoded {
-        rgb,
-        content: (f64::from(width), f64::from(height)),
-        full: (width, height),
+        pixels,
+        pixel,
+        size,
+        content: (f64::from(size.0), f64::from(size.1)),
+        full: size,
         orientation,
     })
 }
 
-/// `rgba` laid over white.
-fn over_white(rgba: &RgbaImage) -> Result<RgbImage, ImageError> {
-    let (width, height) = rgba.dimensions();
-    let pixels = rgba
-        .as_raw()
-        .chunks_exact(4)
-        .flat_map(|pixel| {
-            let alpha = u32::from(pixel[3]);
+/// Lays the pixels of an alpha layout over white, in place (they are opaque afterwards).
+fn over_white(pixels: &mut [u8], pixel: PixelType) {
+    let width = match pixel {
+        PixelType::U8x2 => 2,
+        PixelType::U8x4 => 4,
+        _ => return,
+    };
+    for pixel in pixels.chunks_exact_mut(width) {
+        let (colour, alpha) = pixel.split_at_mut(width - 1);
+        let a = u32::from(alpha[0]);
+        for channel in colour {
             // c·α + 255·(1 − α), α in 255ths, rounded.
-            [pixel[0], pixel[1], pixel[2]].map(|channel| {
-                let mixed = (u32::from(channel) * alpha + 255 * (255 - alpha) + 127) / 255;
-                u8::try_from(mixed).unwrap_or(u8::MAX)
-            })
-        })
-        .collect();
-    RgbImage::from_raw(width, height, pixels)
-        .ok_or_else(|| ImageError::Corrupt("pixel buffer of the wrong size".to_owned()))
+            let mixed = (u32::from(*channel) * a + 255 * (255 - a) + 127) / 255;
+            *channel = u8::try_from(mixed).unwrap_or(u8::MAX);
+        }
+        alpha[0] = u8::MAX;
+    }
 }
 
 /// The orientation in a JPEG's EXIF data (from its TIFF header on).
@@ -243,14 +309,30 @@ fn exif_orientation(exif: Option<&[u8]>) -> Orientation {
         .unwrap_or(Orientation::NoTransforms)
 }
 
-/// The JPEG decoded by `jpeg-decoder` at the smallest IDCT scale (1/8, 1/4, 1/2 or 1) that
-/// still covers the largest thumbnail, or `None` when it is one for [`decode_full`]: CMYK,
-/// lossless, or using a feature `jpeg-decoder` lacks.
-fn decode_jpeg_scaled(
+/// How `jpeg-decoder` will decode a JPEG for thumbnails of `sizes`.
+struct JpegScale {
+    /// The IDCT scale, in eighths.
+    eighths: u32,
+    /// Width and height decoded.
+    output: (u32, u32),
+    /// Width and height of the image.
+    full: (u32, u32),
+    /// Grey or RGB.
+    pixel: PixelType,
+    /// The orientation its EXIF data gives (before the frame header).
+    orientation: Orientation,
+    /// Bytes the decoder needs at its peak.
+    needed: u64,
+}
+
+/// The smallest IDCT scale (1/8, 1/4, 1/2 or 1) that still covers the largest thumbnail,
+/// and what decoding at it takes, or `None` when the JPEG is one for [`decode_full`]:
+/// CMYK, lossless, or using a feature `jpeg-decoder` lacks.
+fn jpeg_scale(
     bytes: &[u8],
     sizes: &[u32],
     limits: ImageLimits,
-) -> Result<Option<Decoded>, ImageError> {
+) -> Result<Option<JpegScale>, ImageError> {
     let corrupt = |e: jpeg_decoder::Error| ImageError::Corrupt(e.to_string());
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc).unwrap_or(usize::MAX));
@@ -293,67 +375,105 @@ fn decode_jpeg_scaled(
             .map_err(corrupt)?
             != (edge(output.0), edge(output.1))
         {
-            decoder.scale(u16::MAX, u16::MAX).map_err(corrupt)?;
             eighths = 8;
             output = (width, height);
         }
     }
-    let channels = u64::from(info.pixel_format == PixelFormat::RGB24) * 2 + 1;
-    // Planes, decoder output and our RGB copy; a progressive JPEG also keeps every DCT
+    let (pixel, channels) = if info.pixel_format == PixelFormat::RGB24 {
+        (PixelType::U8x3, 3)
+    } else {
+        (PixelType::U8, 1)
+    };
+    // Planes, decoder output and a copy; a progressive JPEG also keeps every DCT
     // coefficient (2 bytes per sample, at full size whatever the scale).
     let pixels = u64::from(output.0) * u64::from(output.1);
     let mut needed = pixels * (2 * channels + 3);
     if info.coding_process == CodingProcess::DctProgressive {
         needed += (u64::from(width) + 31) * (u64::from(height) + 31) * channels * 2;
     }
-    if needed > limits.max_alloc {
+    Ok(Some(JpegScale {
+        eighths,
+        output,
+        full: (width, height),
+        pixel,
+        orientation,
+        needed,
+    }))
+}
+
+/// The JPEG decoded by `jpeg-decoder` at the scale [`jpeg_scale`] picks, or `None` when it
+/// is one for [`decode_full`].
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<Option<Decoded>, ImageError> {
+    let Some(scale) = jpeg_scale(bytes, sizes, limits)? else {
+        return Ok(None);
+    };
+    if scale.needed > limits.max_alloc {
         return Err(ImageError::Corrupt(format!(
-            "decoding would take about {needed} bytes, more than the {} allowed",
-            limits.max_alloc
+            "decoding would take about {} bytes, more than the {} allowed",
+            scale.needed, limits.max_alloc
         )));
     }
-    let mut samples = match decoder.decode() {
+    let corrupt = |e: jpeg_decoder::Error| ImageError::Corrupt(e.to_string());
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc).unwrap_or(usize::MAX));
+    decoder.read_info().map_err(corrupt)?;
+    let edge = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    let (width, height) = if scale.eighths < 8 {
+        (edge(scale.output.0), edge(scale.output.1))
+    } else {
+        (u16::MAX, u16::MAX)
+    };
+    decoder.scale(width, height).map_err(corrupt)?;
+    let pixels = match decoder.decode() {
         Ok(samples) => samples,
         Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(corrupt(e)),
     };
     // EXIF seen only past the frame header would not have told the scale: start over then.
-    if exif_orientation(decoder.exif_data()) != orientation {
+    if exif_orientation(decoder.exif_data()) != scale.orientation {
         return Ok(None);
     }
-    if info.pixel_format == PixelFormat::L8 {
-        samples = samples.iter().flat_map(|&luma| [luma; 3]).collect();
+    let expected = u64::from(scale.output.0) * u64::from(scale.output.1) * channels(scale.pixel);
+    if pixels.len() as u64 != expected {
+        return Err(ImageError::Corrupt(
+            "JPEG decoded to an unexpected size".to_owned(),
+        ));
     }
-    let rgb = RgbImage::from_raw(output.0, output.1, samples)
-        .ok_or_else(|| ImageError::Corrupt("JPEG decoded to an unexpected size".to_owned()))?;
-    let content = |edge: u32| f64::from(edge * eighths) / 8.0;
+    let content = |edge: u32| f64::from(edge * scale.eighths) / 8.0;
     Ok(Some(Decoded {
-        rgb,
-        content: (content(width), content(height)),
-        full: (width, height),
-        orientation,
+        pixels,
+        pixel: scale.pixel,
+        size: scale.output,
+        content: (content(scale.full.0), content(scale.full.1)),
+        full: scale.full,
+        orientation: scale.orientation,
     }))
 }
 
 /// Resizes, turns upright and encodes one thumbnail per size.
 fn render(decoded: &Decoded, sizes: &[u32]) -> Result<Vec<Thumbnail>, ImageError> {
     let resize_error = |e: fast_image_resize::ResizeError| ImageError::Corrupt(e.to_string());
-    let (width, height) = decoded.rgb.dimensions();
-    let source = ImageRef::new(width, height, decoded.rgb.as_raw(), PixelType::U8x3)
+    let (width, height) = decoded.size;
+    let source = ImageRef::new(width, height, &decoded.pixels, decoded.pixel)
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let mut resizer = Resizer::new();
+    // Alpha is already laid over white: no premultiplied copy of the source is needed.
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
+        .use_alpha(false)
         .crop(0.0, 0.0, decoded.content.0, decoded.content.1);
     targets(decoded.full, decoded.orientation, sizes)
         .zip(sizes)
         .map(|((w, h), &size)| {
-            let mut target = Image::new(w, h, PixelType::U8x3);
+            let mut target = Image::new(w, h, decoded.pixel);
             resizer
                 .resize(&source, &mut target, &options)
                 .map_err(resize_error)?;
-            let stored = RgbImage::from_raw(w, h, target.into_vec())
-                .ok_or_else(|| ImageError::Corrupt("resized to the wrong size".to_owned()))?;
+            let stored = to_rgb(w, h, target.into_vec(), decoded.pixel)?;
             let mut thumbnail = DynamicImage::ImageRgb8(stored);
             thumbnail.apply_orientation(decoded.orientation);
             let (width, height) = (thumbnail.width(), thumbnail.height());
@@ -371,9 +491,178 @@ fn render(decoded: &Decoded, sizes: &[u32]) -> Result<Vec<Thumbnail>, ImageError
         .collect()
 }
 
+/// A resized image of one of [`Decoded`]'s layouts as RGB (any alpha is opaque by now).
+fn to_rgb(
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    pixel: PixelType,
+) -> Result<RgbImage, ImageError> {
+    let rgb = match pixel {
+        PixelType::U8x3 => pixels,
+        PixelType::U8 => pixels.iter().flat_map(|&l| [l; 3]).collect(),
+        PixelType::U8x2 => pixels.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        _ => pixels
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+    };
+    RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| ImageError::Corrupt("resized to the wrong size".to_owned()))
+}
+
+/// Memory the resizing and encoding of [`render`] takes for a `size` image of `pixel`
+/// layout: the convolution's intermediate image (the source's width × the tallest
+/// thumbnail's height, vertical pass first), and per thumbnail its pixels, RGB copy,
+/// upright copy and JPEG, plus the filter coefficients.
+fn render_cost(
+    size: (u32, u32),
+    full: (u32, u32),
+    orientation: Orientation,
+    sizes: &[u32],
+    pixel: PixelType,
+) -> u64 {
+    let bytes = channels(pixel);
+    let (mut tallest, mut thumbs) = (0u64, 0u64);
+    for (w, h) in targets(full, orientation, sizes) {
+        tallest = tallest.max(u64::from(h));
+        thumbs += u64::from(w) * u64::from(h) * (bytes + 9);
+    }
+    let coefficients = (u64::from(size.0) + u64::from(size.1)) * 64;
+    u64::from(size.0) * tallest * bytes + thumbs + coefficients + RENDER_SLACK
+}
+
+/// Fixed allowance of [`decode_estimate`] for what no formula there counts (decoder
+/// state, tables, small buffers).
+const RENDER_SLACK: u64 = 2 * 1024 * 1024;
+
+/// Memory that making thumbnails of `sizes` from `bytes` takes at its peak, in bytes,
+/// judged from the header alone (nothing is decoded): the encoded bytes, the buffer the
+/// decoder fills (width × height × bytes per pixel of what it outputs: a 1-bit PNG comes
+/// out as 8-bit grey, so one byte per pixel), the decoder's own buffers, an 8-bit copy of
+/// 16-bit images, and the resizing ([`render_cost`]). JPEGs are counted at the IDCT scale
+/// they will be decoded at.
+pub fn decode_estimate(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<u64, ImageError> {
+    let Dimensions { width, height } = dimensions(bytes, limits)?;
+    let encoded = bytes.len() as u64;
+    let format = reader(bytes)?.format();
+    if format == Some(ImageFormat::Jpeg) {
+        let scale = catch_unwind(AssertUnwindSafe(|| jpeg_scale(bytes, sizes, limits)))
+            .unwrap_or_else(|_| Err(ImageError::Corrupt("the JPEG decoder failed".to_owned())))?;
+        if let Some(scale) = scale {
+            let render = render_cost(
+                scale.output,
+                scale.full,
+                scale.orientation,
+                sizes,
+                scale.pixel,
+            );
+            return Ok(encoded + scale.needed + render);
+        }
+    }
+    let mut reader = reader(bytes)?;
+    reader.limits(limits.decoder_limits());
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let color = decoder.color_type();
+    let pixels = u64::from(width) * u64::from(height);
+    let decoded = pixels * u64::from(color.bytes_per_pixel());
+    let (pixel, copy) = layout(color);
+    let internal = match format {
+        // A frame not covering the screen is decoded apart first (RGBA).
+        Some(ImageFormat::Gif) => pixels * 4,
+        // VP8's planes or VP8L's 32-bit pixels, and the alpha plane.
+        Some(ImageFormat::WebP) => pixels * 6,
+        // CMYK and lossless JPEGs: the decoder's planes and coefficients.
+        Some(ImageFormat::Jpeg) => pixels * 12,
+        // PNG: a couple of rows.
+        _ => u64::from(width) * 8 * 4,
+    };
+    let render = render_cost((width, height), (width, height), orientation, sizes, pixel);
+    Ok(encoded + decoded + pixels * copy + internal + render)
+}
+
+/// Memory shared by every decode of a process: a decode waits until its
+/// [`decode_estimate`] fits beside the others', and one that could never fit is refused
+/// ([`ImageError::OverBudget`]). Counted in KiB; clones share the budget.
+#[derive(Debug, Clone)]
+pub struct DecodeBudget {
+    permits: Arc<Semaphore>,
+    kib: u32,
+}
+
+/// Memory reserved in a [`DecodeBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct DecodeReservation {
+    _permits: OwnedSemaphorePermit,
+}
+
+impl DecodeBudget {
+    /// A budget of `bytes` (at least 1 KiB, at most 4 TiB).
+    pub fn new(bytes: u64) -> Self {
+        let kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+
+    /// The whole budget, in bytes.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.kib) * 1024
+    }
+
+    /// Waits until `bytes` are free and reserves them; refuses what exceeds the whole
+    /// budget.
+    pub async fn reserve(&self, bytes: u64) -> Result<DecodeReservation, ImageError> {
+        let over = || ImageError::OverBudget {
+            needed: bytes,
+            budget: self.bytes(),
+        };
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .map_err(|_| over())?
+            .max(1);
+        if kib > self.kib {
+            return Err(over());
+        }
+        let permits = self
+            .permits
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| over())?;
+        Ok(DecodeReservation { _permits: permits })
+    }
+}
+
+/// The image's stored dimensions and its [`thumbnails`], made on the blocking pool once
+/// its [`decode_estimate`] is reserved in `budget` (held until the decode is over, even if
+/// the caller stops waiting).
+pub async fn thumbnails_within(
+    budget: &DecodeBudget,
+    bytes: Bytes,
+    sizes: Vec<u32>,
+    limits: ImageLimits,
+) -> Result<(Dimensions, Vec<Thumbnail>), ImageError> {
+    let stored = dimensions(&bytes, limits)?;
+    let needed = decode_estimate(&bytes, &sizes, limits)?;
+    let reservation = budget.reserve(needed).await?;
+    tokio::task::spawn_blocking(move || {
+        let _reservation = reservation;
+        thumbnails(&bytes, &sizes, limits)
+    })
+    .await
+    .unwrap_or_else(|_| Err(ImageError::Corrupt("the decoder failed".to_owned())))
+    .map(|thumbs| (stored, thumbs))
+}
+
 #[cfg(test)]
 mod tests {
-    use image::{GrayImage, Rgba};
+    use image::{GrayImage, Rgba, RgbaImage};
 
     use super::*;
 
@@ -520,7 +809,7 @@ mod tests {
             (&[1001][..], (2000, 1500)),
         ] {
             let scaled = decode_jpeg_scaled(&jpeg, sizes, limits).unwrap().unwrap();
-            assert_eq!(scaled.rgb.dimensions(), stored, "{sizes:?}");
+            assert_eq!(scaled.dimensions(), stored, "{sizes:?}");
             assert_eq!(scaled.full, (2000, 1500));
         }
         let made = thumbnails(&jpeg, &[128, 400, 1000], limits).unwrap();
@@ -542,7 +831,7 @@ mod tests {
         let scaled = decode_jpeg_scaled(&jpeg, &[128], ImageLimits::default())
             .unwrap()
             .unwrap();
-        assert_eq!(scaled.rgb.dimensions(), (4, 1000));
+        assert_eq!(scaled.dimensions(), (4, 1000));
         let made = thumbnails(&jpeg, &[128], ImageLimits::default()).unwrap();
         assert_eq!((made[0].width, made[0].height), (1, 128));
         assert_eq!(decoded_size(&made[0].jpeg), (1, 128));
@@ -555,7 +844,7 @@ mod tests {
             .unwrap()
             .unwrap();
         // Turned a quarter, 96×128 is needed of a 1500×2000 picture: 1/8 does.
-        assert_eq!(scaled.rgb.dimensions(), (250, 188));
+        assert_eq!(scaled.dimensions(), (250, 188));
         let made = thumbnails(&jpeg, &[128], ImageLimits::default()).unwrap();
         assert_eq!((made[0].width, made[0].height), (96, 128));
         assert!(!made[0].jpeg.windows(4).any(|w| w == b"Exif"));
@@ -577,7 +866,7 @@ mod tests {
         let scaled = decode_jpeg_scaled(&jpeg, &[100], ImageLimits::default())
             .unwrap()
             .unwrap();
-        assert_eq!(scaled.rgb.dimensions(), (150, 100));
+        assert_eq!(scaled.dimensions(), (150, 100));
         let made = thumbnails(&jpeg, &[100], ImageLimits::default()).unwrap();
         assert_eq!((made[0].width, made[0].height), (100, 66));
         let image = decoded(&made[0].jpeg);
@@ -629,7 +918,133 @@ mod tests {
         assert!(r > 240 && g > 240 && b > 240, "{r} {g} {b}");
         assert!(is_red(*image.get_pixel(28, 8)));
         // Half-transparent black is mid grey.
-        let half = RgbaImage::from_pixel(1, 1, Rgba([0, 0, 0, 128]));
-        assert_eq!(over_white(&half).unwrap().get_pixel(0, 0).0, [127; 3]);
+        let mut half = [0, 0, 0, 128, 10, 20, 30, 255];
+        over_white(&mut half, PixelType::U8x4);
+        assert_eq!(half, [127, 127, 127, 255, 10, 20, 30, 255]);
+        let mut grey = [0, 0, 200, 255];
+        over_white(&mut grey, PixelType::U8x2);
+        assert_eq!(grey, [255, 255, 200, 255]);
+    }
+
+    /// A `width`×`height` 1-bit grey PNG, all black: tiny encoded, huge decoded.
+    fn one_bit_png(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::One);
+        encoder.set_compression(png::Compression::High);
+        let mut writer = encoder.write_header().unwrap();
+        let row = vec![0u8; width.div_ceil(8) as usize];
+        let mut stream = writer.stream_writer().unwrap();
+        for _ in 0..height {
+            std::io::Write::write_all(&mut stream, &row).unwrap();
+        }
+        stream.finish().unwrap();
+        writer.finish().unwrap();
+        bytes
+    }
+
+    #[test]
+    fn estimates_count_the_decoded_buffer_not_the_file() {
+        const MIB: u64 = 1 << 20;
+        let sizes = [128, 512];
+        // 16384² at 1 bit: ~65 KiB of file, decoded as 8-bit grey (256 MiB), resized
+        // through a 16384×512 intermediate (8 MiB).
+        let bomb = one_bit_png(16_384, 16_384);
+        assert!(bomb.len() < 128 * 1024, "{} bytes", bomb.len());
+        let estimate = decode_estimate(&bomb, &sizes, ImageLimits::default()).unwrap();
+        assert!(estimate >= 264 * MIB, "{estimate}");
+        assert!(estimate <= 272 * MIB, "{estimate}");
+        // RGBA counts four bytes a pixel, RGB three.
+        let rgba = {
+            let mut bytes = Cursor::new(Vec::new());
+            RgbaImage::new(1000, 1000)
+                .write_to(&mut bytes, ImageFormat::Png)
+                .unwrap();
+            bytes.into_inner()
+        };
+        let rgb = encoded(1000, 1000, ImageFormat::Png);
+        let (rgba, rgb) = (
+            decode_estimate(&rgba, &sizes, ImageLimits::default()).unwrap(),
+            decode_estimate(&rgb, &sizes, ImageLimits::default()).unwrap(),
+        );
+        assert!(rgba > rgb + 900_000, "{rgba} vs {rgb}");
+        assert!(rgb >= 3_000_000, "{rgb}");
+        // A JPEG is counted at the scale it is decoded at: 1/8 of 2000×1500 for 128 px.
+        let jpeg = quartered_jpeg(2000, 1500);
+        let small = decode_estimate(&jpeg, &[128], ImageLimits::default()).unwrap();
+        let large = decode_estimate(&jpeg, &[1001], ImageLimits::default()).unwrap();
+        assert!(small < 4 * MIB, "{small}");
+        assert!(large > 2000 * 1500 * 3, "{large}");
+        // Headers declaring too much are refused before any estimate.
+        assert!(matches!(
+            decode_estimate(&pixel_bomb(100_000, 10), &sizes, ImageLimits::default()),
+            Err(ImageError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_one_bit_png_is_resized_as_grey() {
+        let png = one_bit_png(300, 200);
+        let made = thumbnails(&png, &[128], ImageLimits::default()).unwrap();
+        assert_eq!((made[0].width, made[0].height), (128, 85));
+        let image = decoded(&made[0].jpeg);
+        let [r, g, b] = image.get_pixel(60, 40).0;
+        assert!(r < 20 && g < 20 && b < 20, "{r} {g} {b}");
+    }
+
+    #[tokio::test]
+    async fn decodes_share_one_budget() {
+        use futures_util::FutureExt;
+        let budget = DecodeBudget::new(10 * 1024 * 1024);
+        assert_eq!(budget.bytes(), 10 * 1024 * 1024);
+        // More than the whole budget: refused at once, never waited for.
+        assert_eq!(
+            budget
+                .reserve(11 * 1024 * 1024)
+                .now_or_never()
+                .unwrap()
+                .unwrap_err(),
+            ImageError::OverBudget {
+                needed: 11 * 1024 * 1024,
+                budget: 10 * 1024 * 1024
+            }
+        );
+        let first = budget.reserve(6 * 1024 * 1024).await.unwrap();
+        let beside = budget.reserve(4 * 1024 * 1024).now_or_never();
+        assert!(matches!(beside, Some(Ok(_))), "what fits beside goes ahead");
+        drop(beside);
+        // A clone is the same budget: the second waits for the first to end.
+        let other = budget.clone();
+        let mut second = Box::pin(other.reserve(6 * 1024 * 1024));
+        assert!((&mut second).now_or_never().is_none());
+        drop(first);
+        assert!(second.now_or_never().is_some_and(|r| r.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn an_image_over_the_whole_budget_is_refused_without_decoding() {
+        let png = one_bit_png(4096, 4096);
+        let budget = DecodeBudget::new(8 * 1024 * 1024);
+        let refused = thumbnails_within(
+            &budget,
+            png.clone().into(),
+            vec![128],
+            ImageLimits::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(refused, ImageError::OverBudget { .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("decode budget"), "{refused}");
+        let roomy = DecodeBudget::new(64 * 1024 * 1024);
+        let (stored, thumbs) =
+            thumbnails_within(&roomy, png.into(), vec![128], ImageLimits::default())
+                .await
+                .unwrap();
+        assert_eq!((stored.width, stored.height), (4096, 4096));
+        assert_eq!((thumbs[0].width, thumbs[0].height), (128, 128));
     }
 }

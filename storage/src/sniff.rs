@@ -37,6 +37,11 @@ impl FileType {
         }
     }
 
+    /// The type whose media type is `mime` (as [`Self::mime`] spells it), if any.
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.mime() == mime)
+    }
+
     /// File name extensions that go with the type (lowercase, first preferred).
     pub fn extensions(self) -> &'static [&'static str] {
         match self {
@@ -195,6 +200,15 @@ mod tests {
         assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), Err(TypeError::Unknown));
         assert_eq!(sniff(b"PK\x03\x04"), Err(TypeError::Unknown));
         assert_eq!(sniff(b""), Err(TypeError::Empty));
+    }
+
+    #[test]
+    fn media_types_name_their_type() {
+        for kind in FileType::ALL {
+            assert_eq!(FileType::from_mime(kind.mime()), Some(kind));
+        }
+        assert_eq!(FileType::from_mime("image/svg+xml"), None);
+        assert_eq!(FileType::from_mime("text/html"), None);
     }
 
     #[test]

@@ -15,6 +15,11 @@ use bytes::Bytes;
 use tenancy::TenantId;
 use uuid::Uuid;
 
+use crate::{
+    names::{content_disposition, display_name},
+    sniff::FileType,
+};
+
 /// Where the bucket is and how to sign in.
 #[derive(Debug, Clone)]
 pub struct StorageSettings {
@@ -277,22 +282,29 @@ impl ObjectStore {
         Ok(keys.len())
     }
 
-    /// A URL that downloads the object without credentials until `expires_in` has passed,
-    /// answered with the given `Content-Disposition` and `Content-Type`.
+    /// A URL that downloads the object without credentials until `expires_in` has passed.
+    /// The store's answer is safe on its own, whatever the object was stored as: it is an
+    /// attachment (`Content-Disposition: attachment`) under `name` as [`display_name`]
+    /// cleans it for `kind` (so its extension is the type's), and its `Content-Type` is
+    /// one no browser renders as a page: `kind`'s (the raster images and PDF Canopy
+    /// accepts), `application/octet-stream` when the type is unknown. S3 cannot add
+    /// `X-Content-Type-Options: nosniff` to the answer of a presigned GET; a CDN or proxy
+    /// in front of the bucket can.
     pub async fn presigned_get(
         &self,
         key: &ObjectKey,
         expires_in: Duration,
-        content_disposition: &str,
-        content_type: &str,
+        name: &str,
+        kind: Option<FileType>,
     ) -> Result<String, StorageError> {
         let presigning = PresigningConfig::expires_in(expires_in).map_err(service)?;
+        let content_type = kind.map_or("application/octet-stream", FileType::mime);
         let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key.as_str())
-            .response_content_disposition(content_disposition)
+            .response_content_disposition(content_disposition(&display_name(name, kind)))
             .response_content_type(content_type)
             .presigned(presigning)
             .await

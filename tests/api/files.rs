@@ -840,7 +840,11 @@ async fn a_thumbnail_job_killed_midway_runs_again_and_the_file_ends_ready() {
 
     let reached = Arc::new(Notify::new());
     let dying = DiesAfterWork {
-        inner: api::files::jobs::Thumbnails::new(app.state.storage.clone(), vec![128, 512]),
+        inner: api::files::jobs::Thumbnails::new(
+            app.state.storage.clone(),
+            vec![128, 512],
+            storage::images::DecodeBudget::new(512 << 20),
+        ),
         reached: reached.clone(),
     };
     let worker = api::startup::worker(&app.state, Registry::new().register(dying));
@@ -1039,4 +1043,224 @@ async fn recording_past_the_quota_writes_nothing_and_duplicates_count_once() {
         (usage["used_bytes"].clone(), usage["files"].clone()),
         (json!(1000), json!(1))
     );
+}
+
+/// Uploads `bytes` as a file part named `upload` (no extension) with the form field `name`.
+async fn upload_named(app: &TestApp, org: &Signup, bytes: Vec<u8>, name: &str) -> Value {
+    let part = Part::bytes(bytes).file_name("upload");
+    let response = app
+        .authed(Method::POST, &org.slug, "/v1/files", &org.tokens.access)
+        .multipart(Form::new().text("name", name.to_owned()).part("file", part))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 201);
+    json(response).await
+}
+
+#[tokio::test]
+async fn download_names_carry_the_extension_of_the_bytes_and_the_bucket_answer_cannot_render() {
+    let app = spawn_app().await;
+    let org = app.signup("files-names").await;
+    for (seed, name, kind, shown) in [
+        (1, "report.html", "image/png", "report.png"),
+        (2, "report.svg", "image/png", "report.png"),
+        (3, "report.exe", "image/png", "report.png"),
+        (4, "report", "image/png", "report.png"),
+        (5, "photo.jpeg", "image/jpeg", "photo.jpeg"),
+        (6, "invoice.html", "application/pdf", "invoice.pdf"),
+    ] {
+        let bytes = match kind {
+            "image/png" => png(40, 30, seed),
+            "image/jpeg" => jpeg(40, 30, seed),
+            _ => pdf(2_000, seed),
+        };
+        let file = upload_named(&app, &org, bytes.clone(), name).await;
+        assert_eq!(file["name"], shown, "{name}");
+        assert_eq!(file["content_type"], kind, "{name}");
+        let id = id_of(&file);
+        // Stored as something a browser would render: the bucket's answer still says
+        // what the bytes are, as an attachment.
+        let key = ObjectKey::original(TenantId(org.tenant_id), id.parse().expect("uuid"));
+        app.state
+            .storage
+            .put(&key, bytes.into(), "text/html")
+            .await
+            .expect("put");
+        let response = get(&app, &org, &format!("/v1/files/{id}/download")).await;
+        let object = app.follow(response).await;
+        assert_eq!(object.status(), 200);
+        assert_eq!(object.headers()["content-type"], kind, "{name}");
+        let disposition = object.headers()["content-disposition"]
+            .to_str()
+            .expect("ASCII");
+        assert_eq!(
+            disposition,
+            format!("attachment; filename=\"{shown}\"; filename*=UTF-8''{shown}"),
+            "{name}"
+        );
+    }
+    // Thumbnails download as JPEG under the file's stem.
+    app.run_jobs().await;
+    let listed = json(get(&app, &org, "/v1/files?content_type=image/png&limit=1").await).await;
+    let id = id_of(&listed["items"][0]);
+    let response = get(&app, &org, &format!("/v1/files/{id}/thumbnails/128")).await;
+    let thumb = app.follow(response).await;
+    assert_eq!(thumb.headers()["content-type"], "image/jpeg");
+    assert!(
+        thumb.headers()["content-disposition"]
+            .to_str()
+            .expect("ASCII")
+            .starts_with("attachment; filename=\"report-128.jpg\""),
+    );
+}
+
+/// Writes `data` as one chunk of a chunked body.
+async fn write_chunk(stream: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stream.write_all(data).await?;
+    stream.write_all(b"\r\n").await
+}
+
+#[tokio::test]
+async fn a_part_with_a_huge_header_line_is_refused_before_the_client_is_done_sending() {
+    // The default free plan: 10 MiB per upload.
+    let app = spawn_app().await;
+    let org = app.signup("files-headers").await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         X-Tenant: {}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        org.tokens.access, org.slug
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let part = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\
+                 X-Padding: ";
+    write_chunk(&mut stream, part).await.expect("write");
+    // The header line is to be 1 MiB long: only its first 64 KiB are sent before the
+    // answer is awaited, so an answer proves the server refused without the rest.
+    let line = vec![b'a'; 1 << 20];
+    write_chunk(&mut stream, &line[..64 << 10])
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !(contains(&answer, b"\r\n\r\n") && contains(&answer, b"}")) {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "connection closed before an answer");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .expect("an answer before the header line was sent whole");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"code\":\"bad_request\""), "{answer}");
+    assert!(answer.contains("bytes of headers"), "{answer}");
+    // The rest may or may not be taken: the server has given up on this request.
+    let _ = write_chunk(&mut stream, &line[64 << 10..]).await;
+    drop(stream);
+
+    let listed = json(get(&app, &org, "/v1/files").await).await;
+    assert_eq!(listed["items"], json!([]));
+    assert!(app.objects_of(org.tenant_id).await.is_empty());
+    assert_eq!(storage_usage(&app, &org).await["used_bytes"], 0);
+}
+
+#[tokio::test]
+async fn every_byte_of_the_form_counts_against_the_upload_limit() {
+    let app = TestApp::builder()
+        .env(
+            "plans",
+            r#"[{"name": "free", "limits": {"storage_bytes": 100000, "upload_bytes": 30000}}]"#,
+        )
+        .spawn()
+        .await;
+    let org = app.signup("files-framing").await;
+    // Streamed (no Content-Length): a 29,000-byte file under 4 KiB of extra part headers.
+    let send = |padding: usize, seed: u8| {
+        let bytes = pdf(29_000, seed);
+        let body = futures_util::stream::iter(
+            bytes
+                .chunks(4096)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        if padding > 0 {
+            headers.insert(
+                "x-padding",
+                "p".repeat(padding).parse().expect("a header value"),
+            );
+        }
+        let part = Part::stream(reqwest::Body::wrap_stream(body))
+            .file_name("f.pdf")
+            .mime_str("application/pdf")
+            .expect("mime")
+            .headers(headers);
+        app.authed(Method::POST, &org.slug, "/v1/files", &org.tokens.access)
+            .multipart(Form::new().part("file", part))
+            .send()
+    };
+    let response = send(4000, 1).await.expect("request");
+    let problem = assert_problem(response, 413, "payload_too_large").await;
+    assert_eq!(problem["limit"], 30_000);
+    assert!(app.objects_of(org.tenant_id).await.is_empty());
+    // The same file with ordinary framing fits.
+    assert_eq!(send(0, 2).await.expect("request").status(), 201);
+    // A declared length past the limit is refused at once, framing included.
+    let answer = answer_without_body(&app, &org, 30_001).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_image_whose_decode_exceeds_the_whole_budget_ends_failed_and_one_within_it_ready() {
+    let app = TestApp::builder()
+        .env("decode_memory", "64MiB")
+        .spawn()
+        .await;
+    let org = app.signup("files-decode").await;
+    // 16384×16384 at 1 bit: tens of KiB of file, 256 MiB as 8-bit grey once decoded.
+    let bomb = e2e::files::one_bit_png(16_384, 16_384, 1);
+    assert!(bomb.len() < 128 * 1024, "{} bytes", bomb.len());
+    let big = id_of(&app.upload_ok(&org, bomb, "big.png").await);
+    // 2048×2048 at 1 bit: 4 MiB decoded, well within the budget.
+    let small = id_of(
+        &app.upload_ok(&org, e2e::files::one_bit_png(2048, 2048, 2), "small.png")
+            .await,
+    );
+    app.run_jobs().await;
+
+    let file = json(app.file(&org, &big).await).await;
+    assert_eq!(file["status"], "failed", "{file}");
+    let failure = file["failure"].as_str().expect("a reason");
+    assert!(
+        failure.starts_with("the image is too large to decode")
+            && failure.contains("more than the 64 MiB decode budget"),
+        "{failure}"
+    );
+    assert_eq!(file["thumbnails"], json!([]));
+    // Still downloadable.
+    let response = get(&app, &org, &format!("/v1/files/{big}/download")).await;
+    assert_eq!(app.follow(response).await.status(), 200);
+
+    let file = json(app.file(&org, &small).await).await;
+    assert_eq!(file["status"], "ready", "{file}");
+    assert_eq!(
+        (&file["width"], &file["height"]),
+        (&json!(2048), &json!(2048))
+    );
+    assert_eq!(file["thumbnails"].as_array().map(Vec::len), Some(2));
 }

@@ -55,19 +55,18 @@ async fn objects_round_trip_and_stay_under_their_tenant_prefix() {
 
     // A presigned URL needs no credentials and answers as asked.
     let url = store
-        .presigned_get(
-            &original,
-            Duration::from_secs(60),
-            "attachment; filename=\"data.bin\"",
-            "application/octet-stream",
-        )
+        .presigned_get(&original, Duration::from_secs(60), "data.bin", None)
         .await
         .unwrap();
     let response = reqwest::get(&url).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-disposition"],
-        "attachment; filename=\"data.bin\""
+        "attachment; filename=\"data.bin\"; filename*=UTF-8''data.bin"
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
     );
     assert_eq!(response.bytes().await.unwrap(), bytes);
     // Tampering with the signed query is refused.

@@ -38,6 +38,30 @@ pub fn jpeg(width: u32, height: u32, seed: u8) -> Vec<u8> {
     image_bytes(width, height, seed, ImageFormat::Jpeg)
 }
 
+/// A `width`×`height` PNG of 1 bit per pixel (grey), black but for a pattern on its first
+/// row that depends on `seed`: a few KiB of file for hundreds of MiB decoded (decoders
+/// give 8 bits a pixel at least).
+pub fn one_bit_png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::One);
+    encoder.set_compression(png::Compression::High);
+    let mut writer = encoder.write_header().expect("PNG header");
+    let mut stream = writer.stream_writer().expect("PNG stream");
+    let mut row = vec![0u8; width.div_ceil(8) as usize];
+    row[0] = seed;
+    for y in 0..height {
+        std::io::Write::write_all(&mut stream, &row).expect("PNG row");
+        if y == 0 {
+            row[0] = 0;
+        }
+    }
+    stream.finish().expect("PNG data");
+    writer.finish().expect("PNG end");
+    bytes
+}
+
 /// A real 1×1 PNG whose header then claims `width`×`height` (with a valid CRC).
 pub fn pixel_bomb(width: u32, height: u32) -> Vec<u8> {
     let mut png = png(1, 1, 0);

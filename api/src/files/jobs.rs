@@ -1,7 +1,9 @@
 //! The jobs of files. All are idempotent, as the queue runs a job again after a crash:
 //!
 //! * [`Thumbnails`] (`files.thumbnails`, one per file): makes the thumbnails of an image and
-//!   marks it `ready`, or `failed` when it cannot be decoded.
+//!   marks it `ready`, or `failed` when it cannot be decoded or its decode would need more
+//!   than the whole decode budget. Decodes wait for room in that budget
+//!   (`storage::images::DecodeBudget`), so the memory of concurrent decodes stays bounded.
 //! * [`DeleteObjects`] (`files.delete_objects`): removes a deleted file's objects.
 //! * [`SweepOrphans`] (`files.sweep_orphans`, scheduled by [`schedule_sweeps`]) enqueues a
 //!   [`SweepTenant`] (`files.sweep_tenant`) per tenant, which removes the tenant's objects
@@ -22,7 +24,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use storage::{
     ObjectKey, ObjectStore, ThumbnailFormat,
-    images::{self, ImageLimits},
+    images::{self, DecodeBudget, ImageLimits},
 };
 use tenancy::{BoxFuture, ControlDb, PurgeHook, TenancyError, TenantId, TenantStatus};
 use uuid::Uuid;
@@ -74,15 +76,18 @@ pub struct Thumbnails {
     storage: ObjectStore,
     sizes: Vec<u32>,
     limits: ImageLimits,
+    budget: DecodeBudget,
 }
 
 impl Thumbnails {
-    /// Thumbnails of `sizes` pixels on the longest edge.
-    pub fn new(storage: ObjectStore, sizes: Vec<u32>) -> Self {
+    /// Thumbnails of `sizes` pixels on the longest edge, decoded within `budget` (share
+    /// one budget between every handler of a process).
+    pub fn new(storage: ObjectStore, sizes: Vec<u32>, budget: DecodeBudget) -> Self {
         Self {
             storage,
             sizes,
             limits: ImageLimits::default(),
+            budget,
         }
     }
 
@@ -109,14 +114,9 @@ impl Thumbnails {
             .get(&ObjectKey::original(tenant, file_id))
             .await
             .context("reading the original")?;
-        let (sizes, limits) = (self.sizes.clone(), self.limits);
-        let made = tokio::task::spawn_blocking(move || {
-            let stored = images::dimensions(&original, limits)?;
-            let thumbs = images::thumbnails(&original, &sizes, limits)?;
-            Ok::<_, images::ImageError>((stored, thumbs))
-        })
-        .await
-        .context("the thumbnail task panicked")?;
+        let made =
+            images::thumbnails_within(&self.budget, original, self.sizes.clone(), self.limits)
+                .await;
         let (stored, thumbs) = match made {
             Ok(made) => made,
             Err(refused) => {

@@ -3,18 +3,25 @@
 //! records and jobs.
 //!
 //! `POST /v1/files` is exempt from the global body limit and request timeout: its limit is
-//! the tenant plan's upload size, enforced at once from `Content-Length` and as the body
-//! streams, and a slow client is cut off when no byte arrives for [`IDLE_READ_TIMEOUT`].
+//! the tenant plan's upload size, which every byte of the body counts against (framing
+//! and form fields included), enforced at once from `Content-Length` and as the body
+//! streams; the form's framing is bounded before the parser sees it ([`framing`]), and a
+//! slow client is cut off when no byte arrives for [`IDLE_READ_TIMEOUT`].
 
-use std::time::Duration;
+mod framing;
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, TryStreamExt};
 use poem::{
-    FromRequest, Request, RequestBody,
+    Request, RequestBody,
     http::{Method, header},
-    web::{Data, Field, Multipart as MultipartStream},
+    web::Data,
 };
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, Enum, ExtractParamOptions, Multipart, Object,
@@ -27,10 +34,9 @@ use poem_openapi::{
 use storage::{
     ObjectKey, UploadError, UploadRules, Uploaded,
     images::{ImageError, ImageLimits},
-    names::{content_disposition, display_name},
+    names::display_name,
     sniff::{FileType, TypeError},
 };
-use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
 use crate::{
@@ -56,11 +62,19 @@ pub fn is_upload(req: &Request) -> bool {
 /// An upload whose body stalls this long is abandoned.
 pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Room for the multipart framing and the `name` field around the file's bytes.
+/// Room for the multipart framing and the `name` field around the file's bytes, when a
+/// `Content-Length` is judged against the storage quota (which counts the file's bytes
+/// only; the upload size counts every byte of the body).
 const FORM_OVERHEAD: u64 = 64 * 1024;
 
 /// Longest `name` field, in bytes.
-const MAX_NAME_BYTES: u64 = 1024;
+const MAX_NAME_BYTES: usize = 1024;
+
+/// Longest preamble, and longest header section of each part, in bytes.
+const MAX_PART_HEADER_BYTES: u64 = 8 * 1024;
+
+/// Most parts a form may have (`file`, `name`, and room for a mistake to be named).
+const MAX_PARTS: usize = 4;
 
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -114,7 +128,8 @@ pub struct ThumbnailView {
 pub struct FileView {
     /// Id.
     pub id: Uuid,
-    /// Display name (cleaned of paths and control characters).
+    /// Display name (cleaned of paths and control characters; its extension is that of
+    /// the type read from the bytes).
     pub name: String,
     /// Media type, read from the bytes.
     pub content_type: String,
@@ -195,10 +210,64 @@ struct UploadForm {
     name: Option<String>,
 }
 
-/// The multipart body of an upload, read field by field as it arrives.
+/// The multipart body of an upload, read field by field as it arrives (see the module
+/// docs); nothing is read until [`FileUpload::start`].
 pub struct FileUpload {
-    form: MultipartStream,
+    body: Option<poem::Body>,
+    boundary: String,
     content_length: Option<u64>,
+    form: Option<multer::Multipart<'static>>,
+    /// Why the body's framing was refused, once it was.
+    refused: Arc<OnceLock<framing::Refusal>>,
+}
+
+impl FileUpload {
+    /// Starts parsing, with every byte counted against `upload_limit`.
+    fn start(&mut self, upload_limit: u64) -> ApiResult<&mut multer::Multipart<'static>> {
+        if self.form.is_none() {
+            let body = self.body.take().ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("the upload body was taken twice"))
+            })?;
+            let limits = framing::Limits {
+                total: upload_limit,
+                headers: MAX_PART_HEADER_BYTES,
+                parts: MAX_PARTS,
+            };
+            let chunks =
+                tokio_util::io::ReaderStream::with_capacity(body.into_async_read(), READ_CHUNK);
+            let guarded = framing::guarded(
+                chunks,
+                framing::Framing::new(&self.boundary, limits),
+                IDLE_READ_TIMEOUT,
+                self.refused.clone(),
+            );
+            self.form = Some(multer::Multipart::new(guarded, self.boundary.clone()));
+        }
+        self.form
+            .as_mut()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no form")))
+    }
+
+    /// The problem for a body whose framing was refused, if it was.
+    fn refusal(&self, upload_limit: u64) -> Option<ApiError> {
+        let bad = |detail: String| Some(ApiError::new(ErrorCode::BadRequest, detail));
+        match self.refused.get()? {
+            framing::Refusal::TooLarge => Some(too_large(upload_limit)),
+            framing::Refusal::Preamble => bad(format!(
+                "The form has more than {MAX_PART_HEADER_BYTES} bytes before its first boundary."
+            )),
+            framing::Refusal::Headers => bad(format!(
+                "A part of the form has more than {MAX_PART_HEADER_BYTES} bytes of headers."
+            )),
+            framing::Refusal::Parts => bad(format!(
+                "The form has more than {MAX_PARTS} parts; only `file` and `name` are accepted."
+            )),
+            framing::Refusal::Idle => bad(format!(
+                "The upload stalled: no data for {} seconds.",
+                IDLE_READ_TIMEOUT.as_secs()
+            )),
+        }
+    }
 }
 
 impl<'a> ApiExtractor<'a> for FileUpload {
@@ -242,12 +311,17 @@ impl<'a> ApiExtractor<'a> for FileUpload {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let form = <MultipartStream as FromRequest>::from_request(request, body)
-            .await
+        let boundary = request
+            .content_type()
+            .ok_or_else(|| multer::Error::NoBoundary)
+            .and_then(multer::parse_boundary)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("Malformed form: {e}")))?;
         Ok(Self {
-            form,
+            body: Some(body.take()?),
+            boundary,
             content_length,
+            form: None,
+            refused: Arc::default(),
         })
     }
 }
@@ -319,8 +393,8 @@ fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
         format!(
-            "The file is larger than the {} bytes the tenant's plan allows per upload.",
-            limit
+            "The upload is larger than the {limit} bytes the tenant's plan allows per upload \
+             (the whole form counts)."
         ),
     )
     .with_extension("limit", limit.into())
@@ -387,6 +461,9 @@ impl Allowance {
                 .with_extension("max_width", limits.max_width.into())
                 .with_extension("max_height", limits.max_height.into())
             }
+            UploadError::Image(refused @ ImageError::OverBudget { .. }) => {
+                ApiError::new(ErrorCode::ImageTooLarge, format!("{refused}."))
+            }
             UploadError::Image(ImageError::Corrupt(reason)) => {
                 ApiError::validation(vec![FieldError::new("file", "corrupt", reason)])
             }
@@ -406,38 +483,26 @@ struct Form {
     stored: Option<(ObjectKey, Uploaded, Option<String>)>,
 }
 
-/// A field's bytes as a stream, failing when the client stalls.
-fn field_stream(field: Field) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
-    let chunks = tokio_util::io::ReaderStream::with_capacity(field.into_async_read(), READ_CHUNK);
-    Box::pin(futures_util::stream::unfold(
-        chunks,
-        |mut chunks| async move {
-            match tokio::time::timeout(IDLE_READ_TIMEOUT, chunks.next()).await {
-                Ok(Some(chunk)) => Some((chunk, chunks)),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no data for 60 seconds",
-                    )),
-                    chunks,
-                )),
-            }
-        },
-    ))
+/// A field's bytes as a stream (the body under it already fails when the client stalls).
+fn field_stream(
+    field: multer::Field<'static>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+    field.map_err(std::io::Error::other)
 }
 
-async fn read_name(field: Field) -> ApiResult<String> {
-    let mut raw = Vec::new();
-    field
-        .into_async_read()
-        .take(MAX_NAME_BYTES + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("Malformed form: {e}")))?;
+fn malformed(error: multer::Error) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, format!("Malformed form: {error}"))
+}
+
+/// The `name` field, of at most [`MAX_NAME_BYTES`] (no more is read).
+async fn read_name(mut field: multer::Field<'static>) -> ApiResult<String> {
     let invalid = |m: &str| ApiError::validation(vec![FieldError::new("name", "invalid", m)]);
-    if raw.len() as u64 > MAX_NAME_BYTES {
-        return Err(invalid("The name is longer than 1024 bytes."));
+    let mut raw = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+        if raw.len() + chunk.len() > MAX_NAME_BYTES {
+            return Err(invalid("The name is longer than 1024 bytes."));
+        }
+        raw.extend_from_slice(&chunk);
     }
     String::from_utf8(raw).map_err(|_| invalid("The name is not UTF-8."))
 }
@@ -452,10 +517,8 @@ impl FilesApi {
         allowance: &Allowance,
         form: &mut Form,
     ) -> ApiResult<()> {
-        let malformed = |e: poem::error::ParseMultipartError| {
-            ApiError::new(ErrorCode::BadRequest, format!("Malformed form: {e}"))
-        };
-        while let Some(field) = upload.form.next_field().await.map_err(malformed)? {
+        let form_stream = upload.start(allowance.upload_limit)?;
+        while let Some(field) = form_stream.next_field().await.map_err(malformed)? {
             match field.name() {
                 Some("name") if form.name.is_none() => form.name = Some(read_name(field).await?),
                 Some("file") if form.stored.is_none() => {
@@ -466,6 +529,7 @@ impl FilesApi {
                         // Browsers send octet-stream for anything they do not know.
                         declared_type: field
                             .content_type()
+                            .map(|t| t.essence_str())
                             .filter(|t| *t != "application/octet-stream")
                             .map(str::to_owned),
                         file_name: file_name.clone(),
@@ -513,7 +577,9 @@ impl FilesApi {
     ///
     /// `multipart/form-data` with a `file` field and an optional `name`. The body streams
     /// to object storage as it arrives. Refusals: 413 `payload_too_large` past the plan's
-    /// upload size (at once when `Content-Length` says so), 402 `quota_exceeded` past its
+    /// upload size, which the whole body counts against (at once when `Content-Length`
+    /// says so), 400 `bad_request` for a form whose preamble or a part's headers pass 8 KiB
+    /// or with more than 4 parts, 402 `quota_exceeded` past its
     /// storage, 415 `unsupported_media_type` for SVG, HTML, types the plan does not allow,
     /// and bytes contradicting the declared type or the extension, 422 for empty files and
     /// images declaring more pixels than accepted, 503 when storage is unreachable (nothing
@@ -543,7 +609,7 @@ impl FilesApi {
                 .collect(),
         };
         if let Some(length) = upload.content_length {
-            if length > allowance.upload_limit + FORM_OVERHEAD {
+            if length > allowance.upload_limit {
                 return Err(too_large(allowance.upload_limit));
             }
             if length > allowance.remaining() + FORM_OVERHEAD {
@@ -552,7 +618,10 @@ impl FilesApi {
         }
 
         let mut form = Form::default();
-        let read = Self::read_form(&state, tenant.id, &mut upload, &allowance, &mut form).await;
+        let read = Self::read_form(&state, tenant.id, &mut upload, &allowance, &mut form)
+            .await
+            // A refused framing shows as whatever failed to read: say why it was refused.
+            .map_err(|error| upload.refusal(allowance.upload_limit).unwrap_or(error));
         let stored = form.stored.take();
         let (key, uploaded, file_name) = match (read, stored) {
             (Ok(()), Some(stored)) => stored,
@@ -580,6 +649,7 @@ impl FilesApi {
                 .as_deref()
                 .or(file_name.as_deref())
                 .unwrap_or("file"),
+            Some(uploaded.kind),
         );
         let new = NewFile {
             id,
@@ -745,7 +815,8 @@ impl FilesApi {
     /// Download a file.
     ///
     /// Redirects (302) to a presigned URL of the bytes, valid for a few minutes, which
-    /// answers with `Content-Disposition: attachment` and the file's name.
+    /// answers with `Content-Disposition: attachment` and the file's name (its extension
+    /// that of the type read from the bytes), and the file's type as `Content-Type`.
     #[oai(
         path = "/v1/files/:id/download",
         method = "get",
@@ -764,7 +835,8 @@ impl FilesApi {
         let tenant = &auth.principal.tenant;
         let file = live_file(&state, tenant, id.0).await?;
         let key = ObjectKey::original(tenant.id, file.id);
-        redirect(&state, &key, &file.name, &file.content_type).await
+        let kind = FileType::from_mime(&file.content_type);
+        redirect(&state, &key, &file.name, kind).await
     }
 
     /// Get a thumbnail of an image.
@@ -811,8 +883,8 @@ impl FilesApi {
             .name
             .rsplit_once('.')
             .map_or(file.name.as_str(), |(stem, _)| stem);
-        let name = display_name(&format!("{stem}-{}.jpg", size.0));
-        redirect(&state, &key, &name, "image/jpeg").await
+        let name = format!("{stem}-{}.jpg", size.0);
+        redirect(&state, &key, &name, Some(FileType::Jpeg)).await
     }
 }
 
@@ -823,20 +895,17 @@ async fn live_file(state: &AppState, tenant: &tenancy::Tenant, id: Uuid) -> ApiR
     file.ok_or_else(|| not_found(id))
 }
 
+/// A redirect to `key`, downloaded as `name` of type `kind` (see
+/// [`storage::ObjectStore::presigned_get`]).
 async fn redirect(
     state: &AppState,
     key: &ObjectKey,
     name: &str,
-    content_type: &str,
+    kind: Option<FileType>,
 ) -> ApiResult<Redirect> {
     let url = state
         .storage
-        .presigned_get(
-            key,
-            state.settings.files.url_ttl,
-            &content_disposition(name),
-            content_type,
-        )
+        .presigned_get(key, state.settings.files.url_ttl, name, kind)
         .await
         .map_err(storage_unavailable)?;
     Ok(Redirect::Found(url, "no-store".to_owned()))
