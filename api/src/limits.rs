@@ -120,9 +120,18 @@ async fn allowed_and_used(
     let Some(allowed) = allowed else {
         return Ok(None);
     };
+    lock(conn, tenant, limit).await?;
+    Ok(Some((allowed, used(conn, limit).await?)))
+}
+
+/// Takes `tenant`'s lock of `limit` until the transaction ends (the checks above take it
+/// too; taking it again is a no-op). A path that must write before it can count, such as
+/// accepting an invitation, takes it first, so that every path takes the locks of a
+/// registration in the same order: roles, then seats, then the users' unique index.
+pub async fn lock(conn: &mut PgConnection, tenant: &Tenant, limit: Limited) -> ApiResult<()> {
     sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(format!("canopy:{}:{}", tenant.id.0, limit.name()))
         .execute(&mut *conn)
         .await?;
-    Ok(Some((allowed, used(conn, limit).await?)))
+    Ok(())
 }

@@ -114,6 +114,20 @@ pub async fn invite(
     Ok((invitation, created))
 }
 
+/// The open invitation of `email` (any spelling), locked for the rest of the transaction.
+pub async fn open_for_email(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<Invitation>, StoreError> {
+    let row = sqlx::query(&format!(
+        "select {COLUMNS} from invitations where email_key = $1 and {OPEN} for update"
+    ))
+    .bind(email_key(email))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.as_ref().map(from_row).transpose()?)
+}
+
 /// A page of open invitations, oldest first, after the keyset `after` (created_at, id).
 pub async fn list_open(
     conn: &mut PgConnection,
@@ -252,15 +266,6 @@ impl InvitationEmails {
     pub fn new(mailer: Mailer, public_url: Url) -> Self {
         Self { mailer, public_url }
     }
-
-    fn link(&self, token: &OpaqueToken) -> String {
-        let mut url = self.public_url.clone();
-        url.set_path("/accept-invitation");
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("token", &token.encode());
-        url.to_string()
-    }
 }
 
 impl JobHandler for InvitationEmails {
@@ -291,7 +296,10 @@ impl JobHandler for InvitationEmails {
             let left = Duration::from_secs(left.as_secs().div_ceil(60) * 60);
             let mut vars = serde_json::Map::new();
             vars.insert("inviter_name".into(), serde_json::json!(inviter));
-            vars.insert("link".into(), Value::String(self.link(&token)));
+            vars.insert(
+                "link".into(),
+                Value::String(token.link(&self.public_url, "/accept-invitation")),
+            );
             vars.insert(
                 "expires_in".into(),
                 Value::String(humantime::format_duration(left).to_string()),

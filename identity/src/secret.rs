@@ -39,6 +39,17 @@ impl OpaqueToken {
         URL_SAFE_NO_PAD.encode(self.0)
     }
 
+    /// The link an email carries: `base` with `path` and the token as the only query
+    /// parameter (`…/verify-email?token=…`).
+    pub fn link(&self, base: &url::Url, path: &str) -> String {
+        let mut url = base.clone();
+        url.set_path(path);
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("token", &self.encode());
+        url.to_string()
+    }
+
     /// What the database stores and looks up.
     pub fn hash(&self) -> Vec<u8> {
         Sha256::digest(self.0).to_vec()

@@ -444,6 +444,39 @@ async fn nobody_invites_with_permissions_they_do_not_hold() {
         )
         .await;
     assert_problem(resend, 403, "forbidden").await;
+    // So would taking it over by inviting the address again with lesser roles, or revoking it.
+    let refresh = app
+        .invite(
+            &org.slug,
+            &keeper_tokens.access,
+            "boss@example.com",
+            &[viewer],
+        )
+        .await;
+    assert_problem(refresh, 403, "forbidden").await;
+    let revoke = app
+        .send_authed(
+            Method::DELETE,
+            &org.slug,
+            &format!("/v1/invitations/{boss}"),
+            &keeper_tokens.access,
+            None,
+        )
+        .await;
+    assert_problem(revoke, 403, "forbidden").await;
+    let open: Value = app
+        .get_authed(&org.slug, "/v1/invitations", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let still = open["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["id"] == boss.to_string())
+        .expect("the admin's invitation is still open");
+    assert_eq!(still["roles"][0]["id"], admin.to_string(), "{still}");
     let jobs = invitation_jobs(&app).await;
     assert_eq!(jobs.len(), 2, "one email per accepted invitation: {jobs:?}");
 }

@@ -98,15 +98,6 @@ impl Links {
         }
     }
 
-    fn link(&self, path: &str, token: &identity::OpaqueToken) -> String {
-        let mut url = self.base.clone();
-        url.set_path(path);
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("token", &token.encode());
-        url.to_string()
-    }
-
     /// Mints a `purpose` token for `user` in the job's transaction (voiding earlier unused
     /// ones) and emails the link now.
     async fn send(
@@ -131,7 +122,7 @@ impl Links {
             ),
         };
         let token = store::issue_user_token(ctx.tenant_tx()?, user.id, token_purpose, ttl).await?;
-        let vars = vars(user, Some(self.link(path, &token)), ttl);
+        let vars = vars(user, Some(token.link(&self.base, path)), ttl);
         mailer.send_from_job(ctx, &user.email, template, vars).await
     }
 }

@@ -19,7 +19,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use rbac::{Permission, PermissionSet, Role, store as roles};
+use rbac::{Permission, Role, store as roles};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -31,7 +31,7 @@ use crate::{
         permissions::{Authorized, perm},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    limits,
+    limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag,
@@ -40,7 +40,7 @@ use crate::{
             token_pair,
         },
         page,
-        roles::{ensure_holds, lock_for_change},
+        roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
         users::RoleRef,
     },
     tenant::CurrentTenant,
@@ -235,6 +235,15 @@ impl InvitationsApi {
         {
             return Err(already_member());
         }
+        // Refreshing replaces the open invitation's roles: as for resending or revoking it,
+        // the caller must hold what they grant.
+        if let Some(open) = invitations::open_for_email(&mut tx, email).await? {
+            ensure_holds(
+                held,
+                allowed_by(&all_roles, &open.role_ids),
+                OTHERS_INVITATION,
+            )?;
+        }
         let (invitation, created) = invitations::invite(
             &mut tx,
             NewInvitation {
@@ -336,9 +345,16 @@ impl InvitationsApi {
         let me = auth.principal;
         let client = client_info(request);
         let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let invitation = invitations::revoke(&mut tx, id.0)
             .await?
             .ok_or_else(invitation_not_found)?;
+        // Refused, the revocation rolls back with the transaction.
+        ensure_holds(
+            held,
+            allowed_by(&all_roles, &invitation.role_ids),
+            OTHERS_INVITATION,
+        )?;
         audit(
             &mut tx,
             "invitation.revoked",
@@ -384,7 +400,7 @@ impl InvitationsApi {
         ensure_holds(
             held,
             allowed_by(&all_roles, &invitation.role_ids),
-            "This invitation's roles grant permissions you do not hold",
+            OTHERS_INVITATION,
         )?;
         jobs::enqueue(&mut tx, invitation_email_job(invitation.id)).await?;
         audit(
@@ -439,6 +455,9 @@ impl InvitationsApi {
             tx.rollback().await?;
             return Err(invitation_invalid());
         };
+        // Before the insert, as registration does: otherwise a registration of the same
+        // address, holding the seat lock and waiting on this insert, would deadlock.
+        limits::lock(&mut tx, &tenant.0, Limited::Seats).await?;
         let user = store::insert_user(
             &mut tx,
             NewUser {
@@ -498,36 +517,8 @@ impl InvitationsApi {
     }
 }
 
-/// The requested role ids, deduplicated; a 422 naming each one the tenant does not have.
-fn known_roles(all_roles: &[Role], requested: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
-    let unknown: Vec<FieldError> = requested
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
-        .map(|(i, id)| {
-            FieldError::new(
-                format!("role_ids[{i}]"),
-                "not_found",
-                format!("no role of this tenant has id {id}"),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::validation(unknown));
-    }
-    let mut wanted = requested.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-    Ok(wanted)
-}
-
-/// Everything holding all of `role_ids` allows.
-fn allowed_by(all_roles: &[Role], role_ids: &[Uuid]) -> PermissionSet {
-    role_ids
-        .iter()
-        .map(|id| roles::effective_permissions(all_roles, *id))
-        .fold(PermissionSet::EMPTY, PermissionSet::union)
-}
+/// Why an invitation is not someone's to refresh, resend or revoke.
+const OTHERS_INVITATION: &str = "This invitation's roles grant permissions you do not hold";
 
 fn already_member() -> ApiError {
     ApiError::new(

@@ -285,6 +285,37 @@ pub(crate) fn ensure_holds(
     .with_extension("permissions", lacking.names().into()))
 }
 
+/// The requested role ids, deduplicated; a 422 naming each one the tenant does not have.
+pub(crate) fn known_roles(all_roles: &[Role], requested: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
+    let unknown: Vec<FieldError> = requested
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
+        .map(|(i, id)| {
+            FieldError::new(
+                format!("role_ids[{i}]"),
+                "not_found",
+                format!("no role of this tenant has id {id}"),
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::validation(unknown));
+    }
+    let mut wanted = requested.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    Ok(wanted)
+}
+
+/// Everything holding all of `role_ids` allows.
+pub(crate) fn allowed_by(all_roles: &[Role], role_ids: &[Uuid]) -> PermissionSet {
+    role_ids
+        .iter()
+        .map(|id| store::effective_permissions(all_roles, *id))
+        .fold(PermissionSet::EMPTY, PermissionSet::union)
+}
+
 /// Locks the tenant's roles and returns them with the caller's permissions as they stand
 /// now (not as cached when the request started), which must still include `required` (the
 /// endpoint's permission: a role taken away meanwhile counts).

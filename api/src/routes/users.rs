@@ -31,7 +31,7 @@ use crate::{
         ApiTag,
         auth::{audit, check_name},
         page,
-        roles::{ensure_holds, lock_for_change},
+        roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
     },
     tenant::CurrentTenant,
 };
@@ -455,35 +455,14 @@ impl UsersApi {
         let requested = body.0.role_ids;
         let mut tx = state.tenant_db.begin(tenant).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
-        let unknown: Vec<FieldError> = requested
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
-            .map(|(i, id)| {
-                FieldError::new(
-                    format!("role_ids[{i}]"),
-                    "not_found",
-                    format!("no role of this tenant has id {id}"),
-                )
-            })
-            .collect();
-        if !unknown.is_empty() {
-            return Err(ApiError::validation(unknown));
-        }
-        let mut wanted = requested;
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = known_roles(&all_roles, &requested)?;
         let user = store::user_by_id(&mut tx, target)
             .await?
             .ok_or_else(user_not_found)?;
         let current = ensure_outranks(&mut tx, held, target).await?;
-        let granted: PermissionSet = wanted
-            .iter()
-            .map(|id| roles::effective_permissions(&all_roles, *id))
-            .fold(PermissionSet::EMPTY, PermissionSet::union);
         ensure_holds(
             held,
-            granted.difference(current),
+            allowed_by(&all_roles, &wanted).difference(current),
             "These roles grant permissions you do not hold",
         )?;
         let owner = all_roles
