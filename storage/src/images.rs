@@ -7,10 +7,12 @@
 //! by 1/2, 1/4 or 1/8: the smallest scale still at least as large as the biggest thumbnail
 //! is used, so the final resize only shrinks. CMYK, lossless and other JPEGs that
 //! `jpeg-decoder` cannot scale, and all other formats, are decoded at full size by the
-//! `image` crate under `image::Limits`. Transparent images are laid over white. Each
-//! thumbnail is resized with a SIMD resizer (`fast_image_resize`), turned upright by the
-//! EXIF orientation and encoded afresh as JPEG, so no metadata of the original (GPS
-//! included) survives. Everything here is CPU work: call it on the blocking pool.
+//! `image` crate under `image::Limits` (its JPEG decoder ignores `max_alloc`: a JPEG's
+//! estimated decode is checked against it instead). Transparent images are laid over
+//! white. Each thumbnail is resized with a SIMD resizer (`fast_image_resize`), turned
+//! upright by the EXIF orientation and encoded afresh as JPEG, so no metadata of the
+//! original (GPS included) survives. Everything here is CPU work: call it on the blocking
+//! pool.
 
 use std::{
     io::Cursor,
@@ -148,28 +150,58 @@ fn fit(width: u32, height: u32, size: u32) -> (u32, u32) {
 
 /// Thumbnails of the image in `bytes`, one per entry of `sizes` (longest edge, upright
 /// after the EXIF orientation), as metadata-free JPEG. This decodes at once, whatever
-/// memory it takes (at most about [`decode_estimate`]): a server calls
-/// [`thumbnails_within`] instead, which waits for that memory in the [`DecodeBudget`].
+/// memory it takes (at most about [`decode_estimate`], or [`full_decode_estimate`] for a
+/// JPEG the scaled decoder gives up on): a server calls [`thumbnails_within`] instead,
+/// which waits for that memory in the [`DecodeBudget`].
 pub fn thumbnails(
     bytes: &[u8],
     sizes: &[u32],
     limits: ImageLimits,
 ) -> Result<Vec<Thumbnail>, ImageError> {
     dimensions(bytes, limits)?;
-    let scaled = if reader(bytes)?.format() == Some(ImageFormat::Jpeg) {
-        // jpeg-decoder is fuzzed, but a panic in it must still come out as a refusal.
-        catch_unwind(AssertUnwindSafe(|| {
-            decode_jpeg_scaled(bytes, sizes, limits)
-        }))
-        .unwrap_or_else(|_| Err(ImageError::Corrupt("the JPEG decoder failed".to_owned())))?
-    } else {
-        None
-    };
-    let decoded = match scaled {
-        Some(decoded) => decoded,
-        None => decode_full(bytes, limits)?,
-    };
-    render(&decoded, sizes)
+    match scaled_thumbnails(bytes, sizes, limits)? {
+        Some(thumbs) => Ok(thumbs),
+        None => full_thumbnails(bytes, sizes, limits),
+    }
+}
+
+/// The thumbnails of a JPEG decoded at reduced scale by `jpeg-decoder` (memory: its
+/// [`decode_estimate`]), or `None` when the image is not a JPEG or is one for
+/// [`decode_full`], which `jpeg-decoder` may only find out while decoding.
+fn scaled_thumbnails(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<Option<Vec<Thumbnail>>, ImageError> {
+    if reader(bytes)?.format() != Some(ImageFormat::Jpeg) {
+        return Ok(None);
+    }
+    // jpeg-decoder is fuzzed, but a panic in it must still come out as a refusal.
+    let scaled = catch_unwind(AssertUnwindSafe(|| {
+        decode_jpeg_scaled(bytes, sizes, limits)
+    }))
+    .unwrap_or_else(|_| Err(ImageError::Corrupt("the JPEG decoder failed".to_owned())))?;
+    scaled.map(|decoded| render(&decoded, sizes)).transpose()
+}
+
+/// The thumbnails of the image decoded whole by the `image` crate (memory: its
+/// [`full_decode_estimate`]). Its JPEG decoder does not enforce `max_alloc`, so a JPEG
+/// whose estimated decode exceeds it is refused here, before decoding.
+fn full_thumbnails(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<Vec<Thumbnail>, ImageError> {
+    if reader(bytes)?.format() == Some(ImageFormat::Jpeg) {
+        let (decoder, _) = full_decode_cost(bytes, sizes, limits)?;
+        if decoder > limits.max_alloc {
+            return Err(ImageError::Corrupt(format!(
+                "decoding would take about {decoder} bytes, more than the {} allowed",
+                limits.max_alloc
+            )));
+        }
+    }
+    render(&decode_full(bytes, limits)?, sizes)
 }
 
 /// Decoded pixels, before orientation, ready to be resized: 8 bits per channel, 1 to 4
@@ -202,30 +234,12 @@ fn corrupt(e: image::ImageError) -> ImageError {
     ImageError::Corrupt(e.to_string())
 }
 
-/// Whether `orientation` swaps width and height.
-fn turns(orientation: Orientation) -> bool {
-    matches!(
-        orientation,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    )
-}
-
-/// Each thumbnail's width and height, as stored (before `orientation`), for an image stored
-/// `full` (width, height).
-fn targets(
-    full: (u32, u32),
-    orientation: Orientation,
-    sizes: &[u32],
-) -> impl Iterator<Item = (u32, u32)> + '_ {
-    let turned = turns(orientation);
-    let swap = move |(a, b): (u32, u32)| if turned { (b, a) } else { (a, b) };
-    let (width, height) = swap(full);
-    sizes
-        .iter()
-        .map(move |&size| swap(fit(width, height, size)))
+/// Each thumbnail's width and height, as stored (before the EXIF orientation), for an
+/// image stored `full` (width, height). Fitting into a square does not depend on which
+/// edge is upright, so neither does this: the orientation, which a JPEG may only reveal
+/// past its frame header, is needed only once the thumbnails are resized.
+fn targets(full: (u32, u32), sizes: &[u32]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    sizes.iter().map(move |&size| fit(full.0, full.1, size))
 }
 
 /// Bytes per pixel of `pixel` (one of the 8-bit layouts [`Decoded`] holds).
@@ -319,8 +333,6 @@ struct JpegScale {
     full: (u32, u32),
     /// Grey or RGB.
     pixel: PixelType,
-    /// The orientation its EXIF data gives (before the frame header).
-    orientation: Orientation,
     /// Bytes the decoder needs at its peak.
     needed: u64,
 }
@@ -353,9 +365,8 @@ fn jpeg_scale(
     if width > limits.max_width || height > limits.max_height {
         return Err(ImageError::TooLarge { width, height });
     }
-    let orientation = exif_orientation(decoder.exif_data());
-    let (need_width, need_height) = targets((width, height), orientation, sizes)
-        .fold((1, 1), |(w, h), (tw, th)| (w.max(tw), h.max(th)));
+    let (need_width, need_height) =
+        targets((width, height), sizes).fold((1, 1), |(w, h), (tw, th)| (w.max(tw), h.max(th)));
     // Output is ⌈size·eighths/8⌉, the picture itself size·eighths/8: that must cover the need.
     let mut eighths = [1, 2, 4, 8]
         .into_iter()
@@ -396,7 +407,6 @@ fn jpeg_scale(
         output,
         full: (width, height),
         pixel,
-        orientation,
         needed,
     }))
 }
@@ -433,10 +443,6 @@ fn decode_jpeg_scaled(
         Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(corrupt(e)),
     };
-    // EXIF seen only past the frame header would not have told the scale: start over then.
-    if exif_orientation(decoder.exif_data()) != scale.orientation {
-        return Ok(None);
-    }
     let expected = u64::from(scale.output.0) * u64::from(scale.output.1) * channels(scale.pixel);
     if pixels.len() as u64 != expected {
         return Err(ImageError::Corrupt(
@@ -450,7 +456,9 @@ fn decode_jpeg_scaled(
         size: scale.output,
         content: (content(scale.full.0), content(scale.full.1)),
         full: scale.full,
-        orientation: scale.orientation,
+        // All of the EXIF data by now, also what comes past the frame header: the scale
+        // did not depend on it (see `targets`).
+        orientation: exif_orientation(decoder.exif_data()),
     }))
 }
 
@@ -466,7 +474,7 @@ fn render(decoded: &Decoded, sizes: &[u32]) -> Result<Vec<Thumbnail>, ImageError
         .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
         .use_alpha(false)
         .crop(0.0, 0.0, decoded.content.0, decoded.content.1);
-    targets(decoded.full, decoded.orientation, sizes)
+    targets(decoded.full, sizes)
         .zip(sizes)
         .map(|((w, h), &size)| {
             let mut target = Image::new(w, h, decoded.pixel);
@@ -515,16 +523,10 @@ fn to_rgb(
 /// layout: the convolution's intermediate image (the source's width × the tallest
 /// thumbnail's height, vertical pass first), and per thumbnail its pixels, RGB copy,
 /// upright copy and JPEG, plus the filter coefficients.
-fn render_cost(
-    size: (u32, u32),
-    full: (u32, u32),
-    orientation: Orientation,
-    sizes: &[u32],
-    pixel: PixelType,
-) -> u64 {
+fn render_cost(size: (u32, u32), full: (u32, u32), sizes: &[u32], pixel: PixelType) -> u64 {
     let bytes = channels(pixel);
     let (mut tallest, mut thumbs) = (0u64, 0u64);
-    for (w, h) in targets(full, orientation, sizes) {
+    for (w, h) in targets(full, sizes) {
         tallest = tallest.max(u64::from(h));
         thumbs += u64::from(w) * u64::from(h) * (bytes + 9);
     }
@@ -541,33 +543,63 @@ const RENDER_SLACK: u64 = 2 * 1024 * 1024;
 /// decoder fills (width × height × bytes per pixel of what it outputs: a 1-bit PNG comes
 /// out as 8-bit grey, so one byte per pixel), the decoder's own buffers, an 8-bit copy of
 /// 16-bit images, and the resizing ([`render_cost`]). JPEGs are counted at the IDCT scale
-/// they will be decoded at.
+/// they will be decoded at; one that `jpeg-decoder` turns out not to support only while
+/// decoding (a feature met past the frame header) is then decoded whole, which
+/// [`thumbnails_within`] reserves apart, at its [`full_decode_estimate`].
 pub fn decode_estimate(
     bytes: &[u8],
     sizes: &[u32],
     limits: ImageLimits,
 ) -> Result<u64, ImageError> {
-    let Dimensions { width, height } = dimensions(bytes, limits)?;
-    let encoded = bytes.len() as u64;
-    let format = reader(bytes)?.format();
-    if format == Some(ImageFormat::Jpeg) {
-        let scale = catch_unwind(AssertUnwindSafe(|| jpeg_scale(bytes, sizes, limits)))
-            .unwrap_or_else(|_| Err(ImageError::Corrupt("the JPEG decoder failed".to_owned())))?;
-        if let Some(scale) = scale {
-            let render = render_cost(
-                scale.output,
-                scale.full,
-                scale.orientation,
-                sizes,
-                scale.pixel,
-            );
-            return Ok(encoded + scale.needed + render);
-        }
+    dimensions(bytes, limits)?;
+    match scaled_decode_estimate(bytes, sizes, limits)? {
+        Some(needed) => Ok(needed),
+        None => full_decode_estimate(bytes, sizes, limits),
     }
+}
+
+/// The [`decode_estimate`] of a JPEG decoded at reduced scale, or `None` for an image
+/// decoded whole.
+fn scaled_decode_estimate(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<Option<u64>, ImageError> {
+    if reader(bytes)?.format() != Some(ImageFormat::Jpeg) {
+        return Ok(None);
+    }
+    let scale = catch_unwind(AssertUnwindSafe(|| jpeg_scale(bytes, sizes, limits)))
+        .unwrap_or_else(|_| Err(ImageError::Corrupt("the JPEG decoder failed".to_owned())))?;
+    Ok(scale.map(|scale| {
+        let render = render_cost(scale.output, scale.full, sizes, scale.pixel);
+        bytes.len() as u64 + scale.needed + render
+    }))
+}
+
+/// Memory that making thumbnails of `sizes` from `bytes` takes when the image is decoded
+/// whole by the `image` crate (a JPEG included, whatever scale it could be decoded at), as
+/// [`decode_estimate`] counts it.
+pub fn full_decode_estimate(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<u64, ImageError> {
+    let (decoder, render) = full_decode_cost(bytes, sizes, limits)?;
+    Ok(bytes.len() as u64 + decoder + render)
+}
+
+/// What decoding `bytes` whole takes: the decoder's buffers (its output included) and the
+/// 8-bit copy, then the resizing.
+fn full_decode_cost(
+    bytes: &[u8],
+    sizes: &[u32],
+    limits: ImageLimits,
+) -> Result<(u64, u64), ImageError> {
+    let Dimensions { width, height } = dimensions(bytes, limits)?;
     let mut reader = reader(bytes)?;
+    let format = reader.format();
     reader.limits(limits.decoder_limits());
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let decoder = reader.into_decoder().map_err(corrupt)?;
     let color = decoder.color_type();
     let pixels = u64::from(width) * u64::from(height);
     let decoded = pixels * u64::from(color.bytes_per_pixel());
@@ -577,13 +609,13 @@ pub fn decode_estimate(
         Some(ImageFormat::Gif) => pixels * 4,
         // VP8's planes or VP8L's 32-bit pixels, and the alpha plane.
         Some(ImageFormat::WebP) => pixels * 6,
-        // CMYK and lossless JPEGs: the decoder's planes and coefficients.
+        // JPEGs decoded whole (CMYK, lossless, …): the decoder's planes and coefficients.
         Some(ImageFormat::Jpeg) => pixels * 12,
         // PNG: a couple of rows.
         _ => u64::from(width) * 8 * 4,
     };
-    let render = render_cost((width, height), (width, height), orientation, sizes, pixel);
-    Ok(encoded + decoded + pixels * copy + internal + render)
+    let render = render_cost((width, height), (width, height), sizes, pixel);
+    Ok((decoded + pixels * copy + internal, render))
 }
 
 /// Memory shared by every decode of a process: a decode waits until its
@@ -641,7 +673,9 @@ impl DecodeBudget {
 
 /// The image's stored dimensions and its [`thumbnails`], made on the blocking pool once
 /// its [`decode_estimate`] is reserved in `budget` (held until the decode is over, even if
-/// the caller stops waiting).
+/// the caller stops waiting). A JPEG that cannot be decoded at the scale reserved for is
+/// decoded whole only under a reservation of its [`full_decode_estimate`], refused like any
+/// other when that exceeds the whole budget: no decode outgrows what it reserved.
 pub async fn thumbnails_within(
     budget: &DecodeBudget,
     bytes: Bytes,
@@ -649,15 +683,47 @@ pub async fn thumbnails_within(
     limits: ImageLimits,
 ) -> Result<(Dimensions, Vec<Thumbnail>), ImageError> {
     let stored = dimensions(&bytes, limits)?;
-    let needed = decode_estimate(&bytes, &sizes, limits)?;
+    let sizes: Arc<[u32]> = sizes.into();
+    if let Some(needed) = scaled_decode_estimate(&bytes, &sizes, limits)? {
+        let reservation = budget.reserve(needed).await?;
+        let made = on_blocking_pool(
+            reservation,
+            bytes.clone(),
+            sizes.clone(),
+            limits,
+            scaled_thumbnails,
+        )
+        .await?;
+        if let Some(thumbs) = made {
+            return Ok((stored, thumbs));
+        }
+        // The scaled reservation is given back before the whole one is waited for: a
+        // decode holding part of the budget while waiting for more could wait forever on
+        // another doing the same.
+    }
+    let needed = full_decode_estimate(&bytes, &sizes, limits)?;
     let reservation = budget.reserve(needed).await?;
+    let thumbs = on_blocking_pool(reservation, bytes, sizes, limits, full_thumbnails).await?;
+    Ok((stored, thumbs))
+}
+
+/// A decode of [`thumbnails_within`]: bytes, sizes and limits in, its result out.
+type DecodeJob<T> = fn(&[u8], &[u32], ImageLimits) -> Result<T, ImageError>;
+
+/// Runs `job` on the blocking pool, holding `reservation` until it is over.
+async fn on_blocking_pool<T: Send + 'static>(
+    reservation: DecodeReservation,
+    bytes: Bytes,
+    sizes: Arc<[u32]>,
+    limits: ImageLimits,
+    job: DecodeJob<T>,
+) -> Result<T, ImageError> {
     tokio::task::spawn_blocking(move || {
         let _reservation = reservation;
-        thumbnails(&bytes, &sizes, limits)
+        job(&bytes, &sizes, limits)
     })
     .await
     .unwrap_or_else(|_| Err(ImageError::Corrupt("the decoder failed".to_owned())))
-    .map(|thumbs| (stored, thumbs))
 }
 
 #[cfg(test)]
@@ -684,6 +750,35 @@ mod tests {
         let crc = crc32fast::hash(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
         png
+    }
+
+    /// An APP1 EXIF segment (marker and all) carrying only `orientation`.
+    fn exif_segment(orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+        tiff.extend_from_slice(&1u16.to_be_bytes());
+        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1]);
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut segment = vec![0xFF, 0xE1];
+        segment.extend_from_slice(&u16::try_from(tiff.len() + 8).unwrap().to_be_bytes());
+        segment.extend_from_slice(b"Exif\0\0");
+        segment.extend_from_slice(&tiff);
+        segment
+    }
+
+    /// `jpeg` with `segment` (marker and all) inserted right after its frame header.
+    fn after_frame_header(jpeg: &[u8], segment: &[u8]) -> Vec<u8> {
+        let mut at = 2;
+        loop {
+            assert_eq!(jpeg[at], 0xFF, "a marker at {at}");
+            let marker = jpeg[at + 1];
+            let length = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+            at += 2 + length;
+            if marker == 0xC0 || marker == 0xC2 {
+                break;
+            }
+        }
+        [&jpeg[..at], segment, &jpeg[at..]].concat()
     }
 
     /// `jpeg` with an APP1 EXIF segment carrying `orientation` and a GPS pointer.
@@ -853,6 +948,78 @@ mod tests {
         // A quarter turn clockwise takes the top-left corner to the top right.
         assert!(is_red(*image.get_pixel(72, 32)));
         assert!(!is_red(*image.get_pixel(24, 32)));
+    }
+
+    #[tokio::test]
+    async fn exif_past_the_frame_header_still_decodes_scaled() {
+        // jpeg-decoder's header pass stops at the frame header: this orientation is seen
+        // only while decoding, once the scale is picked. The scale holds either way round.
+        let jpeg = after_frame_header(&quartered_jpeg(2000, 1500), &exif_segment(6));
+        let limits = ImageLimits::default();
+        let scaled = decode_jpeg_scaled(&jpeg, &[128], limits).unwrap().unwrap();
+        assert_eq!(scaled.dimensions(), (250, 188));
+        assert_eq!(scaled.orientation, Orientation::Rotate90);
+        let estimate = decode_estimate(&jpeg, &[128], limits).unwrap();
+        assert!(estimate < 4 << 20, "{estimate}");
+        // Within a budget that a whole decode (~45 MB) would not fit in.
+        let budget = DecodeBudget::new(8 << 20);
+        let (stored, made) = thumbnails_within(&budget, jpeg.into(), vec![128], limits)
+            .await
+            .unwrap();
+        assert_eq!((stored.width, stored.height), (2000, 1500));
+        assert_eq!((made[0].width, made[0].height), (96, 128));
+        let image = decoded(&made[0].jpeg);
+        assert!(is_red(*image.get_pixel(72, 32)));
+        assert!(!is_red(*image.get_pixel(24, 32)));
+    }
+
+    #[tokio::test]
+    async fn a_jpeg_the_scaled_decoder_gives_up_on_reserves_its_whole_decode() {
+        // A DHP (hierarchical) segment past the frame header: jpeg-decoder reports it
+        // unsupported only while decoding, the image crate skips it and decodes whole.
+        let jpeg = after_frame_header(&quartered_jpeg(2000, 1500), &[0xFF, 0xDE, 0, 2]);
+        let limits = ImageLimits::default();
+        assert!(decode_jpeg_scaled(&jpeg, &[128], limits).unwrap().is_none());
+        let scaled = decode_estimate(&jpeg, &[128], limits).unwrap();
+        let whole = full_decode_estimate(&jpeg, &[128], limits).unwrap();
+        assert!(scaled < 4 << 20, "{scaled}");
+        assert!(whole > 2000 * 1500 * 15, "{whole}");
+        // Room for the scaled decode only: refused, not decoded whole under 4 MiB.
+        let budget = DecodeBudget::new(16 << 20);
+        let refused = thumbnails_within(&budget, jpeg.clone().into(), vec![128], limits)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            ImageError::OverBudget {
+                needed: whole,
+                budget: 16 << 20
+            }
+        );
+        assert!(
+            refused.to_string().contains("too large to decode"),
+            "{refused}"
+        );
+        // Nothing is left reserved.
+        assert!(budget.reserve(16 << 20).await.is_ok());
+        // With room for it, the whole decode goes ahead.
+        let roomy = DecodeBudget::new(128 << 20);
+        let (_, made) = thumbnails_within(&roomy, jpeg.clone().into(), vec![128], limits)
+            .await
+            .unwrap();
+        assert_eq!((made[0].width, made[0].height), (128, 96));
+        let image = decoded(&made[0].jpeg);
+        assert!(is_red(*image.get_pixel(32, 24)));
+        assert!(!is_red(*image.get_pixel(96, 72)));
+        // Decoded at once, the whole decode still keeps to max_alloc.
+        let tight = ImageLimits {
+            max_alloc: whole / 2,
+            ..limits
+        };
+        assert!(matches!(
+            thumbnails(&jpeg, &[128], tight),
+            Err(ImageError::Corrupt(_))
+        ));
     }
 
     #[test]
