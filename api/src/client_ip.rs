@@ -15,6 +15,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use poem::http::{HeaderMap, HeaderValue};
 
 /// The client address of a request, as request data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +25,6 @@ pub struct ClientIp(pub Option<IpAddr>);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
-    /// The deprecated `CANOPY_TRUST_FORWARDED_FOR=true`: whatever the peer, the right-most
-    /// entry is the client.
-    any_peer_one_hop: bool,
 }
 
 impl TrustedProxies {
@@ -50,58 +48,51 @@ impl TrustedProxies {
                     .map(|net| net.trunc())
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            nets,
-            any_peer_one_hop: false,
-        })
-    }
-
-    /// The behaviour of the deprecated boolean: one hop, whoever the peer is.
-    pub fn legacy_one_hop() -> Self {
-        Self {
-            nets: Vec::new(),
-            any_peer_one_hop: true,
-        }
+        Some(Self { nets })
     }
 
     /// Whether nothing is trusted.
     pub fn is_empty(&self) -> bool {
-        self.nets.is_empty() && !self.any_peer_one_hop
+        self.nets.is_empty()
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client address given the `peer` and the `X-Forwarded-For` header values in
+    /// The client address of a request from `peer` with `headers`.
+    pub fn client_ip_of(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        self.client_ip(
+            peer,
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// The client address given the `peer` and the raw `X-Forwarded-For` header values in
     /// order (several headers count as one list).
+    ///
+    /// The values are taken as bytes and split on `,` before any entry is decoded, so a
+    /// byte that is not ASCII (or not UTF-8) spoils only the entry it is in: the entries
+    /// to its right, which the trusted proxies appended, still count.
     pub fn client_ip<'h>(
         &self,
         peer: Option<IpAddr>,
-        forwarded_for: impl IntoIterator<Item = &'h str>,
+        forwarded_for: impl IntoIterator<Item = &'h [u8]>,
     ) -> Option<IpAddr> {
-        let peer = peer.map(|ip| ip.to_canonical());
-        let peer_ip = peer?;
-        if self.any_peer_one_hop {
-            let entries: Vec<&str> = forwarded_for.into_iter().collect();
-            let last = entries
-                .iter()
-                .rev()
-                .flat_map(|value| value.rsplit(','))
-                .next()
-                .and_then(parse_entry);
-            return last.or(peer);
-        }
+        let peer_ip = peer?.to_canonical();
         if !self.trusts(peer_ip) {
-            return peer;
+            return Some(peer_ip);
         }
-        let entries: Vec<&str> = forwarded_for
+        let entries: Vec<&[u8]> = forwarded_for
             .into_iter()
-            .flat_map(|value| value.split(','))
+            .flat_map(|value| value.split(|byte| *byte == b','))
             .collect();
         let mut client = peer_ip;
         for entry in entries.iter().rev() {
-            let Some(ip) = parse_entry(entry) else {
+            let Some(ip) = std::str::from_utf8(entry).ok().and_then(parse_entry) else {
                 break;
             };
             client = ip;
@@ -110,6 +101,19 @@ impl TrustedProxies {
             }
         }
         Some(client)
+    }
+}
+
+/// What a client address is counted as, in the rate limits and the auth throttles alike:
+/// an IPv4 address (also when written v4-mapped, `::ffff:a.b.c.d`) as itself, an IPv6
+/// address as its /64 (`2001:db8:1:2::/64`), which is what one subscriber is usually
+/// given, so rotating addresses within it does not earn fresh counters.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            .map(|net| net.trunc().to_string())
+            .unwrap_or_else(|_| v6.to_string()),
     }
 }
 
@@ -179,7 +183,7 @@ mod tests {
         ];
         for (peer, headers, expected) in table {
             assert_eq!(
-                proxies.client_ip(Some(ip(peer)), headers.iter().copied()),
+                proxies.client_ip(Some(ip(peer)), headers.iter().map(|h| h.as_bytes())),
                 Some(ip(expected)),
                 "peer {peer}, X-Forwarded-For {headers:?}"
             );
@@ -191,22 +195,65 @@ mod tests {
         let none = TrustedProxies::none();
         assert!(none.is_empty());
         assert_eq!(
-            none.client_ip(Some(ip("127.0.0.1")), ["203.0.113.7"]),
+            none.client_ip(Some(ip("127.0.0.1")), [b"203.0.113.7".as_slice()]),
             Some(ip("127.0.0.1"))
         );
-        assert_eq!(none.client_ip(None, ["203.0.113.7"]), None);
+        assert_eq!(none.client_ip(None, [b"203.0.113.7".as_slice()]), None);
     }
 
     #[test]
-    fn the_deprecated_boolean_takes_the_last_entry_from_any_peer() {
-        let legacy = TrustedProxies::legacy_one_hop();
+    fn a_non_ascii_byte_spoils_only_its_own_entry() {
+        let proxies = TrustedProxies::parse("10.0.0.0/8, 127.0.0.1").expect("valid list");
+        let table: &[(&[&[u8]], &str)] = &[
+            // The client's own garbage left of what the proxy appended.
+            (&[b"1.1.1.1\xff, 203.0.113.7"], "203.0.113.7"),
+            (&[b"\xc3\xa9t\xc3\xa9, 203.0.113.7"], "203.0.113.7"),
+            (&[b"\xff\xfe, 203.0.113.7, 10.0.0.5"], "203.0.113.7"),
+            // In a header of its own.
+            (&[b"\xff", b"203.0.113.7"], "203.0.113.7"),
+            // Right of the trusted hops it ends the walk, like any malformed entry.
+            (&[b"203.0.113.7, 10.0.0.5\xff"], "127.0.0.1"),
+            (&[b"203.0.113.7, \xff, 10.0.0.5"], "10.0.0.5"),
+        ];
+        for (values, expected) in table {
+            // As the edge middleware reads them: `HeaderValue::to_str` refuses every one
+            // of these values.
+            let mut headers = HeaderMap::new();
+            for value in *values {
+                headers.append(
+                    "x-forwarded-for",
+                    HeaderValue::from_bytes(value).expect("a header value"),
+                );
+            }
+            assert_eq!(
+                proxies.client_ip_of(Some(ip("127.0.0.1")), &headers),
+                Some(ip(expected)),
+                "X-Forwarded-For {values:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn clients_are_counted_per_ipv4_address_and_per_ipv6_slash_64() {
+        let table = [
+            ("203.0.113.7", "203.0.113.7"),
+            ("::ffff:203.0.113.7", "203.0.113.7"),
+            ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+            ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+            ("::1", "::/64"),
+        ];
+        for (address, key) in table {
+            assert_eq!(client_key(ip(address)), key, "{address}");
+        }
+        // Rotating within one /64 keeps the key; the next /64 is another client.
         assert_eq!(
-            legacy.client_ip(Some(ip("198.51.100.1")), ["1.1.1.1, 203.0.113.7"]),
-            Some(ip("203.0.113.7"))
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:bbbb::2"))
         );
-        assert_eq!(
-            legacy.client_ip(Some(ip("198.51.100.1")), ["junk"]),
-            Some(ip("198.51.100.1"))
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
         );
     }
 

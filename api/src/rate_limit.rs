@@ -23,9 +23,11 @@
 //!   OpenAPI document, so it cannot drift from the code. A deferred request whose
 //!   authentication stopped before its round trip (a malformed or foreign token; the
 //!   handler never ran) is judged per IP afterwards, so junk tokens are limited too.
-//! - Health probes and the Stripe webhook are not limited: probes must answer during an
-//!   incident, and webhook senders retry what is refused (their signatures are checked
-//!   before anything is stored).
+//! - Liveness (`/health/live`) and the Stripe webhook are not limited: liveness touches
+//!   nothing and must answer during an incident, and webhook senders retry what is refused
+//!   (their signatures are checked before anything is stored). Readiness (`/health/ready`)
+//!   is limited per IP like any unauthenticated route: each request pings PostgreSQL,
+//!   Redis and S3, and load balancers probe from a few addresses far below the limits.
 //!
 //! Failure policy: these limits fail open. With Redis unreachable (and for a second after
 //! each failure, so an outage does not add a timeout to every request), a process-wide
@@ -52,7 +54,7 @@ use tenancy::TenantId;
 use uuid::Uuid;
 
 use crate::{
-    client_ip::{ClientIp, TrustedProxies},
+    client_ip::{ClientIp, TrustedProxies, client_key},
     error::{ApiError, ErrorCode},
     metrics::Metrics,
     settings::RateLimitSettings,
@@ -328,18 +330,12 @@ impl RateLimiter {
     }
 
     /// The per-IP buckets of `ip` (IPv6 clients share one per /64, which is what one
-    /// subscriber is usually given).
+    /// subscriber is usually given: see [`client_key`]).
     pub fn ip_limits(&self, ip: Option<IpAddr>) -> Vec<Limit> {
         if !self.settings.enabled {
             return Vec::new();
         }
-        let who = match ip {
-            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => ipnet::Ipv6Net::new(v6, 64)
-                .map(|net| net.trunc().to_string())
-                .unwrap_or_else(|_| v6.to_string()),
-            Some(ip) => ip.to_canonical().to_string(),
-            None => "unknown".to_owned(),
-        };
+        let who = ip.map_or_else(|| "unknown".to_owned(), client_key);
         let key = |suffix: &str| format!("canopy:rl:ip:{who}:{suffix}");
         per_second_and_minute(
             (key("s"), Scope::IpPerSecond, self.settings.ip_per_second),
@@ -603,8 +599,11 @@ impl<E> RateLimitEndpoint<E> {
     }
 }
 
+/// Routes no limit applies to: liveness (touches nothing, and must answer during an
+/// incident) and the webhooks (see the module docs). Readiness is not among them: it pings
+/// PostgreSQL, Redis and S3, so unlimited it would be an amplifier onto all three.
 fn exempt(path: &str) -> bool {
-    path.starts_with("/health/") || path.starts_with("/webhooks/")
+    path == "/health/live" || path.starts_with("/webhooks/")
 }
 
 impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
@@ -612,12 +611,7 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let peer = req.remote_addr().as_socket_addr().map(|addr| addr.ip());
-        let forwarded = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        let ip = self.proxies.client_ip(peer, forwarded);
+        let ip = self.proxies.client_ip_of(peer, req.headers());
         req.set_data(ClientIp(ip));
         if !self.limiter.enabled() || exempt(req.uri().path()) {
             return self.inner.call(req).await.map(IntoResponse::into_response);
@@ -670,6 +664,20 @@ mod tests {
         assert!(probe(Method::POST, "/v1/auth/register").await.is_err());
         assert!(probe(Method::GET, "/v1/admin/tenants").await.is_err());
         assert!(probe(Method::GET, "/metrics").await.is_err());
+    }
+
+    #[test]
+    fn only_liveness_and_the_webhooks_are_exempt() {
+        assert!(exempt("/health/live"));
+        assert!(exempt("/webhooks/stripe"));
+        for path in [
+            "/health/ready",
+            "/health/live/x",
+            "/health/other",
+            "/v1/auth/login",
+        ] {
+            assert!(!exempt(path), "{path}");
+        }
     }
 
     #[test]

@@ -242,7 +242,7 @@ pub const SETTINGS: &[SettingSpec] = &[
     spec(
         "trust_forwarded_for",
         Some("false"),
-        "deprecated: `true` takes the client IP from the last `X-Forwarded-For` entry whoever the peer is; use `CANOPY_TRUSTED_PROXIES` (which wins when both are set)",
+        "removed: `true` used to trust `X-Forwarded-For` from any peer (so any client could choose its own IP); it now refuses to start, naming `CANOPY_TRUSTED_PROXIES` to set instead (when that is set, this switch is ignored)",
     ),
     spec(
         "trusted_proxies",
@@ -810,15 +810,17 @@ impl Settings {
             )? {
                 Some(proxies) => proxies,
                 None => {
-                    let legacy: bool =
-                        src.parse("trust_forwarded_for", "`true` or `false`", |v| {
-                            v.parse().ok()
-                        })?;
-                    if legacy {
-                        TrustedProxies::legacy_one_hop()
-                    } else {
-                        TrustedProxies::none()
-                    }
+                    // The deprecated switch trusted `X-Forwarded-For` from any peer, so any
+                    // client could pick its own address; it no longer starts.
+                    src.parse(
+                        "trust_forwarded_for",
+                        "`false`: `true` is refused, since it let any client choose its own IP \
+                         through X-Forwarded-For; list the proxies in front of Canopy in \
+                         CANOPY_TRUSTED_PROXIES (e.g. 10.0.0.0/8,127.0.0.1/32) and remove \
+                         CANOPY_TRUST_FORWARDED_FOR",
+                        |v| v.eq_ignore_ascii_case("false").then_some(()),
+                    )?;
+                    TrustedProxies::none()
                 }
             },
             metrics_bind: src.parse(
@@ -1509,7 +1511,7 @@ mod tests {
     }
 
     #[test]
-    fn edge_settings_parse_and_the_old_forwarded_for_switch_still_works() {
+    fn edge_settings_parse_and_the_old_forwarded_for_switch_refuses_to_trust_any_peer() {
         let s = Settings::from_env_map(&BTreeMap::new()).expect("defaults");
         assert!(s.http.trusted_proxies.is_empty());
         assert_eq!(
@@ -1541,12 +1543,22 @@ mod tests {
         assert!(!s.rate_limit.enabled);
         assert_eq!(s.rate_limit.ip_per_second, 0);
 
-        let legacy =
-            Settings::from_env_map(&env(&[("CANOPY_TRUST_FORWARDED_FOR", "true")])).expect("ok");
-        assert_eq!(
-            legacy.http.trusted_proxies,
-            TrustedProxies::legacy_one_hop()
-        );
+        // The old switch: `false` is accepted, `true` refuses to start and says what to
+        // set instead, unless the list is set (which replaces it).
+        let off =
+            Settings::from_env_map(&env(&[("CANOPY_TRUST_FORWARDED_FOR", "false")])).expect("ok");
+        assert!(off.http.trusted_proxies.is_empty());
+        for value in ["true", "TRUE", "yes"] {
+            let err = Settings::from_env_map(&env(&[("CANOPY_TRUST_FORWARDED_FOR", value)]))
+                .expect_err(value)
+                .to_string();
+            assert!(
+                err.starts_with(&format!("CANOPY_TRUST_FORWARDED_FOR={value:?} is invalid")),
+                "{err}"
+            );
+            assert!(err.contains("CANOPY_TRUSTED_PROXIES"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
         let both = Settings::from_env_map(&env(&[
             ("CANOPY_TRUST_FORWARDED_FOR", "true"),
             ("CANOPY_TRUSTED_PROXIES", "10.0.0.1"),

@@ -515,7 +515,7 @@ async fn login_failures_are_generic_and_lock_the_account_for_a_while() {
 async fn failed_logins_are_throttled_per_client_address() {
     let app = TestApp::builder()
         .env("login_ip_max_failures", "3")
-        .env("trust_forwarded_for", "true")
+        .env("trusted_proxies", "127.0.0.1/32")
         .spawn()
         .await;
     app.signup("acme").await;
@@ -555,7 +555,7 @@ async fn failed_logins_are_throttled_per_client_address() {
 async fn sign_ups_are_throttled_per_client_address() {
     let app = TestApp::builder()
         .env("signup_ip_max_requests", "2")
-        .env("trust_forwarded_for", "true")
+        .env("trusted_proxies", "127.0.0.1/32")
         .spawn()
         .await;
     // An address no other test uses: this counter is platform-wide.

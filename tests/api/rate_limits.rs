@@ -116,6 +116,62 @@ async fn a_spoofed_left_most_forwarded_entry_does_not_change_the_bucket() {
 }
 
 #[tokio::test]
+async fn a_non_ascii_forwarded_entry_does_not_hide_the_address_the_proxy_appended() {
+    let app = app_limiting_addresses().await;
+    let ip = unique_ip();
+    // The client writes bytes that are not ASCII; the proxy appends the address it saw.
+    let mut spoiled = b"\xff\xfe1.1.1.1, ".to_vec();
+    spoiled.extend_from_slice(ip.as_bytes());
+    let spoiled = reqwest::header::HeaderValue::from_bytes(&spoiled).expect("a header value");
+    for n in 0..3 {
+        let response = app
+            .request(Method::GET, "/problems/not_found")
+            .header("x-forwarded-for", spoiled.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "ratelimit-remaining"), 2 - n);
+    }
+    // Those requests were counted against `ip`, not against the proxy's own address.
+    let refused = from(&app, &ip, "/problems/not_found")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(refused, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn readiness_counts_against_the_address_and_liveness_does_not() {
+    let app = app_limiting_addresses().await;
+    let ip = unique_ip();
+    for n in 0..3 {
+        let ready = from(&app, &ip, "/health/ready")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(ready.status(), 200);
+        assert_eq!(header(&ready, "ratelimit-remaining"), 2 - n);
+    }
+    // Past the limit, readiness is refused before it touches PostgreSQL, Redis or S3.
+    let refused = from(&app, &ip, "/health/ready")
+        .send()
+        .await
+        .expect("request");
+    let problem = assert_problem(refused, 429, "rate_limited").await;
+    assert_eq!(problem["limit"], "ip_per_minute");
+    // Liveness is never limited.
+    for _ in 0..5 {
+        let live = from(&app, &ip, "/health/live")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(live.status(), 200);
+        assert!(!live.headers().contains_key("ratelimit-limit"));
+    }
+}
+
+#[tokio::test]
 async fn junk_bearer_tokens_count_against_the_address() {
     let app = app_limiting_addresses().await;
     let org = app.create_tenant("acme").await;

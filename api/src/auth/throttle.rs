@@ -7,6 +7,7 @@ use std::{net::IpAddr, time::Duration};
 use tenancy::TenantId;
 
 use crate::{
+    client_ip::client_key,
     error::{ApiError, ErrorCode},
     state::RedisPool,
 };
@@ -32,9 +33,11 @@ impl Counter {
     }
 }
 
-/// The Redis key of `counter` for `ip` in `tenant` (or platform-wide).
+/// The Redis key of `counter` for `ip` in `tenant` (or platform-wide). The address is
+/// counted as the general rate limits count it ([`client_key`]: IPv6 per /64), so rotating
+/// addresses within one /64 does not earn fresh counters.
 pub fn key(counter: Counter, tenant: Option<TenantId>, ip: Option<IpAddr>) -> String {
-    let ip = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let ip = ip.map_or_else(|| "unknown".to_owned(), client_key);
     match tenant {
         Some(tenant) => format!("canopy:t:{tenant}:throttle:{}:{ip}", counter.name()),
         None => format!("canopy:throttle:{}:{ip}", counter.name()),
@@ -100,4 +103,27 @@ pub async fn hit(
         return Err(throttled(ttl));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_within_one_ipv6_slash_64_share_a_counter() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("test address"));
+        let tenant = Some(TenantId(uuid::Uuid::nil()));
+        for (counter, tenant) in [
+            (Counter::LoginFailures, tenant),
+            (Counter::Recovery, tenant),
+            (Counter::Signup, None),
+        ] {
+            let key = |address| key(counter, tenant, ip(address));
+            assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:dead:beef:0:7"));
+            assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+            assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+            assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+            assert!(key("203.0.113.7").ends_with(":203.0.113.7"));
+        }
+    }
 }
