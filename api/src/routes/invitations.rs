@@ -39,7 +39,7 @@ use crate::{
             TokenPair, audit, check_email, check_name, check_new_password, recovery_throttle,
             token_pair,
         },
-        page,
+        created_cursor, decode_created_cursor, page,
         roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
         users::RoleRef,
     },
@@ -306,16 +306,14 @@ impl InvitationsApi {
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<InvitationPage>> {
-        let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
+        let after = cursor.0.as_deref().map(decode_created_cursor).transpose()?;
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
         let open = invitations::list_open(&mut tx, after, limit.0 + 1).await?;
         let all_roles = roles::list_roles(&mut tx)
             .await
             .map_err(ApiError::internal)?;
         tx.commit().await?;
-        let (open, next_cursor) = page(open, limit.0, |i| {
-            format!("{}_{}", i.created_at.timestamp_micros(), i.id.simple())
-        });
+        let (open, next_cursor) = page(open, limit.0, |i| created_cursor(i.created_at, i.id));
         Ok(Json(InvitationPage {
             items: open
                 .iter()
@@ -543,19 +541,4 @@ fn invitation_not_found() -> ApiError {
 
 fn default_limit() -> i64 {
     50
-}
-
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    cursor
-        .split_once('_')
-        .and_then(|(micros, id)| {
-            let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-            Some((at, Uuid::parse_str(id).ok()?))
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidParameter,
-                "Parameter `cursor` is not a cursor this API issued.",
-            )
-        })
 }

@@ -107,6 +107,29 @@ pub(crate) fn page<T>(
     (rows, next)
 }
 
+/// The cursor of a listing ordered by creation: `<created_at µs>_<id>`.
+pub(crate) fn created_cursor(created_at: chrono::DateTime<chrono::Utc>, id: uuid::Uuid) -> String {
+    format!("{}_{}", created_at.timestamp_micros(), id.simple())
+}
+
+/// The keyset (created_at, id) of a cursor [`created_cursor`] made; a 400 for anything else.
+pub(crate) fn decode_created_cursor(
+    cursor: &str,
+) -> Result<(chrono::DateTime<chrono::Utc>, uuid::Uuid), crate::error::ApiError> {
+    cursor
+        .split_once('_')
+        .and_then(|(micros, id)| {
+            let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+            Some((at, uuid::Uuid::parse_str(id).ok()?))
+        })
+        .ok_or_else(|| {
+            crate::error::ApiError::new(
+                crate::error::ErrorCode::InvalidParameter,
+                "Parameter `cursor` is not a cursor this API issued.",
+            )
+        })
+}
+
 /// The security scheme of tenant users (see [`crate::auth::UserAuth`]).
 pub(crate) const USER_AUTH: &str = "UserAuth";
 

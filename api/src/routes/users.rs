@@ -30,7 +30,7 @@ use crate::{
     routes::{
         ApiTag,
         auth::{audit, check_name},
-        page,
+        created_cursor, decode_created_cursor, page,
         roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
     },
     tenant::CurrentTenant,
@@ -308,13 +308,11 @@ impl UsersApi {
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<UserPage>> {
-        let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
+        let after = cursor.0.as_deref().map(decode_created_cursor).transpose()?;
         let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
         let users =
             store::list_users(&mut tx, status.0.map(UserStatus::from), after, limit.0 + 1).await?;
-        let (users, next_cursor) = page(users, limit.0, |u| {
-            format!("{}_{}", u.created_at.timestamp_micros(), u.id.simple())
-        });
+        let (users, next_cursor) = page(users, limit.0, |u| created_cursor(u.created_at, u.id));
         let items = user_views(&mut tx, &users).await?;
         tx.commit().await?;
         Ok(Json(UserPage { items, next_cursor }))
@@ -540,19 +538,4 @@ fn default_limit() -> i64 {
 
 fn user_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No user of this tenant has this id.")
-}
-
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    cursor
-        .split_once('_')
-        .and_then(|(micros, id)| {
-            let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-            Some((at, Uuid::parse_str(id).ok()?))
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidParameter,
-                "Parameter `cursor` is not a cursor this API issued.",
-            )
-        })
 }
