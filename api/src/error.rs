@@ -1,10 +1,11 @@
 //! The one error type every handler returns, and its RFC 9457 `application/problem+json`
 //! rendering.
 //!
-//! Stable error codes live in a single table ([`error_codes!`]): status, code and title
-//! side by side, so a code can never drift from its status. Errors raised by the framework
-//! itself (unknown route, bad JSON, wrong content type, …) are translated into the same
-//! shape by [`ApiError::from_poem`], which the request pipeline applies to every error.
+//! Stable error codes live in a single table ([`ErrorCode`], written with the
+//! `error_codes!` macro): status, code and title side by side, so a code can never drift
+//! from its status. Errors raised by the framework itself (unknown route, bad JSON, wrong
+//! content type, …) are translated into the same shape by [`ApiError::from_poem`], which
+//! the request pipeline applies to every error.
 
 use std::fmt;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, against real local services: starts PostgreSQL, Redis and Garage
-# (installing them when absent, see up.sh), then checks formatting and lints and runs every
+# (installing them when absent, see up.sh), then checks formatting, lints and docs and runs every
 # test in the workspace. This is the command README.md gives and .ci/run calls.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ services_up
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The docs build too, with every intra-doc link resolving (a broken one is a warning).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -163,7 +163,7 @@ pub enum RegistrationRole {
     /// No role of the tenant has this id.
     NotFound,
     /// It is `owner` or `admin`, or it allows some of
-    /// [`NOT_FOR_SELF_REGISTRATION`](crate::catalog::NOT_FOR_SELF_REGISTRATION) (listed).
+    /// [`crate::catalog::NOT_FOR_SELF_REGISTRATION`] (listed).
     TooPowerful(PermissionSet),
 }
 

@@ -542,7 +542,7 @@ const RENDER_SLACK: u64 = 2 * 1024 * 1024;
 /// judged from the header alone (nothing is decoded): the encoded bytes, the buffer the
 /// decoder fills (width × height × bytes per pixel of what it outputs: a 1-bit PNG comes
 /// out as 8-bit grey, so one byte per pixel), the decoder's own buffers, an 8-bit copy of
-/// 16-bit images, and the resizing ([`render_cost`]). JPEGs are counted at the IDCT scale
+/// 16-bit images, and the resizing (`render_cost`). JPEGs are counted at the IDCT scale
 /// they will be decoded at; one that `jpeg-decoder` turns out not to support only while
 /// decoding (a feature met past the frame header) is then decoded whole, which
 /// [`thumbnails_within`] reserves apart, at its [`full_decode_estimate`].

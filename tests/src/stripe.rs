@@ -2,7 +2,7 @@
 //! the calls Canopy makes with minimal objects of the shapes async-stripe expects, records
 //! every request (method, path and query, form fields, `Authorization`), and serves the
 //! events a test gives it from `GET /v1/events`. Webhook deliveries go the other way, signed
-//! for real with [`deliver`].
+//! for real with [`TestApp::deliver`](crate::TestApp::deliver).
 
 use std::{
     collections::BTreeMap,

@@ -3,7 +3,7 @@
 //! the caller ([`UserAuth`]), then checks the permission before the handler runs (403
 //! `forbidden` naming the missing permission). The same type puts the permission into the
 //! OpenAPI document: its security requirement is named after the permission, and
-//! [`crate::routes::openapi_document`] folds that back into `UserAuth` plus an
+//! [`crate::routes::openapi_json`] folds that back into `UserAuth` plus an
 //! `x-permission` member and a line in the operation's description.
 //!
 //! Effective permissions are cached in Redis per user: `canopy:t:<tenant>:perms:u:<user>`

@@ -5,7 +5,7 @@
 //! `POST /v1/files` is exempt from the global body limit and request timeout: its limit is
 //! the tenant plan's upload size, which every byte of the body counts against (framing
 //! and form fields included), enforced at once from `Content-Length` and as the body
-//! streams; the form's framing is bounded before the parser sees it ([`framing`]), and a
+//! streams; the form's framing is bounded before the parser sees it (`framing`), and a
 //! slow client is cut off when no byte arrives for [`IDLE_READ_TIMEOUT`].
 
 mod framing;
@@ -211,7 +211,7 @@ struct UploadForm {
 }
 
 /// The multipart body of an upload, read field by field as it arrives (see the module
-/// docs); nothing is read until [`FileUpload::start`].
+/// docs); nothing is read until `FileUpload::start`.
 pub struct FileUpload {
     body: Option<poem::Body>,
     boundary: String,
