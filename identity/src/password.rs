@@ -234,7 +234,10 @@ impl PasswordHasher {
             .try_acquire()
             .map_err(|_| HashError::Busy)?;
         let (tx, rx) = oneshot::channel();
+        // The work keeps the caller's span, so whatever it logs names the request.
+        let span = tracing::Span::current();
         self.inner.pool.spawn(move || {
+            let _entered = span.enter();
             let _ = tx.send(work());
         });
         rx.await
@@ -383,5 +386,49 @@ mod tests {
         let (a, b) = tokio::join!(slow, fast);
         assert!(a.is_ok());
         assert!(matches!(b, Err(HashError::Busy)), "{b:?}");
+    }
+
+    /// What a subscriber wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Written(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn hashing_work_logs_within_the_callers_span() {
+        let written = Written::default();
+        let sink = written.clone();
+        // Global: the work runs on the pool's threads, not on this one.
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || sink.clone())
+                .finish(),
+        )
+        .unwrap();
+        let hasher = PasswordHasher::new(1, 4, CHEAP).unwrap();
+        let span = tracing::info_span!("request", request_id = "r-42");
+        let verified = tracing::Instrument::instrument(
+            hasher.verify("anything", Some("not a PHC string")),
+            span,
+        )
+        .await
+        .unwrap();
+        assert_eq!(verified, Verified::No);
+        let log = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("a stored password hash could not be parsed"))
+            .unwrap_or_else(|| panic!("the warning is logged: {log}"));
+        assert!(line.contains("request{request_id=\"r-42\"}"), "{line}");
     }
 }
