@@ -718,8 +718,12 @@ async fn on_blocking_pool<T: Send + 'static>(
     limits: ImageLimits,
     job: DecodeJob<T>,
 ) -> Result<T, ImageError> {
+    // The decode keeps the caller's span (the job's), so whatever it logs names the file.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let _reservation = reservation;
+        tracing::debug!(bytes = bytes.len(), "decoding an image");
         job(&bytes, &sizes, limits)
     })
     .await
@@ -1213,5 +1217,55 @@ mod tests {
                 .unwrap();
         assert_eq!((stored.width, stored.height), (4096, 4096));
         assert_eq!((thumbs[0].width, thumbs[0].height), (128, 128));
+    }
+
+    /// What a subscriber wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Written(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn decoding_logs_within_the_callers_span() {
+        let written = Written::default();
+        let sink = written.clone();
+        // Global: the decode runs on the blocking pool's threads, not on this one.
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(move || sink.clone())
+                .finish(),
+        )
+        .unwrap();
+        let png = encoded(64, 48, ImageFormat::Png);
+        let span = tracing::info_span!("job", file_id = "f-7");
+        let made = tracing::Instrument::instrument(
+            thumbnails_within(
+                &DecodeBudget::new(16 << 20),
+                png.into(),
+                vec![32],
+                ImageLimits::default(),
+            ),
+            span,
+        )
+        .await
+        .unwrap();
+        assert_eq!((made.1[0].width, made.1[0].height), (32, 24));
+        let log = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("decoding an image"))
+            .unwrap_or_else(|| panic!("the decode is logged: {log}"));
+        assert!(line.contains("job{file_id=\"f-7\"}"), "{line}");
     }
 }
