@@ -19,7 +19,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use rbac::{Permission, Role, store as roles};
+use rbac::{Permission, PermissionSet, Role, store as roles};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -238,11 +238,7 @@ impl InvitationsApi {
         // Refreshing replaces the open invitation's roles: as for resending or revoking it,
         // the caller must hold what they grant.
         if let Some(open) = invitations::open_for_email(&mut tx, email).await? {
-            ensure_holds(
-                held,
-                allowed_by(&all_roles, &open.role_ids),
-                OTHERS_INVITATION,
-            )?;
+            ensure_may_handle(held, &all_roles, &open)?;
         }
         let (invitation, created) = invitations::invite(
             &mut tx,
@@ -348,11 +344,7 @@ impl InvitationsApi {
             .await?
             .ok_or_else(invitation_not_found)?;
         // Refused, the revocation rolls back with the transaction.
-        ensure_holds(
-            held,
-            allowed_by(&all_roles, &invitation.role_ids),
-            OTHERS_INVITATION,
-        )?;
+        ensure_may_handle(held, &all_roles, &invitation)?;
         audit(
             &mut tx,
             "invitation.revoked",
@@ -395,11 +387,7 @@ impl InvitationsApi {
         let invitation = invitations::renew(&mut tx, id.0, state.settings.auth.invitation_ttl)
             .await?
             .ok_or_else(invitation_not_found)?;
-        ensure_holds(
-            held,
-            allowed_by(&all_roles, &invitation.role_ids),
-            OTHERS_INVITATION,
-        )?;
+        ensure_may_handle(held, &all_roles, &invitation)?;
         jobs::enqueue(&mut tx, invitation_email_job(invitation.id)).await?;
         audit(
             &mut tx,
@@ -515,8 +503,19 @@ impl InvitationsApi {
     }
 }
 
-/// Why an invitation is not someone's to refresh, resend or revoke.
-const OTHERS_INVITATION: &str = "This invitation's roles grant permissions you do not hold";
+/// Refuses (403) refreshing, resending or revoking `invitation` to a caller holding
+/// `held`, unless they hold everything its roles grant, as for inviting with them.
+fn ensure_may_handle(
+    held: PermissionSet,
+    all_roles: &[Role],
+    invitation: &Invitation,
+) -> Result<(), ApiError> {
+    ensure_holds(
+        held,
+        allowed_by(all_roles, &invitation.role_ids),
+        "This invitation's roles grant permissions you do not hold",
+    )
+}
 
 fn already_member() -> ApiError {
     ApiError::new(
