@@ -299,26 +299,26 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         settings.auth.public_url.clone(),
     );
     Ok(jobs::Registry::new()
-        .register(email::SendEmail::new(mailer))
-        .register(invitations)
-        .register(reset)
-        .register(verification)
-        .register(link)
-        .register(files::Thumbnails::new(
+        .register_handler(email::SendEmail::new(mailer))
+        .register_handler(invitations)
+        .register_handler(reset)
+        .register_handler(verification)
+        .register_handler(link)
+        .register_handler(files::Thumbnails::new(
             storage.clone(),
             settings.files.thumbnail_sizes.clone(),
             // One budget for every decode of this process's workers.
             storage::images::DecodeBudget::new(settings.files.decode_memory),
         ))
-        .register(files::DeleteObjects::new(storage.clone()))
-        .register(files::SweepOrphans)
-        .register(files::SweepTenant::new(
+        .register_handler(files::DeleteObjects::new(storage.clone()))
+        .register_handler(files::SweepOrphans)
+        .register_handler(files::SweepTenant::new(
             storage.clone(),
             settings.files.orphan_grace,
         ))
-        .register(files::PurgeTenantObjects::new(storage))
-        .register(crate::subscriptions::ProcessEvent::new(state.clone()))
-        .register(crate::subscriptions::Reconcile::new(state.clone())))
+        .register_handler(files::PurgeTenantObjects::new(storage))
+        .register_handler(crate::subscriptions::ProcessEvent::new(state.clone()))
+        .register_handler(crate::subscriptions::Reconcile::new(state.clone())))
 }
 
 /// The object store of `settings` (no request is made until the first use).

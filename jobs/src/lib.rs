@@ -15,14 +15,13 @@
 
 mod admin;
 mod backoff;
+mod typed;
 mod worker;
-
-use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
-use tenancy::{BoxFuture, ControlDb, Tenant, TenantId, TenantTx};
+use tenancy::{ControlDb, Tenant, TenantId, TenantTx};
 use uuid::Uuid;
 
 pub use admin::{
@@ -30,6 +29,11 @@ pub use admin::{
     retry_job,
 };
 pub use backoff::backoff;
+#[doc(hidden)]
+pub use inventory;
+#[doc(hidden)]
+pub use typed::DeclaredKind;
+pub use typed::{Job, JobKind, Registry, declared_kinds};
 pub use worker::{JobOutcome, Worker, WorkerConfig};
 
 /// What can go wrong with the queue itself (handler failures are job outcomes, not errors).
@@ -47,6 +51,9 @@ pub enum JobError {
     /// Only dead or failed jobs can be retried.
     #[error("a {0} job cannot be retried")]
     NotRetryable(String),
+    /// A payload that does not serialize to JSON.
+    #[error("the job's payload does not serialize")]
+    Payload(#[source] serde_json::Error),
 }
 
 /// A job to enqueue.
@@ -62,7 +69,9 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// A job of `kind` with `payload`, due now, 5 attempts.
+    /// A job of `kind` with `payload`, due now, 5 attempts. Code enqueues typed jobs
+    /// ([`Job::to_job`]); this untyped form is for tests and tools that must enqueue what
+    /// no handler declares.
     pub fn new(kind: impl Into<String>, payload: Value) -> Self {
         Self {
             kind: kind.into(),
@@ -162,38 +171,15 @@ impl JobContext {
     }
 }
 
-/// Runs the jobs of one kind. Must be idempotent: a job can run more than once.
+/// An untyped handler. Transitional: being replaced by [`Job`].
 pub trait JobHandler: Send + Sync + 'static {
     /// The kind it handles.
     fn kind(&self) -> &'static str;
 
-    /// Does the work. An error fails this attempt (and is kept as `last_error`).
+    /// Does the work.
     fn run<'a>(
         &'a self,
         ctx: &'a mut JobContext,
         payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>>;
-}
-
-/// Handlers by kind.
-#[derive(Clone, Default)]
-pub struct Registry {
-    handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a handler (replacing one of the same kind).
-    pub fn register(mut self, handler: impl JobHandler) -> Self {
-        self.handlers.insert(handler.kind(), Arc::new(handler));
-        self
-    }
-
-    fn get(&self, kind: &str) -> Option<Arc<dyn JobHandler>> {
-        self.handlers.get(kind).cloned()
-    }
+    ) -> tenancy::BoxFuture<'a, anyhow::Result<()>>;
 }

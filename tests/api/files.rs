@@ -847,7 +847,7 @@ async fn a_thumbnail_job_killed_midway_runs_again_and_the_file_ends_ready() {
         ),
         reached: reached.clone(),
     };
-    let worker = api::startup::worker(&app.state, Registry::new().register(dying));
+    let worker = api::startup::worker(&app.state, Registry::new().register_handler(dying));
     let running = tokio::spawn(worker.run(std::future::pending::<()>()));
     tokio::time::timeout(Duration::from_secs(30), reached.notified())
         .await

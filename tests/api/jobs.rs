@@ -211,7 +211,7 @@ async fn a_job_enqueued_by_a_rolled_back_transaction_never_runs() {
     assert_eq!(job(&app, tenant_job).await.tenant_id, Some(tenant.id.0));
 
     let sentinel = enqueue_now(&app, NewJob::new("test.count", json!({}))).await;
-    let mut worker = Running::start(&app, Registry::new().register(Count), config());
+    let mut worker = Running::start(&app, Registry::new().register_handler(Count), config());
     let mut pending = vec![tenant_job, sentinel];
     while !pending.is_empty() {
         let outcome = tokio::time::timeout(Duration::from_secs(30), worker.outcomes.recv())
@@ -259,7 +259,7 @@ async fn many_workers_run_each_job_exactly_once() {
         ids.push(enqueue_now(&app, NewJob::new("test.count", json!({}))).await);
     }
     let mut workers: Vec<Running> = (0..4)
-        .map(|_| Running::start(&app, Registry::new().register(Count), config()))
+        .map(|_| Running::start(&app, Registry::new().register_handler(Count), config()))
         .collect();
     let mut seen: HashMap<Uuid, usize> = HashMap::new();
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -303,7 +303,7 @@ async fn a_job_whose_worker_died_runs_again() {
     .await
     .expect("simulate a dead worker");
 
-    let mut worker = Running::start(&app, Registry::new().register(Count), config());
+    let mut worker = Running::start(&app, Registry::new().register_handler(Count), config());
     assert_eq!(worker.outcome_of(id).await, "succeeded");
     worker.stop().await;
     let record = job(&app, id).await;
@@ -314,7 +314,7 @@ async fn a_job_whose_worker_died_runs_again() {
 async fn failures_back_off_then_die_and_an_operator_can_retry() {
     let app = spawn_app().await;
     let id = enqueue_now(&app, NewJob::new("test.fail", json!({})).max_attempts(3)).await;
-    let mut worker = Running::start(&app, Registry::new().register(Fail), config());
+    let mut worker = Running::start(&app, Registry::new().register_handler(Fail), config());
     assert_eq!(worker.outcome_of(id).await, "failed");
     assert_eq!(worker.outcome_of(id).await, "failed");
     assert_eq!(worker.outcome_of(id).await, "dead");
@@ -404,7 +404,11 @@ async fn a_tenant_job_writes_only_in_its_tenant_schema() {
         .max_attempts(1),
     )
     .await;
-    let mut worker = Running::start(&app, Registry::new().register(TenantWrite), config());
+    let mut worker = Running::start(
+        &app,
+        Registry::new().register_handler(TenantWrite),
+        config(),
+    );
     assert_eq!(worker.outcome_of(own).await, "succeeded");
     assert_eq!(worker.outcome_of(crossing).await, "dead");
     worker.stop().await;
@@ -447,7 +451,7 @@ async fn a_suspended_tenants_jobs_wait() {
     )
     .await;
     let sentinel = enqueue_now(&app, NewJob::new("test.count", json!({})).priority(-1)).await;
-    let mut worker = Running::start(&app, Registry::new().register(Count), config());
+    let mut worker = Running::start(&app, Registry::new().register_handler(Count), config());
     assert_eq!(worker.outcome_of(sentinel).await, "succeeded");
     worker.stop().await;
     let record = job(&app, waiting).await;
@@ -471,8 +475,8 @@ async fn shutdown_finishes_running_jobs_claims_no_more_and_releases_stragglers()
     let gate = Arc::new((Notify::new(), Notify::new()));
     let registry = || {
         Registry::new()
-            .register(Count)
-            .register(Block(gate.clone()))
+            .register_handler(Count)
+            .register_handler(Block(gate.clone()))
     };
 
     let blocked = enqueue_now(&app, NewJob::new("test.block", json!({}))).await;
@@ -501,7 +505,7 @@ async fn shutdown_finishes_running_jobs_claims_no_more_and_releases_stragglers()
     let stuck = enqueue_now(&app, NewJob::new("test.block", json!({}))).await;
     let mut worker = Running::start(
         &app,
-        Registry::new().register(Block(gate.clone())),
+        Registry::new().register_handler(Block(gate.clone())),
         WorkerConfig {
             concurrency: 1,
             shutdown_deadline: Duration::from_millis(100),
