@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
-use identity::{AccessTokens, HashCost, PasswordHasher};
+use identity::{AccessTokens, HashCost, PasswordHasher, link_emails};
 use poem::{
     Endpoint, EndpointExt, Response, Route, Server, endpoint::make_sync, get,
     listener::TcpAcceptor, middleware::Cors, web::Html,
@@ -293,17 +293,22 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         Some(url) => email::Mailer::smtp(url.expose_secret(), from)?,
         None => email::Mailer::outbox(settings.email.outbox_dir.clone(), from)?,
     };
-    let [reset, verification, link] = crate::auth::jobs::EmailRequests::handlers(settings, &mailer);
+    let links = link_emails::LinkMailer::new(
+        settings.auth.public_url.clone(),
+        settings.auth.verification_ttl,
+        settings.auth.password_reset_ttl,
+        mailer.clone(),
+    );
     let invitations = identity::invitations::InvitationEmails::new(
         mailer.clone(),
         settings.auth.public_url.clone(),
     );
-    Ok(jobs::Registry::new()
-        .register_handler(email::SendEmail::new(mailer))
-        .register_handler(invitations)
-        .register_handler(reset)
-        .register_handler(verification)
-        .register_handler(link)
+    let registry = jobs::Registry::new()
+        .register::<email::SendEmail>(mailer)
+        .register::<identity::invitations::InvitationEmail>(invitations)
+        .register::<link_emails::PasswordResetRequested>(links.clone())
+        .register::<link_emails::VerificationRequested>(links.clone())
+        .register::<link_emails::LinkEmail>(links)
         .register_handler(files::Thumbnails::new(
             storage.clone(),
             settings.files.thumbnail_sizes.clone(),
@@ -318,7 +323,14 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         ))
         .register_handler(files::PurgeTenantObjects::new(storage))
         .register_handler(crate::subscriptions::ProcessEvent::new(state.clone()))
-        .register_handler(crate::subscriptions::Reconcile::new(state.clone())))
+        .register_handler(crate::subscriptions::Reconcile::new(state.clone()));
+    // A kind that code can enqueue and no worker runs would fail only when it is enqueued.
+    let unregistered = registry.unregistered();
+    anyhow::ensure!(
+        unregistered.is_empty(),
+        "no handler is registered for the job kinds {unregistered:?}"
+    );
+    Ok(registry)
 }
 
 /// The object store of `settings` (no request is made until the first use).

@@ -2,7 +2,7 @@
 //! in development), templates rendered with the tenant's display name, and the
 //! [`SendEmail`] job handler. Email is always sent from a job, never on the request path.
 //!
-//! * A message whose values are not secret is enqueued with [`send_email_job`]: its
+//! * A message whose values are not secret is enqueued as a [`SendEmail`] job: its
 //!   recipient and values are the job's payload, which operators can read.
 //! * A message that carries a secret (a verification, reset or invitation link) is never
 //!   a payload. Its job names only whom and what (a user id, a purpose); the handler mints
@@ -15,7 +15,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use jobs::{JobContext, JobHandler, NewJob};
+use jobs::{Job, JobContext};
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{
@@ -26,10 +26,6 @@ use lettre::{
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tenancy::BoxFuture;
-
-/// Job kind of [`SendEmail`].
-pub const SEND_EMAIL: &str = "email.send";
 
 /// What can go wrong building a mailer or a message.
 #[derive(Debug, thiserror::Error)]
@@ -326,9 +322,11 @@ pub fn is_valid_address(address: &str) -> bool {
     address.len() <= 254 && address.parse::<lettre::Address>().is_ok()
 }
 
-/// Payload of a [`SEND_EMAIL`] job.
+/// A job that sends `template` to `to` (for the tenant of the transaction it is enqueued
+/// in). The payload is visible to operators: never put a secret in `vars` (mint it in a job
+/// of your own and use [`Mailer::send_from_job`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EmailPayload {
+pub struct SendEmail {
     /// Recipient address.
     pub to: String,
     /// Which message.
@@ -338,54 +336,16 @@ pub struct EmailPayload {
     pub vars: serde_json::Map<String, Value>,
 }
 
-/// A job that sends `template` to `to` (for the tenant of the transaction it is enqueued in).
-/// The payload is visible to operators: never put a secret in `vars` (mint it in a job of
-/// your own and use [`Mailer::send_from_job`]).
-pub fn send_email_job(
-    to: &str,
-    template: Template,
-    vars: serde_json::Map<String, Value>,
-) -> NewJob {
-    let payload = EmailPayload {
-        to: to.to_owned(),
-        template,
-        vars,
-    };
-    NewJob::new(
-        SEND_EMAIL,
-        serde_json::to_value(payload).unwrap_or_default(),
-    )
-    .max_attempts(8)
-}
+jobs::declare_job!(SendEmail = "email.send");
 
-/// Sends [`SEND_EMAIL`] jobs, rendering templates with the tenant's display name.
-pub struct SendEmail {
-    mailer: Mailer,
-}
+impl Job for SendEmail {
+    const MAX_ATTEMPTS: i32 = 8;
+    type Deps = Mailer;
 
-impl SendEmail {
-    /// A handler sending through `mailer`.
-    pub fn new(mailer: Mailer) -> Self {
-        Self { mailer }
-    }
-}
-
-impl JobHandler for SendEmail {
-    fn kind(&self) -> &'static str {
-        SEND_EMAIL
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a mut JobContext,
-        payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let payload: EmailPayload = serde_json::from_value(payload)?;
-            self.mailer
-                .send_from_job(ctx, &payload.to, payload.template, payload.vars)
-                .await
-        })
+    async fn run(self, ctx: &mut JobContext, mailer: &Mailer) -> anyhow::Result<()> {
+        mailer
+            .send_from_job(ctx, &self.to, self.template, self.vars)
+            .await
     }
 }
 

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use email::{Mailer, Template};
-use jobs::{JobContext, JobHandler, NewJob};
+use jobs::{Job, JobContext};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, Row, postgres::PgRow};
-use tenancy::BoxFuture;
 use url::Url;
 use uuid::Uuid;
 
@@ -85,7 +84,7 @@ pub struct NewInvitation<'a> {
 
 /// Invites `new.email`, or refreshes the open invitation of that address (its roles,
 /// inviter and lifetime are replaced, and its current link is void). Returns the
-/// invitation and whether it is new. Enqueue [`invitation_email_job`] after it.
+/// invitation and whether it is new. Enqueue an [`InvitationEmail`] after it.
 pub async fn invite(
     conn: &mut PgConnection,
     new: NewInvitation<'_>,
@@ -160,7 +159,7 @@ pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<Option<Invitati
 }
 
 /// Prepares a resend of the open invitation `id`: its current link is void at once and its
-/// lifetime starts again. Enqueue [`invitation_email_job`] after it. `None` if there is
+/// lifetime starts again. Enqueue an [`InvitationEmail`] after it. `None` if there is
 /// no such open invitation.
 pub async fn renew(
     conn: &mut PgConnection,
@@ -233,29 +232,18 @@ pub async fn record_acceptance(
     Ok(())
 }
 
-/// Job kind of [`InvitationEmails`].
-pub const INVITATION_EMAIL: &str = "auth.invitation_email";
-
-/// Payload of [`INVITATION_EMAIL`]: the invitation, nothing secret (the job's tenant is
-/// the job row's).
+/// The job that emails an invitation a fresh link (enqueue it in the tenant's transaction):
+/// it mints the token, renders the invitation and sends it. Its payload names the
+/// invitation, nothing secret (the job's tenant is the job row's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InvitationEmailPayload {
+pub struct InvitationEmail {
     /// The invitation to email.
     pub invitation_id: Uuid,
 }
 
-/// The job that emails invitation `id` a fresh link (enqueue it in the tenant's
-/// transaction).
-pub fn invitation_email_job(id: Uuid) -> NewJob {
-    let payload = InvitationEmailPayload { invitation_id: id };
-    NewJob::new(
-        INVITATION_EMAIL,
-        serde_json::to_value(payload).unwrap_or_default(),
-    )
-    .max_attempts(8)
-}
+jobs::declare_job!(InvitationEmail = "auth.invitation_email");
 
-/// Sends [`INVITATION_EMAIL`] jobs: mints the token, renders the invitation and sends it.
+/// What [`InvitationEmail`] jobs send with.
 pub struct InvitationEmails {
     mailer: Mailer,
     public_url: Url,
@@ -268,49 +256,41 @@ impl InvitationEmails {
     }
 }
 
-impl JobHandler for InvitationEmails {
-    fn kind(&self) -> &'static str {
-        INVITATION_EMAIL
-    }
+impl Job for InvitationEmail {
+    const MAX_ATTEMPTS: i32 = 8;
+    type Deps = InvitationEmails;
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a mut JobContext,
-        payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let payload: InvitationEmailPayload = serde_json::from_value(payload)?;
-            let tx = ctx.tenant_tx()?;
-            let Some((invitation, token)) = mint_token(tx, payload.invitation_id).await? else {
-                tracing::info!("invitation no longer open; nothing sent");
-                return Ok(());
-            };
-            let inviter = match invitation.invited_by {
-                Some(id) => user_by_id(tx, id).await?.map(|u| u.name),
-                None => None,
-            };
-            let left = (invitation.expires_at - Utc::now())
-                .to_std()
-                .unwrap_or_default();
-            // Whole minutes: "6days 23h 59m 59s 870ms" reads badly in an email.
-            let left = Duration::from_secs(left.as_secs().div_ceil(60) * 60);
-            let mut vars = serde_json::Map::new();
-            vars.insert("inviter_name".into(), serde_json::json!(inviter));
-            vars.insert(
-                "link".into(),
-                Value::String(token.link(&self.public_url, "/accept-invitation")),
-            );
-            vars.insert(
-                "expires_in".into(),
-                Value::String(humantime::format_duration(left).to_string()),
-            );
-            // Sent before the worker commits the token's hash: should that commit fail, this
-            // link never works and the retry mints and sends another (at least once).
-            self.mailer
-                .send_from_job(ctx, &invitation.email, Template::Invitation, vars)
-                .await?;
-            tracing::info!(invitation_id = %invitation.id, "invitation sent");
-            Ok(())
-        })
+    async fn run(self, ctx: &mut JobContext, deps: &InvitationEmails) -> anyhow::Result<()> {
+        let tx = ctx.tenant_tx()?;
+        let Some((invitation, token)) = mint_token(tx, self.invitation_id).await? else {
+            tracing::info!("invitation no longer open; nothing sent");
+            return Ok(());
+        };
+        let inviter = match invitation.invited_by {
+            Some(id) => user_by_id(tx, id).await?.map(|u| u.name),
+            None => None,
+        };
+        let left = (invitation.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        // Whole minutes: "6days 23h 59m 59s 870ms" reads badly in an email.
+        let left = Duration::from_secs(left.as_secs().div_ceil(60) * 60);
+        let mut vars = serde_json::Map::new();
+        vars.insert("inviter_name".into(), serde_json::json!(inviter));
+        vars.insert(
+            "link".into(),
+            Value::String(token.link(&deps.public_url, "/accept-invitation")),
+        );
+        vars.insert(
+            "expires_in".into(),
+            Value::String(humantime::format_duration(left).to_string()),
+        );
+        // Sent before the worker commits the token's hash: should that commit fail, this
+        // link never works and the retry mints and sends another (at least once).
+        deps.mailer
+            .send_from_job(ctx, &invitation.email, Template::Invitation, vars)
+            .await?;
+        tracing::info!(invitation_id = %invitation.id, "invitation sent");
+        Ok(())
     }
 }

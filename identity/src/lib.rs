@@ -1,12 +1,13 @@
 //! Canopy's identity core, free of HTTP: password policy and hashing ([`password`]),
 //! access tokens and their signing keys ([`jwt`]), opaque client secrets ([`secret`]),
 //! email addresses and their one normalized key ([`email`]), the per-tenant identity
-//! tables ([`store`]), who may join a tenant ([`membership`]) and invitations with their
-//! email job ([`invitations`]). The API crate wires these into endpoints.
+//! tables ([`store`]), who may join a tenant ([`membership`]), invitations with their
+//! email job ([`invitations`]) and the verification and reset emails ([`link_emails`]). The API crate wires these into endpoints.
 
 pub mod email;
 pub mod invitations;
 pub mod jwt;
+pub mod link_emails;
 pub mod membership;
 pub mod password;
 pub mod secret;

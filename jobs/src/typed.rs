@@ -24,8 +24,9 @@ pub struct DeclaredKind(pub &'static str);
 
 inventory::collect!(DeclaredKind);
 
-/// A type's kind. Implemented only by [`declare_job!`](crate::declare_job), which also
-/// records the kind in [`declared_kinds`]; do not implement it by hand.
+/// A type's kind. Implemented by [`declare_job!`](crate::declare_job), which also records
+/// the kind in [`declared_kinds`]; implement it by hand only for a kind that no production
+/// registry runs (a test's own jobs).
 pub trait JobKind {
     /// Stored in `public.jobs.kind`; stable across releases (queued jobs outlive a deploy).
     const KIND: &'static str;
@@ -163,5 +164,58 @@ impl Registry {
 
     pub(crate) fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(kind).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Registered {}
+
+    #[derive(Serialize, Deserialize)]
+    struct Forgotten {
+        n: u32,
+    }
+
+    crate::declare_job!(Registered = "test.registered");
+    crate::declare_job!(Forgotten = "test.forgotten");
+
+    impl Job for Registered {
+        type Deps = ();
+
+        async fn run(self, _: &mut JobContext, _: &()) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Job for Forgotten {
+        const MAX_ATTEMPTS: i32 = 3;
+        type Deps = ();
+
+        async fn run(self, _: &mut JobContext, _: &()) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_declared_kind_without_a_handler_is_named() {
+        assert_eq!(declared_kinds(), ["test.forgotten", "test.registered"]);
+        let registry = Registry::new().register::<Registered>(());
+        assert!(registry.handles("test.registered"));
+        assert_eq!(registry.unregistered(), ["test.forgotten"]);
+        let registry = registry.register::<Forgotten>(());
+        assert!(registry.unregistered().is_empty());
+    }
+
+    #[test]
+    fn a_typed_job_carries_its_kind_payload_and_attempts() {
+        let job = Forgotten { n: 7 }.to_job().expect("serializes");
+        assert_eq!(job.kind, "test.forgotten");
+        assert_eq!(job.payload, serde_json::json!({ "n": 7 }));
+        assert_eq!(job.max_attempts, 3);
     }
 }

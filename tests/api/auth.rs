@@ -8,6 +8,7 @@ use e2e::{
     spawn_app,
 };
 use futures_util::future::join_all;
+use jobs::Job;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -1078,7 +1079,13 @@ async fn the_admin_job_view_redacts_secret_fields_of_any_payload() {
     let mut conn = app.state.db.pool().acquire().await.unwrap();
     let id = jobs::enqueue(
         &mut conn,
-        email::send_email_job("ada@example.com", email::Template::Verification, vars),
+        email::SendEmail {
+            to: "ada@example.com".into(),
+            template: email::Template::Verification,
+            vars,
+        }
+        .to_job()
+        .unwrap(),
     )
     .await
     .unwrap();

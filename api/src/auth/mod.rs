@@ -1,9 +1,8 @@
 //! Authentication and authorization of tenant users: the bearer-token security scheme
 //! ([`UserAuth`]), the permission check built on it ([`permissions::Authorized`]), the
 //! revocation list it consults ([`revocation`]), the Redis throttles of login and recovery
-//! ([`throttle`]), and the identity jobs (verification and reset emails, [`jobs`]).
+//! ([`throttle`]).
 
-pub mod jobs;
 pub mod permissions;
 pub mod revocation;
 pub mod throttle;

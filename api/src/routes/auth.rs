@@ -5,9 +5,12 @@ use std::{sync::Mutex, time::Duration};
 
 use chrono::{DateTime, Utc};
 use identity::{
-    ClientInfo, Email, OpaqueToken, User, UserStatus, Verified, membership,
+    ClientInfo, Email, OpaqueToken, User, UserStatus, Verified,
+    link_emails::{self, LinkEmail, LinkPurpose, PasswordResetRequested, VerificationRequested},
+    membership,
     store::{self, AuditEvent, LockoutPolicy, NewUser, RefreshOutcome, Session, TokenPurpose},
 };
+use jobs::{Job, NewJob};
 use poem::{Request, web::Data};
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 use rbac::{SystemRole, store::RegistrationRole};
@@ -20,10 +23,6 @@ use crate::{
     AppState,
     auth::{
         UserAuth, client_info,
-        jobs::{
-            LinkPurpose, PASSWORD_RESET_REQUESTED, VERIFICATION_REQUESTED, link_job, request_job,
-            send_notice,
-        },
         throttle::{self, Counter},
     },
     error::{ApiError, ApiResult, ErrorCode, FieldError},
@@ -418,8 +417,7 @@ impl AuthApi {
         match existing {
             Some(user) => {
                 send_notice(&mut tx, &user, "Someone tried to register a new account with your email address. If it was you, log in instead, or reset your password if you forgot it.")
-                    .await
-                    .map_err(ApiError::internal)?;
+                    .await?;
             }
             // The tenant's policy does not admit this address: nothing is made, and the
             // answer is the one a taken address gets.
@@ -439,7 +437,15 @@ impl AuthApi {
                 .await?;
                 grant_registration_role(&mut tx, user.id, registration.role_id).await?;
                 // The job mints the link when it sends it: no payload holds a secret.
-                jobs::enqueue(&mut tx, link_job(user.id, LinkPurpose::VerifyEmail)).await?;
+                jobs::enqueue(
+                    &mut tx,
+                    LinkEmail {
+                        user_id: user.id,
+                        purpose: LinkPurpose::VerifyEmail,
+                    }
+                    .to_job()?,
+                )
+                .await?;
                 audit(
                     &mut tx,
                     "user.registered",
@@ -519,7 +525,8 @@ impl AuthApi {
         body: JsonBody<EmailRequest>,
     ) -> ApiResult<AcceptedResponse> {
         recovery_throttle(&state, request, &tenant).await?;
-        enqueue_request(&state, &tenant, VERIFICATION_REQUESTED, &body.0.email).await?;
+        let email = body.0.email.trim().to_owned();
+        enqueue_request(&state, &tenant, VerificationRequested { email }.to_job()?).await?;
         Ok(accepted(
             "If a pending account has this address, a new verification link is on its way.",
         ))
@@ -866,7 +873,8 @@ impl AuthApi {
         body: JsonBody<EmailRequest>,
     ) -> ApiResult<AcceptedResponse> {
         recovery_throttle(&state, request, &tenant).await?;
-        enqueue_request(&state, &tenant, PASSWORD_RESET_REQUESTED, &body.0.email).await?;
+        let email = body.0.email.trim().to_owned();
+        enqueue_request(&state, &tenant, PasswordResetRequested { email }.to_job()?).await?;
         Ok(accepted(
             "If an account has this address, a password reset link is on its way.",
         ))
@@ -922,8 +930,7 @@ impl AuthApi {
                 &user,
                 "Your password was reset, and every device was logged out.",
             )
-            .await
-            .map_err(ApiError::internal)?;
+            .await?;
         }
         tx.commit().await?;
         state.revocations.revoke_sessions(tenant_id, &ended).await;
@@ -1005,8 +1012,7 @@ impl AuthApi {
                 &user,
                 "Your password was changed, and your other devices were logged out.",
             )
-            .await
-            .map_err(ApiError::internal)?;
+            .await?;
         }
         tx.commit().await?;
         state.revocations.revoke_sessions(tenant_id, &ended).await;
@@ -1079,7 +1085,11 @@ impl TenantSeed for OwnerSeed {
                 store::create_session(tx, user.id, &self.client, self.refresh_ttl)
                     .await
                     .map_err(|e| failed(e.into()))?;
-            jobs::enqueue(tx, link_job(user.id, LinkPurpose::VerifyEmail))
+            let link = LinkEmail {
+                user_id: user.id,
+                purpose: LinkPurpose::VerifyEmail,
+            };
+            jobs::enqueue(tx, link.to_job().map_err(|e| failed(e.into()))?)
                 .await
                 .map_err(|e| failed(e.into()))?;
             audit(
@@ -1194,15 +1204,16 @@ pub(crate) async fn recovery_throttle(
 }
 
 /// Enqueues an email request job: the same work whether or not the account exists.
-async fn enqueue_request(
-    state: &AppState,
-    tenant: &CurrentTenant,
-    kind: &'static str,
-    email: &str,
-) -> ApiResult<()> {
+async fn enqueue_request(state: &AppState, tenant: &CurrentTenant, job: NewJob) -> ApiResult<()> {
     let mut tx = state.tenant_db.begin(tenant.0.id).await?;
-    jobs::enqueue(&mut tx, request_job(kind, email.trim())).await?;
+    jobs::enqueue(&mut tx, job).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Enqueues a security notice ("your password was changed", …) to `user` in `tx`.
+async fn send_notice(tx: &mut TenantTx, user: &User, event: &str) -> ApiResult<()> {
+    jobs::enqueue(tx, link_emails::notice(user, event)?).await?;
     Ok(())
 }
 

@@ -10,9 +10,10 @@
 use chrono::{DateTime, Utc};
 use identity::{
     Email, Invitation, OpaqueToken, UserStatus,
-    invitations::{self, MAX_ROLES, NewInvitation, invitation_email_job},
+    invitations::{self, InvitationEmail, MAX_ROLES, NewInvitation},
     store::{self, NewUser},
 };
+use jobs::Job;
 use poem::{Request, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
@@ -250,7 +251,10 @@ impl InvitationsApi {
             state.settings.auth.invitation_ttl,
         )
         .await?;
-        jobs::enqueue(&mut tx, invitation_email_job(invitation.id)).await?;
+        let email = InvitationEmail {
+            invitation_id: invitation.id,
+        };
+        jobs::enqueue(&mut tx, email.to_job()?).await?;
         let view = InvitationView::new(&invitation, &all_roles);
         audit(
             &mut tx,
@@ -388,7 +392,10 @@ impl InvitationsApi {
             .await?
             .ok_or_else(invitation_not_found)?;
         ensure_may_handle(held, &all_roles, &invitation)?;
-        jobs::enqueue(&mut tx, invitation_email_job(invitation.id)).await?;
+        let email = InvitationEmail {
+            invitation_id: invitation.id,
+        };
+        jobs::enqueue(&mut tx, email.to_job()?).await?;
         audit(
             &mut tx,
             "invitation.resent",
