@@ -319,7 +319,7 @@ impl ApiError {
             );
         }
         if let Some(ReadBodyError::Io(io)) = err.downcast_ref::<ReadBodyError>() {
-            if let Some(exceeded) = find_in_chain::<crate::middleware::BodyLimitExceeded>(io) {
+            if let Some(exceeded) = find_in_chain::<BodyLimitExceeded>(io) {
                 return Self::new(
                     ErrorCode::PayloadTooLarge,
                     format!(
@@ -542,6 +542,15 @@ fn capitalize(s: &str) -> String {
         .next()
         .map(|c| c.to_uppercase().chain(chars).collect())
         .unwrap_or_default()
+}
+
+/// Marker carried by the I/O error a body stream yields once it passes the limit, so the
+/// error mapper answers 413 rather than 400.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyLimitExceeded {
+    /// The limit that was crossed.
+    pub limit: u64,
 }
 
 /// Result type of handlers.

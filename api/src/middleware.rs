@@ -4,8 +4,8 @@
 //! 2. [`Observe`]: request id, the request's tracing span, metrics, panic catching, and the
 //!    translation of every error into problem+json;
 //! 3. CORS, when origins are configured;
-//! 4. [`Timeout`] and [`BodyLimit`] (except for file uploads, which stream under the plan's
-//!    limit: see `routes::files`);
+//! 4. [`Timeout`] and [`BodyLimit`] (except for the requests start-up exempts: file
+//!    uploads, which stream under the plan's limit, see `routes::files`);
 //! 5. [`crate::rate_limit::RateLimit`]: the client address, and the per-IP limits. The
 //!    per-user and per-tenant limits need the user, so on authenticated routes they are
 //!    judged by authentication, in the Redis round trip it makes anyway (one per request
@@ -28,7 +28,7 @@ use poem::{
 use tracing::{Instrument, field::Empty};
 
 use crate::{
-    error::{ApiError, ErrorCode},
+    error::{ApiError, BodyLimitExceeded, ErrorCode},
     metrics::Metrics,
     rate_limit::ResponseHeaders,
 };
@@ -232,9 +232,37 @@ impl<E: Endpoint> Endpoint for SecurityHeadersEndpoint<E> {
     }
 }
 
+/// Requests that [`Timeout`] and [`BodyLimit`] leave alone: uploads, which stream for as
+/// long as the client sends under limits of their own (see `routes::files`). Start-up says
+/// which they are, so the pipeline needs no knowledge of the routes.
+pub type Exempt = fn(&Request) -> bool;
+
+fn nothing_exempt(_: &Request) -> bool {
+    false
+}
+
 /// Abandons requests that run longer than the configured deadline (503
 /// `request_timeout`). Dropping the handler's future rolls back its open transaction.
-pub struct Timeout(pub Duration);
+pub struct Timeout {
+    limit: Duration,
+    exempt: Exempt,
+}
+
+impl Timeout {
+    /// Every request ends within `limit`.
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            exempt: nothing_exempt,
+        }
+    }
+
+    /// Except those `exempt` picks.
+    pub fn except(mut self, exempt: Exempt) -> Self {
+        self.exempt = exempt;
+        self
+    }
+}
 
 impl<E: Endpoint> Middleware<E> for Timeout {
     type Output = TimeoutEndpoint<E>;
@@ -242,7 +270,8 @@ impl<E: Endpoint> Middleware<E> for Timeout {
     fn transform(&self, inner: E) -> Self::Output {
         TimeoutEndpoint {
             inner,
-            limit: self.0,
+            limit: self.limit,
+            exempt: self.exempt,
         }
     }
 }
@@ -251,13 +280,14 @@ impl<E: Endpoint> Middleware<E> for Timeout {
 pub struct TimeoutEndpoint<E> {
     inner: E,
     limit: Duration,
+    exempt: Exempt,
 }
 
 impl<E: Endpoint> Endpoint for TimeoutEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        if crate::routes::files::is_upload(&req) {
+        if (self.exempt)(&req) {
             // Streams for as long as the client sends; stalls are cut off by the endpoint.
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
@@ -275,18 +305,28 @@ impl<E: Endpoint> Endpoint for TimeoutEndpoint<E> {
     }
 }
 
-/// Marker carried by the I/O error a body stream yields once it passes the limit, so the
-/// error mapper answers 413 rather than 400.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyLimitExceeded {
-    /// The limit that was crossed.
-    pub limit: u64,
-}
-
 /// Caps request bodies: at once from `Content-Length`, and while streaming for bodies that
 /// do not announce their length.
-pub struct BodyLimit(pub u64);
+pub struct BodyLimit {
+    limit: u64,
+    exempt: Exempt,
+}
+
+impl BodyLimit {
+    /// No body is larger than `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            exempt: nothing_exempt,
+        }
+    }
+
+    /// Except those of the requests `exempt` picks.
+    pub fn except(mut self, exempt: Exempt) -> Self {
+        self.exempt = exempt;
+        self
+    }
+}
 
 impl<E: Endpoint> Middleware<E> for BodyLimit {
     type Output = BodyLimitEndpoint<E>;
@@ -294,7 +334,8 @@ impl<E: Endpoint> Middleware<E> for BodyLimit {
     fn transform(&self, inner: E) -> Self::Output {
         BodyLimitEndpoint {
             inner,
-            limit: self.0,
+            limit: self.limit,
+            exempt: self.exempt,
         }
     }
 }
@@ -303,13 +344,14 @@ impl<E: Endpoint> Middleware<E> for BodyLimit {
 pub struct BodyLimitEndpoint<E> {
     inner: E,
     limit: u64,
+    exempt: Exempt,
 }
 
 impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     type Output = E::Output;
 
     async fn call(&self, mut req: Request) -> poem::Result<E::Output> {
-        if crate::routes::files::is_upload(&req) {
+        if (self.exempt)(&req) {
             // Limited by the tenant's plan, in the endpoint.
             return self.inner.call(req).await;
         }
@@ -337,5 +379,162 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         });
         req.set_body(Body::from_bytes_stream(stream));
         self.inner.call(req).await
+    }
+}
+
+/// The methods each route supports, for the `Allow` header every 405 carries (RFC 9110
+/// §15.5.6). Start-up fills it from the OpenAPI document and the routes outside it.
+#[derive(Debug, Default)]
+pub struct AllowedMethods {
+    routes: Vec<(Vec<Segment>, HeaderValue)>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Segment {
+    Literal(String),
+    Parameter,
+}
+
+impl AllowedMethods {
+    /// Every path of an OpenAPI document with the operations it declares.
+    pub fn from_openapi(doc: &serde_json::Value) -> Self {
+        let mut allowed = Self::default();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            let methods: Vec<String> = item
+                .as_object()
+                .into_iter()
+                .flat_map(|ops| ops.keys())
+                .filter(|key| {
+                    matches!(
+                        key.as_str(),
+                        "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+                    )
+                })
+                .map(|method| method.to_ascii_uppercase())
+                .collect();
+            allowed.add(path, &methods);
+        }
+        allowed
+    }
+
+    /// `template` (`/a/{id}` or `/a/:id`) supports `methods` (and `HEAD`, where it has
+    /// `GET`: the router answers it).
+    pub fn add(&mut self, template: &str, methods: &[impl AsRef<str>]) {
+        let mut methods: Vec<&str> = methods.iter().map(AsRef::as_ref).collect();
+        if methods.contains(&"GET") && !methods.contains(&"HEAD") {
+            methods.push("HEAD");
+        }
+        methods.sort_unstable();
+        let segments = template
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if s.starts_with(':') || (s.starts_with('{') && s.ends_with('}')) {
+                    Segment::Parameter
+                } else {
+                    Segment::Literal(s.to_owned())
+                }
+            })
+            .collect();
+        if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+            self.routes.push((segments, value));
+        }
+    }
+
+    /// The `Allow` value of the route the router picks for `path`: where several
+    /// templates match, literal segments win over parameters, as in the router.
+    fn of(&self, path: &str) -> Option<&HeaderValue> {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        self.routes
+            .iter()
+            .filter(|(template, _)| {
+                template.len() == segments.len()
+                    && template.iter().zip(&segments).all(|(t, s)| match t {
+                        Segment::Literal(literal) => literal == s,
+                        Segment::Parameter => true,
+                    })
+            })
+            // `Literal` orders before `Parameter`: the most literal template first.
+            .min_by(|(a, _), (b, _)| {
+                let rank = |t: &[Segment]| -> Vec<bool> {
+                    t.iter().map(|s| *s == Segment::Parameter).collect()
+                };
+                rank(a).cmp(&rank(b))
+            })
+            .map(|(_, value)| value)
+    }
+}
+
+/// Adds `Allow` to the 405s of the routes it wraps.
+pub struct Allow(pub Arc<AllowedMethods>);
+
+impl<E: Endpoint> Middleware<E> for Allow {
+    type Output = AllowEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        AllowEndpoint {
+            inner,
+            allowed: self.0.clone(),
+        }
+    }
+}
+
+/// Endpoint produced by [`Allow`].
+pub struct AllowEndpoint<E> {
+    inner: E,
+    allowed: Arc<AllowedMethods>,
+}
+
+impl<E: Endpoint> Endpoint for AllowEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let path = req.uri().path().to_owned();
+        match self.inner.call(req).await {
+            Ok(output) => Ok(output.into_response()),
+            Err(err) if err.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED => {
+                let Some(allow) = self.allowed.of(&path) else {
+                    return Err(err);
+                };
+                let pattern = err.data::<PathPattern>().cloned();
+                let mut err: poem::Error = ApiError::from_poem(err)
+                    .with_header(header::ALLOW, allow.clone())
+                    .into();
+                if let Some(pattern) = pattern {
+                    err.set_data(pattern);
+                }
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_most_literal_template_names_the_allowed_methods() {
+        let mut allowed = AllowedMethods::from_openapi(&json!({
+            "paths": {
+                "/v1/users/{id}": {"get": {}, "patch": {}, "parameters": []},
+                "/v1/users/me": {"get": {}},
+                "/v1/users": {"post": {}, "get": {}},
+            }
+        }));
+        allowed.add("/problems/:code", &["GET"]);
+        let of = |path| {
+            allowed
+                .of(path)
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+        };
+        assert_eq!(of("/v1/users/me").as_deref(), Some("GET, HEAD"));
+        assert_eq!(of("/v1/users/42").as_deref(), Some("GET, HEAD, PATCH"));
+        assert_eq!(of("/v1/users").as_deref(), Some("GET, HEAD, POST"));
+        assert_eq!(of("/problems/not_found").as_deref(), Some("GET, HEAD"));
+        assert_eq!(of("/v1/users/42/sessions"), None);
     }
 }

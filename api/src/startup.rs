@@ -18,7 +18,7 @@ use crate::{
     auth::{permissions::Permissions, revocation::Revocations},
     files::jobs as files,
     metrics::Metrics,
-    middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
+    middleware::{Allow, AllowedMethods, BodyLimit, Observe, SecurityHeaders, Timeout},
     rate_limit::{RateLimit, RateLimiter},
     routes,
     settings::Settings,
@@ -456,6 +456,12 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
     // Swagger UI embeds the document; it gets the processed one (see `openapi_json`).
     let spec = routes::openapi_json();
     let docs = api.swagger_ui_html().replace(&api.spec(), &spec);
+    let mut allowed = serde_json::from_str(&spec)
+        .map(|doc| AllowedMethods::from_openapi(&doc))
+        .unwrap_or_default();
+    for path in ["/docs", "/openapi.json", "/problems/:code"] {
+        allowed.add(path, &["GET"]);
+    }
     let mut route = Route::new()
         .nest("/", api)
         .nest(
@@ -486,12 +492,13 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
             .max_age(600)
     });
     route
+        .with(Allow(Arc::new(allowed)))
         .with(RateLimit::new(
             state.rate_limiter.clone(),
             http.trusted_proxies.clone(),
         ))
-        .with(BodyLimit(http.body_limit))
-        .with(Timeout(http.request_timeout))
+        .with(BodyLimit::new(http.body_limit).except(routes::files::is_upload))
+        .with(Timeout::new(http.request_timeout).except(routes::files::is_upload))
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
         .with(Observe::new(state.metrics.clone()))
         // Outside `Observe`, so that error responses it renders get the headers too.

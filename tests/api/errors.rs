@@ -18,7 +18,66 @@ async fn wrong_method_is_405() {
         .send()
         .await
         .expect("request");
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
     assert_problem(response, 405, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn every_405_names_the_methods_its_path_allows() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.expect("json");
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let mut methods: Vec<String> = item
+            .as_object()
+            .expect("path item")
+            .keys()
+            .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
+            .map(|k| k.to_ascii_uppercase())
+            .collect();
+        let Some(missing) = ["PUT", "PATCH", "DELETE", "POST"]
+            .into_iter()
+            .find(|m| !methods.iter().any(|have| have == m))
+        else {
+            continue;
+        };
+        if methods.iter().any(|m| m == "GET") {
+            methods.push("HEAD".into());
+        }
+        methods.sort();
+        let concrete = path
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') {
+                    "01890000-0000-7000-8000-000000000000"
+                } else {
+                    s
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let response = app
+            .request(
+                Method::from_bytes(missing.as_bytes()).expect("method"),
+                &concrete,
+            )
+            .header("x-tenant", "acme")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 405, "{missing} {path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some(methods.join(", ").as_str()),
+            "{missing} {path}"
+        );
+        assert_problem(response, 405, "method_not_allowed").await;
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} paths checked");
 }
 
 #[tokio::test]
