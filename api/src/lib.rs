@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod payload;
 pub mod rate_limit;
+pub mod redis;
 pub mod routes;
 pub mod settings;
 pub mod startup;

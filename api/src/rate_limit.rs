@@ -57,8 +57,8 @@ use crate::{
     client_ip::{ClientIp, TrustedProxies, client_key},
     error::{ApiError, ErrorCode},
     metrics::Metrics,
+    redis::{RedisError, RedisPool, mget, with_redis},
     settings::RateLimitSettings,
-    state::RedisPool,
 };
 
 /// GCRA over `KEYS[1..n]`, then `MGET` of the remaining keys.
@@ -380,18 +380,18 @@ impl RateLimiter {
         &self,
         limits: &[Limit],
         lookups: &[String],
-    ) -> Result<(Verdict, Vec<Option<String>>), String> {
+    ) -> Result<(Verdict, Vec<Option<String>>), RedisError> {
         if limits.is_empty() {
             let values = if lookups.is_empty() {
                 Vec::new()
             } else {
-                crate::auth::mget(&self.redis, lookups).await?
+                mget(&self.redis, lookups).await?
             };
             return Ok((Verdict::Allowed(None), values));
         }
         let now = self.millis();
         if now < self.skip_redis_until.load(Ordering::Relaxed) {
-            return Err("Redis failed a moment ago".to_owned());
+            return Err(RedisError::BackingOff);
         }
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(limits.len());
@@ -406,7 +406,7 @@ impl RateLimiter {
                 .arg(limit.count.max(1))
                 .arg(u64::try_from(limit.period.as_micros()).unwrap_or(u64::MAX));
         }
-        let reply = crate::auth::with_redis(&self.redis, |mut conn| async move {
+        let reply = with_redis(&self.redis, |mut conn| async move {
             invocation
                 .invoke_async::<(Vec<i64>, Vec<Option<String>>)>(&mut *conn)
                 .await
@@ -421,12 +421,18 @@ impl RateLimiter {
             }
         };
         let [allowed, report, remaining, reset, retry] = figures[..] else {
-            return Err(format!("the rate-limit script answered {figures:?}"));
+            return Err(RedisError::UnexpectedReply(format!(
+                "the rate-limit script answered {figures:?}"
+            )));
         };
         let limit = usize::try_from(report - 1)
             .ok()
             .and_then(|i| limits.get(i))
-            .ok_or_else(|| format!("the rate-limit script reported limit {report}"))?;
+            .ok_or_else(|| {
+                RedisError::UnexpectedReply(format!(
+                    "the rate-limit script reported limit {report}"
+                ))
+            })?;
         let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
         let quota = Quota {
             limit: limit.count,
@@ -548,12 +554,18 @@ fn user_routes(document: &str) -> Route {
 pub struct RateLimit {
     limiter: Arc<RateLimiter>,
     proxies: TrustedProxies,
+    user_routes: Arc<Route>,
 }
 
 impl RateLimit {
-    /// Judges with `limiter`; client addresses through `proxies`.
-    pub fn new(limiter: Arc<RateLimiter>, proxies: TrustedProxies) -> Self {
-        Self { limiter, proxies }
+    /// Judges with `limiter`; client addresses through `proxies`; which operations take
+    /// a user's token from the OpenAPI `document`.
+    pub fn new(limiter: Arc<RateLimiter>, proxies: TrustedProxies, document: &str) -> Self {
+        Self {
+            limiter,
+            proxies,
+            user_routes: Arc::new(user_routes(document)),
+        }
     }
 }
 
@@ -565,7 +577,7 @@ impl<E: Endpoint> Middleware<E> for RateLimit {
             inner,
             limiter: self.limiter.clone(),
             proxies: self.proxies.clone(),
-            user_routes: user_routes(&crate::routes::openapi_json()),
+            user_routes: self.user_routes.clone(),
         }
     }
 }
@@ -575,7 +587,7 @@ pub struct RateLimitEndpoint<E> {
     inner: E,
     limiter: Arc<RateLimiter>,
     proxies: TrustedProxies,
-    user_routes: Route,
+    user_routes: Arc<Route>,
 }
 
 impl<E> RateLimitEndpoint<E> {

@@ -462,6 +462,11 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
     for path in ["/docs", "/openapi.json", "/problems/:code"] {
         allowed.add(path, &["GET"]);
     }
+    let rate_limit = RateLimit::new(
+        state.rate_limiter.clone(),
+        http.trusted_proxies.clone(),
+        &spec,
+    );
     let mut route = Route::new()
         .nest("/", api)
         .nest(
@@ -493,10 +498,7 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
     });
     route
         .with(Allow(Arc::new(allowed)))
-        .with(RateLimit::new(
-            state.rate_limiter.clone(),
-            http.trusted_proxies.clone(),
-        ))
+        .with(rate_limit)
         .with(BodyLimit::new(http.body_limit).except(routes::files::is_upload))
         .with(Timeout::new(http.request_timeout).except(routes::files::is_upload))
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bb8_redis::RedisConnectionManager;
 use tenancy::{ControlDb, TenantDb};
 
 use identity::{AccessTokens, PasswordHasher};
@@ -11,12 +10,10 @@ use crate::{
     auth::{permissions::Permissions, revocation::Revocations},
     metrics::Metrics,
     rate_limit::RateLimiter,
+    redis::RedisPool,
     settings::Settings,
     tenant::TenantResolver,
 };
-
-/// A pool of multiplexed Redis connections.
-pub type RedisPool = bb8::Pool<RedisConnectionManager>;
 
 /// Shared state of one running app. Cheap to clone.
 #[derive(Clone)]

@@ -7,7 +7,7 @@ pub mod permissions;
 pub mod revocation;
 pub mod throttle;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use identity::{AccessClaims, ClientInfo, TokenError};
 use poem::Request;
@@ -23,7 +23,7 @@ use crate::{
     client_ip::ClientIp,
     error::{ApiError, ErrorCode},
     rate_limit::{RateLimiter, Verdict},
-    state::RedisPool,
+    redis::RedisError,
 };
 
 /// The user a request is authenticated as.
@@ -49,62 +49,6 @@ pub struct UserAuth(pub Principal);
 async fn check_access_token(request: &Request, bearer: Bearer) -> poem::Result<Principal> {
     let (principal, _) = authenticate_token(request, &bearer.token, false).await?;
     Ok(principal)
-}
-
-/// How long one Redis operation may take before the database is asked instead.
-pub(crate) const REDIS_BUDGET: Duration = Duration::from_millis(500);
-
-/// Runs one Redis operation within [`REDIS_BUDGET`]; any failure as text.
-pub(crate) async fn with_redis<'p, T, F, Fut>(redis: &'p RedisPool, op: F) -> Result<T, String>
-where
-    F: FnOnce(bb8::PooledConnection<'p, bb8_redis::RedisConnectionManager>) -> Fut,
-    Fut: Future<Output = redis::RedisResult<T>>,
-{
-    tokio::time::timeout(REDIS_BUDGET, async {
-        let conn = redis.get().await.map_err(|e| e.to_string())?;
-        op(conn).await.map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|_| Err("timed out".to_owned()))
-}
-
-/// `MGET keys` within [`REDIS_BUDGET`].
-pub(crate) async fn mget(
-    redis: &RedisPool,
-    keys: &[String],
-) -> Result<Vec<Option<String>>, String> {
-    with_redis(redis, |mut conn| async move {
-        redis::cmd("MGET")
-            .arg(keys)
-            .query_async::<Vec<Option<String>>>(&mut *conn)
-            .await
-    })
-    .await
-}
-
-/// Tries `attempt` again in the background (after 200 ms, doubling up to 10 s) until it
-/// succeeds or `retry_for` has passed: a Redis write that the database's truth depends on
-/// must not be lost to a blip. `what` names it in the log.
-pub(crate) fn retry_in_background<F, Fut>(retry_for: Duration, what: &'static str, attempt: F)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
-{
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + retry_for;
-        let mut delay = Duration::from_millis(200);
-        loop {
-            tokio::time::sleep(delay).await;
-            match attempt().await {
-                Ok(()) => return,
-                Err(error) if tokio::time::Instant::now() >= deadline => {
-                    tracing::error!(%error, "gave up {what}");
-                    return;
-                }
-                Err(_) => delay = (delay * 2).min(Duration::from_secs(10)),
-            }
-        }
-    });
 }
 
 /// Authenticates the bearer token of `request`, and with `with_permissions` also looks up
@@ -182,16 +126,15 @@ async fn authenticate_token(
         Err(error) if limits.is_empty() => (Verdict::Allowed(None), Err(error)),
         Err(error) => (state.rate_limiter.fallback(), Err(error)),
     };
+    let wrong_count =
+        RedisError::UnexpectedReply("MGET answered the wrong number of values".into());
     let (revocation, permission) = match &looked_up {
         Ok(values) if values.len() == keys.len() => {
             let (r, p) = values.split_at(3);
             (Ok(r), Ok(p))
         }
-        Ok(_) => {
-            let error = "MGET answered the wrong number of values";
-            (Err(error), Err(error))
-        }
-        Err(e) => (Err(e.as_str()), Err(e.as_str())),
+        Ok(_) => (Err(&wrong_count), Err(&wrong_count)),
+        Err(e) => (Err(e), Err(e)),
     };
     state
         .revocations

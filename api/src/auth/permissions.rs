@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Principal, UserAuth},
     error::{ApiError, ErrorCode},
-    state::RedisPool,
+    redis::{RedisError, RedisPool, mget, retry_in_background, with_redis},
 };
 
 /// A permission an endpoint requires, as a type (see [`perm`]).
@@ -213,9 +213,8 @@ impl Permissions {
     /// What `user` may do in `tenant`.
     pub async fn of(&self, tenant: TenantId, user: Uuid) -> Result<PermissionSet, ApiError> {
         let keys = Self::keys(tenant, user);
-        let looked_up = super::mget(&self.redis, &keys).await;
-        self.of_looked_up(tenant, user, looked_up.as_deref().map_err(String::as_str))
-            .await
+        let looked_up = mget(&self.redis, &keys).await;
+        self.of_looked_up(tenant, user, looked_up.as_deref()).await
     }
 
     /// The keys [`Self::of_looked_up`] needs, in order.
@@ -229,12 +228,12 @@ impl Permissions {
         &self,
         tenant: TenantId,
         user: Uuid,
-        looked_up: Result<&[Option<String>], &str>,
+        looked_up: Result<&[Option<String>], &RedisError>,
     ) -> Result<PermissionSet, ApiError> {
         let cached = match looked_up {
             Ok([generation, entry]) => Ok((generation.clone(), entry.clone())),
             Ok(other) => Err(format!("{} values for 2 keys", other.len())),
-            Err(error) => Err(error.to_owned()),
+            Err(error) => Err(error.to_string()),
         };
         let reachable = cached.is_ok();
         let generation = match cached {
@@ -262,7 +261,7 @@ impl Permissions {
             Some(generation) => {
                 let entry = format!("{generation} {}", granted.names().join(","));
                 let ttl = self.ttl.as_secs().max(1);
-                let stored = super::with_redis(&self.redis, |mut conn| async move {
+                let stored = with_redis(&self.redis, |mut conn| async move {
                     redis::cmd("SET")
                         .arg(user_key(tenant, user))
                         .arg(entry)
@@ -304,16 +303,20 @@ impl Permissions {
         };
         tracing::warn!(%error, %tenant, "permission cache invalidation failed; retrying in the background");
         let this = self.clone();
-        super::retry_in_background(self.ttl, "invalidating the permission cache", move || {
+        retry_in_background(self.ttl, "invalidating the permission cache", move || {
             let this = this.clone();
             async move { this.start_generation(tenant, false).await }
         });
     }
 
     /// Sets a fresh random generation (only when there is none, with `only_if_absent`).
-    async fn start_generation(&self, tenant: TenantId, only_if_absent: bool) -> Result<(), String> {
+    async fn start_generation(
+        &self,
+        tenant: TenantId,
+        only_if_absent: bool,
+    ) -> Result<(), RedisError> {
         let generation = Uuid::new_v4().simple().to_string();
-        super::with_redis(&self.redis, |mut conn| async move {
+        with_redis(&self.redis, |mut conn| async move {
             let mut cmd = redis::cmd("SET");
             // Expiring is safe (a new generation voids everything cached under the old)
             // and keeps a purged tenant from leaving its key behind forever.

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{ApiError, ErrorCode},
-    state::RedisPool,
+    redis::{RedisError, RedisPool, retry_in_background, with_redis},
 };
 
 /// Checks and maintains the revocation list.
@@ -84,7 +84,7 @@ impl Revocations {
         tenant: TenantId,
         user: Uuid,
         session: Uuid,
-        looked_up: Result<&[Option<String>], &str>,
+        looked_up: Result<&[Option<String>], &RedisError>,
     ) -> Result<(), ApiError> {
         match looked_up {
             Ok([Some(_), None, None]) => return Ok(()),
@@ -153,7 +153,7 @@ impl Revocations {
         };
         tracing::warn!(%error, "revocation list write failed; retrying in the background");
         let this = self.clone();
-        super::retry_in_background(
+        retry_in_background(
             self.retry_for,
             "writing to the revocation list",
             move || {
@@ -163,9 +163,9 @@ impl Revocations {
         );
     }
 
-    async fn try_write(&self, writes: &[Write]) -> Result<(), String> {
+    async fn try_write(&self, writes: &[Write]) -> Result<(), RedisError> {
         let ttl = self.ttl.as_secs().max(1);
-        super::with_redis(&self.redis, |mut conn| async move {
+        with_redis(&self.redis, |mut conn| async move {
             let mut pipe = redis::pipe();
             for write in writes {
                 match write {

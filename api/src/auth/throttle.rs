@@ -9,7 +9,7 @@ use tenancy::TenantId;
 use crate::{
     client_ip::client_key,
     error::{ApiError, ErrorCode},
-    state::RedisPool,
+    redis::RedisPool,
 };
 
 /// Which counter.
