@@ -357,6 +357,29 @@ setup_garage() {
 	fi
 }
 
+# --------------------------------------------------------- test tools ----
+
+# The OpenAPI validator the test suite runs over the document, pinned, in a venv of
+# its own under .local (nothing installed system-wide but Python itself).
+openapi_validator_version=0.9.0
+
+setup_test_tools() {
+	local venv=$local_dir/venv
+	if "$venv/bin/python" -m pip show openapi-spec-validator 2>/dev/null |
+		grep -qx "Version: $openapi_validator_version"; then
+		return
+	fi
+	if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+		apt_install python3 python3-venv
+	fi
+	say "installing openapi-spec-validator $openapi_validator_version into $venv"
+	python3 -m venv "$venv" >>"$log_dir/venv.log" 2>&1 ||
+		die "python3 -m venv failed; see $log_dir/venv.log"
+	"$venv/bin/python" -m pip install -q "openapi-spec-validator==$openapi_validator_version" \
+		>>"$log_dir/venv.log" 2>&1 ||
+		die "pip install openapi-spec-validator failed; see $log_dir/venv.log"
+}
+
 # --------------------------------------------------------------- main ----
 
 [[ $EUID -eq 0 ]] || die "run as root (it may apt-get install, and runs postgres as the postgres user)"
@@ -366,6 +389,7 @@ mkdir -p "$log_dir" "$run_dir"
 setup_postgres
 setup_redis
 setup_garage
+setup_test_tools
 
 cat <<EOF
 
@@ -374,5 +398,6 @@ Canopy local services are up (data in $local_dir, logs in $log_dir):
   redis     $CANOPY_REDIS_URL
   s3        $CANOPY_S3_ENDPOINT  region=$CANOPY_S3_REGION bucket=$CANOPY_S3_BUCKET key=$CANOPY_S3_ACCESS_KEY_ID
   garage    admin API http://127.0.0.1:$garage_admin_port (bearer $garage_admin_token)
+  tools     $local_dir/venv (the OpenAPI validator the tests run)
 Use them with:  . deploy/local/env.sh      Stop them with:  deploy/local/down.sh
 EOF

@@ -87,3 +87,33 @@ async fn swagger_ui_is_self_contained() {
     );
     assert!(csp.contains("default-src 'none'"), "{csp}");
 }
+
+#[test]
+fn the_document_is_valid_for_the_openapi_version_it_declares() {
+    let document = api::routes::openapi_json();
+    let doc: Value = serde_json::from_str(&document).expect("json");
+    assert_eq!(doc["openapi"], "3.0.0");
+    // Installed by deploy/local/up.sh (pinned, in a venv of its own).
+    let local = std::env::var_os("CANOPY_LOCAL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local"));
+    let validator = local.join("venv/bin/openapi-spec-validator");
+    assert!(
+        validator.exists(),
+        "{} is missing: run deploy/local/up.sh, which installs the OpenAPI validator",
+        validator.display()
+    );
+    let file = std::env::temp_dir().join(format!("canopy-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, &document).expect("write the document");
+    let output = std::process::Command::new(&validator)
+        .arg(&file)
+        .output()
+        .expect("run the validator");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        output.status.success(),
+        "the OpenAPI document is not valid 3.0:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

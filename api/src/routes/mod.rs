@@ -79,11 +79,11 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
         "Canopy",
         env!("CARGO_PKG_VERSION"),
     )
-    .summary("Multi-tenant SaaS backend")
+    // No `summary`: `info.summary` is OpenAPI 3.1, and the document is 3.0.
     .description(
-        "Every tenant organization lives in its own PostgreSQL schema. Tenant-scoped \
-             operations take their tenant from the subdomain of the base domain or from the \
-             `X-Tenant` header. Every error is an RFC 9457 `application/problem+json` document \
+        "A multi-tenant SaaS backend. Every tenant organization lives in its own PostgreSQL \
+             schema. Tenant-scoped operations take their tenant from the subdomain of the base \
+             domain or from the `X-Tenant` header. Every error is an RFC 9457 `application/problem+json` document \
              with a stable `code`; `GET /problems/{code}` explains each code.",
     )
     .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
