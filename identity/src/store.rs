@@ -7,6 +7,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, Row, postgres::PgRow};
+use tenancy::ConstraintExt;
 use uuid::Uuid;
 
 use crate::{email::Email, secret::OpaqueToken};
@@ -176,12 +177,7 @@ pub async fn insert_user(conn: &mut PgConnection, new: NewUser<'_>) -> Result<Us
     .bind(new.status.as_str())
     .fetch_one(conn)
     .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.constraint() == Some("users_email_key_key") => {
-            StoreError::EmailTaken
-        }
-        _ => StoreError::Database(e),
-    })?;
+    .on_constraint("users_email_key_key", || StoreError::EmailTaken)?;
     Ok(user_from_row(&row)?)
 }
 

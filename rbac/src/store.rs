@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row, postgres::PgRow};
+use tenancy::ConstraintExt;
 use uuid::Uuid;
 
 use crate::{Permission, PermissionSet, SystemRole, catalog::NOT_FOR_SELF_REGISTRATION};
@@ -235,15 +236,6 @@ pub struct NewRole<'a> {
     pub permissions: PermissionSet,
 }
 
-fn name_taken(e: sqlx::Error) -> RoleError {
-    match &e {
-        sqlx::Error::Database(db) if db.constraint() == Some("roles_name_key_key") => {
-            RoleError::NameTaken
-        }
-        _ => RoleError::Database(e),
-    }
-}
-
 async fn replace_permissions(
     conn: &mut PgConnection,
     id: Uuid,
@@ -280,7 +272,7 @@ pub async fn create_role(conn: &mut PgConnection, new: NewRole<'_>) -> Result<Ro
     .bind(new.parent_id)
     .execute(&mut *conn)
     .await
-    .map_err(name_taken)?;
+    .on_constraint("roles_name_key_key", || RoleError::NameTaken)?;
     replace_permissions(conn, id, new.permissions).await?;
     role_by_id(conn, id).await?.ok_or(RoleError::NotFound)
 }
@@ -320,7 +312,7 @@ pub async fn update_role(
     .bind(parent)
     .execute(&mut *conn)
     .await
-    .map_err(name_taken)?;
+    .on_constraint("roles_name_key_key", || RoleError::NameTaken)?;
     if let Some(permissions) = changes.permissions {
         replace_permissions(conn, id, permissions).await?;
     }

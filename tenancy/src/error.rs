@@ -82,17 +82,45 @@ pub enum TenancyError {
     },
 }
 
-impl TenancyError {
-    /// Maps a unique or check violation on `constraint` to `err`, leaving other errors alone.
-    pub(crate) fn on_constraint(
-        source: sqlx::Error,
+/// Constraint violations as domain errors, by constraint name (realworld's
+/// `ResultExt::on_constraint`): stores insert and let the database judge uniqueness and
+/// checks, instead of looking first and racing.
+pub trait ConstraintExt<T> {
+    /// A violation of `constraint` becomes `err()`; every other error converts with `From`.
+    fn on_constraint<E: From<sqlx::Error>>(
+        self,
         constraint: &str,
-        err: impl FnOnce() -> TenancyError,
-    ) -> TenancyError {
-        match &source {
-            sqlx::Error::Database(db) if db.constraint() == Some(constraint) => err(),
-            _ => TenancyError::Database(source),
-        }
+        err: impl FnOnce() -> E,
+    ) -> Result<T, E>;
+
+    /// A violation of a constraint `map` names becomes what it returns; every other error
+    /// (and a constraint `map` answers `None` for) converts with `From`.
+    fn on_constraints<E: From<sqlx::Error>>(
+        self,
+        map: impl FnOnce(&str) -> Option<E>,
+    ) -> Result<T, E>;
+}
+
+impl<T> ConstraintExt<T> for Result<T, sqlx::Error> {
+    fn on_constraint<E: From<sqlx::Error>>(
+        self,
+        constraint: &str,
+        err: impl FnOnce() -> E,
+    ) -> Result<T, E> {
+        self.on_constraints(|violated| (violated == constraint).then(err))
+    }
+
+    fn on_constraints<E: From<sqlx::Error>>(
+        self,
+        map: impl FnOnce(&str) -> Option<E>,
+    ) -> Result<T, E> {
+        self.map_err(|error| {
+            match &error {
+                sqlx::Error::Database(db) => db.constraint().and_then(map),
+                _ => None,
+            }
+            .unwrap_or_else(|| E::from(error))
+        })
     }
 }
 

@@ -17,7 +17,7 @@ mod tenant_db;
 mod tenants;
 
 pub use control::{ControlDb, PoolSettings, PoolStatus};
-pub use error::{TenancyError, error_chain};
+pub use error::{ConstraintExt, TenancyError, error_chain};
 pub use keys::{ApiKey, KEY_PREFIX, NewApiKey};
 pub use model::{SlugError, Tenant, TenantId, TenantSlug, TenantStatus};
 pub use tenant_db::{TenantDb, TenantTx};

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Executor, PgConnection, Row, postgres::PgRow};
 
 use crate::{
-    ControlDb, TenancyError, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx,
+    ConstraintExt, ControlDb, TenancyError, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx,
     migrate::{TenantMigration, apply_pending, embedded_migrations},
     tenant_db::switch_statement,
 };
@@ -128,10 +128,8 @@ impl ControlDb {
         .bind(&schema)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            TenancyError::on_constraint(e, "tenants_slug_key", || {
-                TenancyError::SlugTaken(slug.to_string())
-            })
+        .on_constraint("tenants_slug_key", || {
+            TenancyError::SlugTaken(slug.to_string())
         })?;
         let tenant = tenant_from_row(&row)?;
 
