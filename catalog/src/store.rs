@@ -1,111 +1,54 @@
-//! The SQL of products, over a connection of the tenant's `TenantDb` transaction.
+//! The SQL of products, over a connection of the tenant's `TenantDb` transaction (a
+//! `tenancy::TenantTx` derefs to the `PgConnection` every function takes, so the tenant's
+//! role and search path are already set).
 //!
-//! Listing is keyset-paginated on `(sort column, id)`; every query names its columns.
-//! Dynamic parts (filters, sort) are built with `QueryBuilder`: values are always bound,
-//! column names only ever come from [`ProductSort`].
+//! Listing is keyset-paginated on `(sort column, id)`; every query names its columns
+//! (statements are cached by text across tenant schemas, so never `select *`). Dynamic parts
+//! (filters, sort) are built with `QueryBuilder`: values are always bound, column names only
+//! ever come from [`ProductSort`]. Rows are read with `sqlx::FromRow` ([`Product`]), and every
+//! database error becomes a [`ProductError`], which names the violated constraints.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row, postgres::PgRow};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{ProductSort, ProductStatus, ProductType};
-
-/// A product row.
-#[derive(Debug, Clone)]
-pub struct Product {
-    pub id: Uuid,
-    pub sku: String,
-    pub name: String,
-    pub description: String,
-    pub price: i64,
-    pub compare_at_price: Option<i64>,
-    pub currency: String,
-    pub status: ProductStatus,
-    pub kind: ProductType,
-    pub stock_quantity: i64,
-    pub low_stock_threshold: i64,
-    pub attributes: serde_json::Value,
-    pub tags: Vec<String>,
-    pub image_ids: Vec<Uuid>,
-    pub version: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deleted_at: Option<DateTime<Utc>>,
-}
+use crate::{
+    error::ProductError,
+    model::{Product, ProductSort, ProductStatus, ProductType, SortOrder},
+};
 
 const COLUMNS: &str = "id, sku, name, description, price, compare_at_price, currency, status, \
      type, stock_quantity, low_stock_threshold, attributes, tags, image_ids, version, \
      created_at, updated_at, deleted_at";
 
-fn from_row(row: &PgRow) -> Result<Product, sqlx::Error> {
-    let decode = |column: &str, value: String| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("unexpected value {value:?}").into(),
-    };
-    let status: String = row.try_get("status")?;
-    let kind: String = row.try_get("type")?;
-    Ok(Product {
-        id: row.try_get("id")?,
-        sku: row.try_get("sku")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        price: row.try_get("price")?,
-        compare_at_price: row.try_get("compare_at_price")?,
-        currency: row.try_get("currency")?,
-        status: ProductStatus::from_db(&status).ok_or_else(|| decode("status", status.clone()))?,
-        kind: ProductType::from_db(&kind).ok_or_else(|| decode("type", kind.clone()))?,
-        stock_quantity: row.try_get("stock_quantity")?,
-        low_stock_threshold: row.try_get("low_stock_threshold")?,
-        attributes: row.try_get("attributes")?,
-        tags: row.try_get("tags")?,
-        image_ids: row.try_get("image_ids")?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        deleted_at: row.try_get("deleted_at")?,
-    })
-}
-
-/// Why a write was refused by the database.
-#[derive(Debug, thiserror::Error)]
-pub enum ProductError {
-    /// A live product of the tenant has this SKU.
-    #[error("a product with this SKU exists")]
-    SkuTaken,
-    /// The compare-at price is below the price.
-    #[error("compare_at_price is below price")]
-    CompareAtBelowPrice,
-    /// Database failure.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-fn classify(e: sqlx::Error) -> ProductError {
-    match &e {
-        sqlx::Error::Database(db) => match db.constraint() {
-            Some("products_sku_key") => ProductError::SkuTaken,
-            Some("products_compare_at_not_below_price") => ProductError::CompareAtBelowPrice,
-            _ => ProductError::Database(e),
-        },
-        _ => ProductError::Database(e),
-    }
-}
-
 /// A product to create (validated).
 #[derive(Debug, Clone)]
 pub struct NewProduct {
+    /// SKU (checked, or generated).
     pub sku: String,
+    /// Name, trimmed.
     pub name: String,
+    /// Description, trimmed.
     pub description: String,
+    /// Price in minor units.
     pub price: i64,
+    /// Compare-at price in minor units.
     pub compare_at_price: Option<i64>,
+    /// ISO 4217 currency code.
     pub currency: String,
+    /// Status.
     pub status: ProductStatus,
+    /// Kind of product.
     pub kind: ProductType,
+    /// Units in stock.
     pub stock_quantity: i64,
+    /// Low-stock threshold.
     pub low_stock_threshold: i64,
+    /// Attributes (a JSON object).
     pub attributes: serde_json::Value,
+    /// Tags, trimmed, each once.
     pub tags: Vec<String>,
+    /// Image file ids, each once.
     pub image_ids: Vec<Uuid>,
 }
 
@@ -135,8 +78,7 @@ pub async fn insert(
             .push_bind(&p.image_ids);
     });
     query.push(format_args!(" returning {COLUMNS}"));
-    let rows = query.build().fetch_all(conn).await.map_err(classify)?;
-    let mut created = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut created = query.build_query_as::<Product>().fetch_all(conn).await?;
     // `returning` follows the insert order in practice but does not promise it.
     created.sort_by_key(|p| p.id);
     Ok(created)
@@ -146,13 +88,13 @@ pub async fn insert(
 pub async fn taken_skus(
     conn: &mut PgConnection,
     skus: &[String],
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Vec<String>, ProductError> {
+    Ok(sqlx::query_scalar(
         "select lower(sku) from products where deleted_at is null and lower(sku) = any($1)",
     )
     .bind(skus.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>())
     .fetch_all(conn)
-    .await
+    .await?)
 }
 
 /// The product with this id (soft-deleted ones only with `include_deleted`).
@@ -160,32 +102,44 @@ pub async fn get(
     conn: &mut PgConnection,
     id: Uuid,
     include_deleted: bool,
-) -> Result<Option<Product>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<Option<Product>, ProductError> {
+    Ok(sqlx::query_as(&format!(
         "select {COLUMNS} from products where id = $1 and ($2 or deleted_at is null)"
     ))
     .bind(id)
     .bind(include_deleted)
     .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    .await?)
 }
 
 /// Changes to a product; `None` leaves a field as it is.
 #[derive(Debug, Default)]
 pub struct Changes {
+    /// New SKU.
     pub sku: Option<String>,
+    /// New name, trimmed.
     pub name: Option<String>,
+    /// New description, trimmed.
     pub description: Option<String>,
+    /// New price.
     pub price: Option<i64>,
+    /// New compare-at price; `Some(None)` removes it.
     pub compare_at_price: Option<Option<i64>>,
+    /// New currency.
     pub currency: Option<String>,
+    /// New status.
     pub status: Option<ProductStatus>,
+    /// New kind.
     pub kind: Option<ProductType>,
+    /// New stock quantity.
     pub stock_quantity: Option<i64>,
+    /// New low-stock threshold.
     pub low_stock_threshold: Option<i64>,
+    /// New attributes (a JSON object).
     pub attributes: Option<serde_json::Value>,
+    /// New tags, trimmed, each once.
     pub tags: Option<Vec<String>>,
+    /// New image ids, each once.
     pub image_ids: Option<Vec<Uuid>>,
 }
 
@@ -205,7 +159,7 @@ async fn lock_version(
     conn: &mut PgConnection,
     id: Uuid,
     expected: Option<&[i64]>,
-) -> Result<Option<Outcome>, sqlx::Error> {
+) -> Result<Option<Outcome>, ProductError> {
     let current: Option<i64> = sqlx::query_scalar(
         "select version from products where id = $1 and deleted_at is null for update",
     )
@@ -256,8 +210,8 @@ pub async fn update(
         .push(" where id = ")
         .push_bind(id)
         .push(format_args!(" returning {COLUMNS}"));
-    let row = query.build().fetch_one(conn).await.map_err(classify)?;
-    Ok(Outcome::Done(Box::new(from_row(&row)?)))
+    let product = query.build_query_as::<Product>().fetch_one(conn).await?;
+    Ok(Outcome::Done(Box::new(product)))
 }
 
 /// Soft-deletes a live product whose version is one of `expected` (any, if `None`).
@@ -265,33 +219,32 @@ pub async fn soft_delete(
     conn: &mut PgConnection,
     id: Uuid,
     expected: Option<&[i64]>,
-) -> Result<Outcome, sqlx::Error> {
+) -> Result<Outcome, ProductError> {
     if let Some(outcome) = lock_version(conn, id, expected).await? {
         return Ok(outcome);
     }
-    let row = sqlx::query(&format!(
+    let product = sqlx::query_as(&format!(
         "update products set deleted_at = now(), updated_at = now(), version = version + 1
          where id = $1 returning {COLUMNS}"
     ))
     .bind(id)
     .fetch_one(conn)
     .await?;
-    Ok(Outcome::Done(Box::new(from_row(&row)?)))
+    Ok(Outcome::Done(Box::new(product)))
 }
 
 /// Brings a soft-deleted product back (a live one is returned as it is).
 pub async fn restore(conn: &mut PgConnection, id: Uuid) -> Result<Option<Product>, ProductError> {
-    let row = sqlx::query(&format!(
+    let restored = sqlx::query_as(&format!(
         "update products set deleted_at = null, updated_at = now(), version = version + 1
          where id = $1 and deleted_at is not null returning {COLUMNS}"
     ))
     .bind(id)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(classify)?;
-    match row {
-        Some(row) => Ok(Some(from_row(&row)?)),
-        None => Ok(get(conn, id, false).await?),
+    .await?;
+    match restored {
+        Some(product) => Ok(Some(product)),
+        None => get(conn, id, false).await,
     }
 }
 
@@ -314,8 +267,8 @@ pub async fn adjust_stock(
     id: Uuid,
     delta: i64,
     max: i64,
-) -> Result<StockOutcome, sqlx::Error> {
-    let row = sqlx::query(&format!(
+) -> Result<StockOutcome, ProductError> {
+    let adjusted = sqlx::query_as(&format!(
         "update products
          set stock_quantity = stock_quantity + $2, version = version + 1, updated_at = now()
          where id = $1 and deleted_at is null and stock_quantity + $2 between 0 and $3
@@ -326,8 +279,8 @@ pub async fn adjust_stock(
     .bind(max)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(row) = row {
-        return Ok(StockOutcome::Adjusted(Box::new(from_row(&row)?)));
+    if let Some(product) = adjusted {
+        return Ok(StockOutcome::Adjusted(Box::new(product)));
     }
     let stock: Option<i64> = sqlx::query_scalar(
         "select stock_quantity from products where id = $1 and deleted_at is null",
@@ -356,24 +309,38 @@ pub enum SortValue {
 /// What to list.
 #[derive(Debug, Default)]
 pub struct Listing {
+    /// Only products with this status.
     pub status: Option<ProductStatus>,
+    /// Only products of this kind.
     pub kind: Option<ProductType>,
+    /// Only products with this tag.
     pub tag: Option<String>,
+    /// Only products priced at least this.
     pub min_price: Option<i64>,
+    /// Only products priced at most this.
     pub max_price: Option<i64>,
+    /// Only products in this currency.
     pub currency: Option<String>,
+    /// `true`: only products at or below their low-stock threshold; `false`: only above.
     pub low_stock: Option<bool>,
+    /// Only products changed at or after this instant.
     pub updated_since: Option<DateTime<Utc>>,
+    /// Full-text search (web-search syntax) over SKU, name and description.
     pub search: Option<String>,
+    /// Include soft-deleted products.
     pub include_deleted: bool,
+    /// Sort key.
     pub sort: ProductSort,
-    pub descending: bool,
+    /// Sort direction.
+    pub order: SortOrder,
+    /// Start after this position (from a cursor).
     pub after: Option<(SortValue, Uuid)>,
+    /// At most this many rows.
     pub limit: i64,
 }
 
 /// One page of products (`limit` rows; ask for one more to learn whether a next page exists).
-pub async fn list(conn: &mut PgConnection, listing: Listing) -> Result<Vec<Product>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection, listing: Listing) -> Result<Vec<Product>, ProductError> {
     let mut query =
         QueryBuilder::<Postgres>::new(format!("select {COLUMNS} from products where true"));
     if !listing.include_deleted {
@@ -417,10 +384,9 @@ pub async fn list(conn: &mut PgConnection, listing: Listing) -> Result<Vec<Produ
             .push("))");
     }
     let column = listing.sort.column();
-    let (cmp, direction) = if listing.descending {
-        ("<", "desc")
-    } else {
-        (">", "asc")
+    let (cmp, direction) = match listing.order {
+        SortOrder::Desc => ("<", "desc"),
+        SortOrder::Asc => (">", "asc"),
     };
     if let Some((value, id)) = listing.after {
         query.push(format_args!(" and ({column}, id) {cmp} ("));
@@ -435,6 +401,5 @@ pub async fn list(conn: &mut PgConnection, listing: Listing) -> Result<Vec<Produ
         " order by {column} {direction}, id {direction} limit "
     ));
     query.push_bind(listing.limit);
-    let rows = query.build().fetch_all(conn).await?;
-    rows.iter().map(from_row).collect()
+    Ok(query.build_query_as::<Product>().fetch_all(conn).await?)
 }
