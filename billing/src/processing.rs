@@ -280,3 +280,21 @@ impl EventProcessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_keeps_the_shape_queued_jobs_have() {
+        let job = ProcessEvent::new("evt_1");
+        let payload = serde_json::json!({ "event_id": "evt_1" });
+        assert_eq!(serde_json::to_value(&job).expect("serializes"), payload);
+        assert_eq!(
+            serde_json::from_value::<ProcessEvent>(payload).expect("deserializes"),
+            job
+        );
+        assert_eq!(ProcessEvent::KIND, "billing.process_event");
+        assert_eq!(ProcessEvent::MAX_ATTEMPTS, 10);
+    }
+}

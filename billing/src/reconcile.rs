@@ -91,3 +91,23 @@ pub async fn schedule_reconciliation(control: ControlDb, interval: Duration) {
         .unique(Reconcile::KIND);
     jobs::enqueue_every(control, interval, job).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_keeps_the_shape_queued_jobs_have() {
+        let payload = serde_json::json!({});
+        assert_eq!(
+            serde_json::to_value(Reconcile {}).expect("serializes"),
+            payload
+        );
+        assert_eq!(
+            serde_json::from_value::<Reconcile>(payload).expect("deserializes"),
+            Reconcile {}
+        );
+        assert_eq!(Reconcile::KIND, "billing.reconcile");
+        assert_eq!(Reconcile::MAX_ATTEMPTS, 3);
+    }
+}
