@@ -17,7 +17,6 @@ pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod state;
-pub mod subscriptions;
 pub mod telemetry;
 pub mod tenant;
 

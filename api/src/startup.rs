@@ -161,7 +161,7 @@ impl Application {
                 self.state.db.clone(),
                 self.state.settings.files.orphan_sweep_interval,
             )),
-            tokio::spawn(crate::subscriptions::schedule_reconciliation(
+            tokio::spawn(billing::reconcile::schedule_reconciliation(
                 self.state.db.clone(),
                 self.state.settings.billing.reconcile_interval,
             )),
@@ -322,8 +322,16 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
             settings.files.orphan_grace,
         ))
         .register_handler(files::PurgeTenantObjects::new(storage))
-        .register_handler(crate::subscriptions::ProcessEvent::new(state.clone()))
-        .register_handler(crate::subscriptions::Reconcile::new(state.clone()));
+        .register::<billing::processing::ProcessEvent>(billing::processing::EventProcessor::new(
+            state.db.clone(),
+            settings.plans.clone(),
+            settings.billing.secret_key.expose_secret(),
+            Arc::new(state.clone()),
+        ))
+        .register::<billing::reconcile::Reconcile>(billing::reconcile::Reconciler::new(
+            state.db.clone(),
+            state.stripe.clone(),
+        ));
     // A kind that code can enqueue and no worker runs would fail only when it is enqueued.
     let unregistered = registry.unregistered();
     anyhow::ensure!(

@@ -205,6 +205,13 @@ pub async fn publish_change(state: &AppState, tenant: TenantId) {
     state.tenants.invalidate_all();
 }
 
+/// Plan changes from Stripe events reach the caches the way every other change does.
+impl billing::processing::TenantChanges for AppState {
+    fn changed(&self, tenant: TenantId) -> tenancy::BoxFuture<'_, ()> {
+        Box::pin(publish_change(self, tenant))
+    }
+}
+
 /// Listens for tenant changes until the process ends, reconnecting after failures. Every
 /// (re)connection drops the cache too: messages may have been missed while away.
 pub async fn listen_for_changes(state: AppState) {

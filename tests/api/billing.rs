@@ -635,7 +635,10 @@ async fn reconciliation_finds_events_that_were_never_delivered() {
     let mut conn = app.state.db.pool().acquire().await.expect("connection");
     jobs::enqueue(
         &mut conn,
-        jobs::NewJob::new(api::subscriptions::RECONCILE, json!({})),
+        jobs::NewJob::new(
+            <billing::reconcile::Reconcile as jobs::JobKind>::KIND,
+            json!({}),
+        ),
     )
     .await
     .expect("enqueue");

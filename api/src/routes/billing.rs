@@ -1,12 +1,13 @@
 //! Billing: the Stripe webhook inbox (`POST /webhooks/stripe`), subscriptions through
 //! Stripe Checkout and the billing portal, the tenant's plan, limits and usage, and the
-//! platform operator's view of webhook events. See `crate::subscriptions` for what happens
+//! platform operator's view of webhook events. See `billing::processing` for what happens
 //! to an event once stored.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use billing::{
     accounts,
     inbox::{self, EventFilter, EventStatus, InboundEvent, Source, StoredEvent},
+    processing::{ProcessEvent, accept},
     signature,
     stripe_api::{Checkout, StripeError},
 };
@@ -29,7 +30,6 @@ use crate::{
     limits::{self, Limited},
     payload::{JsonBody, RawJson, Validate},
     routes::{ApiTag, page},
-    subscriptions::{accept, replay_event_job},
     tenant::CurrentTenant,
 };
 
@@ -561,7 +561,10 @@ impl BillingApi {
         if !inbox::reset(&mut tx, &id.0).await? {
             return Err(not_found());
         }
-        jobs::enqueue(&mut tx, replay_event_job(&id.0))
+        let replay = ProcessEvent::new(&id.0)
+            .replay()
+            .map_err(ApiError::internal)?;
+        jobs::enqueue(&mut tx, replay)
             .await
             .map_err(ApiError::internal)?;
         tx.commit().await?;

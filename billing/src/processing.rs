@@ -1,60 +1,90 @@
-//! Stripe events, after the webhook endpoint stored them: the job that applies each one
-//! ([`ProcessEvent`], `billing.process_event`), and the reconciliation job that lists recent
-//! events from Stripe's API to catch deliveries that never arrived ([`Reconcile`],
-//! `billing.reconcile`, scheduled by [`schedule_reconciliation`]).
+//! Stripe events, after the webhook endpoint (or [`crate::reconcile`]) stored them: the job
+//! that applies each one ([`ProcessEvent`], `billing.process_event`, run by an
+//! [`EventProcessor`]).
 //!
 //! Events map to a tenant through its Stripe customer, or through the tenant id Canopy put
 //! in the checkout session's and the subscription's metadata. Subscription events set the
 //! tenant's subscription state and plan in the order Stripe created them, whatever order
-//! they arrive in (see `billing::accounts`). Every step is idempotent: an event processed
+//! they arrive in (see [`crate::accounts`]). Every step is idempotent: an event processed
 //! twice (a replay, a job run again after a crash) changes nothing the second time.
+//!
+//! A plan change must reach the tenant caches of every instance, which billing knows
+//! nothing of: the processor announces it through [`TenantChanges`], which the API
+//! implements.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::Context;
-use billing::{
-    accounts::{self, Applied},
-    events::{Meaning, meaning, refusal},
-    inbox::{self, EventStatus, InboundEvent, Source},
-};
-use jobs::{JobContext, JobHandler, NewJob};
-use secrecy::ExposeSecret;
+use jobs::{Job, JobContext, JobError, JobKind, NewJob};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tenancy::{BoxFuture, ControlDb, TenantId};
 
-use crate::{AppState, tenant::publish_change};
+use crate::{
+    PlanCatalog,
+    accounts::{self, Applied},
+    events::{Meaning, meaning, refusal},
+    inbox::{self, EventStatus, InboundEvent, Source},
+    stripe_api::is_live_key,
+};
 
-/// Job kind: apply one stored event.
-pub const PROCESS_EVENT: &str = "billing.process_event";
-/// Job kind: list recent events from Stripe and store those missing.
-pub const RECONCILE: &str = "billing.reconcile";
-
-/// How far back reconciliation looks.
-pub const RECONCILE_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
-
-#[derive(Debug, Serialize, Deserialize)]
-struct EventJob {
-    event_id: String,
+/// Told when processing an event changed a tenant's plan (after the change is committed),
+/// so that whoever caches tenants can drop their copies.
+pub trait TenantChanges: Send + Sync {
+    /// `tenant` changed. Best effort: it cannot fail the event.
+    fn changed(&self, tenant: TenantId) -> BoxFuture<'_, ()>;
 }
 
-/// The job applying stored event `id` (enqueue it in the transaction that stores it).
-pub fn process_event_job(id: &str) -> NewJob {
-    replay_event_job(id).unique(format!("{PROCESS_EVENT}:{id}"))
+/// The job applying one stored event (`billing.process_event`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    /// Stripe's event id.
+    pub event_id: String,
 }
 
-/// A job applying stored event `id` again, whatever job of it is pending or running (an
-/// operator's replay: a running one may have read the event before it was reset).
-pub fn replay_event_job(id: &str) -> NewJob {
-    NewJob::new(
-        PROCESS_EVENT,
-        json!(EventJob {
-            event_id: id.to_owned()
-        }),
-    )
-    .priority(10)
-    .max_attempts(10)
+jobs::declare_job!(ProcessEvent = "billing.process_event");
+
+impl ProcessEvent {
+    /// The job applying stored event `event_id`.
+    pub fn new(event_id: impl Into<String>) -> Self {
+        Self {
+            event_id: event_id.into(),
+        }
+    }
+
+    /// The job to enqueue in the transaction that stores the event: at most one pending
+    /// per event.
+    pub fn first_run(&self) -> Result<NewJob, JobError> {
+        Ok(self
+            .replay()?
+            .unique(format!("{}:{}", Self::KIND, self.event_id)))
+    }
+
+    /// The job applying the event again, whatever job of it is pending or running (an
+    /// operator's replay: a running one may have read the event before it was reset).
+    pub fn replay(&self) -> Result<NewJob, JobError> {
+        Ok(self.to_job()?.priority(10))
+    }
+}
+
+impl Job for ProcessEvent {
+    const MAX_ATTEMPTS: i32 = 10;
+
+    type Deps = EventProcessor;
+
+    async fn run(self, _ctx: &mut JobContext, processor: &EventProcessor) -> anyhow::Result<()> {
+        processor.process(&self.event_id).await
+    }
+}
+
+/// Why an event could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// Storing the event failed.
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+    /// Enqueueing its processing failed.
+    #[error(transparent)]
+    Enqueue(#[from] JobError),
 }
 
 /// Stores `event` unless it is known, enqueueing its processing in the same transaction;
@@ -63,10 +93,10 @@ pub async fn accept(
     conn: &mut PgConnection,
     event: &InboundEvent,
     source: Source,
-) -> anyhow::Result<bool> {
+) -> Result<bool, AcceptError> {
     let new = inbox::record(conn, event, source).await?;
     if new {
-        jobs::enqueue(conn, process_event_job(&event.id)).await?;
+        jobs::enqueue(conn, ProcessEvent::new(&event.id).first_run()?).await?;
     }
     Ok(new)
 }
@@ -83,19 +113,31 @@ enum Outcome {
     },
 }
 
-/// Applies stored events; see the module docs.
-pub struct ProcessEvent {
-    state: AppState,
+/// Applies stored events; see the module docs. What [`ProcessEvent`] jobs run with.
+pub struct EventProcessor {
+    control: ControlDb,
+    plans: PlanCatalog,
     /// The mode of the configured secret key: events of the other mode are never applied.
     live: bool,
+    changes: Arc<dyn TenantChanges>,
 }
 
-impl ProcessEvent {
-    /// With the app's state (settings, and the tenant cache to refresh on plan changes).
-    pub fn new(state: AppState) -> Self {
-        let live =
-            billing::stripe_api::is_live_key(state.settings.billing.secret_key.expose_secret());
-        Self { state, live }
+impl EventProcessor {
+    /// Applies events on the control plane `control`, with the plans of `plans`, refusing
+    /// events of the other mode than `secret_key`'s (Stripe's secret key), and telling
+    /// `changes` of every plan change.
+    pub fn new(
+        control: ControlDb,
+        plans: PlanCatalog,
+        secret_key: &str,
+        changes: Arc<dyn TenantChanges>,
+    ) -> Self {
+        Self {
+            control,
+            plans,
+            live: is_live_key(secret_key),
+            changes,
+        }
     }
 
     async fn tenant_for(
@@ -138,7 +180,7 @@ impl ProcessEvent {
                     tenant,
                     &subscription,
                     event.created,
-                    &self.state.settings.plans,
+                    &self.plans,
                 )
                 .await?;
                 Ok(match applied {
@@ -195,7 +237,7 @@ impl ProcessEvent {
 
     /// Processes stored event `id` (a no-op when it is already processed or ignored).
     pub async fn process(&self, id: &str) -> anyhow::Result<()> {
-        let pool = self.state.db.pool();
+        let pool = self.control.pool();
         let mut tx = pool.begin().await?;
         let Some(stored) = inbox::lock(&mut tx, id).await? else {
             return Ok(());
@@ -218,7 +260,7 @@ impl ProcessEvent {
                 inbox::finish(&mut tx, id, EventStatus::Processed, Some(tenant.0), None).await?;
                 tx.commit().await?;
                 if plan_changed {
-                    publish_change(&self.state, tenant).await;
+                    self.changes.changed(tenant).await;
                 }
                 Ok(())
             }
@@ -239,94 +281,20 @@ impl ProcessEvent {
     }
 }
 
-impl JobHandler for ProcessEvent {
-    fn kind(&self) -> &'static str {
-        PROCESS_EVENT
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_keeps_the_shape_queued_jobs_have() {
+        let job = ProcessEvent::new("evt_1");
+        let payload = serde_json::json!({ "event_id": "evt_1" });
+        assert_eq!(serde_json::to_value(&job).expect("serializes"), payload);
+        assert_eq!(
+            serde_json::from_value::<ProcessEvent>(payload).expect("deserializes"),
+            job
+        );
+        assert_eq!(ProcessEvent::KIND, "billing.process_event");
+        assert_eq!(ProcessEvent::MAX_ATTEMPTS, 10);
     }
-
-    fn run<'a>(
-        &'a self,
-        _ctx: &'a mut JobContext,
-        payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let job: EventJob = serde_json::from_value(payload)?;
-            self.process(&job.event_id).await
-        })
-    }
-}
-
-/// Lists recent events from Stripe and accepts those never delivered; see the module docs.
-pub struct Reconcile {
-    state: AppState,
-}
-
-impl Reconcile {
-    /// With the app's state (the Stripe client, the control plane).
-    pub fn new(state: AppState) -> Self {
-        Self { state }
-    }
-
-    /// One pass; returns how many events were missing.
-    pub async fn reconcile(&self) -> anyhow::Result<usize> {
-        let since = chrono::Utc::now().timestamp() - RECONCILE_WINDOW.as_secs() as i64;
-        let events = self
-            .state
-            .stripe
-            .events_since(since)
-            .await
-            .context("listing events")?;
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let known = inbox::known(self.state.db.pool(), &ids).await?;
-        let mut missing = 0;
-        for event in events.iter().filter(|e| !known.contains(&e.id)) {
-            // One event that cannot be stored must not hide the others.
-            let accepted = async {
-                let mut tx = self.state.db.pool().begin().await?;
-                let new = accept(&mut tx, event, Source::Reconciliation).await?;
-                tx.commit().await?;
-                Ok::<_, anyhow::Error>(new)
-            };
-            match accepted.await {
-                Ok(true) => missing += 1,
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::error!(event_id = %event.id, error = format!("{error:#}"), "cannot store a reconciled event")
-                }
-            }
-        }
-        Ok(missing)
-    }
-}
-
-impl JobHandler for Reconcile {
-    fn kind(&self) -> &'static str {
-        RECONCILE
-    }
-
-    fn run<'a>(
-        &'a self,
-        _ctx: &'a mut JobContext,
-        _payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let missing = self.reconcile().await?;
-            if missing > 0 {
-                tracing::warn!(
-                    missing,
-                    "reconciliation found events that were never delivered"
-                );
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Enqueues a reconciliation every `interval`, the first one `interval` after start-up (at
-/// most one pending at a time, however many instances run this).
-pub async fn schedule_reconciliation(control: ControlDb, interval: Duration) {
-    let job = NewJob::new(RECONCILE, json!({}))
-        .unique(RECONCILE)
-        .max_attempts(3);
-    jobs::enqueue_every(control, interval, job).await;
 }
