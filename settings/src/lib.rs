@@ -31,6 +31,8 @@ mod tests;
 
 use std::{collections::BTreeMap, path::Path};
 
+// The tests moved from `api/src/settings.rs` unchanged and name these through
+// `use super::*`.
 #[cfg(test)]
 use std::time::Duration;
 
