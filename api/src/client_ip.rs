@@ -9,59 +9,42 @@
 //! hop that wrote it is not trusted to have written the rest either), and the last trusted
 //! address seen is the client.
 //!
+//! Which proxies are trusted is a setting ([`TrustedProxies`], from the `settings` crate);
+//! walking the header with it ([`ForwardedFor`]) is HTTP work and stays here.
+//!
 //! The edge middleware ([`crate::rate_limit::RateLimit`]) works the address out once per
 //! request and attaches it as [`ClientIp`]; everything else reads it from there.
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use poem::http::{HeaderMap, HeaderValue};
+/// The parsed `CANOPY_TRUSTED_PROXIES`; the type lives with the settings.
+pub use settings::TrustedProxies;
 
 /// The client address of a request, as request data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-/// Which peers may tell us the client's address (`CANOPY_TRUSTED_PROXIES`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies {
-    nets: Vec<IpNet>,
+/// Working the client address out of a request, given the trusted proxies.
+pub trait ForwardedFor {
+    /// The client address of a request from `peer` with `headers`.
+    fn client_ip_of(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr>;
+
+    /// The client address given the `peer` and the raw `X-Forwarded-For` header values in
+    /// order (several headers count as one list).
+    ///
+    /// The values are taken as bytes and split on `,` before any entry is decoded, so a
+    /// byte that is not ASCII (or not UTF-8) spoils only the entry it is in: the entries
+    /// to its right, which the trusted proxies appended, still count.
+    fn client_ip<'h>(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded_for: impl IntoIterator<Item = &'h [u8]>,
+    ) -> Option<IpAddr>;
 }
 
-impl TrustedProxies {
-    /// No proxy is trusted: the peer address is the client.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Parses a comma-separated list of CIDRs or plain addresses (`10.0.0.0/8, ::1`).
-    /// `None` when an entry is neither.
-    pub fn parse(list: &str) -> Option<Self> {
-        let nets = list
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .map(|entry| {
-                entry
-                    .parse::<IpNet>()
-                    .ok()
-                    .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))
-                    .map(|net| net.trunc())
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self { nets })
-    }
-
-    /// Whether nothing is trusted.
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-
-    fn trusts(&self, ip: IpAddr) -> bool {
-        self.nets.iter().any(|net| net.contains(&ip))
-    }
-
-    /// The client address of a request from `peer` with `headers`.
-    pub fn client_ip_of(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+impl ForwardedFor for TrustedProxies {
+    fn client_ip_of(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         self.client_ip(
             peer,
             headers
@@ -71,13 +54,7 @@ impl TrustedProxies {
         )
     }
 
-    /// The client address given the `peer` and the raw `X-Forwarded-For` header values in
-    /// order (several headers count as one list).
-    ///
-    /// The values are taken as bytes and split on `,` before any entry is decoded, so a
-    /// byte that is not ASCII (or not UTF-8) spoils only the entry it is in: the entries
-    /// to its right, which the trusted proxies appended, still count.
-    pub fn client_ip<'h>(
+    fn client_ip<'h>(
         &self,
         peer: Option<IpAddr>,
         forwarded_for: impl IntoIterator<Item = &'h [u8]>,
@@ -255,18 +232,5 @@ mod tests {
             client_key(ip("2001:db8:1:2::1")),
             client_key(ip("2001:db8:1:3::1"))
         );
-    }
-
-    #[test]
-    fn lists_parse_cidrs_and_addresses_and_refuse_the_rest() {
-        let parsed = TrustedProxies::parse("10.0.0.0/8,127.0.0.1, ::1 ,fd00::/8").expect("valid");
-        assert!(parsed.trusts(ip("10.200.0.1")));
-        assert!(parsed.trusts(ip("::1")));
-        assert!(parsed.trusts(ip("fd12::1")));
-        assert!(!parsed.trusts(ip("127.0.0.2")));
-        assert_eq!(TrustedProxies::parse(""), Some(TrustedProxies::none()));
-        for bad in ["10.0.0.0/33", "localhost", "10.0.0.0/8;1.2.3.4", "1.2.3"] {
-            assert_eq!(TrustedProxies::parse(bad), None, "{bad}");
-        }
     }
 }

@@ -14,12 +14,13 @@ pub mod payload;
 pub mod rate_limit;
 pub mod redis;
 pub mod routes;
-pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;
 
+/// The configuration lives in its own crate; `api::settings::…` paths keep working.
+pub use ::settings;
 pub use settings::Settings;
 pub use startup::Application;
 pub use state::AppState;

@@ -54,7 +54,7 @@ use tenancy::TenantId;
 use uuid::Uuid;
 
 use crate::{
-    client_ip::{ClientIp, TrustedProxies, client_key},
+    client_ip::{ClientIp, ForwardedFor, TrustedProxies, client_key},
     error::{ApiError, ErrorCode},
     metrics::Metrics,
     redis::{RedisError, RedisPool, mget, with_redis},
