@@ -153,19 +153,29 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grace = self.state.settings.http.shutdown_timeout;
         let db = self.state.db.clone();
-        let background = [
-            tokio::spawn(tenant::listen_for_changes(self.state.clone())),
-            tokio::spawn(purge_deleted_tenants(self.state.clone())),
-            tokio::spawn(reload_signing_keys(self.state.clone())),
-            tokio::spawn(files::schedule_sweeps(
-                self.state.db.clone(),
-                self.state.settings.files.orphan_sweep_interval,
-            )),
-            tokio::spawn(billing::reconcile::schedule_reconciliation(
-                self.state.db.clone(),
-                self.state.settings.billing.reconcile_interval,
-            )),
-        ];
+        let mut background = Background::new();
+        background.spawn(tenant::listen_for_changes(
+            self.state.clone(),
+            background.stopped(),
+        ));
+        background.spawn(purge_deleted_tenants(
+            self.state.clone(),
+            background.stopped(),
+        ));
+        background.spawn(reload_signing_keys(
+            self.state.clone(),
+            background.stopped(),
+        ));
+        background.spawn(files::schedule_sweeps(
+            self.state.db.clone(),
+            self.state.settings.files.orphan_sweep_interval,
+            background.stopped(),
+        ));
+        background.spawn(billing::reconcile::schedule_reconciliation(
+            self.state.db.clone(),
+            self.state.settings.billing.reconcile_interval,
+            background.stopped(),
+        ));
         // One shutdown signal for the HTTP server and the in-process workers.
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let workers = if self.state.settings.jobs.workers > 0 {
@@ -191,9 +201,8 @@ impl Application {
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(grace))
             .await;
-        for task in background {
-            task.abort();
-        }
+        // After the server: requests still finishing may need the tenant-change listener.
+        background.stop(grace).await;
         if let Some(workers) = workers {
             // The signal reached the workers together with the server; wait for their jobs.
             drop(stopped);
@@ -206,13 +215,7 @@ impl Application {
             }
         }
         if let Some(metrics) = metrics {
-            match metrics.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::error!(error = format!("{error:#}"), "metrics listener failed")
-                }
-                Err(error) => tracing::error!(%error, "metrics listener panicked"),
-            }
+            await_metrics(metrics).await;
         }
         served.context("server failed")?;
         db.close().await;
@@ -277,7 +280,8 @@ impl WorkerProcess {
             .await;
         drop(stopped);
         if let Some(metrics) = metrics {
-            metrics.abort();
+            // Signalled with the workers; it finishes the scrape it is answering.
+            await_metrics(metrics).await;
         }
         self.state.db.close().await;
         Ok(outcome?)
@@ -516,28 +520,88 @@ pub fn router(state: AppState, extra_routes: Option<Route>) -> impl Endpoint + '
         .data(state)
 }
 
-/// Drops the schemas and roles of deleted tenants once their grace period is over. Every
-/// instance runs this; `skip locked` keeps them from purging the same tenant twice.
-async fn purge_deleted_tenants(state: AppState) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        if let Err(error) = state.db.purge_deleted_tenants(chrono::Utc::now()).await {
-            tracing::warn!(error = %anyhow::Error::from(error), "purging deleted tenants failed");
+/// Waits for the `/metrics` listener, once signalled, to finish.
+async fn await_metrics(metrics: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    match metrics.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "metrics listener failed"),
+        Err(error) => tracing::error!(%error, "metrics listener panicked"),
+    }
+}
+
+/// The background loops of a server process. Each is handed a stop signal that it heeds
+/// between runs (a purge or an enqueue that has started finishes); at shutdown they are
+/// signalled together and awaited, and only those still running after the grace period
+/// are cut off.
+struct Background {
+    tasks: tokio::task::JoinSet<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            stop: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Completes once [`Self::stop`] is called.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stop.subscribe();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Signals every loop and waits up to `grace` for them to return.
+    async fn stop(mut self, grace: std::time::Duration) {
+        self.stop.send_replace(true);
+        let joined = tokio::time::timeout(grace, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Err(error) = joined {
+                    tracing::error!(%error, "a background task panicked");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "background tasks did not stop within the shutdown timeout; cut off"
+            );
+            self.tasks.shutdown().await;
         }
     }
 }
 
-/// Picks up key rotations and retirements made elsewhere (by `canopy keys`).
-async fn reload_signing_keys(state: AppState) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
+/// Drops the schemas and roles of deleted tenants once their grace period is over, every
+/// minute from start-up until `stop`. Every instance runs this; `skip locked` keeps them
+/// from purging the same tenant twice.
+async fn purge_deleted_tenants(state: AppState, stop: impl Future<Output = ()>) {
+    let period = std::time::Duration::from_secs(60);
+    jobs::every(tokio::time::Instant::now(), period, stop, || async {
+        if let Err(error) = state.db.purge_deleted_tenants(chrono::Utc::now()).await {
+            tracing::warn!(error = %anyhow::Error::from(error), "purging deleted tenants failed");
+        }
+    })
+    .await;
+}
+
+/// Picks up key rotations and retirements made elsewhere (by `canopy admin keys`), every
+/// minute until `stop`.
+async fn reload_signing_keys(state: AppState, stop: impl Future<Output = ()>) {
+    let period = std::time::Duration::from_secs(60);
+    jobs::every(tokio::time::Instant::now() + period, period, stop, || async {
         if let Err(error) = state.tokens.reload().await {
             tracing::warn!(error = %anyhow::Error::from(error), "reloading signing keys failed");
         }
-    }
+    })
+    .await;
 }
 
 /// Completes on SIGTERM or SIGINT.

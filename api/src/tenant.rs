@@ -212,9 +212,17 @@ impl billing::processing::TenantChanges for AppState {
     }
 }
 
-/// Listens for tenant changes until the process ends, reconnecting after failures. Every
+/// Listens for tenant changes until `stop` completes, reconnecting after failures. Every
 /// (re)connection drops the cache too: messages may have been missed while away.
-pub async fn listen_for_changes(state: AppState) {
+pub async fn listen_for_changes(state: AppState, stop: impl Future<Output = ()>) {
+    // Handling a message is synchronous, so leaving at any await point loses nothing.
+    tokio::select! {
+        () = stop => {}
+        () = listen(state) => {}
+    }
+}
+
+async fn listen(state: AppState) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let outcome = async {

@@ -83,13 +83,17 @@ impl Reconciler {
 }
 
 /// Enqueues a reconciliation every `interval`, the first one `interval` after start-up (at
-/// most one pending at a time, however many instances run this).
-pub async fn schedule_reconciliation(control: ControlDb, interval: Duration) {
+/// most one pending at a time, however many instances run this), until `stop` completes.
+pub async fn schedule_reconciliation(
+    control: ControlDb,
+    interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let job = Reconcile {}
         .to_job()
         .expect("an empty struct always serializes")
         .unique(Reconcile::KIND);
-    jobs::enqueue_every(control, interval, job).await;
+    jobs::enqueue_every(control, interval, job, stop).await;
 }
 
 #[cfg(test)]

@@ -131,13 +131,40 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<Uuid, JobEr
     Ok(id)
 }
 
-/// Enqueues `job` every `interval`, the first time one `interval` from now, until the
-/// task is dropped. Give the job a unique key: however many instances run this, at most one
-/// is pending at a time.
-pub async fn enqueue_every(control: ControlDb, interval: std::time::Duration, job: NewJob) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+/// Runs `work` every `period`, the first time at `first`, until `stop` completes. `stop`
+/// is only heeded between runs: a run that has started finishes (its transaction commits
+/// or rolls back on its own terms), so a shutdown never cuts one off halfway.
+pub async fn every<F, Fut>(
+    first: tokio::time::Instant,
+    period: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval_at(first, period);
+    tokio::pin!(stop);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            _ = tick.tick() => work().await,
+        }
+    }
+}
+
+/// Enqueues `job` every `interval`, the first time one `interval` from now, until `stop`
+/// completes. Give the job a unique key: however many instances run this, at most one is
+/// pending at a time.
+pub async fn enqueue_every(
+    control: ControlDb,
+    interval: std::time::Duration,
+    job: NewJob,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let first = tokio::time::Instant::now() + interval;
+    every(first, interval, stop, || async {
         let enqueued = async {
             let mut conn = control.pool().acquire().await?;
             enqueue(&mut conn, job.clone()).await
@@ -145,7 +172,8 @@ pub async fn enqueue_every(control: ControlDb, interval: std::time::Duration, jo
         if let Err(error) = enqueued.await {
             tracing::warn!(kind = %job.kind, error = %tenancy::error_chain(&error), "cannot enqueue a scheduled job");
         }
-    }
+    })
+    .await;
 }
 
 /// What a handler gets: the job, its tenant and, for tenant jobs, the tenant transaction
@@ -182,4 +210,51 @@ pub trait JobHandler: Send + Sync + 'static {
         ctx: &'a mut JobContext,
         payload: Value,
     ) -> tenancy::BoxFuture<'a, anyhow::Result<()>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use tokio::sync::{Notify, oneshot};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_during_a_run_lets_the_run_finish_and_starts_no_other() {
+        let (started, finished, runs) = (
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let (started, finished, runs) = (started.clone(), finished.clone(), runs.clone());
+            every(
+                tokio::time::Instant::now(),
+                std::time::Duration::from_millis(1),
+                async move {
+                    let _ = stopped.await;
+                },
+                move || {
+                    let (started, finished, runs) =
+                        (started.clone(), finished.clone(), runs.clone());
+                    async move {
+                        started.notify_one();
+                        finished.notified().await;
+                        runs.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            )
+        });
+        started.notified().await;
+        stop.send(()).expect("the loop is running");
+        // The run in progress is not cut off by the stop: it completes when let go.
+        finished.notify_one();
+        task.await.expect("the loop returns");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
 }

@@ -404,9 +404,13 @@ impl PurgeHook for PurgeObjects {
 
 /// Enqueues an orphan sweep every `interval`, the first one `interval` after start-up (at
 /// most one is pending at a time, however many instances run this).
-pub async fn schedule_sweeps(control: ControlDb, interval: Duration) {
+pub async fn schedule_sweeps(
+    control: ControlDb,
+    interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let job = NewJob::new(SWEEP_ORPHANS, json!({}))
         .unique(SWEEP_ORPHANS)
         .max_attempts(3);
-    jobs::enqueue_every(control, interval, job).await;
+    jobs::enqueue_every(control, interval, job, stop).await;
 }
