@@ -16,7 +16,6 @@ use tenancy::{ControlDb, PoolSettings};
 use crate::{
     AppState,
     auth::{permissions::Permissions, revocation::Revocations},
-    files::jobs as files,
     metrics::Metrics,
     middleware::{BodyLimit, Observe, SecurityHeaders, Timeout},
     rate_limit::{RateLimit, RateLimiter},
@@ -157,7 +156,7 @@ impl Application {
             tokio::spawn(tenant::listen_for_changes(self.state.clone())),
             tokio::spawn(purge_deleted_tenants(self.state.clone())),
             tokio::spawn(reload_signing_keys(self.state.clone())),
-            tokio::spawn(files::schedule_sweeps(
+            tokio::spawn(files::jobs::schedule_sweeps(
                 self.state.db.clone(),
                 self.state.settings.files.orphan_sweep_interval,
             )),
@@ -304,19 +303,19 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         .register_handler(reset)
         .register_handler(verification)
         .register_handler(link)
-        .register_handler(files::Thumbnails::new(
+        .register::<files::jobs::Thumbnails>(files::jobs::ThumbnailMaker::new(
             storage.clone(),
             settings.files.thumbnail_sizes.clone(),
             // One budget for every decode of this process's workers.
             storage::images::DecodeBudget::new(settings.files.decode_memory),
         ))
-        .register_handler(files::DeleteObjects::new(storage.clone()))
-        .register_handler(files::SweepOrphans)
-        .register_handler(files::SweepTenant::new(
+        .register::<files::jobs::DeleteObjects>(storage.clone())
+        .register::<files::jobs::SweepOrphans>(())
+        .register::<files::jobs::SweepTenant>(files::jobs::Sweeper::new(
             storage.clone(),
             settings.files.orphan_grace,
         ))
-        .register_handler(files::PurgeTenantObjects::new(storage))
+        .register::<files::jobs::PurgeTenantObjects>(storage)
         .register_handler(crate::subscriptions::ProcessEvent::new(state.clone()))
         .register_handler(crate::subscriptions::Reconcile::new(state.clone())))
 }
@@ -369,7 +368,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         acquire_timeout: settings.database.acquire_timeout,
         max_lifetime: settings.database.max_lifetime,
     })
-    .with_purge_hook(Arc::new(files::PurgeObjects));
+    .with_purge_hook(Arc::new(files::jobs::PurgeObjects));
     let manager = RedisConnectionManager::new(settings.redis.url.expose_secret())
         .context("invalid Redis URL")?;
     let redis = bb8::Pool::builder()
