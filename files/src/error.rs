@@ -22,8 +22,9 @@ pub enum FileError {
     /// The object store failed or could not be reached.
     #[error("object storage failed")]
     Storage(#[from] storage::StorageError),
-    /// The database failed.
-    #[error("database error")]
+    /// The database failed. Transparent, so a job's `last_error` and the logs read as the
+    /// database's own error did before this crate wrapped it.
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// Opening or committing the tenant's transaction failed.
     #[error("tenancy error")]

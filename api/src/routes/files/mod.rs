@@ -490,7 +490,8 @@ impl From<files::FileError> for ApiError {
             E::Storage(error) => storage_unavailable(error),
             E::Database(error) => error.into(),
             E::Tenancy(error) => error.into(),
-            other @ (E::Constraint { .. } | E::Job(_)) => ApiError::internal(other),
+            E::Job(error) => ApiError::internal(error),
+            other @ E::Constraint { .. } => ApiError::internal(other),
         }
     }
 }
