@@ -1,7 +1,7 @@
 //! Files: streaming multipart upload into the bucket, listing, deletion, and downloads and
 //! thumbnails by redirect to short-lived presigned URLs. This module is the HTTP of it
-//! (handlers, the form in [`form`], its framing in [`framing`], the view types in
-//! [`views`]); the records, the steps of an upload and the jobs are the `files` crate's.
+//! (handlers, the form in `form`, its framing in `framing`, the view types in
+//! `views`); the records, the steps of an upload and the jobs are the `files` crate's.
 //!
 //! `POST /v1/files` is exempt from the global body limit and request timeout: its limit is
 //! the tenant plan's upload size, which every byte of the body counts against (framing
