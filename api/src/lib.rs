@@ -6,7 +6,6 @@ pub mod auth;
 pub mod cli;
 pub mod client_ip;
 pub mod error;
-pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod middleware;

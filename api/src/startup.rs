@@ -16,7 +16,6 @@ use tenancy::{ControlDb, PoolSettings};
 use crate::{
     AppState,
     auth::{permissions::Permissions, revocation::Revocations},
-    files::jobs as files,
     metrics::Metrics,
     middleware::{Allow, AllowedMethods, BodyLimit, Observe, SecurityHeaders, Timeout},
     rate_limit::{RateLimit, RateLimiter},
@@ -166,7 +165,7 @@ impl Application {
             self.state.clone(),
             background.stopped(),
         ));
-        background.spawn(files::schedule_sweeps(
+        background.spawn(files::jobs::schedule_sweeps(
             self.state.db.clone(),
             self.state.settings.files.orphan_sweep_interval,
             background.stopped(),
@@ -313,19 +312,19 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         .register::<link_emails::PasswordResetRequested>(links.clone())
         .register::<link_emails::VerificationRequested>(links.clone())
         .register::<link_emails::LinkEmail>(links)
-        .register_handler(files::Thumbnails::new(
+        .register::<files::jobs::Thumbnails>(files::jobs::ThumbnailMaker::new(
             storage.clone(),
             settings.files.thumbnail_sizes.clone(),
             // One budget for every decode of this process's workers.
             storage::images::DecodeBudget::new(settings.files.decode_memory),
         ))
-        .register_handler(files::DeleteObjects::new(storage.clone()))
-        .register_handler(files::SweepOrphans)
-        .register_handler(files::SweepTenant::new(
+        .register::<files::jobs::DeleteObjects>(storage.clone())
+        .register::<files::jobs::SweepOrphans>(())
+        .register::<files::jobs::SweepTenant>(files::jobs::Sweeper::new(
             storage.clone(),
             settings.files.orphan_grace,
         ))
-        .register_handler(files::PurgeTenantObjects::new(storage))
+        .register::<files::jobs::PurgeTenantObjects>(storage)
         .register::<billing::processing::ProcessEvent>(billing::processing::EventProcessor::new(
             state.db.clone(),
             settings.plans.clone(),
@@ -393,7 +392,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         acquire_timeout: settings.database.acquire_timeout,
         max_lifetime: settings.database.max_lifetime,
     })
-    .with_purge_hook(Arc::new(files::PurgeObjects));
+    .with_purge_hook(Arc::new(files::jobs::PurgeObjects));
     let manager = RedisConnectionManager::new(settings.redis.url.expose_secret())
         .context("invalid Redis URL")?;
     let redis = bb8::Pool::builder()

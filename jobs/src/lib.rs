@@ -199,19 +199,6 @@ impl JobContext {
     }
 }
 
-/// An untyped handler. Transitional: being replaced by [`Job`].
-pub trait JobHandler: Send + Sync + 'static {
-    /// The kind it handles.
-    fn kind(&self) -> &'static str;
-
-    /// Does the work.
-    fn run<'a>(
-        &'a self,
-        ctx: &'a mut JobContext,
-        payload: Value,
-    ) -> tenancy::BoxFuture<'a, anyhow::Result<()>>;
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{

@@ -107,18 +107,6 @@ impl<J: Job> Handler for Typed<J> {
     }
 }
 
-struct Legacy<H>(H);
-
-impl<H: crate::JobHandler> Handler for Legacy<H> {
-    fn run<'a>(
-        &'a self,
-        ctx: &'a mut JobContext,
-        payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        self.0.run(ctx, payload)
-    }
-}
-
 /// The kinds a worker runs, each with its handler's dependencies.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -152,14 +140,6 @@ impl Registry {
             .into_iter()
             .filter(|kind| !self.handles(kind))
             .collect()
-    }
-
-    /// Runs `handler`'s kind with it. Transitional: the untyped handlers left are being
-    /// converted to [`Job`]s, after which this goes.
-    pub fn register_handler(mut self, handler: impl crate::JobHandler) -> Self {
-        self.handlers
-            .insert(handler.kind(), Arc::new(Legacy(handler)));
-        self
     }
 
     pub(crate) fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {

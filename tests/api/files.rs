@@ -6,7 +6,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use api::files::jobs::{PURGE_TENANT_OBJECTS, SWEEP_ORPHANS, SWEEP_TENANT, SweepTenant};
 use bytes::Bytes;
 use e2e::{
     TestApp, assert_problem,
@@ -14,15 +13,19 @@ use e2e::{
     files::{contains, jpeg, pdf, pixel_bomb, png, with_exif},
     spawn_app,
 };
-use jobs::{JobContext, JobHandler, NewJob, Registry};
+use files::jobs::{
+    PurgeTenantObjects, SweepOrphans, SweepTenant, Sweeper, ThumbnailMaker, Thumbnails,
+};
+use jobs::{Job, JobContext, JobKind, NewJob, Registry};
 use reqwest::{
     Method,
     multipart::{Form, Part},
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use storage::{ObjectKey, ObjectStore};
-use tenancy::{BoxFuture, TenantId};
+use tenancy::TenantId;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::Notify,
@@ -785,7 +788,7 @@ async fn storage_failing_during_an_upload_is_a_503_and_keeps_nothing() {
     let store = direct_store(&app);
     let prefix = ObjectKey::tenant_prefix(TenantId(org.tenant_id));
     assert!(store.list(&prefix).await.expect("list").is_empty());
-    let sweeper = SweepTenant::new(store.clone(), Duration::ZERO);
+    let sweeper = Sweeper::new(store.clone(), Duration::ZERO);
     let mut tx = app
         .state
         .tenant_db
@@ -806,29 +809,24 @@ async fn storage_failing_during_an_upload_is_a_503_and_keeps_nothing() {
     );
 }
 
-/// The real thumbnail handler, run to the end but never committed: the process "dies"
-/// (its task is aborted) after the work and before the commit.
-struct DiesAfterWork {
-    inner: api::files::jobs::Thumbnails,
-    reached: Arc<Notify>,
-}
+/// The real thumbnail job, run to the end but never committed: the process "dies"
+/// (its task is aborted) after the work and before the commit. Its kind is the thumbnail
+/// job's, so it runs the jobs the upload enqueued.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+struct DiesAfterWork(Thumbnails);
 
-impl JobHandler for DiesAfterWork {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
+jobs::declare_job!(DiesAfterWork = "files.thumbnails");
 
-    fn run<'a>(
-        &'a self,
-        ctx: &'a mut JobContext,
-        payload: Value,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            self.inner.run(ctx, payload).await?;
-            self.reached.notify_one();
-            std::future::pending::<()>().await;
-            Ok(())
-        })
+impl Job for DiesAfterWork {
+    type Deps = (ThumbnailMaker, Arc<Notify>);
+
+    async fn run(self, ctx: &mut JobContext, deps: &Self::Deps) -> anyhow::Result<()> {
+        let (maker, reached) = deps;
+        self.0.run(ctx, maker).await?;
+        reached.notify_one();
+        std::future::pending::<()>().await;
+        Ok(())
     }
 }
 
@@ -839,15 +837,13 @@ async fn a_thumbnail_job_killed_midway_runs_again_and_the_file_ends_ready() {
     let id = id_of(&app.upload_ok(&org, jpeg(900, 600, 7), "c.jpg").await);
 
     let reached = Arc::new(Notify::new());
-    let dying = DiesAfterWork {
-        inner: api::files::jobs::Thumbnails::new(
-            app.state.storage.clone(),
-            vec![128, 512],
-            storage::images::DecodeBudget::new(512 << 20),
-        ),
-        reached: reached.clone(),
-    };
-    let worker = api::startup::worker(&app.state, Registry::new().register_handler(dying));
+    let maker = ThumbnailMaker::new(
+        app.state.storage.clone(),
+        vec![128, 512],
+        storage::images::DecodeBudget::new(512 << 20),
+    );
+    let registry = Registry::new().register::<DiesAfterWork>((maker, reached.clone()));
+    let worker = api::startup::worker(&app.state, registry);
     let running = tokio::spawn(worker.run(std::future::pending::<()>()));
     tokio::time::timeout(Duration::from_secs(30), reached.notified())
         .await
@@ -917,14 +913,14 @@ async fn the_orphan_sweeper_removes_unowned_objects_and_stale_uploads() {
         .expect("put");
 
     // Young objects are left alone.
-    let young = SweepTenant::new(store.clone(), Duration::from_secs(3600));
+    let young = Sweeper::new(store.clone(), Duration::from_secs(3600));
     let mut tx = app.state.tenant_db.begin(ta).await.expect("tx");
     assert_eq!(young.sweep(&mut tx, ta).await.expect("sweep"), (0, 0));
     tx.commit().await.expect("commit");
 
     // The scheduled sweep: one job for every tenant, each sweeping its own prefix.
     let mut conn = app.state.db.pool().acquire().await.expect("connection");
-    jobs::enqueue(&mut conn, NewJob::new(SWEEP_ORPHANS, json!({})))
+    jobs::enqueue(&mut conn, NewJob::new(SweepOrphans::KIND, json!({})))
         .await
         .expect("enqueue");
     drop(conn);
@@ -932,7 +928,7 @@ async fn the_orphan_sweeper_removes_unowned_objects_and_stale_uploads() {
     let swept: i64 = sqlx::query_scalar(
         "select count(*) from public.jobs where kind = $1 and status = 'succeeded'",
     )
-    .bind(SWEEP_TENANT)
+    .bind(SweepTenant::KIND)
     .fetch_one(app.state.db.pool())
     .await
     .expect("count");
@@ -988,7 +984,7 @@ async fn a_purged_tenants_objects_are_removed() {
         .expect("purge");
     assert_eq!(purged, [TenantId(org.tenant_id)]);
     let enqueued: i64 = sqlx::query_scalar("select count(*) from public.jobs where kind = $1")
-        .bind(PURGE_TENANT_OBJECTS)
+        .bind(PurgeTenantObjects::KIND)
         .fetch_one(app.state.db.pool())
         .await
         .expect("count");
@@ -1000,7 +996,7 @@ async fn a_purged_tenants_objects_are_removed() {
 
 #[tokio::test]
 async fn recording_past_the_quota_writes_nothing_and_duplicates_count_once() {
-    use api::files::store::{self, FileStatus, NewFile, Recorded};
+    use files::store::{self, FileStatus, NewFile, Recorded};
     let app = spawn_app().await;
     let org = app.signup("files-record").await;
     let tenant = TenantId(org.tenant_id);

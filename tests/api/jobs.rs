@@ -676,6 +676,13 @@ async fn every_job_kind_the_code_declares_has_a_handler_in_the_binary_registry()
         "auth.link_email",
         "auth.password_reset_requested",
         "auth.verification_requested",
+        "files.thumbnails",
+        "files.delete_objects",
+        "files.sweep_orphans",
+        "files.sweep_tenant",
+        "files.purge_tenant_objects",
+        "billing.process_event",
+        "billing.reconcile",
     ] {
         assert!(
             declared.contains(&kind),

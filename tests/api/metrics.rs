@@ -90,7 +90,10 @@ async fn a_worker_process_serves_its_job_figures() {
     let mut conn = app.state.db.pool().acquire().await.expect("connection");
     jobs::enqueue(
         &mut conn,
-        NewJob::new(api::files::jobs::SWEEP_ORPHANS, serde_json::json!({})),
+        NewJob::new(
+            <files::jobs::SweepOrphans as jobs::JobKind>::KIND,
+            serde_json::json!({}),
+        ),
     )
     .await
     .expect("enqueue");

@@ -12,6 +12,7 @@ use billing::{
     stripe_api::{Checkout, StripeError},
 };
 use chrono::{DateTime, Utc};
+use files::store as file_store;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
@@ -26,7 +27,6 @@ use crate::{
     admin_auth::PlatformAdmin,
     auth::permissions::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    files::store as file_store,
     limits::{self, Limited},
     payload::{JsonBody, RawJson, Validate},
     routes::{ApiTag, page},

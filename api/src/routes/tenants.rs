@@ -637,7 +637,7 @@ async fn profile(
         ),
     };
     let storage = if granted.contains(Permission::BillingRead) {
-        let (used_bytes, files) = crate::files::store::usage(tx).await?;
+        let (used_bytes, files) = files::store::usage(tx).await?;
         let limits = state.settings.plans.limits(&tenant.plan);
         Some(StorageUsage {
             used_bytes,

@@ -1,0 +1,55 @@
+//! [`FileError`], the one error of the files domain, and [`on_constraint`], the one place
+//! a database constraint violation becomes a domain error.
+
+use uuid::Uuid;
+
+/// What can go wrong with a file operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// No live file has this id (in the tenant whose transaction ran the query).
+    #[error("no file has id {0}")]
+    NotFound(Uuid),
+    /// A row broke one of the table's checks: input the domain should have refused, so a
+    /// bug rather than a client error.
+    #[error("a file row breaks the `{constraint}` check")]
+    Constraint {
+        /// The constraint's name.
+        constraint: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The object store failed or could not be reached.
+    #[error("object storage failed")]
+    Storage(#[from] storage::StorageError),
+    /// The database failed. Transparent, so a job's `last_error` and the logs read as the
+    /// database's own error did before this crate wrapped it.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Opening or committing the tenant's transaction failed.
+    #[error("tenancy error")]
+    Tenancy(#[from] tenancy::TenancyError),
+    /// Enqueueing a job failed.
+    #[error("cannot enqueue a files job")]
+    Job(#[from] jobs::JobError),
+}
+
+/// Maps a violation of one of `constraints` to [`FileError::Constraint`] (named), any other
+/// database error to [`FileError::Database`]: `.map_err(on_constraint(&[...]))`.
+pub(crate) fn on_constraint(
+    constraints: &'static [&'static str],
+) -> impl FnOnce(sqlx::Error) -> FileError {
+    move |source| {
+        let violated = match &source {
+            sqlx::Error::Database(db) => db
+                .constraint()
+                .filter(|name| constraints.contains(name))
+                .map(str::to_owned),
+            _ => None,
+        };
+        match violated {
+            Some(constraint) => FileError::Constraint { constraint, source },
+            None => FileError::Database(source),
+        }
+    }
+}
