@@ -23,3 +23,7 @@ pub use ::settings;
 pub use settings::Settings;
 pub use startup::Application;
 pub use state::AppState;
+
+// A dev-dependency of the CLI tests (`tests/cli.rs`), which the unit tests do not use.
+#[cfg(test)]
+use url as _;

@@ -1,6 +1,11 @@
 //! The `canopy` binary as an operator meets it: help, configuration errors, migrate,
 //! serve with JSON logs, and a clean exit on SIGTERM. Needs the local PostgreSQL.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees all of the package's dependencies; the library is checked"
+)]
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,

@@ -1,5 +1,10 @@
 //! End-to-end tests of the running server: one binary, one module per area.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test target sees all of the package's dependencies; the harness library is checked"
+)]
+
 mod auth;
 mod billing;
 mod errors;

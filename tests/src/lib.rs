@@ -4,6 +4,15 @@
 //! The services are those `deploy/local/up.sh` starts; `CANOPY_DATABASE_URL` and
 //! `CANOPY_REDIS_URL` point elsewhere when set.
 
+// Its (empty) unit-test target sees the dev-dependencies of the test binary.
+#![cfg_attr(
+    test,
+    expect(
+        unused_crate_dependencies,
+        reason = "the test binary's dev-dependencies"
+    )
+)]
+
 use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::Context;
