@@ -79,4 +79,3 @@ pub async fn record_login_success(
     .await?;
     Ok(())
 }
-

@@ -55,4 +55,3 @@ impl ClientInfo {
         self.ip.map(|ip| ip.to_string())
     }
 }
-

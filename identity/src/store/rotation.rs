@@ -222,4 +222,3 @@ pub(super) async fn insert_refresh_token(
     .await?;
     Ok(())
 }
-

@@ -139,4 +139,3 @@ pub async fn revocations(
         .await?;
     Ok((users, sessions))
 }
-

@@ -69,4 +69,3 @@ pub async fn consume_user_token(
     .fetch_optional(conn)
     .await?)
 }
-

@@ -281,4 +281,3 @@ pub async fn list_users(
     .fetch_all(conn)
     .await?)
 }
-
