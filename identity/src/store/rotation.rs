@@ -57,9 +57,9 @@ pub enum RefreshOutcome {
 /// within `grace`). Status, revocation and security changes are read from the database
 /// every time.
 ///
-/// The steps: lock the presented token ([`lock_presented`]), judge its session and user
-/// ([`session_state`]), then rotate a live token ([`rotate`]) or answer one presented
-/// again ([`replay_or_revoke`]).
+/// The steps: lock the presented token (`lock_presented`), judge its session and user
+/// (`session_state`), then rotate a live token (`rotate`) or answer one presented
+/// again (`replay_or_revoke`).
 pub async fn refresh(
     conn: &mut PgConnection,
     presented: &OpaqueToken,

@@ -33,7 +33,7 @@ impl UserStatus {
     }
 }
 
-/// A user, as the API shows it (a row of `users`, read through [`USER_COLUMNS`]).
+/// A user, as the API shows it (a row of `users`, read through `USER_COLUMNS`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct User {
     /// Id.
