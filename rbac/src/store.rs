@@ -97,7 +97,10 @@ struct RoleRow {
 
 impl From<RoleRow> for Role {
     fn from(row: RoleRow) -> Self {
-        let system = row.system_key.as_deref().and_then(SystemRole::from_key);
+        let system = row
+            .system_key
+            .as_deref()
+            .and_then(|key| key.parse::<SystemRole>().ok());
         // A name the catalog no longer has grants nothing.
         let (stored, _) = PermissionSet::from_names(row.permissions.iter().map(String::as_str));
         Self {
@@ -149,7 +152,7 @@ pub async fn system_role_id(
     role: SystemRole,
 ) -> Result<Uuid, sqlx::Error> {
     sqlx::query_scalar("select id from roles where system_key = $1")
-        .bind(role.key())
+        .bind(role.as_str())
         .fetch_one(conn)
         .await
 }
@@ -386,7 +389,10 @@ pub async fn user_permissions(
     .await?;
     let mut set = PermissionSet::EMPTY;
     for (system_key, permission) in rows {
-        if let Some(system) = system_key.as_deref().and_then(SystemRole::from_key) {
+        if let Some(system) = system_key
+            .as_deref()
+            .and_then(|key| key.parse::<SystemRole>().ok())
+        {
             set = set.union(system.permissions());
         }
         if let Some(p) = permission.and_then(|p| p.parse::<Permission>().ok()) {
@@ -453,7 +459,7 @@ pub async fn grant_system_role(
          on conflict do nothing",
     )
     .bind(user_id)
-    .bind(role.key())
+    .bind(role.as_str())
     .execute(conn)
     .await?;
     Ok(())
@@ -470,7 +476,7 @@ pub async fn holds_system_role(
                         where ur.user_id = $1 and r.system_key = $2)",
     )
     .bind(user_id)
-    .bind(role.key())
+    .bind(role.as_str())
     .fetch_one(conn)
     .await
 }
