@@ -579,6 +579,14 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_email_has_its_own_code() {
+        let err = ApiError::from(identity::StoreError::EmailTaken);
+        assert_eq!(err.code(), ErrorCode::EmailTaken);
+        assert_eq!(err.code().to_string(), "email_taken");
+        assert_eq!(err.code().status(), StatusCode::CONFLICT);
+    }
+
+    #[test]
     fn validation_detail_names_a_single_field() {
         let err = ApiError::validation(vec![FieldError::new(
             "slug",
