@@ -73,7 +73,7 @@ pub struct NewUser<'a> {
 
 /// How many users a change made active. Every active user takes a seat of the tenant's
 /// plan, which this crate knows nothing of: whoever makes a change that returns one checks
-/// the seat limit in the same transaction (the API's `limits::ensure_seats`). Returned
+/// the seat limit in the same transaction (`billing::limits::ensure_seats`). Returned
 /// bare by the functions that activate (`#[must_use]`), so that dropping one is a warning.
 #[must_use = "a user made active takes a seat: check the plan's seat limit in this transaction"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
