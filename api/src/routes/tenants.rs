@@ -26,7 +26,7 @@ use rbac::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use tenancy::{Tenant, TenantId, TenantSlug, TenantStatus, TenantTx};
 use uuid::Uuid;
 
@@ -625,7 +625,7 @@ async fn profile(
     .await?;
     let locale: String = row.try_get("locale")?;
     let timezone: String = row.try_get("timezone")?;
-    let registration = &membership::registration_from_row(&row)?;
+    let registration = &Registration::from_row(&row)?;
     let manager = granted.contains(Permission::TenantManage);
     let role_id = match (manager, registration.role_id) {
         (false, _) => None,
