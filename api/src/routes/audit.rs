@@ -9,10 +9,9 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::permissions::{Authorized, perm},
+    auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode},
     routes::{ApiTag, page},
-    tenant::CurrentTenant,
 };
 
 /// Audit endpoints.
@@ -86,9 +85,6 @@ impl AuditApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::AuditRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Only this event.
         #[oai(validator(pattern = "^[a-z_.]{1,64}$"))]
         event: Query<Option<String>>,
@@ -115,7 +111,7 @@ impl AuditApi {
                 })
             })
             .transpose()?;
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let records =
             store::list_audit(&mut tx, event.0.as_deref(), user_id.0, before, limit.0 + 1).await?;
         tx.commit().await?;

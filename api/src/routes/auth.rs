@@ -392,8 +392,6 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<RegisterRequest>,
     ) -> ApiResult<AcceptedResponse> {
@@ -402,7 +400,7 @@ impl AuthApi {
         let email = Email::new(&body.email);
         // Hashed whether or not the address is taken: both answers take the same time.
         let password_hash = state.hasher.hash(&body.password).await?;
-        let mut tx = state.tenant_db.begin(tenant.0.id).await?;
+        let mut tx = tenant.begin(&state).await?;
         let registration = membership::registration(&mut tx).await?;
         if registration.role_id.is_some() {
             // Granting a custom role is an assignment, serialised with role changes like
@@ -476,14 +474,12 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<VerifyEmailRequest>,
     ) -> ApiResult<Json<UserView>> {
         let client = client_info(request);
         let token = OpaqueToken::parse(&body.0.token).ok_or_else(link_invalid)?;
-        let mut tx = state.tenant_db.begin(tenant.0.id).await?;
+        let mut tx = tenant.begin(&state).await?;
         let user = store::consume_user_token(&mut tx, &token, TokenPurpose::VerifyEmail)
             .await?
             .ok_or_else(link_invalid)?;
@@ -519,8 +515,6 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<EmailRequest>,
     ) -> ApiResult<AcceptedResponse> {
@@ -542,8 +536,6 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<LoginRequest>,
     ) -> ApiResult<Json<TokenPair>> {
@@ -554,7 +546,7 @@ impl AuthApi {
         throttle::ensure_below(&state.redis, &ip_key, settings.login_ip_max_failures).await?;
 
         let body = body.0;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = tenant.begin(&state).await?;
         let record = store::login_record(&mut tx, &Email::new(&body.email)).await?;
         tx.commit().await?;
         if let Some(until) = record
@@ -579,7 +571,7 @@ impl AuthApi {
                 (record, _) => {
                     let user = record.map(|r| r.user.id);
                     let policy = lockout_policy(settings);
-                    let mut tx = state.tenant_db.begin(tenant_id).await?;
+                    let mut tx = tenant.begin(&state).await?;
                     let locked = match user {
                         Some(user) => store::record_login_failure(&mut tx, user, policy).await?,
                         None => None,
@@ -632,7 +624,7 @@ impl AuthApi {
             }
         }
         let user = record.user.id;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = tenant.begin(&state).await?;
         store::record_login_success(&mut tx, user, rehashed.as_deref()).await?;
         let (session, refresh) =
             store::create_session(&mut tx, user, &client, state.settings.jwt.refresh_ttl).await?;
@@ -673,8 +665,6 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<RefreshRequest>,
     ) -> ApiResult<Json<TokenPair>> {
@@ -687,7 +677,7 @@ impl AuthApi {
             )
         };
         let presented = OpaqueToken::parse(&body.0.refresh_token).ok_or_else(invalid)?;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = tenant.begin(&state).await?;
         let outcome = store::refresh(
             &mut tx,
             &presented,
@@ -759,9 +749,6 @@ impl AuthApi {
         state: Data<&AppState>,
         request: &Request,
         auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<NoContent> {
         let me = auth.0;
         end_sessions(
@@ -786,9 +773,6 @@ impl AuthApi {
         state: Data<&AppState>,
         request: &Request,
         auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<NoContent> {
         end_sessions(&state, request, &auth.0, SessionScope::All, "logout_all").await?;
         Ok(NoContent::Done)
@@ -804,12 +788,9 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<SessionList>> {
         let me = auth.0;
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let sessions = store::list_sessions(&mut tx, me.user_id).await?;
         tx.commit().await?;
         Ok(Json(SessionList {
@@ -838,9 +819,6 @@ impl AuthApi {
         state: Data<&AppState>,
         request: &Request,
         auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Session id.
         id: Path<Uuid>,
     ) -> ApiResult<NoContent> {
@@ -867,8 +845,6 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<EmailRequest>,
     ) -> ApiResult<AcceptedResponse> {
@@ -892,8 +868,6 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<ResetPasswordRequest>,
     ) -> ApiResult<NoContent> {
@@ -901,7 +875,7 @@ impl AuthApi {
         let token = OpaqueToken::parse(&body.0.token).ok_or_else(link_invalid)?;
         let hash = state.hasher.hash(&body.0.password).await?;
         let tenant_id = tenant.0.id;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = tenant.begin(&state).await?;
         let Some(user) =
             store::consume_user_token(&mut tx, &token, TokenPurpose::ResetPassword).await?
         else {
@@ -950,15 +924,12 @@ impl AuthApi {
         state: Data<&AppState>,
         request: &Request,
         auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<ChangePasswordRequest>,
     ) -> ApiResult<NoContent> {
         let me = auth.0;
         let client = client_info(request);
         let tenant_id = me.tenant.id;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = me.begin(&state).await?;
         let stored = store::password_hash(&mut tx, me.user_id).await?;
         tx.commit().await?;
         let verified = state
@@ -966,7 +937,7 @@ impl AuthApi {
             .verify(&body.0.current_password, stored.as_deref())
             .await?;
         if verified == Verified::No {
-            let mut tx = state.tenant_db.begin(tenant_id).await?;
+            let mut tx = me.begin(&state).await?;
             let policy = lockout_policy(&state.settings.auth);
             store::record_login_failure(&mut tx, me.user_id, policy).await?;
             audit(
@@ -987,7 +958,7 @@ impl AuthApi {
             )]));
         }
         let hash = state.hasher.hash(&body.0.new_password).await?;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = me.begin(&state).await?;
         store::set_password(&mut tx, me.user_id, &hash, false).await?;
         let ended = store::revoke_user_sessions(
             &mut tx,
@@ -1125,7 +1096,7 @@ async fn end_sessions(
 ) -> ApiResult<()> {
     let client = client_info(request);
     let tenant = me.tenant.id;
-    let mut tx = state.tenant_db.begin(tenant).await?;
+    let mut tx = me.begin(state).await?;
     let ended = match scope {
         SessionScope::One(id) => {
             if !store::revoke_session(&mut tx, me.user_id, id, reason).await? {
@@ -1205,7 +1176,7 @@ pub(crate) async fn recovery_throttle(
 
 /// Enqueues an email request job: the same work whether or not the account exists.
 async fn enqueue_request(state: &AppState, tenant: &CurrentTenant, job: NewJob) -> ApiResult<()> {
-    let mut tx = state.tenant_db.begin(tenant.0.id).await?;
+    let mut tx = tenant.begin(state).await?;
     jobs::enqueue(&mut tx, job).await?;
     tx.commit().await?;
     Ok(())

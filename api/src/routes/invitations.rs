@@ -27,10 +27,7 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{
-        client_info,
-        permissions::{Authorized, perm},
-    },
+    auth::{Authorized, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
@@ -213,16 +210,13 @@ impl InvitationsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<CreateInvitation>,
     ) -> ApiResult<InvitationCreated> {
         let me = auth.principal;
         let client = client_info(request);
         let body = body.0;
         let email = body.email.trim();
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let wanted = known_roles(&all_roles, &body.role_ids)?;
         ensure_holds(
@@ -294,9 +288,6 @@ impl InvitationsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Page size, 1 to 100.
         #[oai(
             default = "default_limit",
@@ -307,7 +298,7 @@ impl InvitationsApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<InvitationPage>> {
         let after = cursor.0.as_deref().map(decode_created_cursor).transpose()?;
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let open = invitations::list_open(&mut tx, after, limit.0 + 1).await?;
         let all_roles = roles::list_roles(&mut tx)
             .await
@@ -334,15 +325,12 @@ impl InvitationsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Invitation id.
         id: Path<Uuid>,
     ) -> ApiResult<InvitationRevoked> {
         let me = auth.principal;
         let client = client_info(request);
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let invitation = invitations::revoke(&mut tx, id.0)
             .await?
@@ -378,15 +366,12 @@ impl InvitationsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Invitation id.
         id: Path<Uuid>,
     ) -> ApiResult<InvitationResent> {
         let me = auth.principal;
         let client = client_info(request);
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let invitation = invitations::renew(&mut tx, id.0, state.settings.auth.invitation_ttl)
             .await?
@@ -429,8 +414,6 @@ impl InvitationsApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<AcceptInvitationRequest>,
     ) -> ApiResult<Json<TokenPair>> {
@@ -439,7 +422,7 @@ impl InvitationsApi {
         let token = OpaqueToken::parse(&body.token).ok_or_else(invitation_invalid)?;
         let password_hash = state.hasher.hash(&body.password).await?;
         let tenant_id = tenant.0.id;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = tenant.begin(&state).await?;
         // The roles lock before the seat lock, as everywhere: assigning roles is a change.
         roles::lock_roles(&mut tx)
             .await

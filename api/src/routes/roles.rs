@@ -19,14 +19,10 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{
-        Principal, client_info,
-        permissions::{Authorized, missing, perm},
-    },
+    auth::{Authorized, Principal, client_info, missing, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
     routes::{ApiTag, auth::audit},
-    tenant::CurrentTenant,
 };
 
 /// Roles endpoints.
@@ -346,9 +342,6 @@ impl RolesApi {
     async fn list_permissions(
         &self,
         _auth: Authorized<perm::RolesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<PermissionList>> {
         Ok(Json(PermissionList {
             items: Permission::ALL
@@ -367,11 +360,8 @@ impl RolesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::RolesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<RoleList>> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let roles = store::list_roles(&mut tx)
             .await
             .map_err(ApiError::internal)?;
@@ -387,13 +377,10 @@ impl RolesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::RolesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Role id.
         id: Path<Uuid>,
     ) -> ApiResult<Json<RoleView>> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let roles = store::list_roles(&mut tx)
             .await
             .map_err(ApiError::internal)?;
@@ -415,16 +402,13 @@ impl RolesApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<CreateRole>,
     ) -> ApiResult<CreatedRole> {
         let me = auth.principal;
         let body = body.0;
         let client = client_info(request);
         let permissions = parse_permissions(&body.permissions);
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let id = Uuid::now_v7();
         let mut allows = permissions;
@@ -470,9 +454,6 @@ impl RolesApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Role id.
         id: Path<Uuid>,
         body: JsonBody<UpdateRole>,
@@ -481,7 +462,7 @@ impl RolesApi {
         let body = body.0;
         let client = client_info(request);
         let tenant = me.tenant.id;
-        let mut tx = state.tenant_db.begin(tenant).await?;
+        let mut tx = me.begin(&state).await?;
         let (mut roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let index = roles
             .iter()
@@ -554,16 +535,13 @@ impl RolesApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Role id.
         id: Path<Uuid>,
     ) -> ApiResult<DeletedRole> {
         let me = auth.principal;
         let client = client_info(request);
         let tenant = me.tenant.id;
-        let mut tx = state.tenant_db.begin(tenant).await?;
+        let mut tx = me.begin(&state).await?;
         let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         if roles.iter().any(|r| r.id == id.0) {
             ensure_holds(

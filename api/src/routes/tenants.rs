@@ -33,10 +33,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     admin_auth::PlatformAdmin,
-    auth::{
-        client_info,
-        permissions::{Authorized, MaybeSignedIn, perm},
-    },
+    auth::{Authorized, MaybeSignedIn, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
     routes::{
@@ -45,7 +42,7 @@ use crate::{
         page,
         roles::{ensure_holds, lock_for_change},
     },
-    tenant::{CurrentTenant, publish_change},
+    tenant::publish_change,
 };
 
 /// Tenant operations.
@@ -397,14 +394,11 @@ impl TenantsApi {
     async fn get_current_tenant(
         &self,
         state: Data<&AppState>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        tenant: CurrentTenant,
         caller: MaybeSignedIn,
     ) -> ApiResult<Json<TenantProfile>> {
-        let tenant = tenant.0;
-        let mut tx = state.tenant_db.begin(tenant.id).await?;
-        let profile = profile(&state, &mut tx, &tenant, caller.granted()).await?;
+        let mut tx = caller.begin(&state).await?;
+        let tenant = &caller.tenant;
+        let profile = profile(&state, &mut tx, tenant, caller.granted()).await?;
         tx.commit().await?;
         Ok(Json(profile))
     }
@@ -424,16 +418,13 @@ impl TenantsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::TenantManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<UpdateCurrentTenant>,
     ) -> ApiResult<Json<TenantProfile>> {
         let me = auth.principal;
         let client = client_info(request);
         let body = body.0;
         let domains = body.domains().map_err(ApiError::validation)?;
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         // Under the roles lock: the role judged here cannot change before this commits.
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::TenantManage).await?;
         let before = membership::registration(&mut tx).await?;
