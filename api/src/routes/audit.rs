@@ -1,5 +1,6 @@
 //! The tenant's security audit log (`/v1/audit-events`): sign-ups, logins, password and
-//! session events, status, role and assignment changes, newest first.
+//! session events, status, role and assignment changes, newest first; and [`record`],
+//! which every endpoint appending to it calls.
 
 use chrono::{DateTime, Utc};
 use identity::store::{self, AuditRecord};
@@ -11,7 +12,7 @@ use crate::{
     AppState,
     auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode},
-    routes::{ApiTag, page},
+    routes::{ApiTag, pagination::page},
 };
 
 /// Audit endpoints.
@@ -121,4 +122,28 @@ impl AuditApi {
             next_cursor,
         }))
     }
+}
+
+/// Appends an audit event in `tx`.
+pub(crate) async fn record(
+    tx: &mut tenancy::TenantTx,
+    event: &str,
+    actor: Option<Uuid>,
+    subject: Option<Uuid>,
+    session: Option<Uuid>,
+    client: &identity::ClientInfo,
+    details: serde_json::Value,
+) -> Result<(), identity::StoreError> {
+    store::audit(
+        tx,
+        store::AuditEvent {
+            event,
+            actor,
+            subject,
+            session,
+            client,
+            details,
+        },
+    )
+    .await
 }

@@ -8,7 +8,7 @@ use identity::{
     ClientInfo, Email, OpaqueToken, User, UserStatus, Verified,
     link_emails::{self, LinkEmail, LinkPurpose, PasswordResetRequested, VerificationRequested},
     membership,
-    store::{self, AuditEvent, LockoutPolicy, NewUser, RefreshOutcome, Session, TokenPurpose},
+    store::{self, LockoutPolicy, NewUser, RefreshOutcome, Session, TokenPurpose},
 };
 use jobs::{Job, NewJob};
 use poem::{Request, web::Data};
@@ -29,7 +29,8 @@ use crate::{
     limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
-        ApiTag,
+        ApiTag, audit,
+        checks::{check_email, check_name, check_new_password, check_present_password},
         users::{UserView, user_view},
     },
     settings::AuthSettings,
@@ -444,7 +445,7 @@ impl AuthApi {
                     .to_job()?,
                 )
                 .await?;
-                audit(
+                audit::record(
                     &mut tx,
                     "user.registered",
                     Some(user.id),
@@ -485,7 +486,7 @@ impl AuthApi {
             .ok_or_else(link_invalid)?;
         let activated = store::mark_email_verified(&mut tx, user).await?;
         limits::ensure_seats(&state, &mut tx, &tenant.0, activated).await?;
-        audit(
+        audit::record(
             &mut tx,
             "email.verified",
             Some(user),
@@ -576,13 +577,13 @@ impl AuthApi {
                         Some(user) => store::record_login_failure(&mut tx, user, policy).await?,
                         None => None,
                     };
-                    audit(&mut tx, "login.failed", None, user, None, &client, json!({
+                    audit::record(&mut tx, "login.failed", None, user, None, &client, json!({
                     "email": body.email.trim(),
                     "reason": if user.is_some() { "wrong_password" } else { "unknown_email" },
                 }))
                 .await?;
                     if let Some(until) = locked {
-                        audit(
+                        audit::record(
                             &mut tx,
                             "login.locked",
                             None,
@@ -628,7 +629,7 @@ impl AuthApi {
         store::record_login_success(&mut tx, user, rehashed.as_deref()).await?;
         let (session, refresh) =
             store::create_session(&mut tx, user, &client, state.settings.jwt.refresh_ttl).await?;
-        audit(
+        audit::record(
             &mut tx,
             "login.succeeded",
             Some(user),
@@ -707,7 +708,7 @@ impl AuthApi {
                 )?))
             }
             RefreshOutcome::Reused { session, user } => {
-                audit(
+                audit::record(
                     &mut tx,
                     "refresh_token.reused",
                     None,
@@ -888,7 +889,7 @@ impl AuthApi {
         let activated = store::mark_email_verified(&mut tx, user).await?;
         limits::ensure_seats(&state, &mut tx, &tenant.0, activated).await?;
         let ended = store::revoke_user_sessions(&mut tx, user, None, "password_reset").await?;
-        audit(
+        audit::record(
             &mut tx,
             "password.reset",
             Some(user),
@@ -940,7 +941,7 @@ impl AuthApi {
             let mut tx = me.begin(&state).await?;
             let policy = lockout_policy(&state.settings.auth);
             store::record_login_failure(&mut tx, me.user_id, policy).await?;
-            audit(
+            audit::record(
                 &mut tx,
                 "password.change_failed",
                 Some(me.user_id),
@@ -967,7 +968,7 @@ impl AuthApi {
             "password_changed",
         )
         .await?;
-        audit(
+        audit::record(
             &mut tx,
             "password.changed",
             Some(me.user_id),
@@ -1063,7 +1064,7 @@ impl TenantSeed for OwnerSeed {
             jobs::enqueue(tx, link.to_job().map_err(|e| failed(e.into()))?)
                 .await
                 .map_err(|e| failed(e.into()))?;
-            audit(
+            audit::record(
                 tx,
                 "signup",
                 Some(user.id),
@@ -1110,7 +1111,7 @@ async fn end_sessions(
         }
         SessionScope::All => store::revoke_user_sessions(&mut tx, me.user_id, None, reason).await?,
     };
-    audit(
+    audit::record(
         &mut tx,
         "session.revoked",
         Some(me.user_id),
@@ -1188,30 +1189,7 @@ async fn send_notice(tx: &mut TenantTx, user: &User, event: &str) -> ApiResult<(
     Ok(())
 }
 
-/// Appends an audit event in `tx`.
-pub(crate) async fn audit(
-    tx: &mut TenantTx,
-    event: &str,
-    actor: Option<Uuid>,
-    subject: Option<Uuid>,
-    session: Option<Uuid>,
-    client: &ClientInfo,
-    details: serde_json::Value,
-) -> Result<(), identity::StoreError> {
-    store::audit(
-        tx,
-        AuditEvent {
-            event,
-            actor,
-            subject,
-            session,
-            client,
-            details,
-        },
-    )
-    .await
-}
-
+/// The token pair of a new or refreshed session.
 pub(crate) fn token_pair(
     state: &AppState,
     tenant: Uuid,
@@ -1267,41 +1245,4 @@ fn account_disabled() -> ApiError {
         ErrorCode::AccountDisabled,
         "This account has been deactivated or banned; contact your administrator.",
     )
-}
-
-pub(crate) fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str) {
-    if !email::is_valid_address(email.trim()) {
-        errors.push(FieldError::new(
-            field,
-            "invalid",
-            "must be an email address such as ada@example.com",
-        ));
-    }
-}
-
-pub(crate) fn check_new_password(errors: &mut Vec<FieldError>, field: &str, password: &str) {
-    if let Err(violation) = identity::check_policy(password) {
-        errors.push(FieldError::new(
-            field,
-            violation.code(),
-            format!("{field} {violation}"),
-        ));
-    }
-}
-
-fn check_present_password(errors: &mut Vec<FieldError>, field: &str, password: &str) {
-    if password.is_empty() || password.len() > 1024 {
-        errors.push(FieldError::new(field, "invalid", "must be 1 to 1024 bytes"));
-    }
-}
-
-pub(crate) fn check_name(errors: &mut Vec<FieldError>, field: &str, name: &str) {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        errors.push(FieldError::new(
-            field,
-            "length",
-            "must be 1 to 200 characters, without control characters",
-        ));
-    }
 }

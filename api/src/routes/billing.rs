@@ -29,7 +29,7 @@ use crate::{
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     limits::{self, Limited},
     payload::{JsonBody, RawJson, Validate},
-    routes::{ApiTag, page},
+    routes::{ApiTag, pagination::page},
 };
 
 /// Billing operations.

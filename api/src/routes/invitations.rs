@@ -32,13 +32,11 @@ use crate::{
     limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
-        ApiTag,
-        auth::{
-            TokenPair, audit, check_email, check_name, check_new_password, recovery_throttle,
-            token_pair,
-        },
-        created_cursor, decode_created_cursor, page,
-        roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        ApiTag, audit,
+        auth::{TokenPair, recovery_throttle, token_pair},
+        checks::{check_email, check_name, check_new_password},
+        guards::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        pagination::{created_cursor, decode_created_cursor, page},
         users::RoleRef,
     },
     tenant::CurrentTenant,
@@ -250,7 +248,7 @@ impl InvitationsApi {
         };
         jobs::enqueue(&mut tx, email.to_job()?).await?;
         let view = InvitationView::new(&invitation, &all_roles);
-        audit(
+        audit::record(
             &mut tx,
             if created {
                 "invitation.created"
@@ -337,7 +335,7 @@ impl InvitationsApi {
             .ok_or_else(invitation_not_found)?;
         // Refused, the revocation rolls back with the transaction.
         ensure_may_handle(held, &all_roles, &invitation)?;
-        audit(
+        audit::record(
             &mut tx,
             "invitation.revoked",
             Some(me.user_id),
@@ -381,7 +379,7 @@ impl InvitationsApi {
             invitation_id: invitation.id,
         };
         jobs::enqueue(&mut tx, email.to_job()?).await?;
-        audit(
+        audit::record(
             &mut tx,
             "invitation.resent",
             Some(me.user_id),
@@ -468,7 +466,7 @@ impl InvitationsApi {
         let (session, refresh) =
             store::create_session(&mut tx, user.id, &client, state.settings.jwt.refresh_ttl)
                 .await?;
-        audit(
+        audit::record(
             &mut tx,
             "invitation.accepted",
             Some(user.id),

@@ -1,14 +1,20 @@
 //! One module per API tag, each with its `XxxApi` struct, its request and response types
-//! beside the handlers.
+//! beside the handlers; and the pieces several of them share, which depend on no route
+//! module: [`pagination`] (pages and cursors), [`checks`] (field checks), [`guards`] (role
+//! and assignment guards) and [`audit::record`] (appending to the audit log). This module
+//! only assembles: the tags, the service and its document.
 
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod checks;
 pub mod files;
+pub mod guards;
 pub mod health;
 pub mod invitations;
 pub mod jobs;
 pub mod ops;
+pub mod pagination;
 pub mod products;
 pub mod roles;
 pub mod tenants;
@@ -92,47 +98,6 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
              with a stable `code`; `GET /problems/{code}` explains each code.",
     )
     .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
-}
-
-/// Keyset pagination: listings fetch `limit + 1` rows, the extra one only telling that a
-/// next page exists. Returns the page and the cursor of its last row when there is more.
-pub(crate) fn page<T>(
-    mut rows: Vec<T>,
-    limit: i64,
-    cursor_of: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>) {
-    let limit = usize::try_from(limit).unwrap_or(0);
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next = if more {
-        rows.last().map(cursor_of)
-    } else {
-        None
-    };
-    (rows, next)
-}
-
-/// The cursor of a listing ordered by creation: `<created_at µs>_<id>`.
-pub(crate) fn created_cursor(created_at: chrono::DateTime<chrono::Utc>, id: uuid::Uuid) -> String {
-    format!("{}_{}", created_at.timestamp_micros(), id.simple())
-}
-
-/// The keyset (created_at, id) of a cursor [`created_cursor`] made; a 400 for anything else.
-pub(crate) fn decode_created_cursor(
-    cursor: &str,
-) -> Result<(chrono::DateTime<chrono::Utc>, uuid::Uuid), crate::error::ApiError> {
-    cursor
-        .split_once('_')
-        .and_then(|(micros, id)| {
-            let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-            Some((at, uuid::Uuid::parse_str(id).ok()?))
-        })
-        .ok_or_else(|| {
-            crate::error::ApiError::new(
-                crate::error::ErrorCode::InvalidParameter,
-                "Parameter `cursor` is not a cursor this API issued.",
-            )
-        })
 }
 
 /// The OpenAPI document as served and checked in (pretty JSON).

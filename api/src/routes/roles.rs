@@ -14,15 +14,17 @@ use rbac::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use tenancy::TenantTx;
 use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{Authorized, Principal, client_info, missing, perm},
+    auth::{Authorized, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
-    routes::{ApiTag, auth::audit},
+    routes::{
+        ApiTag, audit,
+        guards::{GRANTS_MORE, ensure_holds, lock_for_change},
+    },
 };
 
 /// Roles endpoints.
@@ -260,77 +262,6 @@ fn role_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No role of this tenant has this id.")
 }
 
-/// Why a role is refused to someone lacking what it grants.
-const GRANTS_MORE: &str = "This role grants permissions you do not hold";
-
-/// A 403 `forbidden` (starting with `refusal`, listing the permissions in `permissions`)
-/// unless `actor` holds every permission of `wanted`.
-pub(crate) fn ensure_holds(
-    actor: PermissionSet,
-    wanted: PermissionSet,
-    refusal: &str,
-) -> Result<(), ApiError> {
-    let lacking = wanted.difference(actor);
-    if lacking.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        format!("{refusal}: {}.", lacking.names().join(", ")),
-    )
-    .with_extension("permissions", lacking.names().into()))
-}
-
-/// The requested role ids, deduplicated; a 422 naming each one the tenant does not have.
-pub(crate) fn known_roles(all_roles: &[Role], requested: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
-    let unknown: Vec<FieldError> = requested
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
-        .map(|(i, id)| {
-            FieldError::new(
-                format!("role_ids[{i}]"),
-                "not_found",
-                format!("no role of this tenant has id {id}"),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::validation(unknown));
-    }
-    let mut wanted = requested.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-    Ok(wanted)
-}
-
-/// Everything holding all of `role_ids` allows.
-pub(crate) fn allowed_by(all_roles: &[Role], role_ids: &[Uuid]) -> PermissionSet {
-    role_ids
-        .iter()
-        .map(|id| store::effective_permissions(all_roles, *id))
-        .fold(PermissionSet::EMPTY, PermissionSet::union)
-}
-
-/// Locks the tenant's roles and returns them with the caller's permissions as they stand
-/// now (not as cached when the request started), which must still include `required` (the
-/// endpoint's permission: a role taken away meanwhile counts).
-pub(crate) async fn lock_for_change(
-    tx: &mut TenantTx,
-    actor: &Principal,
-    required: Permission,
-) -> Result<(Vec<Role>, PermissionSet), ApiError> {
-    store::lock_roles(tx).await.map_err(ApiError::internal)?;
-    let roles = store::list_roles(tx).await.map_err(ApiError::internal)?;
-    let held = store::user_permissions(tx, actor.user_id)
-        .await
-        .map_err(ApiError::internal)?;
-    if !held.contains(required) {
-        return Err(missing(required));
-    }
-    Ok((roles, held))
-}
-
 #[OpenApi(tag = "ApiTag::Roles")]
 impl RolesApi {
     /// The permission catalog: every permission a role can grant.
@@ -427,7 +358,7 @@ impl RolesApi {
             },
         )
         .await?;
-        audit(
+        audit::record(
             &mut tx,
             "role.created",
             Some(me.user_id),
@@ -503,7 +434,7 @@ impl RolesApi {
             },
         )
         .await?;
-        audit(
+        audit::record(
             &mut tx,
             "role.updated",
             Some(me.user_id),
@@ -551,7 +482,7 @@ impl RolesApi {
             )?;
         }
         let role = store::delete_role(&mut tx, id.0).await?;
-        audit(
+        audit::record(
             &mut tx,
             "role.deleted",
             Some(me.user_id),

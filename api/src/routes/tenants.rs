@@ -37,10 +37,9 @@ use crate::{
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
     routes::{
-        ApiTag,
-        auth::audit,
-        page,
-        roles::{ensure_holds, lock_for_change},
+        ApiTag, audit,
+        guards::{ensure_holds, lock_for_change},
+        pagination::page,
     },
     tenant::publish_change,
 };
@@ -452,7 +451,7 @@ impl TenantsApi {
         }
         if after != before {
             membership::set_registration(&mut tx, &after).await?;
-            audit(
+            audit::record(
                 &mut tx,
                 "tenant.registration_changed",
                 Some(me.user_id),

@@ -25,10 +25,10 @@ use crate::{
     limits,
     payload::{JsonBody, Validate, all_valid},
     routes::{
-        ApiTag,
-        auth::{audit, check_name},
-        created_cursor, decode_created_cursor, page,
-        roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        ApiTag, audit,
+        checks::check_name,
+        guards::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        pagination::{created_cursor, decode_created_cursor, page},
     },
 };
 
@@ -375,7 +375,7 @@ impl UsersApi {
             Vec::new()
         };
         if before.status != after.status {
-            audit(
+            audit::record(
                 &mut tx,
                 "user.status_changed",
                 Some(me.user_id),
@@ -450,7 +450,7 @@ impl UsersApi {
             .map_err(ApiError::internal)?;
         let after = user_view(&mut tx, &user).await?;
         let names = |v: &UserView| v.roles.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-        audit(
+        audit::record(
             &mut tx,
             "user.roles_changed",
             Some(me.user_id),

@@ -39,7 +39,7 @@ use crate::{
     AppState,
     auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    routes::{ApiTag, page},
+    routes::{ApiTag, pagination::page},
 };
 
 /// The upload endpoint, exempt from the global body limit and timeout.

@@ -34,7 +34,7 @@ use crate::{
     error::{ApiError, ApiResult, ErrorCode, FieldError},
     limits::{self, Limited},
     payload::JsonBody,
-    routes::{ApiTag, files::check_image_ids, page},
+    routes::{ApiTag, files::check_image_ids, pagination::page},
 };
 
 /// Products endpoints.
