@@ -76,7 +76,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             health::HealthApi,
-            auth::AuthApi,
+            auth::AUTH_API,
             users::UsersApi,
             invitations::InvitationsApi,
             roles::RolesApi,
