@@ -73,10 +73,6 @@ fn default_limit() -> i64 {
 #[OpenApi(tag = "ApiTag::Audit")]
 impl AuditApi {
     /// The tenant's audit log, newest first.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per documented query parameter"
-    )]
     #[oai(
         path = "/v1/audit-events",
         method = "get",

@@ -77,37 +77,13 @@ impl RegistrationApi {
                 tracing::debug!("registration refused by the tenant's policy");
             }
             None => {
-                let user = store::insert_user(
-                    &mut tx,
-                    NewUser {
-                        email: &email,
-                        name: body.name.trim(),
-                        password_hash: &password_hash,
-                        status: UserStatus::Pending,
-                    },
-                )
-                .await?;
-                grant_registration_role(&mut tx, user.id, registration.role_id).await?;
-                // The job mints the link when it sends it: no payload holds a secret.
-                jobs::enqueue(
-                    &mut tx,
-                    LinkEmail {
-                        user_id: user.id,
-                        purpose: LinkPurpose::VerifyEmail,
-                    }
-                    .to_job()?,
-                )
-                .await?;
-                audit::record(
-                    &mut tx,
-                    "user.registered",
-                    Some(user.id),
-                    Some(user.id),
-                    None,
-                    &client,
-                    json!({}),
-                )
-                .await?;
+                let pending = PendingUser {
+                    email: &email,
+                    name: body.name.trim(),
+                    password_hash: &password_hash,
+                    role: registration.role_id,
+                };
+                pending.create(&mut tx, &client).await?;
             }
         }
         tx.commit().await?;
@@ -207,4 +183,51 @@ async fn grant_registration_role(
     rbac::store::grant_system_role(tx, user, SystemRole::Viewer)
         .await
         .map_err(ApiError::internal)
+}
+
+/// A self-registered user, made `pending` until they verify their address.
+struct PendingUser<'a> {
+    email: &'a Email,
+    name: &'a str,
+    password_hash: &'a str,
+    /// The tenant's registration role, if it names one.
+    role: Option<Uuid>,
+}
+
+impl PendingUser<'_> {
+    /// Makes the user in `tx` with their role, queues the verification link, audits it.
+    async fn create(self, tx: &mut TenantTx, client: &ClientInfo) -> ApiResult<()> {
+        let user = store::insert_user(
+            tx,
+            NewUser {
+                email: self.email,
+                name: self.name,
+                password_hash: self.password_hash,
+                status: UserStatus::Pending,
+            },
+        )
+        .await?;
+        grant_registration_role(tx, user.id, self.role).await?;
+        // The job mints the link when it sends it: no payload holds a secret.
+        jobs::enqueue(
+            tx,
+            LinkEmail {
+                user_id: user.id,
+                purpose: LinkPurpose::VerifyEmail,
+            }
+            .to_job()?,
+        )
+        .await?;
+        audit::record(
+            tx,
+            "user.registered",
+            Some(user.id),
+            Some(user.id),
+            None,
+            client,
+            json!({}),
+        )
+        .await?;
+        Ok(())
+    }
 }

@@ -2,12 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use identity::{
-    Email, OpaqueToken, UserStatus, Verified,
-    store::{self, RefreshOutcome, Session},
+    ClientInfo, Email, OpaqueToken, UserStatus, Verified,
+    store::{self, LoginRecord, RefreshOutcome, Session},
 };
 use poem::{Request, web::Data};
 use poem_openapi::{OpenApi, param::Path, payload::Json};
 use serde_json::json;
+use tenancy::{TenantId, TenantTx};
 use uuid::Uuid;
 
 use crate::{
@@ -40,23 +41,12 @@ impl SessionsApi {
         tenant: CurrentTenant,
         body: JsonBody<LoginRequest>,
     ) -> ApiResult<Json<TokenPair>> {
-        let settings = &state.settings.auth;
         let client = client_info(request);
-        let tenant_id = tenant.0.id;
-        let ip_key = throttle::key(Counter::LoginFailures, Some(tenant_id), client.ip);
-        throttle::ensure_below(&state.redis, &ip_key, settings.login_ip_max_failures).await?;
-
+        let ip_key = throttle::key(Counter::LoginFailures, Some(tenant.0.id), client.ip);
+        let max_failures = state.settings.auth.login_ip_max_failures;
+        throttle::ensure_below(&state.redis, &ip_key, max_failures).await?;
         let body = body.0;
-        let mut tx = tenant.begin(&state).await?;
-        let record = store::login_record(&mut tx, &Email::new(&body.email)).await?;
-        tx.commit().await?;
-        if let Some(until) = record
-            .as_ref()
-            .and_then(|r| r.locked_until)
-            .filter(|until| *until > Utc::now())
-        {
-            return Err(account_locked(until));
-        }
+        let record = login_record(&state, &tenant, &body.email).await?;
         // The connection is back in the pool while the hash runs.
         let verified = state
             .hasher
@@ -65,90 +55,24 @@ impl SessionsApi {
                 record.as_ref().map(|r| r.password_hash.as_str()),
             )
             .await?;
-        let (record, rehashed) =
-            match (record, verified) {
-                (Some(record), Verified::Yes) => (record, None),
-                (Some(record), Verified::YesRehashed(hash)) => (record, Some(hash)),
-                (record, _) => {
-                    let user = record.map(|r| r.user.id);
-                    let policy = lockout_policy(settings);
-                    let mut tx = tenant.begin(&state).await?;
-                    let locked = match user {
-                        Some(user) => store::record_login_failure(&mut tx, user, policy).await?,
-                        None => None,
-                    };
-                    audit::record(&mut tx, "login.failed", None, user, None, &client, json!({
-                    "email": body.email.trim(),
-                    "reason": if user.is_some() { "wrong_password" } else { "unknown_email" },
-                }))
-                .await?;
-                    if let Some(until) = locked {
-                        audit::record(
-                            &mut tx,
-                            "login.locked",
-                            None,
-                            user,
-                            None,
-                            &client,
-                            json!({ "locked_until": until }),
-                        )
-                        .await?;
-                    }
-                    tx.commit().await?;
-                    // Counted after the fact; a Redis failure here only loses one count.
-                    let _ = throttle::hit(
-                        &state.redis,
-                        &ip_key,
-                        settings.login_ip_max_failures,
-                        settings.login_failure_window,
-                    )
-                    .await;
-                    return Err(match locked {
-                        Some(until) => account_locked(until),
-                        None => ApiError::new(
-                            ErrorCode::InvalidCredentials,
-                            "The email or the password is wrong.",
-                        ),
-                    });
-                }
-            };
-        match record.user.status {
-            UserStatus::Active => {}
-            UserStatus::Pending => {
-                return Err(ApiError::new(
-                    ErrorCode::EmailNotVerified,
-                    "Verify your email address first: follow the link we sent you.",
-                ));
+        let (record, rehashed) = match (record, verified) {
+            (Some(record), Verified::Yes) => (record, None),
+            (Some(record), Verified::YesRehashed(hash)) => (record, Some(hash)),
+            (record, _) => {
+                let user = record.map(|r| r.user.id);
+                let failure = LoginFailure {
+                    user,
+                    email: body.email.trim(),
+                    client: &client,
+                    ip_key: &ip_key,
+                };
+                return Err(failure.record(&state, &tenant).await?);
             }
-            UserStatus::Deactivated | UserStatus::Banned => {
-                return Err(account_disabled());
-            }
-        }
+        };
+        ensure_may_log_in(record.user.status)?;
         let user = record.user.id;
-        let mut tx = tenant.begin(&state).await?;
-        store::record_login_success(&mut tx, user, rehashed.as_deref()).await?;
-        let (session, refresh) =
-            store::create_session(&mut tx, user, &client, state.settings.jwt.refresh_ttl).await?;
-        audit::record(
-            &mut tx,
-            "login.succeeded",
-            Some(user),
-            Some(user),
-            Some(session.id),
-            &client,
-            json!({
-                "rehashed": rehashed.is_some(),
-            }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Json(token_pair(
-            &state,
-            tenant_id.0,
-            user,
-            session.id,
-            &refresh,
-        )?))
+        let pair = open_session(&state, &tenant, user, rehashed.as_deref(), &client).await?;
+        Ok(Json(pair))
     }
 
     /// Exchange a refresh token for new tokens.
@@ -208,26 +132,7 @@ impl SessionsApi {
                 )?))
             }
             RefreshOutcome::Reused { session, user } => {
-                audit::record(
-                    &mut tx,
-                    "refresh_token.reused",
-                    None,
-                    Some(user),
-                    Some(session),
-                    &client,
-                    json!({}),
-                )
-                .await?;
-                tx.commit().await?;
-                state
-                    .revocations
-                    .revoke_sessions(tenant_id, &[session])
-                    .await;
-                tracing::warn!(%session, "refresh token reused: session revoked");
-                Err(ApiError::new(
-                    ErrorCode::RefreshTokenReused,
-                    "This refresh token was already used; the session has been revoked. Log in again.",
-                ))
+                Err(revoke_reused(&state, tx, tenant_id, session, user, &client).await?)
             }
             RefreshOutcome::UserBlocked { status } => {
                 tx.rollback().await?;
@@ -393,4 +298,149 @@ async fn end_sessions(
     tx.commit().await?;
     state.revocations.revoke_sessions(tenant, &ended).await;
     Ok(())
+}
+
+/// The login record of `email`, which must not be locked (403 `account_locked`).
+async fn login_record(
+    state: &AppState,
+    tenant: &CurrentTenant,
+    email: &str,
+) -> ApiResult<Option<LoginRecord>> {
+    let mut tx = tenant.begin(state).await?;
+    let record = store::login_record(&mut tx, &Email::new(email)).await?;
+    tx.commit().await?;
+    if let Some(until) = record
+        .as_ref()
+        .and_then(|r| r.locked_until)
+        .filter(|until| *until > Utc::now())
+    {
+        return Err(account_locked(until));
+    }
+    Ok(record)
+}
+
+/// A failed login: a wrong password (`user` known) or an unknown email.
+struct LoginFailure<'a> {
+    user: Option<Uuid>,
+    email: &'a str,
+    client: &'a ClientInfo,
+    ip_key: &'a str,
+}
+
+impl LoginFailure<'_> {
+    /// Counts the failure (locking the account past the policy's limit), audits it, counts
+    /// it against the client's address, and gives the answer: 401 `invalid_credentials`,
+    /// or 403 `account_locked` when this failure locked the account.
+    async fn record(self, state: &AppState, tenant: &CurrentTenant) -> ApiResult<ApiError> {
+        let settings = &state.settings.auth;
+        let Self {
+            user,
+            email,
+            client,
+            ip_key,
+        } = self;
+        let mut tx = tenant.begin(state).await?;
+        let locked = match user {
+            Some(user) => {
+                store::record_login_failure(&mut tx, user, lockout_policy(settings)).await?
+            }
+            None => None,
+        };
+        let reason = if user.is_some() {
+            "wrong_password"
+        } else {
+            "unknown_email"
+        };
+        let details = json!({ "email": email, "reason": reason });
+        audit::record(&mut tx, "login.failed", None, user, None, client, details).await?;
+        if let Some(until) = locked {
+            let details = json!({ "locked_until": until });
+            audit::record(&mut tx, "login.locked", None, user, None, client, details).await?;
+        }
+        tx.commit().await?;
+        // Counted after the fact; a Redis failure here only loses one count.
+        let _ = throttle::hit(
+            &state.redis,
+            ip_key,
+            settings.login_ip_max_failures,
+            settings.login_failure_window,
+        )
+        .await;
+        Ok(match locked {
+            Some(until) => account_locked(until),
+            None => ApiError::new(
+                ErrorCode::InvalidCredentials,
+                "The email or the password is wrong.",
+            ),
+        })
+    }
+}
+
+/// Only active users log in: a pending one must verify their address first.
+fn ensure_may_log_in(status: UserStatus) -> ApiResult<()> {
+    match status {
+        UserStatus::Active => Ok(()),
+        UserStatus::Pending => Err(ApiError::new(
+            ErrorCode::EmailNotVerified,
+            "Verify your email address first: follow the link we sent you.",
+        )),
+        UserStatus::Deactivated | UserStatus::Banned => Err(account_disabled()),
+    }
+}
+
+/// Records the successful login (storing the rehashed password, if any), opens a session
+/// and audits it; the session's tokens.
+async fn open_session(
+    state: &AppState,
+    tenant: &CurrentTenant,
+    user: Uuid,
+    rehashed: Option<&str>,
+    client: &ClientInfo,
+) -> ApiResult<TokenPair> {
+    let mut tx = tenant.begin(state).await?;
+    store::record_login_success(&mut tx, user, rehashed).await?;
+    let (session, refresh) =
+        store::create_session(&mut tx, user, client, state.settings.jwt.refresh_ttl).await?;
+    let details = json!({ "rehashed": rehashed.is_some() });
+    audit::record(
+        &mut tx,
+        "login.succeeded",
+        Some(user),
+        Some(user),
+        Some(session.id),
+        client,
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    token_pair(state, tenant.0.id.0, user, session.id, &refresh)
+}
+
+/// A refresh token presented again after its grace window is taken for stolen: the
+/// session is revoked (and audited) and the answer is 401 `refresh_token_reused`.
+async fn revoke_reused(
+    state: &AppState,
+    mut tx: TenantTx,
+    tenant: TenantId,
+    session: Uuid,
+    user: Uuid,
+    client: &ClientInfo,
+) -> ApiResult<ApiError> {
+    audit::record(
+        &mut tx,
+        "refresh_token.reused",
+        None,
+        Some(user),
+        Some(session),
+        client,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    state.revocations.revoke_sessions(tenant, &[session]).await;
+    tracing::warn!(%session, "refresh token reused: session revoked");
+    Ok(ApiError::new(
+        ErrorCode::RefreshTokenReused,
+        "This refresh token was already used; the session has been revoked. Log in again.",
+    ))
 }

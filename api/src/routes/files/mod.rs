@@ -254,10 +254,6 @@ impl FilesApi {
     /// List files.
     ///
     /// Newest first, keyset-paginated: pass `next_cursor` back as `cursor`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per documented query parameter"
-    )]
     #[oai(path = "/v1/files", method = "get", operation_id = "list_files")]
     async fn list_files(
         &self,
