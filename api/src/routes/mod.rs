@@ -84,7 +84,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             files::FilesApi,
             billing::BillingApi,
             audit::AuditApi,
-            tenants::TenantsApi,
+            tenants::TENANTS_API,
             jobs::JobsApi,
         ),
         "Canopy",
