@@ -1,7 +1,7 @@
 //! Authorization: every tenant endpoint names the permission it needs in its signature,
 //! `auth: Authorized<perm::ProductsWrite>`, and nothing else. The extractor authenticates
-//! the caller ([`super::authn`]), then [`authorize`]s them: it reads what they may do (from
-//! the permission cache entries authentication read in its round trip, see
+//! the caller ([`super::authn`]), then authorizes them (`authorize`): it reads what they
+//! may do (from the permission cache entries authentication read in its round trip, see
 //! [`super::permissions`]) and checks the permission before the handler runs (403
 //! `forbidden` naming the missing permission). The same type puts the permission into the
 //! OpenAPI document: its security requirement is named after the permission, and

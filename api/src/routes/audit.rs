@@ -1,5 +1,5 @@
 //! The tenant's security audit log (`/v1/audit-events`): sign-ups, logins, password and
-//! session events, status, role and assignment changes, newest first; and [`record`],
+//! session events, status, role and assignment changes, newest first; and `record`,
 //! which every endpoint appending to it calls.
 
 use chrono::{DateTime, Utc};

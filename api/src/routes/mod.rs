@@ -1,7 +1,7 @@
 //! One module per API tag, each with its `XxxApi` struct, its request and response types
 //! beside the handlers; and the pieces several of them share, which depend on no route
 //! module: [`pagination`] (pages and cursors), [`checks`] (field checks), [`guards`] (role
-//! and assignment guards) and [`audit::record`] (appending to the audit log). This module
+//! and assignment guards) and `audit::record` (appending to the audit log). This module
 //! only assembles: the tags, the service and its document.
 
 pub mod audit;
