@@ -365,8 +365,11 @@ openapi_validator_version=0.9.0
 
 setup_test_tools() {
 	local venv=$local_dir/venv
-	if "$venv/bin/python" -m pip show openapi-spec-validator 2>/dev/null |
-		grep -qx "Version: $openapi_validator_version"; then
+	local installed
+	# Read all of pip's output (no `grep -q`, which would close the pipe early and, under
+	# pipefail, fail the check and reinstall every time).
+	installed=$("$venv/bin/python" -m pip show openapi-spec-validator 2>/dev/null | sed -n 's/^Version: //p' || true)
+	if [[ $installed == "$openapi_validator_version" ]]; then
 		return
 	fi
 	if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
