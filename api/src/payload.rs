@@ -17,7 +17,7 @@ use poem_openapi::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, ErrorCode, FieldError};
+use crate::error::{ApiError, ErrorCode, FieldCode, FieldError};
 
 /// Semantic validation of a deserialized request body.
 pub trait Validate {
@@ -127,11 +127,11 @@ fn shape_error(path: &str, err: &serde_json::Error) -> FieldError {
     };
     let quoted = |m: &str| m.split('`').nth(1).map(str::to_owned);
     if let Some(name) = message.strip_prefix("missing field ").and_then(quoted) {
-        return FieldError::new(join(&name), "required", "This field is required.");
+        return FieldError::new(join(&name), FieldCode::Required, "This field is required.");
     }
     if message.starts_with("unknown field ") {
         // The path already ends with the unknown field's name.
-        return FieldError::new(path, "unknown_field", message);
+        return FieldError::new(path, FieldCode::UnknownField, message);
     }
     let field = if path == "." {
         String::new()
@@ -139,9 +139,9 @@ fn shape_error(path: &str, err: &serde_json::Error) -> FieldError {
         path.to_owned()
     };
     let code = if message.starts_with("invalid type") {
-        "invalid_type"
+        FieldCode::InvalidType
     } else {
-        "invalid_value"
+        FieldCode::InvalidValue
     };
     FieldError::new(field, code, message)
 }

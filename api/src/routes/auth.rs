@@ -25,7 +25,7 @@ use crate::{
         UserAuth, client_info,
         throttle::{self, Counter},
     },
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
@@ -75,14 +75,14 @@ impl Validate for SignupRequest {
         if let Err(reason) = TenantSlug::parse(&self.tenant_slug) {
             errors.push(FieldError::new(
                 "tenant_slug",
-                "invalid",
+                FieldCode::Invalid,
                 format!("slug {reason}"),
             ));
         }
         if tenancy::validate_name(&self.tenant_name).is_err() {
             errors.push(FieldError::new(
                 "tenant_name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             ));
         }
@@ -982,7 +982,7 @@ impl AuthApi {
             tx.commit().await?;
             return Err(ApiError::validation(vec![FieldError::new(
                 "current_password",
-                "incorrect",
+                FieldCode::Incorrect,
                 "is not the current password",
             )]));
         }
@@ -1302,7 +1302,7 @@ pub(crate) fn check_email(errors: &mut Vec<FieldError>, field: &str, email: &str
     if !email::is_valid_address(email.trim()) {
         errors.push(FieldError::new(
             field,
-            "invalid",
+            FieldCode::Invalid,
             "must be an email address such as ada@example.com",
         ));
     }
@@ -1312,7 +1312,11 @@ pub(crate) fn check_new_password(errors: &mut Vec<FieldError>, field: &str, pass
     if let Err(violation) = identity::check_policy(password) {
         errors.push(FieldError::new(
             field,
-            violation.code(),
+            match violation {
+                identity::PolicyViolation::TooShort => FieldCode::TooShort,
+                identity::PolicyViolation::TooLong => FieldCode::TooLong,
+                identity::PolicyViolation::Common => FieldCode::Common,
+            },
             format!("{field} {violation}"),
         ));
     }
@@ -1320,7 +1324,7 @@ pub(crate) fn check_new_password(errors: &mut Vec<FieldError>, field: &str, pass
 
 fn check_present_password(errors: &mut Vec<FieldError>, field: &str, password: &str) {
     if password.is_empty() || password.len() > 1024 {
-        errors.push(FieldError::new(field, "invalid", "must be 1 to 1024 bytes"));
+        errors.push(FieldError::new(field, FieldCode::Invalid, "must be 1 to 1024 bytes"));
     }
 }
 
@@ -1329,7 +1333,7 @@ pub(crate) fn check_name(errors: &mut Vec<FieldError>, field: &str, name: &str) 
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         errors.push(FieldError::new(
             field,
-            "length",
+            FieldCode::Length,
             "must be 1 to 200 characters, without control characters",
         ));
     }

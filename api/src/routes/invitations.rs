@@ -31,7 +31,7 @@ use crate::{
         client_info,
         permissions::{Authorized, perm},
     },
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::{JsonBody, Validate, all_valid},
     routes::{
@@ -136,7 +136,7 @@ impl Validate for CreateInvitation {
         if self.role_ids.is_empty() || self.role_ids.len() > MAX_ROLES {
             errors.push(FieldError::new(
                 "role_ids",
-                "length",
+                FieldCode::Length,
                 format!("must name 1 to {MAX_ROLES} roles"),
             ));
         }

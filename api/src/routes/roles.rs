@@ -23,7 +23,7 @@ use crate::{
         Principal, client_info,
         permissions::{Authorized, missing, perm},
     },
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
     routes::{ApiTag, auth::audit},
     tenant::CurrentTenant,
@@ -136,7 +136,7 @@ fn check_role_name(errors: &mut Vec<FieldError>, name: &str) {
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         errors.push(FieldError::new(
             "name",
-            "length",
+            FieldCode::Length,
             "must be 1 to 64 characters, without control characters",
         ));
     }
@@ -148,7 +148,7 @@ fn check_description(errors: &mut Vec<FieldError>, description: Option<&str>) {
     {
         errors.push(FieldError::new(
             "description",
-            "length",
+            FieldCode::Length,
             "must be at most 500 characters, without control characters",
         ));
     }
@@ -158,7 +158,7 @@ fn check_permissions(errors: &mut Vec<FieldError>, names: &[String]) {
     if names.len() > Permission::ALL.len() {
         errors.push(FieldError::new(
             "permissions",
-            "too_long",
+            FieldCode::TooLong,
             format!("at most {} permissions", Permission::ALL.len()),
         ));
         return;
@@ -167,7 +167,7 @@ fn check_permissions(errors: &mut Vec<FieldError>, names: &[String]) {
         if name.parse::<Permission>().is_err() {
             errors.push(FieldError::new(
                 format!("permissions[{i}]"),
-                "unknown_permission",
+                FieldCode::UnknownPermission,
                 format!("`{name}` is not a permission; see GET /v1/permissions"),
             ));
         }
@@ -194,7 +194,7 @@ impl Validate for UpdateRole {
         {
             errors.push(FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give at least one of `name`, `description`, `parent_id`, `permissions`",
             ));
         }
@@ -219,17 +219,17 @@ impl From<RoleError> for ApiError {
             RoleError::NotFound => role_not_found(),
             RoleError::ParentNotFound => ApiError::validation(vec![FieldError::new(
                 "parent_id",
-                "not_found",
+                FieldCode::NotFound,
                 "no role of this tenant has this id",
             )]),
             RoleError::Cycle => ApiError::validation(vec![FieldError::new(
                 "parent_id",
-                "cycle",
+                FieldCode::Cycle,
                 "the role would inherit from itself",
             )]),
             RoleError::TooDeep => ApiError::validation(vec![FieldError::new(
                 "parent_id",
-                "too_deep",
+                FieldCode::TooDeep,
                 format!(
                     "a chain of parents may hold at most {} roles",
                     store::MAX_DEPTH
@@ -294,7 +294,7 @@ pub(crate) fn known_roles(all_roles: &[Role], requested: &[Uuid]) -> Result<Vec<
         .map(|(i, id)| {
             FieldError::new(
                 format!("role_ids[{i}]"),
-                "not_found",
+                FieldCode::NotFound,
                 format!("no role of this tenant has id {id}"),
             )
         })

@@ -37,7 +37,7 @@ use crate::{
         client_info,
         permissions::{Authorized, MaybeSignedIn, perm},
     },
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag,
@@ -194,7 +194,7 @@ impl UpdateCurrentTenant {
         if raw.len() > MAX_DOMAINS {
             return Err(vec![FieldError::new(
                 "registration_domains",
-                "too_long",
+                FieldCode::TooLong,
                 format!("at most {MAX_DOMAINS} domains"),
             )]);
         }
@@ -207,8 +207,8 @@ impl UpdateCurrentTenant {
                 Err(e) => errors.push(FieldError::new(
                     format!("registration_domains[{i}]"),
                     match e {
-                        membership::DomainError::TooLong => "too_long",
-                        membership::DomainError::Invalid => "invalid",
+                        membership::DomainError::TooLong => FieldCode::TooLong,
+                        membership::DomainError::Invalid => FieldCode::Invalid,
                     },
                     e.to_string(),
                 )),
@@ -226,7 +226,7 @@ impl Validate for UpdateCurrentTenant {
         {
             return Err(vec![FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give at least one of `registration_policy`, `registration_domains`, `registration_role_id`",
             )]);
         }
@@ -303,12 +303,12 @@ impl Validate for CreateTenant {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Err(reason) = TenantSlug::parse(&self.slug) {
-            errors.push(FieldError::new("slug", "invalid", format!("slug {reason}")));
+            errors.push(FieldError::new("slug", FieldCode::Invalid, format!("slug {reason}")));
         }
         if tenancy::validate_name(&self.name).is_err() {
             errors.push(FieldError::new(
                 "name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             ));
         }
@@ -344,7 +344,7 @@ impl Validate for UpdateTenant {
         if self.status.is_none() && self.name.is_none() {
             errors.push(FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give `status`, `name` or both",
             ));
         }
@@ -355,7 +355,7 @@ impl Validate for UpdateTenant {
         {
             errors.push(FieldError::new(
                 "name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             ));
         }
@@ -455,7 +455,7 @@ impl TenantsApi {
         if after.policy == RegistrationPolicy::Domain && after.domains.is_empty() {
             return Err(ApiError::validation(vec![FieldError::new(
                 "registration_domains",
-                "required",
+                FieldCode::Required,
                 "the `domain` policy needs at least one domain",
             )]));
         }
@@ -677,13 +677,13 @@ fn judge_registration_role(
         }
         RegistrationRole::NotFound => Err(ApiError::validation(vec![FieldError::new(
             "registration_role_id",
-            "not_found",
+            FieldCode::NotFound,
             "no role of this tenant has this id",
         )])),
         RegistrationRole::TooPowerful(forbidden) => {
             Err(ApiError::validation(vec![FieldError::new(
                 "registration_role_id",
-                "too_powerful",
+                FieldCode::TooPowerful,
                 format!(
                     "must be a role below admin: not owner or admin, and allowing none of {}{}",
                     NOT_FOR_SELF_REGISTRATION.names().join(", "),

@@ -24,7 +24,7 @@ use crate::{
         Principal, UserAuth, client_info,
         permissions::{Authorized, perm},
     },
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits,
     payload::{JsonBody, Validate, all_valid},
     routes::{
@@ -186,7 +186,7 @@ impl Validate for SetUserRoles {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.role_ids.len() > 20 {
-            errors.push(FieldError::new("role_ids", "too_long", "at most 20 roles"));
+            errors.push(FieldError::new("role_ids", FieldCode::TooLong, "at most 20 roles"));
         }
         all_valid(errors)
     }
@@ -231,7 +231,7 @@ impl Validate for UpdateUser {
         if self.status.is_none() && self.name.is_none() {
             errors.push(FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give `status`, `name` or both",
             ));
         }

@@ -17,7 +17,10 @@ use uuid::Uuid;
 use catalog::{Product, ProductDraft, ProductFields, ProductPatch};
 
 use super::etag;
-use crate::{error::FieldError, payload::Validate};
+use crate::{
+    error::{FieldCode, FieldError},
+    payload::Validate,
+};
 
 /// Where a product stands in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
@@ -306,6 +309,23 @@ pub struct BulkCreate {
 pub struct BulkCreated {
     /// The new products, in the order given.
     pub items: Vec<ProductView>,
+}
+
+impl From<catalog::FieldCode> for FieldCode {
+    fn from(code: catalog::FieldCode) -> Self {
+        use catalog::FieldCode as C;
+        match code {
+            C::Invalid => FieldCode::Invalid,
+            C::Length => FieldCode::Length,
+            C::OutOfRange => FieldCode::OutOfRange,
+            C::BelowPrice => FieldCode::BelowPrice,
+            C::TooLarge => FieldCode::TooLarge,
+            C::InvalidKey => FieldCode::InvalidKey,
+            C::InvalidValue => FieldCode::InvalidValue,
+            C::TooLong => FieldCode::TooLong,
+            C::Duplicate => FieldCode::Duplicate,
+        }
+    }
 }
 
 impl From<catalog::FieldError> for FieldError {
