@@ -260,7 +260,11 @@ impl Checks<'_> {
 
     fn count(&mut self, field: &str, value: i64) {
         if !(0..=MAX_STOCK).contains(&value) {
-            self.fail(field, FieldCode::OutOfRange, format!("must be 0 to {MAX_STOCK}"));
+            self.fail(
+                field,
+                FieldCode::OutOfRange,
+                format!("must be 0 to {MAX_STOCK}"),
+            );
         }
     }
 
@@ -277,7 +281,11 @@ impl Checks<'_> {
     fn attributes(&mut self, attributes: &BTreeMap<String, serde_json::Value>) {
         let size = serde_json::to_vec(attributes).map_or(usize::MAX, |v| v.len());
         if attributes.len() > 50 || size > 16 * 1024 {
-            self.fail("attributes", FieldCode::TooLarge, "at most 50 keys and 16 KiB");
+            self.fail(
+                "attributes",
+                FieldCode::TooLarge,
+                "at most 50 keys and 16 KiB",
+            );
         }
         if attributes
             .keys()
@@ -553,7 +561,10 @@ mod tests {
         let invalid = check_bulk(&items).expect_err("a bad and a duplicate SKU");
         assert_eq!(
             fields_of(&invalid.errors),
-            [("items[1].sku", FieldCode::Invalid), ("items[2].sku", FieldCode::Duplicate)]
+            [
+                ("items[1].sku", FieldCode::Invalid),
+                ("items[2].sku", FieldCode::Duplicate)
+            ]
         );
         assert_eq!(invalid.errors[1].message, "items[0] has the same SKU");
     }

@@ -44,7 +44,11 @@ impl Validate for Echo {
             ));
         }
         if self.count > 100 {
-            errors.push(FieldError::new("count", FieldCode::OutOfRange, "must be at most 100"));
+            errors.push(FieldError::new(
+                "count",
+                FieldCode::OutOfRange,
+                "must be at most 100",
+            ));
         }
         all_valid(errors)
     }
