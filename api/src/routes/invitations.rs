@@ -33,7 +33,7 @@ use crate::{
     },
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
-    payload::{JsonBody, Validate, all_valid},
+    payload::{EmailText, JsonBody, Validate, all_valid},
     routes::{
         ApiTag,
         auth::{
@@ -122,12 +122,17 @@ pub struct InvitationPage {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvitation {
-    /// Their email address; the invitation link is sent there.
-    pub email: String,
+    /// Their email address; the invitation link is sent there (surrounding whitespace is
+    /// ignored; at most 254 bytes).
+    pub email: EmailText,
     /// Ids of the tenant's roles they will hold (1 to 20). You must hold every
     /// permission these roles allow.
+    #[oai(validator(min_items = 1, max_items = 20))]
     pub role_ids: Vec<Uuid>,
 }
+
+// The schema's `maxItems` of `role_ids` (attributes take literals only).
+const _: () = assert!(MAX_ROLES == 20, "update maxItems of `role_ids`");
 
 impl Validate for CreateInvitation {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
@@ -151,9 +156,11 @@ impl Validate for CreateInvitation {
 pub struct AcceptInvitationRequest {
     /// The `token` query parameter of the invitation link.
     pub token: String,
-    /// Display name.
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
     /// 12 to 128 characters, not a common one.
+    #[oai(validator(min_length = 12, max_length = 128))]
     pub password: String,
 }
 

@@ -100,15 +100,19 @@ pub struct RoleList {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
-    /// Name, 1 to 64 characters, unique in the tenant.
+    /// Name, 1 to 64 characters once surrounding whitespace is trimmed, without control
+    /// characters; unique in the tenant.
     pub name: String,
-    /// What the role is for, up to 500 characters.
+    /// What the role is for: up to 500 characters, without control characters other than
+    /// newlines.
+    #[oai(validator(max_length = 500))]
     #[serde(default)]
     pub description: Option<String>,
     /// A role whose permissions this one inherits (at most five roles in a chain).
     #[serde(default)]
     pub parent_id: Option<Uuid>,
     /// Permissions of its own, from `GET /v1/permissions`. You must hold each one.
+    #[oai(validator(max_items = 13))]
     pub permissions: Vec<String>,
 }
 
@@ -117,19 +121,28 @@ pub struct CreateRole {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRole {
-    /// New name.
+    /// New name: 1 to 64 characters once surrounding whitespace is trimmed, without control
+    /// characters.
     #[serde(default)]
     pub name: Option<String>,
-    /// New description.
+    /// New description: up to 500 characters, without control characters other than newlines.
+    #[oai(validator(max_length = 500))]
     #[serde(default)]
     pub description: Option<String>,
     /// New parent; `null` removes the parent.
     #[serde(default)]
     pub parent_id: MaybeUndefined<Uuid>,
     /// New permissions of its own, replacing the old ones. You must hold each one added.
+    #[oai(validator(max_items = 13))]
     #[serde(default)]
     pub permissions: Option<Vec<String>>,
 }
+
+// The schema's `maxItems` of `permissions` (attributes take literals only).
+const _: () = assert!(
+    Permission::ALL.len() == 13,
+    "update maxItems of `permissions`"
+);
 
 fn check_role_name(errors: &mut Vec<FieldError>, name: &str) {
     let name = name.trim();

@@ -175,6 +175,7 @@ pub struct UpdateCurrentTenant {
     /// The domains `domain` admits, replacing the list: at most 50 names such as
     /// `example.com` (compared exactly, subdomains not included; international names are
     /// stored in their ASCII `xn--` form, case does not matter).
+    #[oai(validator(max_items = 50))]
     #[serde(default)]
     pub registration_domains: Option<Vec<String>>,
     /// The role self-registered users get (`null`: `viewer`, the default). It must be
@@ -184,6 +185,12 @@ pub struct UpdateCurrentTenant {
     #[serde(default)]
     pub registration_role_id: MaybeUndefined<Uuid>,
 }
+
+// The schema's `maxItems` of `registration_domains` (attributes take literals only).
+const _: () = assert!(
+    MAX_DOMAINS == 50,
+    "update maxItems of `registration_domains`"
+);
 
 impl UpdateCurrentTenant {
     /// The domains, normalized and deduplicated (in the given order); per-item errors.
@@ -292,10 +299,16 @@ impl From<&Tenant> for AdminTenant {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// Lowercase DNS label, 3 to 63 characters (letters, digits, inner hyphens), not
-    /// reserved (`admin`, `api`, `www`, `public`, …).
+    /// Lowercase DNS label, 3 to 63 characters (letters, digits, inner hyphens), not reserved
+    /// (`admin`, `api`, `www`, `public`, …) and not a UUID.
+    #[oai(validator(
+        min_length = 3,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+    ))]
     pub slug: String,
-    /// Display name, 1 to 200 characters.
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
 }
 
@@ -303,7 +316,11 @@ impl Validate for CreateTenant {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Err(reason) = TenantSlug::parse(&self.slug) {
-            errors.push(FieldError::new("slug", FieldCode::Invalid, format!("slug {reason}")));
+            errors.push(FieldError::new(
+                "slug",
+                FieldCode::Invalid,
+                format!("slug {reason}"),
+            ));
         }
         if tenancy::validate_name(&self.name).is_err() {
             errors.push(FieldError::new(
@@ -334,7 +351,8 @@ pub enum SettableStatus {
 pub struct UpdateTenant {
     /// New status.
     pub status: Option<SettableStatus>,
-    /// New display name.
+    /// New display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: Option<String>,
 }
 

@@ -161,7 +161,8 @@ pub struct MeView {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
-    /// New display name.
+    /// New display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
 }
 
@@ -179,6 +180,7 @@ impl Validate for UpdateMe {
 #[serde(deny_unknown_fields)]
 pub struct SetUserRoles {
     /// Ids of the tenant's roles (at most 20); the user holds exactly these afterwards.
+    #[oai(validator(max_items = 20))]
     pub role_ids: Vec<Uuid>,
 }
 
@@ -186,7 +188,11 @@ impl Validate for SetUserRoles {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.role_ids.len() > 20 {
-            errors.push(FieldError::new("role_ids", FieldCode::TooLong, "at most 20 roles"));
+            errors.push(FieldError::new(
+                "role_ids",
+                FieldCode::TooLong,
+                "at most 20 roles",
+            ));
         }
         all_valid(errors)
     }
@@ -221,7 +227,8 @@ pub enum SettableUserStatus {
 pub struct UpdateUser {
     /// New status.
     pub status: Option<SettableUserStatus>,
-    /// New display name.
+    /// New display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: Option<String>,
 }
 
