@@ -715,6 +715,15 @@ mod tests {
     }
 
     #[test]
+    fn readme_lists_every_field_code() {
+        let readme = include_str!("../../README.md");
+        for code in FieldCode::ALL {
+            let row = format!("| `{code}` | {} |", code.description().replace('\n', " "));
+            assert!(readme.contains(&row), "README.md's field codes lack {row}");
+        }
+    }
+
+    #[test]
     fn validation_detail_names_a_single_field() {
         let err = ApiError::validation(vec![FieldError::new(
             "slug",
