@@ -87,6 +87,7 @@ error_codes! {
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "Method not allowed", "The path exists but not with this method; the `Allow` header lists the ones that do."),
     Conflict => (CONFLICT, "Conflict", "The request conflicts with the current state of the resource."),
     SlugTaken => (CONFLICT, "Slug taken", "Another tenant already uses this slug; choose another."),
+    EmailTaken => (CONFLICT, "Email taken", "Another user of this tenant already has this email address (compared by its normalized form)."),
     RoleNameTaken => (CONFLICT, "Role name taken", "Another role of this tenant has this name (names are compared case-insensitively)."),
     SystemRoleImmutable => (CONFLICT, "System role", "System roles (`owner`, `admin`, `member`, `viewer`) cannot be renamed, changed or deleted; create a custom role instead."),
     RoleInUse => (CONFLICT, "Role in use", "Users hold the role or other roles inherit from it; reassign them first."),
@@ -623,7 +624,7 @@ impl From<identity::StoreError> for ApiError {
     fn from(err: identity::StoreError) -> Self {
         match err {
             identity::StoreError::EmailTaken => ApiError::new(
-                ErrorCode::Conflict,
+                ErrorCode::EmailTaken,
                 "Another user of this tenant has this email address.",
             ),
             other => ApiError::internal(other),
@@ -721,6 +722,14 @@ mod tests {
             let row = format!("| `{code}` | {} |", code.description().replace('\n', " "));
             assert!(readme.contains(&row), "README.md's field codes lack {row}");
         }
+    }
+
+    #[test]
+    fn a_taken_email_has_its_own_code() {
+        let err = ApiError::from(identity::StoreError::EmailTaken);
+        assert_eq!(err.code(), ErrorCode::EmailTaken);
+        assert_eq!(err.code().to_string(), "email_taken");
+        assert_eq!(err.code().status(), StatusCode::CONFLICT);
     }
 
     #[test]

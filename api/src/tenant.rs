@@ -16,13 +16,9 @@ use std::{
 use futures_util::StreamExt;
 use moka::sync::Cache;
 use poem::{Request, RequestBody};
-use poem_openapi::{
-    ApiExtractor, ApiExtractorType, ExtractParamOptions,
-    registry::{MetaParamIn, MetaSchemaRef, Registry},
-    types::Type,
-};
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, registry::Registry};
 use secrecy::ExposeSecret;
-use tenancy::{ControlDb, Tenant, TenantId, TenantSlug, TenantStatus};
+use tenancy::{ControlDb, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx};
 use tokio::sync::{broadcast, watch};
 
 use crate::{
@@ -256,28 +252,62 @@ async fn listen(state: AppState) {
     }
 }
 
-/// The tenant a request addresses, resolved before the handler runs. Declared as the
-/// optional `X-Tenant` header parameter in the OpenAPI document.
+/// The optional header parameter naming the tenant, as the OpenAPI document declares it
+/// on every tenant-scoped operation. It is declared here once: `routes::openapi_json`
+/// adds it to each operation whose extractor is tenant-scoped ([`CurrentTenant`], or the
+/// user extractors of [`crate::auth`], which resolve the tenant themselves).
+pub fn tenant_parameter() -> serde_json::Value {
+    serde_json::json!({
+        "name": "X-Tenant",
+        "schema": { "type": "string" },
+        "in": "header",
+        "description": "Tenant slug or id, when the host is not the tenant's subdomain.",
+        "required": false,
+        "deprecated": false,
+        "explode": true
+    })
+}
+
+/// The security requirement [`CurrentTenant`] names in the raw document: not a scheme, a
+/// mark telling `routes::openapi_json` that the operation is tenant-scoped. It is removed
+/// there and replaced by the [`tenant_parameter`].
+pub const TENANT_SCOPED: &str = "X-Tenant";
+
+/// The tenant a public tenant-scoped request addresses (registration, login, recovery…),
+/// resolved before the handler runs. Operations with a signed-in user get the tenant from
+/// their user extractor instead ([`crate::auth::Principal::tenant`]), so each request
+/// resolves its tenant once. Documented as the optional `X-Tenant` header.
 #[derive(Debug, Clone)]
 pub struct CurrentTenant(pub Arc<Tenant>);
 
+impl CurrentTenant {
+    /// Resolves the tenant `request` addresses and records it on the request span.
+    pub(crate) async fn resolve(request: &Request) -> Result<Arc<Tenant>, ApiError> {
+        let state = request
+            .data::<AppState>()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not attached")))?;
+        let tenant = state.tenants.resolve(request).await?;
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
+        Ok(tenant)
+    }
+
+    /// Opens the tenant's transaction. Commit it explicitly: dropped, it rolls back.
+    pub async fn begin(&self, state: &AppState) -> Result<TenantTx, ApiError> {
+        Ok(state.tenant_db.begin(self.0.id).await?)
+    }
+}
+
 impl<'a> ApiExtractor<'a> for CurrentTenant {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::Parameter];
-    const PARAM_IS_REQUIRED: bool = false;
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
 
-    type ParamType = String;
-    type ParamRawType = String;
+    type ParamType = ();
+    type ParamRawType = ();
 
-    fn register(registry: &mut Registry) {
-        <String as Type>::register(registry);
-    }
+    /// Nothing to register: the mark is not a scheme of the document.
+    fn register(_registry: &mut Registry) {}
 
-    fn param_in() -> Option<MetaParamIn> {
-        Some(MetaParamIn::Header)
-    }
-
-    fn param_schema_ref() -> Option<MetaSchemaRef> {
-        Some(String::schema_ref())
+    fn security_schemes() -> Vec<&'static str> {
+        vec![TENANT_SCOPED]
     }
 
     async fn from_request(
@@ -285,11 +315,6 @@ impl<'a> ApiExtractor<'a> for CurrentTenant {
         _body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let state = request
-            .data::<AppState>()
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not attached")))?;
-        let tenant = state.tenants.resolve(request).await?;
-        tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
-        Ok(Self(tenant))
+        Ok(Self(Self::resolve(request).await?))
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row, postgres::PgRow};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// An event as the provider sends it (only what routing needs; the rest stays in
@@ -122,14 +122,9 @@ pub enum Source {
     Reconciliation,
 }
 
-impl Source {
-    fn as_db(self) -> &'static str {
-        match self {
-            Self::Webhook => "webhook",
-            Self::Reconciliation => "reconciliation",
-        }
-    }
-}
+tenancy::text_enum!(Source, "event source" {
+    Webhook => "webhook", Reconciliation => "reconciliation"
+});
 
 /// Stores `event` unless its id is known; true when it is new.
 pub async fn record(
@@ -147,7 +142,7 @@ pub async fn record(
     .bind(event.created)
     .bind(event.livemode)
     .bind(&event.payload)
-    .bind(source.as_db())
+    .bind(source.as_str())
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -174,40 +169,24 @@ pub enum EventStatus {
     Failed,
 }
 
-impl EventStatus {
-    /// As stored.
-    pub fn as_db(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Processed => "processed",
-            Self::Ignored => "ignored",
-            Self::Failed => "failed",
-        }
-    }
+tenancy::text_enum!(EventStatus, "event status" {
+    Pending => "pending", Processed => "processed", Ignored => "ignored", Failed => "failed"
+});
 
-    fn from_db(value: &str) -> Option<Self> {
-        match value {
-            "pending" => Some(Self::Pending),
-            "processed" => Some(Self::Processed),
-            "ignored" => Some(Self::Ignored),
-            "failed" => Some(Self::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// A stored event.
-#[derive(Debug, Clone)]
+/// A stored event (a row of `public.webhook_events`).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {
     /// Provider's id.
     pub id: String,
-    /// Type.
+    /// Type (the column `type`).
+    #[sqlx(rename = "type")]
     pub kind: String,
     /// Provider's creation time.
     pub created_at: DateTime<Utc>,
     /// Live mode.
     pub livemode: bool,
     /// Processing state.
+    #[sqlx(try_from = "String")]
     pub status: EventStatus,
     /// The tenant concerned, once known.
     pub tenant_id: Option<Uuid>,
@@ -228,51 +207,24 @@ pub struct StoredEvent {
 const COLUMNS: &str = "id, type, created_at, livemode, status, tenant_id, attempts, last_error, \
      source, received_at, processed_at, payload";
 
-fn from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(StoredEvent {
-        id: row.try_get("id")?,
-        kind: row.try_get("type")?,
-        created_at: row.try_get("created_at")?,
-        livemode: row.try_get("livemode")?,
-        status: EventStatus::from_db(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "status".into(),
-            source: format!("unexpected value {status:?}").into(),
-        })?,
-        tenant_id: row.try_get("tenant_id")?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        source: row.try_get("source")?,
-        received_at: row.try_get("received_at")?,
-        processed_at: row.try_get("processed_at")?,
-        payload: row.try_get("payload")?,
-    })
-}
-
 /// A stored event, locked for the rest of the transaction.
 pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<StoredEvent>, sqlx::Error> {
-    sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "select {COLUMNS} from public.webhook_events where id = $1 for update"
     ))
     .bind(id)
     .fetch_optional(conn)
-    .await?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+    .await
 }
 
 /// A stored event.
 pub async fn get(pool: &PgPool, id: &str) -> Result<Option<StoredEvent>, sqlx::Error> {
-    sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "select {COLUMNS} from public.webhook_events where id = $1"
     ))
     .bind(id)
     .fetch_optional(pool)
-    .await?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+    .await
 }
 
 /// Records the outcome of processing `id`.
@@ -291,7 +243,7 @@ pub async fn finish(
          where id = $1",
     )
     .bind(id)
-    .bind(status.as_db())
+    .bind(status.as_str())
     .bind(tenant)
     .bind(note)
     .execute(conn)
@@ -331,7 +283,7 @@ pub async fn list(pool: &PgPool, filter: &EventFilter) -> Result<Vec<StoredEvent
         Some((at, id)) => (Some(*at), Some(id.as_str())),
         None => (None, None),
     };
-    sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "select {COLUMNS} from public.webhook_events
          where ($1::text is null or status = $1)
            and ($2::text is null or type = $2)
@@ -340,15 +292,12 @@ pub async fn list(pool: &PgPool, filter: &EventFilter) -> Result<Vec<StoredEvent
          order by received_at desc, id desc
          limit $6"
     ))
-    .bind(filter.status.map(EventStatus::as_db))
+    .bind(filter.status.map(EventStatus::as_str))
     .bind(filter.kind.as_deref())
     .bind(filter.tenant)
     .bind(before_at)
     .bind(before_id)
     .bind(filter.limit)
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    .await
 }

@@ -2,7 +2,9 @@
 //!
 //! The database has the last word on what is unique and consistent (two requests may race
 //! past any check made before the write), so its constraint violations are named here by
-//! constraint name, in one place (the `From<sqlx::Error>` impl), instead of checking first.
+//! constraint name, in one place (`violated`), which every writing statement of the store
+//! hands to `tenancy::ConstraintExt::on_constraints`, instead of checking first. What
+//! remains, `From<sqlx::Error>`, sorts the other failures by SQLSTATE.
 
 /// Why a product query failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +24,9 @@ pub enum ProductError {
     Database(sqlx::Error),
 }
 
-/// What the violation of `constraint` means, for the constraints that are the client's doing.
-fn violated(constraint: &str) -> Option<ProductError> {
+/// What the violation of `constraint` means, for the constraints that are the client's doing
+/// (for `tenancy::ConstraintExt::on_constraints`).
+pub(crate) fn violated(constraint: &str) -> Option<ProductError> {
     match constraint {
         "products_sku_key" => Some(ProductError::SkuTaken),
         "products_compare_at_not_below_price" => Some(ProductError::CompareAtBelowPrice),
@@ -37,18 +40,16 @@ const UNSTORABLE_TEXT: &[&str] = &["22021", "22P05"];
 
 impl From<sqlx::Error> for ProductError {
     fn from(e: sqlx::Error) -> Self {
-        let sqlx::Error::Database(db) = &e else {
-            return Self::Database(e);
+        let unstorable = match &e {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| UNSTORABLE_TEXT.contains(&code.as_ref())),
+            _ => false,
         };
-        if let Some(err) = db.constraint().and_then(violated) {
-            return err;
+        if unstorable {
+            Self::UnstorableText(e)
+        } else {
+            Self::Database(e)
         }
-        if db
-            .code()
-            .is_some_and(|code| UNSTORABLE_TEXT.contains(&code.as_ref()))
-        {
-            return Self::UnstorableText(e);
-        }
-        Self::Database(e)
     }
 }

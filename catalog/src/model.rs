@@ -2,67 +2,20 @@
 //!
 //! The enums are plain Rust enums. In the database they are `text` columns with a `CHECK`
 //! constraint (never per-schema enum types: sqlx caches type OIDs by name, and every tenant
-//! schema would have its own), so each enum converts to and from its stored text here, and
-//! serde uses the same snake_case names. The HTTP crate has view enums of its own that map
+//! schema would have its own), so each enum converts to and from its stored text with
+//! `tenancy::text_enum!`, and serde uses the same snake_case names. The HTTP crate has view enums of its own that map
 //! to these.
-
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use tenancy::UnknownValue;
+
 /// Largest amount in minor units (10^14).
 pub const MAX_AMOUNT: i64 = 100_000_000_000_000;
 /// Largest stock quantity or threshold.
 pub const MAX_STOCK: i64 = 1_000_000_000;
-
-/// A stored text that names no variant of the enum it was read as.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unexpected value {value:?} for {kind}")]
-pub struct UnknownValue {
-    /// The enum (`product status`, `product type`).
-    pub kind: &'static str,
-    /// The text that was read.
-    pub value: String,
-}
-
-/// Implements the text conversions of an enum stored as `text`.
-macro_rules! db_text {
-    ($ty:ident, $kind:literal { $($variant:ident => $text:literal),* $(,)? }) => {
-        impl $ty {
-            /// The value stored in the database (and used by serde).
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text,)* }
-            }
-        }
-
-        impl std::str::FromStr for $ty {
-            type Err = UnknownValue;
-
-            fn from_str(text: &str) -> Result<Self, UnknownValue> {
-                match text {
-                    $($text => Ok($ty::$variant),)*
-                    _ => Err(UnknownValue { kind: $kind, value: text.to_owned() }),
-                }
-            }
-        }
-
-        impl TryFrom<String> for $ty {
-            type Error = UnknownValue;
-
-            fn try_from(text: String) -> Result<Self, UnknownValue> {
-                text.parse()
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
 
 /// Where a product stands in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,10 +41,10 @@ pub enum ProductType {
     Service,
 }
 
-db_text!(ProductStatus, "product status" {
+tenancy::text_enum!(ProductStatus, "product status" {
     Draft => "draft", Active => "active", Archived => "archived"
 });
-db_text!(ProductType, "product type" {
+tenancy::text_enum!(ProductType, "product type" {
     Physical => "physical", Digital => "digital", Service => "service"
 });
 

@@ -5,15 +5,18 @@
 //! Listing is keyset-paginated on `(sort column, id)`; every query names its columns
 //! (statements are cached by text across tenant schemas, so never `select *`). Dynamic parts
 //! (filters, sort) are built with `QueryBuilder`: values are always bound, column names only
-//! ever come from [`ProductSort`]. Rows are read with `sqlx::FromRow` ([`Product`]), and every
-//! database error becomes a [`ProductError`], which names the violated constraints.
+//! ever come from [`ProductSort`]. Rows are read with `sqlx::FromRow` ([`Product`]); every
+//! writing statement names the constraints it may violate through
+//! `tenancy::ConstraintExt::on_constraints`, and every other database error becomes a
+//! [`ProductError`] by `From`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
+use tenancy::ConstraintExt;
 use uuid::Uuid;
 
 use crate::{
-    error::ProductError,
+    error::{ProductError, violated},
     model::{Product, ProductSort, ProductStatus, ProductType, SortOrder},
 };
 
@@ -78,7 +81,11 @@ pub async fn insert(
             .push_bind(&p.image_ids);
     });
     query.push(format_args!(" returning {COLUMNS}"));
-    let mut created = query.build_query_as::<Product>().fetch_all(conn).await?;
+    let mut created = query
+        .build_query_as::<Product>()
+        .fetch_all(conn)
+        .await
+        .on_constraints(violated)?;
     // `returning` follows the insert order in practice but does not promise it.
     created.sort_by_key(|p| p.id);
     Ok(created)
@@ -210,7 +217,11 @@ pub async fn update(
         .push(" where id = ")
         .push_bind(id)
         .push(format_args!(" returning {COLUMNS}"));
-    let product = query.build_query_as::<Product>().fetch_one(conn).await?;
+    let product = query
+        .build_query_as::<Product>()
+        .fetch_one(conn)
+        .await
+        .on_constraints(violated)?;
     Ok(Outcome::Done(Box::new(product)))
 }
 
@@ -229,7 +240,8 @@ pub async fn soft_delete(
     ))
     .bind(id)
     .fetch_one(conn)
-    .await?;
+    .await
+    .on_constraints(violated)?;
     Ok(Outcome::Done(Box::new(product)))
 }
 
@@ -241,7 +253,8 @@ pub async fn restore(conn: &mut PgConnection, id: Uuid) -> Result<Option<Product
     ))
     .bind(id)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .on_constraints(violated)?;
     match restored {
         Some(product) => Ok(Some(product)),
         None => get(conn, id, false).await,
@@ -278,7 +291,8 @@ pub async fn adjust_stock(
     .bind(delta)
     .bind(max)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .on_constraints(violated)?;
     if let Some(product) = adjusted {
         return Ok(StockOutcome::Adjusted(Box::new(product)));
     }

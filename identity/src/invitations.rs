@@ -18,7 +18,7 @@ use email::{Mailer, Template};
 use jobs::{Job, JobContext};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgConnection, Row, postgres::PgRow};
+use sqlx::PgConnection;
 use url::Url;
 use uuid::Uuid;
 
@@ -27,8 +27,8 @@ use crate::{StoreError, email::email_key, secret::OpaqueToken, store::user_by_id
 /// Most roles one invitation may grant.
 pub const MAX_ROLES: usize = 20;
 
-/// An open invitation.
-#[derive(Debug, Clone)]
+/// An open invitation (a row of `invitations`, read through `COLUMNS`).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Invitation {
     /// Id.
     pub id: Uuid,
@@ -54,19 +54,6 @@ const COLUMNS: &str =
 /// Open: neither accepted nor revoked (expired ones included: they can be resent).
 const OPEN: &str = "accepted_at is null and revoked_at is null";
 
-fn from_row(row: &PgRow) -> Result<Invitation, sqlx::Error> {
-    Ok(Invitation {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        role_ids: row.try_get("role_ids")?,
-        invited_by: row.try_get("invited_by")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        expires_at: row.try_get("expires_at")?,
-        sent_at: row.try_get("sent_at")?,
-    })
-}
-
 fn expiry(ttl: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
 }
@@ -91,7 +78,7 @@ pub async fn invite(
     ttl: Duration,
 ) -> Result<(Invitation, bool), StoreError> {
     let id = Uuid::now_v7();
-    let row = sqlx::query(&format!(
+    let invitation: Invitation = sqlx::query_as(&format!(
         "insert into invitations (id, email, email_key, role_ids, invited_by, expires_at)
          values ($1, $2, $3, $4, $5, $6)
          on conflict (email_key) where {OPEN}
@@ -108,7 +95,6 @@ pub async fn invite(
     .bind(expiry(ttl))
     .fetch_one(conn)
     .await?;
-    let invitation = from_row(&row)?;
     let created = invitation.id == id;
     Ok((invitation, created))
 }
@@ -118,13 +104,13 @@ pub async fn open_for_email(
     conn: &mut PgConnection,
     email: &str,
 ) -> Result<Option<Invitation>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row: Option<Invitation> = sqlx::query_as(&format!(
         "select {COLUMNS} from invitations where email_key = $1 and {OPEN} for update"
     ))
     .bind(email_key(email))
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    Ok(row)
 }
 
 /// A page of open invitations, oldest first, after the keyset `after` (created_at, id).
@@ -133,7 +119,7 @@ pub async fn list_open(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Invitation>, StoreError> {
-    let rows = sqlx::query(&format!(
+    Ok(sqlx::query_as(&format!(
         "select {COLUMNS} from invitations
          where {OPEN} and ($1::timestamptz is null or (created_at, id) > ($1, $2))
          order by created_at, id limit $3"
@@ -142,20 +128,19 @@ pub async fn list_open(
     .bind(after.map(|a| a.1))
     .bind(limit)
     .fetch_all(conn)
-    .await?;
-    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    .await?)
 }
 
 /// Revokes the open invitation `id`: its link stops working. `None` if there is none.
 pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<Option<Invitation>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row: Option<Invitation> = sqlx::query_as(&format!(
         "update invitations set revoked_at = now(), token_hash = null, updated_at = now()
          where id = $1 and {OPEN} returning {COLUMNS}"
     ))
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    Ok(row)
 }
 
 /// Prepares a resend of the open invitation `id`: its current link is void at once and its
@@ -166,7 +151,7 @@ pub async fn renew(
     id: Uuid,
     ttl: Duration,
 ) -> Result<Option<Invitation>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row: Option<Invitation> = sqlx::query_as(&format!(
         "update invitations set token_hash = null, sent_at = null, expires_at = $2,
                 updated_at = now()
          where id = $1 and {OPEN} returning {COLUMNS}"
@@ -175,7 +160,7 @@ pub async fn renew(
     .bind(expiry(ttl))
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    Ok(row)
 }
 
 /// Mints the link token of the open, unexpired invitation `id`, replacing the previous
@@ -186,7 +171,7 @@ pub async fn mint_token(
     id: Uuid,
 ) -> Result<Option<(Invitation, OpaqueToken)>, StoreError> {
     let token = OpaqueToken::generate();
-    let row = sqlx::query(&format!(
+    let row: Option<Invitation> = sqlx::query_as(&format!(
         "update invitations set token_hash = $2, sent_at = now(), updated_at = now()
          where id = $1 and {OPEN} and expires_at > now() returning {COLUMNS}"
     ))
@@ -194,11 +179,7 @@ pub async fn mint_token(
     .bind(token.hash())
     .fetch_optional(conn)
     .await?;
-    Ok(row
-        .as_ref()
-        .map(from_row)
-        .transpose()?
-        .map(|invitation| (invitation, token)))
+    Ok(row.map(|invitation| (invitation, token)))
 }
 
 /// Uses up `token`: the open, unexpired invitation it is the current link of, now
@@ -208,14 +189,14 @@ pub async fn accept(
     conn: &mut PgConnection,
     token: &OpaqueToken,
 ) -> Result<Option<Invitation>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row: Option<Invitation> = sqlx::query_as(&format!(
         "update invitations set accepted_at = now(), token_hash = null, updated_at = now()
          where token_hash = $1 and {OPEN} and expires_at > now() returning {COLUMNS}"
     ))
     .bind(token.hash())
     .fetch_optional(conn)
     .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    Ok(row)
 }
 
 /// Notes which user accepting invitation `id` made.

@@ -14,9 +14,7 @@
 //! Self-registered users get the tenant's registration role (null: the system role
 //! `viewer`); which roles qualify is decided by `rbac::store::registration_role`.
 
-use std::{fmt, str::FromStr};
-
-use sqlx::{PgConnection, Row, postgres::PgRow};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -39,35 +37,9 @@ pub enum RegistrationPolicy {
     Domain,
 }
 
-impl RegistrationPolicy {
-    /// The stored and wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InviteOnly => "invite_only",
-            Self::Open => "open",
-            Self::Domain => "domain",
-        }
-    }
-}
-
-impl fmt::Display for RegistrationPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RegistrationPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "invite_only" => Self::InviteOnly,
-            "open" => Self::Open,
-            "domain" => Self::Domain,
-            other => return Err(format!("unknown registration policy {other:?}")),
-        })
-    }
-}
+tenancy::text_enum!(RegistrationPolicy, "registration policy" {
+    InviteOnly => "invite_only", Open => "open", Domain => "domain"
+});
 
 /// Why a domain is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -120,14 +92,18 @@ pub fn email_domain(email: &str) -> Option<String> {
     normalize_domain(domain).ok()
 }
 
-/// A tenant's registration settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A tenant's registration settings (read from a `settings` row holding
+/// [`REGISTRATION_COLUMNS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct Registration {
     /// Who may register.
+    #[sqlx(rename = "registration_policy", try_from = "String")]
     pub policy: RegistrationPolicy,
     /// The domains of the `domain` policy, normalized (kept, unused, under other policies).
+    #[sqlx(rename = "registration_domains")]
     pub domains: Vec<String>,
     /// The role self-registered users get; `None`: the system role `viewer`.
+    #[sqlx(rename = "registration_role_id")]
     pub role_id: Option<Uuid>,
 }
 
@@ -144,32 +120,18 @@ impl Registration {
     }
 }
 
-/// The columns of `settings` [`registration_from_row`] reads, for a caller that selects
-/// them with other settings in one statement.
+/// The columns of `settings` [`Registration`]'s `sqlx::FromRow` reads, for a caller that
+/// selects them with other settings in one statement.
 pub const REGISTRATION_COLUMNS: &str =
     "registration_policy, registration_domains, registration_role_id";
 
 /// The tenant's registration settings.
 pub async fn registration(conn: &mut PgConnection) -> Result<Registration, StoreError> {
-    let row = sqlx::query(&format!("select {REGISTRATION_COLUMNS} from settings"))
-        .fetch_one(conn)
-        .await?;
-    Ok(registration_from_row(&row)?)
-}
-
-/// The registration settings of a `settings` row holding [`REGISTRATION_COLUMNS`].
-pub fn registration_from_row(row: &PgRow) -> Result<Registration, sqlx::Error> {
-    let policy: String = row.try_get("registration_policy")?;
-    Ok(Registration {
-        policy: policy
-            .parse()
-            .map_err(|e: String| sqlx::Error::ColumnDecode {
-                index: "registration_policy".into(),
-                source: e.into(),
-            })?,
-        domains: row.try_get("registration_domains")?,
-        role_id: row.try_get("registration_role_id")?,
-    })
+    Ok(
+        sqlx::query_as(&format!("select {REGISTRATION_COLUMNS} from settings"))
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// Stores `registration` (domains already normalized, role already judged).

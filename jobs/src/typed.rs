@@ -34,8 +34,16 @@ pub trait JobKind {
 
 /// Gives a payload type its kind and records the kind for [`declared_kinds`].
 ///
-/// ```ignore
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Thumbnails {
+///     file_id: u64,
+/// }
+///
 /// jobs::declare_job!(Thumbnails = "files.thumbnails");
+///
+/// assert_eq!(<Thumbnails as jobs::JobKind>::KIND, "files.thumbnails");
+/// assert!(jobs::declared_kinds().contains(&"files.thumbnails"));
 /// ```
 #[macro_export]
 macro_rules! declare_job {

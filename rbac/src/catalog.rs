@@ -224,25 +224,13 @@ pub enum SystemRole {
     Viewer,
 }
 
+// The text is the key stored in `roles.system_key` (also the role's name); `ALL` lists the
+// four most powerful first.
+tenancy::text_enum!(SystemRole, "system role" {
+    Owner => "owner", Admin => "admin", Member => "member", Viewer => "viewer"
+});
+
 impl SystemRole {
-    /// All four, most powerful first.
-    pub const ALL: [SystemRole; 4] = [Self::Owner, Self::Admin, Self::Member, Self::Viewer];
-
-    /// The key stored in `roles.system_key` (also the role's name).
-    pub const fn key(self) -> &'static str {
-        match self {
-            Self::Owner => "owner",
-            Self::Admin => "admin",
-            Self::Member => "member",
-            Self::Viewer => "viewer",
-        }
-    }
-
-    /// The role with this key.
-    pub fn from_key(key: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.key() == key)
-    }
-
     /// What the role allows.
     pub const fn permissions(self) -> PermissionSet {
         use Permission::*;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Row, postgres::PgRow};
+use sqlx::PgConnection;
 use tenancy::ConstraintExt;
 use uuid::Uuid;
 
@@ -82,22 +82,38 @@ const ROLE_SELECT: &str = "select r.id, r.name, r.description, r.system_key, r.p
             coalesce(array_agg(p.permission) filter (where p.permission is not null), '{}') as permissions
      from roles r left join role_permissions p on p.role_id = r.id";
 
-fn role_from_row(row: &PgRow) -> Result<Role, sqlx::Error> {
-    let system_key: Option<String> = row.try_get("system_key")?;
-    let system = system_key.as_deref().and_then(SystemRole::from_key);
-    let names: Vec<String> = row.try_get("permissions")?;
-    // A name the catalog no longer has grants nothing.
-    let (stored, _) = PermissionSet::from_names(names.iter().map(String::as_str));
-    Ok(Role {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        system,
-        parent_id: row.try_get("parent_id")?,
-        permissions: system.map_or(stored, SystemRole::permissions),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
+/// A row of [`ROLE_SELECT`], before the system role and the permissions are judged.
+#[derive(sqlx::FromRow)]
+struct RoleRow {
+    id: Uuid,
+    name: String,
+    description: String,
+    system_key: Option<String>,
+    parent_id: Option<Uuid>,
+    permissions: Vec<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<RoleRow> for Role {
+    fn from(row: RoleRow) -> Self {
+        let system = row
+            .system_key
+            .as_deref()
+            .and_then(|key| key.parse::<SystemRole>().ok());
+        // A name the catalog no longer has grants nothing.
+        let (stored, _) = PermissionSet::from_names(row.permissions.iter().map(String::as_str));
+        Self {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            system,
+            parent_id: row.parent_id,
+            permissions: system.map_or(stored, SystemRole::permissions),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
 }
 
 /// Serialises role and assignment changes of the tenant until the transaction ends (reads
@@ -111,22 +127,23 @@ pub async fn lock_roles(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 
 /// Every role of the tenant: system roles first, then custom ones by name.
 pub async fn list_roles(conn: &mut PgConnection) -> Result<Vec<Role>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    let rows: Vec<RoleRow> = sqlx::query_as(&format!(
         "{ROLE_SELECT} group by r.id
          order by r.system_key is null, array_position(array['owner','admin','member','viewer'], r.system_key), r.name_key"
     ))
     .fetch_all(conn)
     .await?;
-    rows.iter().map(role_from_row).collect()
+    Ok(rows.into_iter().map(Role::from).collect())
 }
 
 /// The role with this id.
 pub async fn role_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Role>, sqlx::Error> {
-    let row = sqlx::query(&format!("{ROLE_SELECT} where r.id = $1 group by r.id"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(role_from_row).transpose()
+    let row: Option<RoleRow> =
+        sqlx::query_as(&format!("{ROLE_SELECT} where r.id = $1 group by r.id"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(Role::from))
 }
 
 /// The id of a system role.
@@ -135,7 +152,7 @@ pub async fn system_role_id(
     role: SystemRole,
 ) -> Result<Uuid, sqlx::Error> {
     sqlx::query_scalar("select id from roles where system_key = $1")
-        .bind(role.key())
+        .bind(role.as_str())
         .fetch_one(conn)
         .await
 }
@@ -354,7 +371,7 @@ pub async fn user_permissions(
     conn: &mut PgConnection,
     user_id: Uuid,
 ) -> Result<PermissionSet, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(&format!(
         "with recursive chain (id, parent_id, system_key, depth) as (
              select r.id, r.parent_id, r.system_key, 1
              from user_roles ur join roles r on r.id = ur.role_id
@@ -371,12 +388,13 @@ pub async fn user_permissions(
     .fetch_all(conn)
     .await?;
     let mut set = PermissionSet::EMPTY;
-    for row in rows {
-        let system_key: Option<String> = row.try_get("system_key")?;
-        if let Some(system) = system_key.as_deref().and_then(SystemRole::from_key) {
+    for (system_key, permission) in rows {
+        if let Some(system) = system_key
+            .as_deref()
+            .and_then(|key| key.parse::<SystemRole>().ok())
+        {
             set = set.union(system.permissions());
         }
-        let permission: Option<String> = row.try_get("permission")?;
         if let Some(p) = permission.and_then(|p| p.parse::<Permission>().ok()) {
             set.insert(p);
         }
@@ -389,7 +407,7 @@ pub async fn roles_of_users(
     conn: &mut PgConnection,
     user_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<(Uuid, String)>>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
         "select ur.user_id, r.id, r.name from user_roles ur join roles r on r.id = ur.role_id
          where ur.user_id = any($1) order by r.name_key",
     )
@@ -397,10 +415,8 @@ pub async fn roles_of_users(
     .fetch_all(conn)
     .await?;
     let mut map: HashMap<Uuid, Vec<(Uuid, String)>> = HashMap::new();
-    for row in rows {
-        map.entry(row.try_get("user_id")?)
-            .or_default()
-            .push((row.try_get("id")?, row.try_get("name")?));
+    for (user_id, id, name) in rows {
+        map.entry(user_id).or_default().push((id, name));
     }
     Ok(map)
 }
@@ -443,7 +459,7 @@ pub async fn grant_system_role(
          on conflict do nothing",
     )
     .bind(user_id)
-    .bind(role.key())
+    .bind(role.as_str())
     .execute(conn)
     .await?;
     Ok(())
@@ -460,7 +476,7 @@ pub async fn holds_system_role(
                         where ur.user_id = $1 and r.system_key = $2)",
     )
     .bind(user_id)
-    .bind(role.key())
+    .bind(role.as_str())
     .fetch_one(conn)
     .await
 }

@@ -152,7 +152,7 @@ pub const SETTINGS: &[SettingSpec] = &[
     spec(
         "jwt_access_ttl",
         Some("15m"),
-        "lifetime of an access token (Ed25519 JWT; keys live in the database, see `canopy keys`)",
+        "lifetime of an access token (Ed25519 JWT; keys live in the database, see `canopy admin keys`)",
     ),
     spec(
         "jwt_refresh_ttl",

@@ -5,6 +5,8 @@
 //!   and provisioning, platform API keys, control-plane and tenant migrations.
 //! * [`TenantDb`] is the only way to run tenant-scoped SQL: transactions that act as the
 //!   tenant's own role inside its own schema.
+//! * [`text_enum!`] and [`UnknownValue`]: the one way every domain crate converts an enum
+//!   stored as `text` to and from its text.
 //!
 //! Nothing here knows about HTTP; the API crate turns [`TenancyError`] into responses.
 
@@ -15,6 +17,7 @@ pub mod migrate;
 mod model;
 mod tenant_db;
 mod tenants;
+mod text_enum;
 
 pub use control::{ControlDb, PoolSettings, PoolStatus};
 pub use error::{ConstraintExt, TenancyError, error_chain};
@@ -22,3 +25,4 @@ pub use keys::{ApiKey, KEY_PREFIX, NewApiKey};
 pub use model::{SlugError, Tenant, TenantId, TenantSlug, TenantStatus};
 pub use tenant_db::{TenantDb, TenantTx};
 pub use tenants::{BoxFuture, PurgeHook, TenantSeed, validate_name};
+pub use text_enum::UnknownValue;

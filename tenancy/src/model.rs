@@ -30,6 +30,12 @@ impl TenantId {
     }
 }
 
+impl From<Uuid> for TenantId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
 impl Default for TenantId {
     fn default() -> Self {
         Self::new()
@@ -146,6 +152,14 @@ impl FromStr for TenantSlug {
     }
 }
 
+impl TryFrom<String> for TenantSlug {
+    type Error = SlugError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
 impl fmt::Display for TenantSlug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -163,46 +177,23 @@ pub enum TenantStatus {
     Deleted,
 }
 
-impl TenantStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Suspended => "suspended",
-            Self::Deleted => "deleted",
-        }
-    }
-}
+crate::text_enum!(TenantStatus, "tenant status" {
+    Active => "active", Suspended => "suspended", Deleted => "deleted"
+});
 
-impl FromStr for TenantStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "active" => Ok(Self::Active),
-            "suspended" => Ok(Self::Suspended),
-            "deleted" => Ok(Self::Deleted),
-            other => Err(format!("unknown tenant status `{other}`")),
-        }
-    }
-}
-
-impl fmt::Display for TenantStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A tenant as the control plane knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tenant as the control plane knows it (a row of `public.tenants`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Tenant {
     /// Id; its schema and role are `t_<id>`.
+    #[sqlx(try_from = "Uuid")]
     pub id: TenantId,
     /// Subdomain and `X-Tenant` name.
+    #[sqlx(try_from = "String")]
     pub slug: TenantSlug,
     /// Display name.
     pub name: String,
     /// Lifecycle state.
+    #[sqlx(try_from = "String")]
     pub status: TenantStatus,
     /// Billing plan.
     pub plan: String,

@@ -3,7 +3,7 @@
 use std::{future::Future, pin::Pin, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{Executor, PgConnection, Row, postgres::PgRow};
+use sqlx::{Executor, PgConnection};
 
 use crate::{
     ConstraintExt, ControlDb, TenancyError, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx,
@@ -39,26 +39,6 @@ pub trait PurgeHook: Send + Sync + 'static {
 
 const TENANT_COLUMNS: &str =
     "id, slug, name, status, plan, created_at, updated_at, deleted_at, purge_after";
-
-fn tenant_from_row(row: &PgRow) -> Result<Tenant, sqlx::Error> {
-    let decode = |column: &str, e: String| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: e.into(),
-    };
-    let slug: String = row.try_get("slug")?;
-    let status: String = row.try_get("status")?;
-    Ok(Tenant {
-        id: TenantId(row.try_get("id")?),
-        slug: TenantSlug::parse(&slug).map_err(|e| decode("slug", e.to_string()))?,
-        name: row.try_get("name")?,
-        status: status.parse().map_err(|e| decode("status", e))?,
-        plan: row.try_get("plan")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        deleted_at: row.try_get("deleted_at")?,
-        purge_after: row.try_get("purge_after")?,
-    })
-}
 
 /// Trims and checks a display name.
 pub fn validate_name(name: &str) -> Result<&str, TenancyError> {
@@ -117,7 +97,7 @@ impl ControlDb {
         // The provisioning transaction starts as the login role (it creates the tenant's
         // role and schema) and switches to the tenant for the seeds.
         let mut tx = TenantTx::open(self.pool().acquire().await?, id, "begin").await?;
-        let row = sqlx::query(&format!(
+        let tenant: Tenant = sqlx::query_as(&format!(
             "insert into public.tenants (id, slug, name, schema_name, role_name)
              values ($1, $2, $3, $4, $4)
              returning {TENANT_COLUMNS}"
@@ -131,7 +111,6 @@ impl ControlDb {
         .on_constraint("tenants_slug_key", || {
             TenancyError::SlugTaken(slug.to_string())
         })?;
-        let tenant = tenant_from_row(&row)?;
 
         // The role can use its own schema and what the `canopy_tenant` group holds (the
         // shared schema, `shared.enqueue_job`), nothing else; the login role owns the tables
@@ -164,24 +143,22 @@ impl ControlDb {
 
     /// The tenant with this id, whatever its status.
     pub async fn tenant_by_id(&self, id: TenantId) -> Result<Option<Tenant>, TenancyError> {
-        let row = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "select {TENANT_COLUMNS} from public.tenants where id = $1"
         ))
         .bind(id.0)
         .fetch_optional(self.pool())
-        .await?;
-        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+        .await?)
     }
 
     /// The tenant with this slug, whatever its status.
     pub async fn tenant_by_slug(&self, slug: &TenantSlug) -> Result<Option<Tenant>, TenancyError> {
-        let row = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "select {TENANT_COLUMNS} from public.tenants where slug = $1"
         ))
         .bind(slug.as_str())
         .fetch_optional(self.pool())
-        .await?;
-        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+        .await?)
     }
 
     /// Tenants ordered by slug, after `after` (keyset pagination), optionally of one status.
@@ -191,7 +168,7 @@ impl ControlDb {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Tenant>, TenancyError> {
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "select {TENANT_COLUMNS} from public.tenants
              where ($1::text is null or status = $1) and ($2::text is null or slug > $2)
              order by slug
@@ -201,8 +178,7 @@ impl ControlDb {
         .bind(after)
         .bind(limit)
         .fetch_all(self.pool())
-        .await?;
-        Ok(rows.iter().map(tenant_from_row).collect::<Result<_, _>>()?)
+        .await?)
     }
 
     /// Suspends or resumes a tenant. A deleted tenant stays deleted.
@@ -221,7 +197,7 @@ impl ControlDb {
                 to: status,
             });
         }
-        let row = sqlx::query(&format!(
+        let row: Option<Tenant> = sqlx::query_as(&format!(
             "update public.tenants set status = $2, updated_at = now()
              where id = $1 and status <> 'deleted'
              returning {TENANT_COLUMNS}"
@@ -231,7 +207,7 @@ impl ControlDb {
         .fetch_optional(self.pool())
         .await?;
         match row {
-            Some(row) => Ok(tenant_from_row(&row)?),
+            Some(tenant) => Ok(tenant),
             // Deleted between the two statements.
             None => Err(TenancyError::InvalidTransition {
                 from: TenantStatus::Deleted,
@@ -255,7 +231,7 @@ impl ControlDb {
                 to: TenantStatus::Deleted,
             });
         }
-        let row = sqlx::query(&format!(
+        let row: Option<Tenant> = sqlx::query_as(&format!(
             "update public.tenants
              set name = coalesce($2, name), status = coalesce($3, status), updated_at = now()
              where id = $1 and status <> 'deleted'
@@ -267,7 +243,7 @@ impl ControlDb {
         .fetch_optional(self.pool())
         .await?;
         match row {
-            Some(row) => Ok(tenant_from_row(&row)?),
+            Some(tenant) => Ok(tenant),
             None => match self.tenant_by_id(id).await? {
                 Some(t) => Err(TenancyError::InvalidTransition {
                     from: t.status,
@@ -288,7 +264,7 @@ impl ControlDb {
         let grace = chrono::Duration::from_std(grace)
             .unwrap_or(chrono::Duration::MAX)
             .min(chrono::Duration::days(36_500));
-        let row = sqlx::query(&format!(
+        let row: Option<Tenant> = sqlx::query_as(&format!(
             "update public.tenants
              set status = 'deleted', deleted_at = coalesce(deleted_at, now()),
                  purge_after = coalesce(purge_after, now() + $2), updated_at = now()
@@ -299,7 +275,7 @@ impl ControlDb {
         .bind(grace)
         .fetch_optional(self.pool())
         .await?;
-        Ok(tenant_from_row(&row.ok_or(TenancyError::TenantNotFound)?)?)
+        row.ok_or(TenancyError::TenantNotFound)
     }
 
     /// Drops the schema and role of every deleted tenant whose grace period ended by

@@ -1,185 +1,24 @@
-//! Authorization: every tenant endpoint names the permission it needs in its signature,
-//! `auth: Authorized<perm::ProductsWrite>`, and nothing else. The extractor authenticates
-//! the caller ([`UserAuth`]), then checks the permission before the handler runs (403
-//! `forbidden` naming the missing permission). The same type puts the permission into the
-//! OpenAPI document: its security requirement is named after the permission, and
-//! [`crate::routes::openapi_json`] folds that back into `UserAuth` plus an
-//! `x-permission` member and a line in the operation's description.
+//! The permission cache: what each user may do, cached in Redis per user.
+//! `canopy:t:<tenant>:perms:u:<user>` holds `<generation> <names>`, valid only while
+//! `canopy:t:<tenant>:perms:gen` still holds the same generation. Every change to roles or
+//! assignments commits, then sets a fresh random generation, which invalidates every cached
+//! entry of the tenant at once (one write, no scan). A reader that computed its entry from
+//! the database before the change committed stores it under the old generation, so it can
+//! never be served after the change. Redis unreachable: permissions come from the database.
 //!
-//! Effective permissions are cached in Redis per user: `canopy:t:<tenant>:perms:u:<user>`
-//! holds `<generation> <names>`, valid only while `canopy:t:<tenant>:perms:gen` still holds
-//! the same generation. Every change to roles or assignments commits, then sets a fresh
-//! random generation, which invalidates every cached entry of the tenant at once (one
-//! write, no scan). A reader that computed its entry from the database before the change
-//! committed stores it under the old generation, so it can never be served after the
-//! change. Redis unreachable: permissions come from the database.
+//! The checks built on it ([`crate::auth::authz`]) read the cached entries in
+//! authentication's round trip ([`Permissions::keys`], [`Permissions::of_looked_up`]).
 
-use std::{marker::PhantomData, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use poem::{Request, RequestBody};
-use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, registry::Registry};
-use rbac::{Permission, PermissionSet};
+use rbac::PermissionSet;
 use tenancy::{TenantDb, TenantId};
 use uuid::Uuid;
 
 use crate::{
-    auth::{Principal, UserAuth},
-    error::{ApiError, ErrorCode},
+    error::ApiError,
     redis::{RedisError, RedisPool, mget, retry_in_background, with_redis},
 };
-
-/// A permission an endpoint requires, as a type (see [`perm`]).
-pub trait Requirement: Send + Sync + 'static {
-    /// The permission.
-    const PERMISSION: Permission;
-}
-
-macro_rules! requirements {
-    ($($variant:ident),* $(,)?) => {
-        /// One marker type per permission of the catalog, for [`Authorized`].
-        pub mod perm {
-            $(
-                #[doc = concat!("Requires [`rbac::Permission::", stringify!($variant), "`].")]
-                #[derive(Debug)]
-                pub struct $variant;
-
-                impl super::Requirement for $variant {
-                    const PERMISSION: rbac::Permission = rbac::Permission::$variant;
-                }
-            )*
-
-            /// Keeps this list in step with the catalog: adding a permission without its
-            /// marker fails to compile.
-            #[allow(dead_code)]
-            const fn exhaustive(p: rbac::Permission) {
-                match p { $(rbac::Permission::$variant => {})* }
-            }
-        }
-    };
-}
-
-requirements!(
-    UsersRead,
-    UsersManage,
-    RolesRead,
-    RolesManage,
-    ProductsRead,
-    ProductsWrite,
-    ProductsDelete,
-    FilesRead,
-    FilesWrite,
-    BillingRead,
-    BillingManage,
-    AuditRead,
-    TenantManage,
-);
-
-/// A request by a user who holds permission `P` in the tenant it addresses.
-pub struct Authorized<P: Requirement> {
-    /// Who is calling.
-    pub principal: Principal,
-    /// Everything they may do (for checks beyond `P`, e.g. escalation).
-    pub granted: PermissionSet,
-    required: PhantomData<P>,
-}
-
-impl<'a, P: Requirement> ApiExtractor<'a> for Authorized<P> {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
-
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        UserAuth::register(registry);
-    }
-
-    /// Named after the permission; rewritten to `UserAuth` + `x-permission` in the document.
-    fn security_schemes() -> Vec<&'static str> {
-        vec![P::PERMISSION.as_str()]
-    }
-
-    async fn from_request(
-        request: &'a Request,
-        body: &mut RequestBody,
-        param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let _ = (body, param_opts);
-        let (principal, granted) = super::authenticate(request, true).await?;
-        let granted = granted
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("permissions were not looked up")))?;
-        if !granted.contains(P::PERMISSION) {
-            return Err(missing(P::PERMISSION).into());
-        }
-        Ok(Self {
-            principal,
-            granted,
-            required: PhantomData,
-        })
-    }
-}
-
-/// A request that may come from a signed-in user: `None` when it has no `Authorization`
-/// header (an anonymous visitor), else the user and everything they may do. A header
-/// that is present must hold a valid token of the addressed tenant: a bad one is refused
-/// as it would be anywhere, never quietly taken for an anonymous visitor. Documented as
-/// `UserAuth` with an anonymous alternative.
-pub struct MaybeSignedIn(pub Option<(Principal, PermissionSet)>);
-
-impl MaybeSignedIn {
-    /// What the caller may do (nothing, when anonymous).
-    pub fn granted(&self) -> PermissionSet {
-        self.0.as_ref().map_or(PermissionSet::EMPTY, |(_, g)| *g)
-    }
-}
-
-impl<'a> ApiExtractor<'a> for MaybeSignedIn {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
-
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        UserAuth::register(registry);
-    }
-
-    fn security_schemes() -> Vec<&'static str> {
-        vec![crate::routes::USER_AUTH]
-    }
-
-    /// The anonymous alternative (an empty security requirement).
-    fn has_security_fallback() -> bool {
-        true
-    }
-
-    async fn from_request(
-        request: &'a Request,
-        body: &mut RequestBody,
-        param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let _ = (body, param_opts);
-        if !request
-            .headers()
-            .contains_key(poem::http::header::AUTHORIZATION)
-        {
-            return Ok(Self(None));
-        }
-        let (principal, granted) = super::authenticate(request, true).await?;
-        let granted = granted
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("permissions were not looked up")))?;
-        Ok(Self(Some((principal, granted))))
-    }
-}
-
-/// The 403 for a caller lacking `permission`.
-pub fn missing(permission: Permission) -> ApiError {
-    ApiError::new(
-        ErrorCode::Forbidden,
-        format!(
-            "This operation requires the `{permission}` permission, which your roles do not grant."
-        ),
-    )
-    .with_extension("permission", permission.as_str().into())
-}
 
 /// How long a generation lives when nothing changes.
 const GENERATION_TTL_SECS: u64 = 86_400;

@@ -1,5 +1,6 @@
 //! The tenant's security audit log (`/v1/audit-events`): sign-ups, logins, password and
-//! session events, status, role and assignment changes, newest first.
+//! session events, status, role and assignment changes, newest first; and `record`,
+//! which every endpoint appending to it calls.
 
 use chrono::{DateTime, Utc};
 use identity::store::{self, AuditRecord};
@@ -9,10 +10,9 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::permissions::{Authorized, perm},
+    auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode},
-    routes::{ApiTag, page},
-    tenant::CurrentTenant,
+    routes::{ApiTag, pagination::page},
 };
 
 /// Audit endpoints.
@@ -73,10 +73,6 @@ fn default_limit() -> i64 {
 #[OpenApi(tag = "ApiTag::Audit")]
 impl AuditApi {
     /// The tenant's audit log, newest first.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per documented query parameter"
-    )]
     #[oai(
         path = "/v1/audit-events",
         method = "get",
@@ -86,9 +82,6 @@ impl AuditApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::AuditRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Only this event.
         #[oai(validator(pattern = "^[a-z_.]{1,64}$"))]
         event: Query<Option<String>>,
@@ -115,7 +108,7 @@ impl AuditApi {
                 })
             })
             .transpose()?;
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let records =
             store::list_audit(&mut tx, event.0.as_deref(), user_id.0, before, limit.0 + 1).await?;
         tx.commit().await?;
@@ -125,4 +118,28 @@ impl AuditApi {
             next_cursor,
         }))
     }
+}
+
+/// Appends an audit event in `tx`.
+pub(crate) async fn record(
+    tx: &mut tenancy::TenantTx,
+    event: &str,
+    actor: Option<Uuid>,
+    subject: Option<Uuid>,
+    session: Option<Uuid>,
+    client: &identity::ClientInfo,
+    details: serde_json::Value,
+) -> Result<(), identity::StoreError> {
+    store::audit(
+        tx,
+        store::AuditEvent {
+            event,
+            actor,
+            subject,
+            session,
+            client,
+            details,
+        },
+    )
+    .await
 }

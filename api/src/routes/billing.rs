@@ -25,12 +25,11 @@ use uuid::Uuid;
 use crate::{
     AppState,
     admin_auth::PlatformAdmin,
-    auth::permissions::{Authorized, perm},
+    auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::{JsonBody, RawJson, Validate},
-    routes::{ApiTag, page},
-    tenant::CurrentTenant,
+    routes::{ApiTag, pagination::page},
 };
 
 /// Billing operations.
@@ -319,9 +318,6 @@ impl BillingApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::BillingManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<CheckoutRequest>,
     ) -> ApiResult<Json<SessionUrl>> {
         let tenant = auth.principal.tenant.clone();
@@ -357,7 +353,7 @@ impl BillingApi {
             Some(customer) => customer,
             None => {
                 let email = {
-                    let mut tx = state.tenant_db.begin(tenant.id).await?;
+                    let mut tx = auth.begin(&state).await?;
                     let user = identity::store::user_by_id(&mut tx, auth.principal.user_id)
                         .await?
                         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("caller missing")))?;
@@ -402,9 +398,6 @@ impl BillingApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::BillingManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<SessionUrl>> {
         let mut conn = state.db.pool().acquire().await?;
         let account = accounts::account(&mut conn, auth.principal.tenant.id).await?;
@@ -433,9 +426,6 @@ impl BillingApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::BillingRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<SubscriptionView>> {
         let tenant = auth.principal.tenant.clone();
         let mut conn = state.db.pool().acquire().await?;
@@ -443,7 +433,7 @@ impl BillingApi {
             .await?
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("tenant row missing")))?;
         drop(conn);
-        let mut tx = state.tenant_db.begin(tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let products = limits::used(&mut tx, Limited::Products).await?;
         let seats = limits::used(&mut tx, Limited::Seats).await?;
         let (storage_bytes, _) = file_store::usage(&mut tx).await?;

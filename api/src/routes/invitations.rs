@@ -27,21 +27,16 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{
-        client_info,
-        permissions::{Authorized, perm},
-    },
+    auth::{Authorized, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::{EmailText, JsonBody, Validate, all_valid},
     routes::{
-        ApiTag,
-        auth::{
-            TokenPair, audit, check_email, check_name, check_new_password, recovery_throttle,
-            token_pair,
-        },
-        created_cursor, decode_created_cursor, page,
-        roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        ApiTag, audit,
+        auth::{TokenPair, recovery_throttle, token_pair},
+        checks::{check_email, check_name, check_new_password},
+        guards::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        pagination::{created_cursor, decode_created_cursor, page},
         users::RoleRef,
     },
     tenant::CurrentTenant,
@@ -220,16 +215,13 @@ impl InvitationsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<CreateInvitation>,
     ) -> ApiResult<InvitationCreated> {
         let me = auth.principal;
         let client = client_info(request);
         let body = body.0;
         let email = body.email.trim();
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let wanted = known_roles(&all_roles, &body.role_ids)?;
         ensure_holds(
@@ -263,7 +255,7 @@ impl InvitationsApi {
         };
         jobs::enqueue(&mut tx, email.to_job()?).await?;
         let view = InvitationView::new(&invitation, &all_roles);
-        audit(
+        audit::record(
             &mut tx,
             if created {
                 "invitation.created"
@@ -301,9 +293,6 @@ impl InvitationsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Page size, 1 to 100.
         #[oai(
             default = "default_limit",
@@ -314,7 +303,7 @@ impl InvitationsApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<InvitationPage>> {
         let after = cursor.0.as_deref().map(decode_created_cursor).transpose()?;
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let open = invitations::list_open(&mut tx, after, limit.0 + 1).await?;
         let all_roles = roles::list_roles(&mut tx)
             .await
@@ -341,22 +330,19 @@ impl InvitationsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Invitation id.
         id: Path<Uuid>,
     ) -> ApiResult<InvitationRevoked> {
         let me = auth.principal;
         let client = client_info(request);
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let invitation = invitations::revoke(&mut tx, id.0)
             .await?
             .ok_or_else(invitation_not_found)?;
         // Refused, the revocation rolls back with the transaction.
         ensure_may_handle(held, &all_roles, &invitation)?;
-        audit(
+        audit::record(
             &mut tx,
             "invitation.revoked",
             Some(me.user_id),
@@ -385,15 +371,12 @@ impl InvitationsApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Invitation id.
         id: Path<Uuid>,
     ) -> ApiResult<InvitationResent> {
         let me = auth.principal;
         let client = client_info(request);
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         let invitation = invitations::renew(&mut tx, id.0, state.settings.auth.invitation_ttl)
             .await?
@@ -403,7 +386,7 @@ impl InvitationsApi {
             invitation_id: invitation.id,
         };
         jobs::enqueue(&mut tx, email.to_job()?).await?;
-        audit(
+        audit::record(
             &mut tx,
             "invitation.resent",
             Some(me.user_id),
@@ -436,8 +419,6 @@ impl InvitationsApi {
         &self,
         state: Data<&AppState>,
         request: &Request,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
         tenant: CurrentTenant,
         body: JsonBody<AcceptInvitationRequest>,
     ) -> ApiResult<Json<TokenPair>> {
@@ -446,7 +427,7 @@ impl InvitationsApi {
         let token = OpaqueToken::parse(&body.token).ok_or_else(invitation_invalid)?;
         let password_hash = state.hasher.hash(&body.password).await?;
         let tenant_id = tenant.0.id;
-        let mut tx = state.tenant_db.begin(tenant_id).await?;
+        let mut tx = tenant.begin(&state).await?;
         // The roles lock before the seat lock, as everywhere: assigning roles is a change.
         roles::lock_roles(&mut tx)
             .await
@@ -492,7 +473,7 @@ impl InvitationsApi {
         let (session, refresh) =
             store::create_session(&mut tx, user.id, &client, state.settings.jwt.refresh_ttl)
                 .await?;
-        audit(
+        audit::record(
             &mut tx,
             "invitation.accepted",
             Some(user.id),

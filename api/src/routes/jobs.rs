@@ -13,7 +13,7 @@ use crate::{
     AppState,
     admin_auth::PlatformAdmin,
     error::{ApiError, ApiResult, ErrorCode},
-    routes::{ApiTag, page},
+    routes::{ApiTag, pagination::page},
 };
 
 /// Job operations.

@@ -1,20 +1,31 @@
 //! One module per API tag, each with its `XxxApi` struct, its request and response types
-//! beside the handlers.
+//! beside the handlers; and the pieces several of them share, which depend on no route
+//! module: [`pagination`] (pages and cursors), [`checks`] (field checks), [`guards`] (role
+//! and assignment guards) and `audit::record` (appending to the audit log). This module
+//! only assembles: the tags, the service and its document.
 
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub mod checks;
 pub mod files;
+pub mod guards;
 pub mod health;
 pub mod invitations;
 pub mod jobs;
 pub mod ops;
+pub mod pagination;
 pub mod products;
 pub mod roles;
 pub mod tenants;
 pub mod users;
 
 use poem_openapi::{OpenApiService, Tags};
+
+use crate::{
+    auth::authn::USER_AUTH,
+    tenant::{TENANT_SCOPED, tenant_parameter},
+};
 
 /// Tags grouping operations in the OpenAPI document and Swagger UI.
 #[derive(Debug, Tags)]
@@ -65,7 +76,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             health::HealthApi,
-            auth::AuthApi,
+            auth::AUTH_API,
             users::UsersApi,
             invitations::InvitationsApi,
             roles::RolesApi,
@@ -73,7 +84,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             files::FilesApi,
             billing::BillingApi,
             audit::AuditApi,
-            tenants::TenantsApi,
+            tenants::TENANTS_API,
             jobs::JobsApi,
         ),
         "Canopy",
@@ -89,56 +100,15 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     .license(poem_openapi::LicenseObject::new("AGPL-3.0-only"))
 }
 
-/// Keyset pagination: listings fetch `limit + 1` rows, the extra one only telling that a
-/// next page exists. Returns the page and the cursor of its last row when there is more.
-pub(crate) fn page<T>(
-    mut rows: Vec<T>,
-    limit: i64,
-    cursor_of: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>) {
-    let limit = usize::try_from(limit).unwrap_or(0);
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next = if more {
-        rows.last().map(cursor_of)
-    } else {
-        None
-    };
-    (rows, next)
-}
-
-/// The cursor of a listing ordered by creation: `<created_at µs>_<id>`.
-pub(crate) fn created_cursor(created_at: chrono::DateTime<chrono::Utc>, id: uuid::Uuid) -> String {
-    format!("{}_{}", created_at.timestamp_micros(), id.simple())
-}
-
-/// The keyset (created_at, id) of a cursor [`created_cursor`] made; a 400 for anything else.
-pub(crate) fn decode_created_cursor(
-    cursor: &str,
-) -> Result<(chrono::DateTime<chrono::Utc>, uuid::Uuid), crate::error::ApiError> {
-    cursor
-        .split_once('_')
-        .and_then(|(micros, id)| {
-            let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-            Some((at, uuid::Uuid::parse_str(id).ok()?))
-        })
-        .ok_or_else(|| {
-            crate::error::ApiError::new(
-                crate::error::ErrorCode::InvalidParameter,
-                "Parameter `cursor` is not a cursor this API issued.",
-            )
-        })
-}
-
-/// The security scheme of tenant users (see [`crate::auth::UserAuth`]).
-pub(crate) const USER_AUTH: &str = "UserAuth";
-
 /// The OpenAPI document as served and checked in (pretty JSON).
 ///
 /// poem-openapi names an operation's security requirement after its extractor's scheme;
-/// [`crate::auth::permissions::Authorized`] names it after the permission it checks. Here
-/// each such requirement becomes `UserAuth` again, and the operation gets the permission
-/// as `x-permission` and as a line of its description (which Swagger UI shows).
+/// [`crate::auth::Authorized`] names it after the permission it checks, and
+/// [`crate::tenant::CurrentTenant`] names the mark [`TENANT_SCOPED`]. Here each
+/// permission becomes `UserAuth` again, and the operation gets the permission as
+/// `x-permission` and as a line of its description (which Swagger UI shows); the mark is
+/// dropped; and every tenant-scoped operation (a user's or the mark's) gets the `X-Tenant`
+/// header parameter ([`tenant_parameter`]) first.
 pub fn openapi_json() -> String {
     let raw = openapi_service().spec();
     let mut doc: serde_json::Value =
@@ -151,52 +121,17 @@ pub fn openapi_json() -> String {
         .flat_map(|item| item.values_mut())
         .filter_map(serde_json::Value::as_object_mut);
     for op in operations {
-        let mut permission = None;
-        let mut user_auth = false;
-        // An empty requirement: anonymous callers are served too (`MaybeSignedIn`).
-        let anonymous = op
-            .get("security")
-            .and_then(serde_json::Value::as_array)
-            .is_some_and(|all| {
-                all.iter()
-                    .any(|r| r.as_object().is_some_and(|r| r.is_empty()))
-            });
-        let requirements = op
-            .get_mut("security")
-            .and_then(serde_json::Value::as_array_mut)
-            .into_iter()
-            .flatten()
-            .filter_map(serde_json::Value::as_object_mut);
-        for requirement in requirements {
-            let named: Vec<String> = requirement.keys().cloned().collect();
-            for name in named {
-                if let Ok(p) = name.parse::<rbac::Permission>() {
-                    let scopes = requirement.remove(&name).unwrap_or_default();
-                    requirement.insert(USER_AUTH.to_owned(), scopes);
-                    permission = Some(p);
-                }
-                user_auth |= requirement.contains_key(USER_AUTH);
-            }
+        let access = fold_security(op);
+        if access.tenant_scoped() {
+            add_tenant_parameter(op);
         }
-        let note = match permission {
-            Some(p) => {
-                op.insert("x-permission".to_owned(), p.as_str().into());
-                format!("**Permission:** `{p}` ({})", p.description())
-            }
-            None if user_auth && anonymous => {
-                "**Authentication:** optional; a signed-in user of the tenant may see more."
-                    .to_owned()
-            }
-            None if user_auth => {
-                "**Permission:** none; any signed-in user of the tenant.".to_owned()
-            }
-            None => continue,
-        };
-        let description = match op.get("description").and_then(serde_json::Value::as_str) {
-            Some(text) => format!("{text}\n\n{note}"),
-            None => note,
-        };
-        op.insert("description".to_owned(), description.into());
+        if let Some(note) = access.note() {
+            let description = match op.get("description").and_then(serde_json::Value::as_str) {
+                Some(text) => format!("{text}\n\n{note}"),
+                None => note,
+            };
+            op.insert("description".to_owned(), description.into());
+        }
     }
     mark_required_headers(&mut doc);
     close_request_bodies(&mut doc);
@@ -284,4 +219,93 @@ fn mark_required_headers(doc: &mut serde_json::Value) {
             }
         }
     }
+}
+
+/// Who may call an operation, as its raw security requirements say.
+#[derive(Debug, Default)]
+struct Access {
+    permission: Option<rbac::Permission>,
+    user_auth: bool,
+    anonymous: bool,
+    tenant_mark: bool,
+}
+
+impl Access {
+    fn tenant_scoped(&self) -> bool {
+        self.user_auth || self.tenant_mark
+    }
+
+    /// The line the operation's description gets.
+    fn note(&self) -> Option<String> {
+        Some(match self.permission {
+            Some(p) => format!("**Permission:** `{p}` ({})", p.description()),
+            None if self.user_auth && self.anonymous => {
+                "**Authentication:** optional; a signed-in user of the tenant may see more."
+                    .to_owned()
+            }
+            None if self.user_auth => {
+                "**Permission:** none; any signed-in user of the tenant.".to_owned()
+            }
+            None => return None,
+        })
+    }
+}
+
+/// Rewrites permission requirements into `UserAuth` (adding `x-permission`), drops the
+/// tenant mark (and `security` with it when nothing else is left), and says what it saw.
+fn fold_security(op: &mut serde_json::Map<String, serde_json::Value>) -> Access {
+    let mut access = Access::default();
+    let Some(all) = op
+        .get_mut("security")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return access;
+    };
+    // An empty requirement: anonymous callers are served too (`MaybeSignedIn`).
+    access.anonymous = all
+        .iter()
+        .any(|r| r.as_object().is_some_and(|r| r.is_empty()));
+    all.retain(|r| {
+        let marked = r
+            .as_object()
+            .is_some_and(|r| r.len() == 1 && r.contains_key(TENANT_SCOPED));
+        access.tenant_mark |= marked;
+        !marked
+    });
+    let emptied = all.is_empty();
+    for requirement in all.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+        let named: Vec<String> = requirement.keys().cloned().collect();
+        for name in named {
+            if let Ok(p) = name.parse::<rbac::Permission>() {
+                let scopes = requirement.remove(&name).unwrap_or_default();
+                requirement.insert(USER_AUTH.to_owned(), scopes);
+                access.permission = Some(p);
+            }
+            access.user_auth |= requirement.contains_key(USER_AUTH);
+        }
+    }
+    if emptied {
+        op.shift_remove("security");
+    }
+    if let Some(p) = access.permission {
+        op.insert("x-permission".to_owned(), p.as_str().into());
+    }
+    access
+}
+
+/// Puts the `X-Tenant` parameter first, creating `parameters` where poem-openapi would
+/// have (after the tags, summary and description).
+fn add_tenant_parameter(op: &mut serde_json::Map<String, serde_json::Value>) {
+    if let Some(params) = op
+        .get_mut("parameters")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        params.insert(0, tenant_parameter());
+        return;
+    }
+    let at = op
+        .keys()
+        .position(|k| !matches!(k.as_str(), "tags" | "summary" | "description"))
+        .unwrap_or(op.len());
+    op.shift_insert(at, "parameters".to_owned(), vec![tenant_parameter()].into());
 }

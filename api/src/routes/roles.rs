@@ -14,19 +14,17 @@ use rbac::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use tenancy::TenantTx;
 use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{
-        Principal, client_info,
-        permissions::{Authorized, missing, perm},
-    },
+    auth::{Authorized, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
-    routes::{ApiTag, auth::audit},
-    tenant::CurrentTenant,
+    routes::{
+        ApiTag, audit,
+        guards::{GRANTS_MORE, ensure_holds, lock_for_change},
+    },
 };
 
 /// Roles endpoints.
@@ -277,77 +275,6 @@ fn role_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No role of this tenant has this id.")
 }
 
-/// Why a role is refused to someone lacking what it grants.
-const GRANTS_MORE: &str = "This role grants permissions you do not hold";
-
-/// A 403 `forbidden` (starting with `refusal`, listing the permissions in `permissions`)
-/// unless `actor` holds every permission of `wanted`.
-pub(crate) fn ensure_holds(
-    actor: PermissionSet,
-    wanted: PermissionSet,
-    refusal: &str,
-) -> Result<(), ApiError> {
-    let lacking = wanted.difference(actor);
-    if lacking.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        format!("{refusal}: {}.", lacking.names().join(", ")),
-    )
-    .with_extension("permissions", lacking.names().into()))
-}
-
-/// The requested role ids, deduplicated; a 422 naming each one the tenant does not have.
-pub(crate) fn known_roles(all_roles: &[Role], requested: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
-    let unknown: Vec<FieldError> = requested
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| !all_roles.iter().any(|r| r.id == **id))
-        .map(|(i, id)| {
-            FieldError::new(
-                format!("role_ids[{i}]"),
-                FieldCode::NotFound,
-                format!("no role of this tenant has id {id}"),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::validation(unknown));
-    }
-    let mut wanted = requested.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-    Ok(wanted)
-}
-
-/// Everything holding all of `role_ids` allows.
-pub(crate) fn allowed_by(all_roles: &[Role], role_ids: &[Uuid]) -> PermissionSet {
-    role_ids
-        .iter()
-        .map(|id| store::effective_permissions(all_roles, *id))
-        .fold(PermissionSet::EMPTY, PermissionSet::union)
-}
-
-/// Locks the tenant's roles and returns them with the caller's permissions as they stand
-/// now (not as cached when the request started), which must still include `required` (the
-/// endpoint's permission: a role taken away meanwhile counts).
-pub(crate) async fn lock_for_change(
-    tx: &mut TenantTx,
-    actor: &Principal,
-    required: Permission,
-) -> Result<(Vec<Role>, PermissionSet), ApiError> {
-    store::lock_roles(tx).await.map_err(ApiError::internal)?;
-    let roles = store::list_roles(tx).await.map_err(ApiError::internal)?;
-    let held = store::user_permissions(tx, actor.user_id)
-        .await
-        .map_err(ApiError::internal)?;
-    if !held.contains(required) {
-        return Err(missing(required));
-    }
-    Ok((roles, held))
-}
-
 #[OpenApi(tag = "ApiTag::Roles")]
 impl RolesApi {
     /// The permission catalog: every permission a role can grant.
@@ -359,9 +286,6 @@ impl RolesApi {
     async fn list_permissions(
         &self,
         _auth: Authorized<perm::RolesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<PermissionList>> {
         Ok(Json(PermissionList {
             items: Permission::ALL
@@ -380,11 +304,8 @@ impl RolesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::RolesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
     ) -> ApiResult<Json<RoleList>> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let roles = store::list_roles(&mut tx)
             .await
             .map_err(ApiError::internal)?;
@@ -400,13 +321,10 @@ impl RolesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::RolesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Role id.
         id: Path<Uuid>,
     ) -> ApiResult<Json<RoleView>> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let roles = store::list_roles(&mut tx)
             .await
             .map_err(ApiError::internal)?;
@@ -428,16 +346,13 @@ impl RolesApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<CreateRole>,
     ) -> ApiResult<CreatedRole> {
         let me = auth.principal;
         let body = body.0;
         let client = client_info(request);
         let permissions = parse_permissions(&body.permissions);
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let id = Uuid::now_v7();
         let mut allows = permissions;
@@ -456,7 +371,7 @@ impl RolesApi {
             },
         )
         .await?;
-        audit(
+        audit::record(
             &mut tx,
             "role.created",
             Some(me.user_id),
@@ -483,9 +398,6 @@ impl RolesApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Role id.
         id: Path<Uuid>,
         body: JsonBody<UpdateRole>,
@@ -494,7 +406,7 @@ impl RolesApi {
         let body = body.0;
         let client = client_info(request);
         let tenant = me.tenant.id;
-        let mut tx = state.tenant_db.begin(tenant).await?;
+        let mut tx = me.begin(&state).await?;
         let (mut roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let index = roles
             .iter()
@@ -535,7 +447,7 @@ impl RolesApi {
             },
         )
         .await?;
-        audit(
+        audit::record(
             &mut tx,
             "role.updated",
             Some(me.user_id),
@@ -567,16 +479,13 @@ impl RolesApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Role id.
         id: Path<Uuid>,
     ) -> ApiResult<DeletedRole> {
         let me = auth.principal;
         let client = client_info(request);
         let tenant = me.tenant.id;
-        let mut tx = state.tenant_db.begin(tenant).await?;
+        let mut tx = me.begin(&state).await?;
         let (roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         if roles.iter().any(|r| r.id == id.0) {
             ensure_holds(
@@ -586,7 +495,7 @@ impl RolesApi {
             )?;
         }
         let role = store::delete_role(&mut tx, id.0).await?;
-        audit(
+        audit::record(
             &mut tx,
             "role.deleted",
             Some(me.user_id),

@@ -20,20 +20,16 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{
-        Principal, UserAuth, client_info,
-        permissions::{Authorized, perm},
-    },
+    auth::{Authorized, Principal, UserAuth, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits,
     payload::{JsonBody, Validate, all_valid},
     routes::{
-        ApiTag,
-        auth::{audit, check_name},
-        created_cursor, decode_created_cursor, page,
-        roles::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        ApiTag, audit,
+        checks::check_name,
+        guards::{allowed_by, ensure_holds, known_roles, lock_for_change},
+        pagination::{created_cursor, decode_created_cursor, page},
     },
-    tenant::CurrentTenant,
 };
 
 /// Users endpoints.
@@ -253,17 +249,10 @@ impl Validate for UpdateUser {
 impl UsersApi {
     /// The current user, their roles and permissions.
     #[oai(path = "/v1/me", method = "get", operation_id = "get_me")]
-    async fn me(
-        &self,
-        state: Data<&AppState>,
-        auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
-    ) -> ApiResult<Json<MeView>> {
+    async fn me(&self, state: Data<&AppState>, auth: UserAuth) -> ApiResult<Json<MeView>> {
         let me = auth.0;
         let permissions = state.permissions.of(me.tenant.id, me.user_id).await?;
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let user = current_user(&mut tx, &me).await?;
         let user = user_view(&mut tx, &user).await?;
         tx.commit().await?;
@@ -279,13 +268,10 @@ impl UsersApi {
         &self,
         state: Data<&AppState>,
         auth: UserAuth,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<UpdateMe>,
     ) -> ApiResult<Json<UserView>> {
         let me = auth.0;
-        let mut tx = state.tenant_db.begin(me.tenant.id).await?;
+        let mut tx = me.begin(&state).await?;
         let user = store::update_user(&mut tx, me.user_id, None, Some(body.0.name.trim()))
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))?
@@ -301,9 +287,6 @@ impl UsersApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::UsersRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Only users with this status.
         status: Query<Option<UserStatusView>>,
         /// Page size, 1 to 100.
@@ -316,7 +299,7 @@ impl UsersApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<UserPage>> {
         let after = cursor.0.as_deref().map(decode_created_cursor).transpose()?;
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let users =
             store::list_users(&mut tx, status.0.map(UserStatus::from), after, limit.0 + 1).await?;
         let (users, next_cursor) = page(users, limit.0, |u| created_cursor(u.created_at, u.id));
@@ -331,13 +314,10 @@ impl UsersApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::UsersRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// User id.
         id: Path<Uuid>,
     ) -> ApiResult<Json<UserView>> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let user = store::user_by_id(&mut tx, id.0)
             .await?
             .ok_or_else(user_not_found)?;
@@ -359,9 +339,6 @@ impl UsersApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::UsersManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// User id.
         id: Path<Uuid>,
         body: JsonBody<UpdateUser>,
@@ -381,7 +358,7 @@ impl UsersApi {
                 "You cannot change your own status.",
             ));
         }
-        let mut tx = state.tenant_db.begin(tenant).await?;
+        let mut tx = me.begin(&state).await?;
         let (_, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
         ensure_outranks(&mut tx, held, target).await?;
         if status.is_some_and(UserStatus::is_blocked) {
@@ -405,7 +382,7 @@ impl UsersApi {
             Vec::new()
         };
         if before.status != after.status {
-            audit(
+            audit::record(
                 &mut tx,
                 "user.status_changed",
                 Some(me.user_id),
@@ -446,9 +423,6 @@ impl UsersApi {
         state: Data<&AppState>,
         request: &Request,
         auth: Authorized<perm::RolesManage>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// User id.
         id: Path<Uuid>,
         body: JsonBody<SetUserRoles>,
@@ -458,7 +432,7 @@ impl UsersApi {
         let tenant = me.tenant.id;
         let target = id.0;
         let requested = body.0.role_ids;
-        let mut tx = state.tenant_db.begin(tenant).await?;
+        let mut tx = me.begin(&state).await?;
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::RolesManage).await?;
         let wanted = known_roles(&all_roles, &requested)?;
         let user = store::user_by_id(&mut tx, target)
@@ -483,7 +457,7 @@ impl UsersApi {
             .map_err(ApiError::internal)?;
         let after = user_view(&mut tx, &user).await?;
         let names = |v: &UserView| v.roles.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-        audit(
+        audit::record(
             &mut tx,
             "user.roles_changed",
             Some(me.user_id),

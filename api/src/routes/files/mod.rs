@@ -37,10 +37,9 @@ pub use self::{
 };
 use crate::{
     AppState,
-    auth::permissions::{Authorized, perm},
+    auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldError},
-    routes::{ApiTag, page},
-    tenant::CurrentTenant,
+    routes::{ApiTag, pagination::page},
 };
 
 /// The upload endpoint, exempt from the global body limit and timeout.
@@ -210,9 +209,6 @@ impl FilesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::FilesWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         mut upload: FileUpload,
     ) -> ApiResult<FileUploaded> {
         let tenant = &auth.principal.tenant;
@@ -258,18 +254,11 @@ impl FilesApi {
     /// List files.
     ///
     /// Newest first, keyset-paginated: pass `next_cursor` back as `cursor`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per documented query parameter"
-    )]
     #[oai(path = "/v1/files", method = "get", operation_id = "list_files")]
     async fn list_files(
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::FilesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Only files in this state.
         status: Query<Option<FileStatusView>>,
         /// Only this media type (`image/png`), or this family when it ends in `/` (`image/`).
@@ -317,9 +306,6 @@ impl FilesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::FilesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// File id.
         id: Path<Uuid>,
     ) -> ApiResult<Json<FileView>> {
@@ -340,9 +326,6 @@ impl FilesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::FilesWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// File id.
         id: Path<Uuid>,
     ) -> ApiResult<FileDeleted> {
@@ -364,9 +347,6 @@ impl FilesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::FilesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// File id.
         id: Path<Uuid>,
     ) -> ApiResult<Redirect> {
@@ -391,9 +371,6 @@ impl FilesApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::FilesRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// File id.
         id: Path<Uuid>,
         /// Longest edge in pixels, one of the configured sizes (128 and 512 by default).

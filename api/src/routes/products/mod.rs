@@ -30,12 +30,11 @@ pub use self::views::{
 };
 use crate::{
     AppState,
-    auth::permissions::{Authorized, perm},
+    auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::JsonBody,
-    routes::{ApiTag, files::check_image_ids, page},
-    tenant::CurrentTenant,
+    routes::{ApiTag, files::check_image_ids, pagination::page},
 };
 
 /// Products endpoints.
@@ -155,9 +154,6 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Only products with this status.
         status: Query<Option<ProductStatus>>,
         /// Only products of this kind.
@@ -228,7 +224,7 @@ impl ProductsApi {
             after,
             limit: limit.0 + 1,
         };
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let products = store::list(&mut tx, listing).await?;
         tx.commit().await?;
         let (products, next_cursor) = page(products, limit.0, |p| cursor::encode(sort, order, p));
@@ -248,13 +244,10 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<CreateProduct>,
     ) -> ApiResult<ProductCreated> {
         let new = ProductDraft::from(body.0).into_new();
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         limits::ensure_room(
             &state,
             &mut tx,
@@ -288,9 +281,6 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         body: JsonBody<BulkCreate>,
     ) -> ApiResult<BulkResponse> {
         let new: Vec<NewProduct> = body
@@ -300,7 +290,7 @@ impl ProductsApi {
             .map(|item| ProductDraft::from(item).into_new())
             .collect();
         let skus: Vec<String> = new.iter().map(|p| p.sku.clone()).collect();
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let adding = u64::try_from(new.len()).unwrap_or(u64::MAX);
         limits::ensure_room(
             &state,
@@ -358,9 +348,6 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsRead>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Product id.
         id: Path<Uuid>,
         /// Include a soft-deleted product.
@@ -371,7 +358,7 @@ impl ProductsApi {
         if_none_match: Header<Option<String>>,
     ) -> ApiResult<ProductOrNotModified> {
         let cached = if_none_match.0.as_deref().map(parse_etags);
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let product = store::get(&mut tx, id.0, include_deleted.0)
             .await?
             .ok_or_else(not_found)?;
@@ -401,9 +388,6 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Product id.
         id: Path<Uuid>,
         /// The `ETag` the change is based on.
@@ -413,7 +397,7 @@ impl ProductsApi {
     ) -> ApiResult<ProductResponse> {
         let expected = if_match.0.as_deref().and_then(parse_etags);
         let changes = catalog::ProductPatch::from(body.0).into_changes();
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         if let Some(ids) = &changes.image_ids {
             check_image_ids(&mut tx, &[("image_ids".to_owned(), ids)]).await?;
         }
@@ -434,9 +418,6 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsDelete>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Product id.
         id: Path<Uuid>,
         /// The `ETag` the deletion is based on.
@@ -444,7 +425,7 @@ impl ProductsApi {
         if_match: Header<Option<String>>,
     ) -> ApiResult<ProductDeleted> {
         let expected = if_match.0.as_deref().and_then(parse_etags);
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let deleted = store::soft_delete(&mut tx, id.0, expected.as_deref()).await?;
         outcome(deleted)?;
         tx.commit().await?;
@@ -464,13 +445,10 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Product id.
         id: Path<Uuid>,
     ) -> ApiResult<ProductResponse> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let product = store::restore(&mut tx, id.0).await?.ok_or_else(not_found)?;
         // Restored, it counts again (a product that was live already does not change it).
         limits::ensure_room(
@@ -498,14 +476,11 @@ impl ProductsApi {
         &self,
         state: Data<&AppState>,
         auth: Authorized<perm::ProductsWrite>,
-        /// Tenant slug or id, when the host is not the tenant's subdomain.
-        #[oai(name = "X-Tenant")]
-        _tenant: CurrentTenant,
         /// Product id.
         id: Path<Uuid>,
         body: JsonBody<StockAdjustment>,
     ) -> ApiResult<ProductResponse> {
-        let mut tx = state.tenant_db.begin(auth.principal.tenant.id).await?;
+        let mut tx = auth.begin(&state).await?;
         let adjusted = store::adjust_stock(&mut tx, id.0, body.0.delta, MAX_STOCK).await?;
         let product = match adjusted {
             StockOutcome::Adjusted(product) => *product,

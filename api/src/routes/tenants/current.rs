@@ -1,0 +1,219 @@
+//! The tenant a request addresses: its profile (`GET /v1/tenant`, public, showing more to
+//! members who may see more) and its registration settings (`PATCH /v1/tenant`).
+
+use identity::{Registration, RegistrationPolicy, membership};
+use poem::{Request, web::Data};
+use poem_openapi::{OpenApi, payload::Json, types::MaybeUndefined};
+use rbac::{
+    Permission, PermissionSet, SystemRole,
+    catalog::NOT_FOR_SELF_REGISTRATION,
+    store::{self as roles, RegistrationRole},
+};
+use serde_json::json;
+use sqlx::{FromRow, Row};
+use tenancy::{Tenant, TenantTx};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::{Authorized, MaybeSignedIn, client_info, perm},
+    error::{ApiError, ApiResult, FieldError},
+    payload::JsonBody,
+    routes::{
+        ApiTag, audit,
+        guards::{ensure_holds, lock_for_change},
+        tenants::*,
+    },
+};
+
+/// The addressed tenant's endpoints.
+pub struct CurrentTenantApi;
+
+#[OpenApi(tag = "ApiTag::Tenants")]
+impl CurrentTenantApi {
+    /// The tenant this request addresses.
+    ///
+    /// The tenant comes from the subdomain of the base domain, else from the `X-Tenant`
+    /// header (slug or id). Anyone may ask (a login page needs the name and whether it may
+    /// offer registration); with an access token, members holding `billing:read` also see
+    /// the plan and storage use, and those holding `tenant:manage` the registration
+    /// settings. An access token that is sent must be valid.
+    #[oai(
+        path = "/v1/tenant",
+        method = "get",
+        operation_id = "get_current_tenant"
+    )]
+    async fn get_current_tenant(
+        &self,
+        state: Data<&AppState>,
+        caller: MaybeSignedIn,
+    ) -> ApiResult<Json<TenantProfile>> {
+        let mut tx = caller.begin(&state).await?;
+        let tenant = &caller.tenant;
+        let profile = profile(&state, &mut tx, tenant, caller.granted()).await?;
+        tx.commit().await?;
+        Ok(Json(profile))
+    }
+
+    /// Change the tenant's registration settings.
+    ///
+    /// Sets who may register themselves (`invite_only`, `open`, or `domain` with its
+    /// domains) and the role they get. Takes effect with the next registration. Audited as
+    /// `tenant.registration_changed`. Answers with the profile as the caller sees it.
+    #[oai(
+        path = "/v1/tenant",
+        method = "patch",
+        operation_id = "update_current_tenant"
+    )]
+    async fn update_current_tenant(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::TenantManage>,
+        body: JsonBody<UpdateCurrentTenant>,
+    ) -> ApiResult<Json<TenantProfile>> {
+        let me = auth.principal;
+        let client = client_info(request);
+        let body = body.0;
+        let domains = body.domains().map_err(ApiError::validation)?;
+        let mut tx = me.begin(&state).await?;
+        // Under the roles lock: the role judged here cannot change before this commits.
+        let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::TenantManage).await?;
+        let before = membership::registration(&mut tx).await?;
+        let mut after = before.clone();
+        if let Some(policy) = body.registration_policy {
+            after.policy = policy.into();
+        }
+        if let Some(domains) = domains {
+            after.domains = domains;
+        }
+        match body.registration_role_id {
+            MaybeUndefined::Value(id) => {
+                judge_registration_role(&all_roles, held, id)?;
+                after.role_id = Some(id);
+            }
+            MaybeUndefined::Null => after.role_id = None,
+            MaybeUndefined::Undefined => {}
+        }
+        if after.policy == RegistrationPolicy::Domain && after.domains.is_empty() {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "registration_domains",
+                "required",
+                "the `domain` policy needs at least one domain",
+            )]));
+        }
+        if after != before {
+            membership::set_registration(&mut tx, &after).await?;
+            audit::record(
+                &mut tx,
+                "tenant.registration_changed",
+                Some(me.user_id),
+                None,
+                Some(me.session_id),
+                &client,
+                json!({ "from": registration_json(&before), "to": registration_json(&after) }),
+            )
+            .await?;
+        }
+        let profile = profile(&state, &mut tx, &me.tenant, held).await?;
+        tx.commit().await?;
+        Ok(Json(profile))
+    }
+}
+
+/// The profile of `tenant` as a caller holding `granted` may see it: one query for an
+/// anonymous visitor (the login page's), more only for what a member may see.
+async fn profile(
+    state: &AppState,
+    tx: &mut TenantTx,
+    tenant: &Tenant,
+    granted: PermissionSet,
+) -> ApiResult<TenantProfile> {
+    let row = sqlx::query(&format!(
+        "select locale, timezone, {} from settings",
+        membership::REGISTRATION_COLUMNS
+    ))
+    .fetch_one(&mut **tx)
+    .await?;
+    let locale: String = row.try_get("locale")?;
+    let timezone: String = row.try_get("timezone")?;
+    let registration = &Registration::from_row(&row)?;
+    let manager = granted.contains(Permission::TenantManage);
+    let role_id = match (manager, registration.role_id) {
+        (false, _) => None,
+        (true, Some(id)) => Some(id),
+        (true, None) => Some(
+            roles::system_role_id(tx, SystemRole::Viewer)
+                .await
+                .map_err(ApiError::internal)?,
+        ),
+    };
+    let storage = if granted.contains(Permission::BillingRead) {
+        let (used_bytes, files) = files::store::usage(tx).await?;
+        let limits = state.settings.plans.limits(&tenant.plan);
+        Some(StorageUsage {
+            used_bytes,
+            files,
+            limit_bytes: limits.storage_bytes.as_u64(),
+        })
+    } else {
+        None
+    };
+    Ok(TenantProfile {
+        id: tenant.id.0,
+        slug: tenant.slug.to_string(),
+        name: tenant.name.clone(),
+        status: tenant.status.into(),
+        settings: TenantSettings { locale, timezone },
+        registration_policy: registration.policy.into(),
+        registration_domains: manager.then(|| registration.domains.clone()),
+        registration_role_id: role_id,
+        plan: granted
+            .contains(Permission::BillingRead)
+            .then(|| tenant.plan.clone()),
+        storage,
+    })
+}
+
+/// A 422 unless role `id` may be the role of self-registered users, and a 403 unless the
+/// caller (holding `held`) holds everything it allows: otherwise registering a second
+/// account would be a way to get more than one has.
+fn judge_registration_role(
+    all_roles: &[rbac::Role],
+    held: PermissionSet,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    match roles::registration_role(all_roles, id) {
+        RegistrationRole::Allowed(allows) => {
+            ensure_holds(held, allows, "This role grants permissions you do not hold")
+        }
+        RegistrationRole::NotFound => Err(ApiError::validation(vec![FieldError::new(
+            "registration_role_id",
+            "not_found",
+            "no role of this tenant has this id",
+        )])),
+        RegistrationRole::TooPowerful(forbidden) => {
+            Err(ApiError::validation(vec![FieldError::new(
+                "registration_role_id",
+                "too_powerful",
+                format!(
+                    "must be a role below admin: not owner or admin, and allowing none of {}{}",
+                    NOT_FOR_SELF_REGISTRATION.names().join(", "),
+                    if forbidden.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (this one allows {})", forbidden.names().join(", "))
+                    }
+                ),
+            )]))
+        }
+    }
+}
+
+fn registration_json(registration: &Registration) -> serde_json::Value {
+    json!({
+        "policy": registration.policy.as_str(),
+        "domains": registration.domains,
+        "role_id": registration.role_id,
+    })
+}
