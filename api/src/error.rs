@@ -122,13 +122,127 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+macro_rules! field_codes {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $code:literal,)*) => {
+        /// Why a field of a request is invalid: the `code` of each entry of a 422's
+        /// `errors`. The one list of these codes: clients match on them, so never rename one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize)]
+        pub enum FieldCode {
+            $(
+                $(#[doc = $doc])+
+                #[oai(rename = $code)]
+                #[serde(rename = $code)]
+                $variant,
+            )*
+        }
+
+        impl FieldCode {
+            /// Every code, for documentation and tests.
+            pub const ALL: &'static [FieldCode] = &[$(FieldCode::$variant),*];
+
+            /// The code as sent on the wire (snake_case).
+            pub const fn as_str(self) -> &'static str {
+                match self { $(FieldCode::$variant => $code,)* }
+            }
+
+            /// What the code means (its doc comment).
+            pub fn description(self) -> &'static str {
+                match self { $(FieldCode::$variant => concat!($($doc),+).trim_ascii(),)* }
+            }
+
+            /// The code sent as `code`, if it is one.
+            pub fn from_wire(code: &str) -> Option<Self> {
+                match code { $($code => Some(FieldCode::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+field_codes! {
+    /// A required field is missing (or a setting needs a value it lacks).
+    Required = "required",
+    /// The body has a field the operation does not accept.
+    UnknownField = "unknown_field",
+    /// The field has the wrong JSON type (a string where a number belongs, …).
+    InvalidType = "invalid_type",
+    /// The field's JSON value cannot be used (an unknown enum value, a malformed id, a string
+    /// holding NUL, …).
+    InvalidValue = "invalid_value",
+    /// The value does not have the required form (slug, email address, SKU, currency, plan,
+    /// domain, …); the message says which.
+    Invalid = "invalid",
+    /// Text (or a list) outside its length bounds, or holding control characters.
+    Length = "length",
+    /// A password shorter than the policy allows.
+    TooShort = "too_short",
+    /// More characters or items than allowed.
+    TooLong = "too_long",
+    /// A password on the list of common or breached passwords.
+    Common = "common",
+    /// Nothing to do (a change that sets no field), or an empty file.
+    Empty = "empty",
+    /// The same value twice where it must be unique within the request.
+    Duplicate = "duplicate",
+    /// A file whose content cannot be decoded as the type it claims.
+    Corrupt = "corrupt",
+    /// An id that is not a ready image file of this tenant.
+    NotAReadyImage = "not_a_ready_image",
+    /// A number outside its allowed range.
+    OutOfRange = "out_of_range",
+    /// A compare-at price below the price.
+    BelowPrice = "below_price",
+    /// A value larger than allowed (too many keys, too many bytes).
+    TooLarge = "too_large",
+    /// An attribute key that is empty, too long or holds control characters.
+    InvalidKey = "invalid_key",
+    /// An id that names nothing of this tenant.
+    NotFound = "not_found",
+    /// A role that would inherit from itself.
+    Cycle = "cycle",
+    /// A chain of parent roles longer than allowed.
+    TooDeep = "too_deep",
+    /// A name that is not a permission of the catalog.
+    UnknownPermission = "unknown_permission",
+    /// A password that is not the current one.
+    Incorrect = "incorrect",
+    /// A value already used by another record of the tenant.
+    Taken = "taken",
+    /// A role that allows more than the operation permits.
+    TooPowerful = "too_powerful",
+}
+
+impl fmt::Display for FieldCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for FieldCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Transitional, for call sites not yet converted to [`FieldCode`] variants (the files
+/// routes): a code given as text. Every such text must be a [`FieldCode`]; a unit test lists
+/// the ones in use. Remove once no caller passes a string.
+impl From<&'static str> for FieldCode {
+    fn from(code: &'static str) -> Self {
+        FieldCode::from_wire(code).unwrap_or_else(|| {
+            debug_assert!(false, "`{code}` is not a FieldCode");
+            tracing::error!(code, "a field error used a code that is not a FieldCode");
+            FieldCode::Invalid
+        })
+    }
+}
+
 /// One invalid field of a request body.
 #[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
 pub struct FieldError {
     /// JSON path of the field (`slug`, `items[3].price`); empty for the body as a whole.
     pub field: String,
     /// Stable reason (`required`, `too_short`, `invalid_type`, `unknown_field`, …).
-    pub code: String,
+    pub code: FieldCode,
     /// Human-readable explanation.
     pub message: String,
 }
@@ -137,7 +251,7 @@ impl FieldError {
     /// A field error.
     pub fn new(
         field: impl Into<String>,
-        code: impl Into<String>,
+        code: impl Into<FieldCode>,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -483,12 +597,12 @@ impl From<tenancy::TenancyError> for ApiError {
             E::TenantNotFound => ApiError::new(ErrorCode::TenantNotFound, "No tenant by that id."),
             E::InvalidSlug(reason) => ApiError::validation(vec![FieldError::new(
                 "slug",
-                "invalid",
+                FieldCode::Invalid,
                 format!("slug {reason}"),
             )]),
             E::InvalidName => ApiError::validation(vec![FieldError::new(
                 "name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             )]),
             e @ E::InvalidTransition { .. } => ApiError::new(
@@ -579,6 +693,38 @@ mod tests {
     }
 
     #[test]
+    fn field_codes_are_listed_once_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in FieldCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code} twice");
+            assert_eq!(serde_json::to_value(code).expect("json"), code.as_str());
+            assert_eq!(FieldCode::from_wire(code.as_str()), Some(*code));
+            assert!(!code.description().is_empty());
+        }
+        // The codes the files routes still pass as text (until they name variants).
+        for text in [
+            "empty",
+            "corrupt",
+            "invalid",
+            "duplicate",
+            "unknown_field",
+            "required",
+            "not_a_ready_image",
+        ] {
+            assert_eq!(FieldCode::from(text).as_str(), text);
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_field_code() {
+        let readme = include_str!("../../README.md");
+        for code in FieldCode::ALL {
+            let row = format!("| `{code}` | {} |", code.description().replace('\n', " "));
+            assert!(readme.contains(&row), "README.md's field codes lack {row}");
+        }
+    }
+
+    #[test]
     fn a_taken_email_has_its_own_code() {
         let err = ApiError::from(identity::StoreError::EmailTaken);
         assert_eq!(err.code(), ErrorCode::EmailTaken);
@@ -590,7 +736,7 @@ mod tests {
     fn validation_detail_names_a_single_field() {
         let err = ApiError::validation(vec![FieldError::new(
             "slug",
-            "too_short",
+            FieldCode::TooShort,
             "must be at least 3 characters",
         )]);
         assert_eq!(

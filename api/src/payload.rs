@@ -12,12 +12,12 @@
 use poem::{Request, RequestBody};
 use poem_openapi::{
     payload::{ParsePayload, Payload},
-    registry::{MetaSchemaRef, Registry},
-    types::Type,
+    registry::{MetaSchema, MetaSchemaRef, Registry},
+    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, ErrorCode, FieldError};
+use crate::error::{ApiError, ErrorCode, FieldCode, FieldError};
 
 /// Semantic validation of a deserialized request body.
 pub trait Validate {
@@ -127,11 +127,11 @@ fn shape_error(path: &str, err: &serde_json::Error) -> FieldError {
     };
     let quoted = |m: &str| m.split('`').nth(1).map(str::to_owned);
     if let Some(name) = message.strip_prefix("missing field ").and_then(quoted) {
-        return FieldError::new(join(&name), "required", "This field is required.");
+        return FieldError::new(join(&name), FieldCode::Required, "This field is required.");
     }
     if message.starts_with("unknown field ") {
         // The path already ends with the unknown field's name.
-        return FieldError::new(path, "unknown_field", message);
+        return FieldError::new(path, FieldCode::UnknownField, message);
     }
     let field = if path == "." {
         String::new()
@@ -139,9 +139,9 @@ fn shape_error(path: &str, err: &serde_json::Error) -> FieldError {
         path.to_owned()
     };
     let code = if message.starts_with("invalid type") {
-        "invalid_type"
+        FieldCode::InvalidType
     } else {
-        "invalid_value"
+        FieldCode::InvalidValue
     };
     FieldError::new(field, code, message)
 }
@@ -247,3 +247,58 @@ impl ParsePayload for RawJson {
 }
 
 poem_openapi::impl_apirequest_for_payload!(RawJson,);
+
+/// A request field that must be an email address: the text as sent, documented as a string
+/// of format `email`. Whether it is one is checked by the body's [`Validate`] (surrounding
+/// whitespace ignored, at most 254 bytes), so that a bad address is a field error like any
+/// other; derefs to the text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct EmailText(pub String);
+
+impl std::ops::Deref for EmailText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Type for EmailText {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string_email".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "email")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for EmailText {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value.unwrap_or_default() {
+            serde_json::Value::String(text) => Ok(Self(text)),
+            other => Err(ParseError::expected_type(other)),
+        }
+    }
+}
+
+impl ToJSON for EmailText {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(self.0.clone()))
+    }
+}

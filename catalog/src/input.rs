@@ -24,10 +24,34 @@ use crate::{
 pub struct FieldError {
     /// JSON path of the field (`sku`, `items[3].price`, `tags[2]`).
     pub field: String,
-    /// Stable reason (`invalid`, `length`, `out_of_range`, `duplicate`, …).
-    pub code: &'static str,
+    /// Why it fails.
+    pub code: FieldCode,
     /// Human-readable explanation.
     pub message: String,
+}
+
+/// Why a field of product input fails. The HTTP crate maps each to its wire code (of the
+/// same name in snake_case) in its one list of field codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldCode {
+    /// Not of the required form (SKU, currency).
+    Invalid,
+    /// Text or a list outside its length bounds, or holding control characters.
+    Length,
+    /// A number outside its range.
+    OutOfRange,
+    /// The compare-at price is below the price.
+    BelowPrice,
+    /// Attributes with too many keys or bytes.
+    TooLarge,
+    /// An attribute key that is empty, too long or holds control characters.
+    InvalidKey,
+    /// An attribute value holding NUL.
+    InvalidValue,
+    /// A list with too many items.
+    TooLong,
+    /// The same SKU twice in one request.
+    Duplicate,
 }
 
 /// Product input that breaks the rules: every failing field.
@@ -106,7 +130,7 @@ impl ProductFields<'_> {
             if self.price.is_some_and(|price| compare_at < price) {
                 c.fail(
                     "compare_at_price",
-                    "below_price",
+                    FieldCode::BelowPrice,
                     "must be at least `price`",
                 );
             }
@@ -140,7 +164,7 @@ pub fn check_bulk(items: &[ProductFields<'_>]) -> Result<(), InvalidInput> {
         return Err(InvalidInput {
             errors: vec![FieldError {
                 field: "items".to_owned(),
-                code: "length",
+                code: FieldCode::Length,
                 message: "give 1 to 1,000 products".to_owned(),
             }],
         });
@@ -159,7 +183,7 @@ pub fn check_bulk(items: &[ProductFields<'_>]) -> Result<(), InvalidInput> {
             first.insert(sku.to_lowercase(), earlier);
             errors.push(FieldError {
                 field: format!("items[{i}].sku"),
-                code: "duplicate",
+                code: FieldCode::Duplicate,
                 message: format!("items[{earlier}] has the same SKU"),
             });
         }
@@ -173,7 +197,7 @@ pub fn check_stock_delta(delta: i64) -> Result<(), InvalidInput> {
     if delta == 0 || delta.unsigned_abs() > MAX_STOCK.unsigned_abs() {
         errors.push(FieldError {
             field: "delta".to_owned(),
-            code: "out_of_range",
+            code: FieldCode::OutOfRange,
             message: format!("must be non-zero and at most {MAX_STOCK} either way"),
         });
     }
@@ -187,7 +211,7 @@ struct Checks<'a> {
 }
 
 impl Checks<'_> {
-    fn fail(&mut self, field: &str, code: &'static str, message: impl Into<String>) {
+    fn fail(&mut self, field: &str, code: FieldCode, message: impl Into<String>) {
         self.errors.push(FieldError {
             field: format!("{}{field}", self.at),
             code,
@@ -204,7 +228,7 @@ impl Checks<'_> {
         if !valid {
             self.fail(
                 "sku",
-                "invalid",
+                FieldCode::Invalid,
                 "1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
             );
         }
@@ -218,7 +242,7 @@ impl Checks<'_> {
         if len < min || len > max || bad_char {
             self.fail(
                 field,
-                "length",
+                FieldCode::Length,
                 format!("must be {min} to {max} characters, without control characters"),
             );
         }
@@ -228,7 +252,7 @@ impl Checks<'_> {
         if !(0..=MAX_AMOUNT).contains(&value) {
             self.fail(
                 field,
-                "out_of_range",
+                FieldCode::OutOfRange,
                 format!("must be 0 to {MAX_AMOUNT} minor units"),
             );
         }
@@ -236,7 +260,11 @@ impl Checks<'_> {
 
     fn count(&mut self, field: &str, value: i64) {
         if !(0..=MAX_STOCK).contains(&value) {
-            self.fail(field, "out_of_range", format!("must be 0 to {MAX_STOCK}"));
+            self.fail(
+                field,
+                FieldCode::OutOfRange,
+                format!("must be 0 to {MAX_STOCK}"),
+            );
         }
     }
 
@@ -244,7 +272,7 @@ impl Checks<'_> {
         if iso_currency::Currency::from_code(code).is_none() {
             self.fail(
                 "currency",
-                "invalid",
+                FieldCode::Invalid,
                 "must be an ISO 4217 code in upper case, such as USD",
             );
         }
@@ -253,7 +281,11 @@ impl Checks<'_> {
     fn attributes(&mut self, attributes: &BTreeMap<String, serde_json::Value>) {
         let size = serde_json::to_vec(attributes).map_or(usize::MAX, |v| v.len());
         if attributes.len() > 50 || size > 16 * 1024 {
-            self.fail("attributes", "too_large", "at most 50 keys and 16 KiB");
+            self.fail(
+                "attributes",
+                FieldCode::TooLarge,
+                "at most 50 keys and 16 KiB",
+            );
         }
         if attributes
             .keys()
@@ -261,14 +293,14 @@ impl Checks<'_> {
         {
             self.fail(
                 "attributes",
-                "invalid_key",
+                FieldCode::InvalidKey,
                 "keys must be 1 to 64 characters, without control characters",
             );
         }
         if attributes.values().any(holds_nul) {
             self.fail(
                 "attributes",
-                "invalid_value",
+                FieldCode::InvalidValue,
                 "strings cannot contain NUL characters",
             );
         }
@@ -276,14 +308,14 @@ impl Checks<'_> {
 
     fn tags(&mut self, tags: &[String]) {
         if tags.len() > 20 {
-            self.fail("tags", "too_long", "at most 20 tags");
+            self.fail("tags", FieldCode::TooLong, "at most 20 tags");
         }
         for (i, tag) in tags.iter().enumerate() {
             let len = tag.trim().chars().count();
             if len == 0 || len > 50 || tag.chars().any(char::is_control) {
                 self.fail(
                     &format!("tags[{i}]"),
-                    "length",
+                    FieldCode::Length,
                     "must be 1 to 50 characters, without control characters",
                 );
             }
@@ -292,7 +324,7 @@ impl Checks<'_> {
 
     fn images(&mut self, ids: &[Uuid]) {
         if ids.len() > 10 {
-            self.fail("image_ids", "too_long", "at most 10 images");
+            self.fail("image_ids", FieldCode::TooLong, "at most 10 images");
         }
     }
 }
@@ -450,7 +482,7 @@ fn dedup(ids: Vec<Uuid>) -> Vec<Uuid> {
 mod tests {
     use super::*;
 
-    fn fields_of(errors: &[FieldError]) -> Vec<(&str, &str)> {
+    fn fields_of(errors: &[FieldError]) -> Vec<(&str, FieldCode)> {
         errors.iter().map(|e| (e.field.as_str(), e.code)).collect()
     }
 
@@ -472,14 +504,14 @@ mod tests {
         assert_eq!(
             fields_of(&fields.check("items[2].")),
             [
-                ("items[2].sku", "invalid"),
-                ("items[2].name", "length"),
-                ("items[2].price", "out_of_range"),
-                ("items[2].currency", "invalid"),
-                ("items[2].stock_quantity", "out_of_range"),
-                ("items[2].attributes", "invalid_key"),
-                ("items[2].attributes", "invalid_value"),
-                ("items[2].tags[1]", "length"),
+                ("items[2].sku", FieldCode::Invalid),
+                ("items[2].name", FieldCode::Length),
+                ("items[2].price", FieldCode::OutOfRange),
+                ("items[2].currency", FieldCode::Invalid),
+                ("items[2].stock_quantity", FieldCode::OutOfRange),
+                ("items[2].attributes", FieldCode::InvalidKey),
+                ("items[2].attributes", FieldCode::InvalidValue),
+                ("items[2].tags[1]", FieldCode::Length),
             ]
         );
     }
@@ -494,7 +526,7 @@ mod tests {
         let invalid = fields.validate().expect_err("9 is below 10");
         assert_eq!(
             fields_of(&invalid.errors),
-            [("compare_at_price", "below_price")]
+            [("compare_at_price", FieldCode::BelowPrice)]
         );
         let fields = ProductFields {
             price: Some(10),
@@ -529,7 +561,10 @@ mod tests {
         let invalid = check_bulk(&items).expect_err("a bad and a duplicate SKU");
         assert_eq!(
             fields_of(&invalid.errors),
-            [("items[1].sku", "invalid"), ("items[2].sku", "duplicate")]
+            [
+                ("items[1].sku", FieldCode::Invalid),
+                ("items[2].sku", FieldCode::Duplicate)
+            ]
         );
         assert_eq!(invalid.errors[1].message, "items[0] has the same SKU");
     }

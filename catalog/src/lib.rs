@@ -23,7 +23,7 @@ pub mod store;
 pub use cursor::InvalidCursor;
 pub use error::ProductError;
 pub use input::{
-    FieldError, InvalidInput, ProductDraft, ProductFields, ProductPatch, check_bulk,
+    FieldCode, FieldError, InvalidInput, ProductDraft, ProductFields, ProductPatch, check_bulk,
     check_stock_delta,
 };
 pub use model::{

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use api::{
-    error::{ApiError, ApiResult, FieldError},
+    error::{ApiError, ApiResult, FieldCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
 };
 use poem::Route;
@@ -39,12 +39,16 @@ impl Validate for Echo {
         if self.name.is_empty() || self.name.chars().count() > 20 {
             errors.push(FieldError::new(
                 "name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 20 characters",
             ));
         }
         if self.count > 100 {
-            errors.push(FieldError::new("count", "range", "must be at most 100"));
+            errors.push(FieldError::new(
+                "count",
+                FieldCode::OutOfRange,
+                "must be at most 100",
+            ));
         }
         all_valid(errors)
     }

@@ -26,7 +26,7 @@ use crate::{
     AppState,
     admin_auth::PlatformAdmin,
     auth::{Authorized, perm},
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::{JsonBody, RawJson, Validate},
     routes::{ApiTag, pagination::page},
@@ -333,7 +333,7 @@ impl BillingApi {
                 .collect();
             return Err(ApiError::validation(vec![FieldError::new(
                 "plan",
-                "invalid",
+                FieldCode::Invalid,
                 format!("Choose one of: {}.", sellable.join(", ")),
             )]));
         };

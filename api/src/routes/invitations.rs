@@ -28,9 +28,9 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{Authorized, client_info, perm},
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
-    payload::{JsonBody, Validate, all_valid},
+    payload::{EmailText, JsonBody, Validate, all_valid},
     routes::{
         ApiTag, audit,
         auth::{TokenPair, recovery_throttle, token_pair},
@@ -117,12 +117,17 @@ pub struct InvitationPage {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvitation {
-    /// Their email address; the invitation link is sent there.
-    pub email: String,
+    /// Their email address; the invitation link is sent there (surrounding whitespace is
+    /// ignored; at most 254 bytes).
+    pub email: EmailText,
     /// Ids of the tenant's roles they will hold (1 to 20). You must hold every
     /// permission these roles allow.
+    #[oai(validator(min_items = 1, max_items = 20))]
     pub role_ids: Vec<Uuid>,
 }
+
+// The schema's `maxItems` of `role_ids` (attributes take literals only).
+const _: () = assert!(MAX_ROLES == 20, "update maxItems of `role_ids`");
 
 impl Validate for CreateInvitation {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
@@ -131,7 +136,7 @@ impl Validate for CreateInvitation {
         if self.role_ids.is_empty() || self.role_ids.len() > MAX_ROLES {
             errors.push(FieldError::new(
                 "role_ids",
-                "length",
+                FieldCode::Length,
                 format!("must name 1 to {MAX_ROLES} roles"),
             ));
         }
@@ -146,9 +151,11 @@ impl Validate for CreateInvitation {
 pub struct AcceptInvitationRequest {
     /// The `token` query parameter of the invitation link.
     pub token: String,
-    /// Display name.
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
     /// 12 to 128 characters, not a common one.
+    #[oai(validator(min_length = 12, max_length = 128))]
     pub password: String,
 }
 

@@ -133,9 +133,92 @@ pub fn openapi_json() -> String {
             op.insert("description".to_owned(), description.into());
         }
     }
+    mark_required_headers(&mut doc);
+    close_request_bodies(&mut doc);
     let mut json = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
     json.push('\n');
     json
+}
+
+/// Marks the schema of every JSON request body, and the object schemas it refers to,
+/// `additionalProperties: false`. Every request type is parsed by
+/// [`crate::payload::JsonBody`] with `#[serde(deny_unknown_fields)]` (its
+/// `#[oai(deny_unknown_fields)]` twin only changes poem's own parser, not the schema), so an
+/// unknown member is a 422 `unknown_field`; `tests/api/openapi.rs` checks each operation.
+fn close_request_bodies(doc: &mut serde_json::Value) {
+    let mut pending: Vec<String> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(serde_json::Value::as_object)
+        .flat_map(|item| item.values())
+        .filter_map(|op| {
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+        })
+        .map(str::to_owned)
+        .collect();
+    let mut closed = std::collections::BTreeSet::new();
+    while let Some(reference) = pending.pop() {
+        let Some(name) = reference.strip_prefix("#/components/schemas/") else {
+            continue;
+        };
+        let schema = &mut doc["components"]["schemas"][name];
+        if schema["type"] != "object"
+            || !schema["properties"].is_object()
+            || !closed.insert(name.to_owned())
+        {
+            continue;
+        }
+        schema["additionalProperties"] = false.into();
+        // Objects nested in a request (`BulkCreate.items` are `CreateProduct`s).
+        let nested = schema["properties"]
+            .as_object()
+            .into_iter()
+            .flat_map(|properties| properties.values())
+            .flat_map(|p| [&p["$ref"], &p["items"]["$ref"]])
+            .filter_map(serde_json::Value::as_str)
+            .map(str::to_owned);
+        pending.extend(nested.collect::<Vec<_>>());
+    }
+}
+
+/// Headers an operation refuses to do without although its handler takes them as
+/// `Header<Option<…>>`: (operation id, header). The handler reads them optionally so that a
+/// missing one gets the same problem as a bad one (400 `invalid_signature` for Stripe's
+/// signature) instead of the framework's `invalid_parameter`; the document still says they
+/// are required, because a request without one never succeeds.
+const REQUIRED_HEADERS: &[(&str, &str)] = &[("stripe_webhook", "Stripe-Signature")];
+
+/// Marks the [`REQUIRED_HEADERS`] `required` in the document.
+fn mark_required_headers(doc: &mut serde_json::Value) {
+    let operations = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for op in operations {
+        let Some(id) = op["operationId"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let params = op
+            .get_mut("parameters")
+            .and_then(serde_json::Value::as_array_mut)
+            .into_iter()
+            .flatten();
+        for param in params {
+            let required = REQUIRED_HEADERS.iter().any(|(op_id, header)| {
+                *op_id == id
+                    && param["in"] == "header"
+                    && param["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(header))
+            });
+            if required {
+                param["required"] = true.into();
+            }
+        }
+    }
 }
 
 /// Who may call an operation, as its raw security requirements say.

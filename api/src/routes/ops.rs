@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::{
     AppState,
-    error::{ApiError, ErrorCode},
+    error::{ApiError, ErrorCode, FieldCode},
     metrics::PoolGauge,
 };
 
@@ -46,12 +46,22 @@ pub async fn metrics(state: Data<&AppState>) -> Response {
 pub async fn problem_type(Path(code): Path<String>) -> poem::Result<Json<serde_json::Value>> {
     let found = ErrorCode::ALL.iter().find(|c| c.to_string() == code);
     match found {
-        Some(code) => Ok(Json(json!({
-            "code": code.to_string(),
-            "status": code.status().as_u16(),
-            "title": code.title(),
-            "description": code.description(),
-        }))),
+        Some(code) => {
+            let mut page = json!({
+                "code": code.to_string(),
+                "status": code.status().as_u16(),
+                "title": code.title(),
+                "description": code.description(),
+            });
+            // The codes an entry of `errors` can carry.
+            if *code == ErrorCode::ValidationFailed {
+                page["field_codes"] = FieldCode::ALL
+                    .iter()
+                    .map(|c| json!({"code": c.as_str(), "description": c.description()}))
+                    .collect();
+            }
+            Ok(Json(page))
+        }
         None => Err(ApiError::new(
             ErrorCode::NotFound,
             format!("No problem type named `{code}`."),

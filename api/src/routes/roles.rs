@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{Authorized, client_info, perm},
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag, audit,
@@ -98,15 +98,19 @@ pub struct RoleList {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
-    /// Name, 1 to 64 characters, unique in the tenant.
+    /// Name, 1 to 64 characters once surrounding whitespace is trimmed, without control
+    /// characters; unique in the tenant.
     pub name: String,
-    /// What the role is for, up to 500 characters.
+    /// What the role is for: up to 500 characters, without control characters other than
+    /// newlines.
+    #[oai(validator(max_length = 500))]
     #[serde(default)]
     pub description: Option<String>,
     /// A role whose permissions this one inherits (at most five roles in a chain).
     #[serde(default)]
     pub parent_id: Option<Uuid>,
     /// Permissions of its own, from `GET /v1/permissions`. You must hold each one.
+    #[oai(validator(max_items = 13))]
     pub permissions: Vec<String>,
 }
 
@@ -115,26 +119,35 @@ pub struct CreateRole {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRole {
-    /// New name.
+    /// New name: 1 to 64 characters once surrounding whitespace is trimmed, without control
+    /// characters.
     #[serde(default)]
     pub name: Option<String>,
-    /// New description.
+    /// New description: up to 500 characters, without control characters other than newlines.
+    #[oai(validator(max_length = 500))]
     #[serde(default)]
     pub description: Option<String>,
     /// New parent; `null` removes the parent.
     #[serde(default)]
     pub parent_id: MaybeUndefined<Uuid>,
     /// New permissions of its own, replacing the old ones. You must hold each one added.
+    #[oai(validator(max_items = 13))]
     #[serde(default)]
     pub permissions: Option<Vec<String>>,
 }
+
+// The schema's `maxItems` of `permissions` (attributes take literals only).
+const _: () = assert!(
+    Permission::ALL.len() == 13,
+    "update maxItems of `permissions`"
+);
 
 fn check_role_name(errors: &mut Vec<FieldError>, name: &str) {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         errors.push(FieldError::new(
             "name",
-            "length",
+            FieldCode::Length,
             "must be 1 to 64 characters, without control characters",
         ));
     }
@@ -146,7 +159,7 @@ fn check_description(errors: &mut Vec<FieldError>, description: Option<&str>) {
     {
         errors.push(FieldError::new(
             "description",
-            "length",
+            FieldCode::Length,
             "must be at most 500 characters, without control characters",
         ));
     }
@@ -156,7 +169,7 @@ fn check_permissions(errors: &mut Vec<FieldError>, names: &[String]) {
     if names.len() > Permission::ALL.len() {
         errors.push(FieldError::new(
             "permissions",
-            "too_long",
+            FieldCode::TooLong,
             format!("at most {} permissions", Permission::ALL.len()),
         ));
         return;
@@ -165,7 +178,7 @@ fn check_permissions(errors: &mut Vec<FieldError>, names: &[String]) {
         if name.parse::<Permission>().is_err() {
             errors.push(FieldError::new(
                 format!("permissions[{i}]"),
-                "unknown_permission",
+                FieldCode::UnknownPermission,
                 format!("`{name}` is not a permission; see GET /v1/permissions"),
             ));
         }
@@ -192,7 +205,7 @@ impl Validate for UpdateRole {
         {
             errors.push(FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give at least one of `name`, `description`, `parent_id`, `permissions`",
             ));
         }
@@ -217,17 +230,17 @@ impl From<RoleError> for ApiError {
             RoleError::NotFound => role_not_found(),
             RoleError::ParentNotFound => ApiError::validation(vec![FieldError::new(
                 "parent_id",
-                "not_found",
+                FieldCode::NotFound,
                 "no role of this tenant has this id",
             )]),
             RoleError::Cycle => ApiError::validation(vec![FieldError::new(
                 "parent_id",
-                "cycle",
+                FieldCode::Cycle,
                 "the role would inherit from itself",
             )]),
             RoleError::TooDeep => ApiError::validation(vec![FieldError::new(
                 "parent_id",
-                "too_deep",
+                FieldCode::TooDeep,
                 format!(
                     "a chain of parents may hold at most {} roles",
                     store::MAX_DEPTH

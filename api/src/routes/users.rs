@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{Authorized, Principal, UserAuth, client_info, perm},
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits,
     payload::{JsonBody, Validate, all_valid},
     routes::{
@@ -157,7 +157,8 @@ pub struct MeView {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
-    /// New display name.
+    /// New display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
 }
 
@@ -175,6 +176,7 @@ impl Validate for UpdateMe {
 #[serde(deny_unknown_fields)]
 pub struct SetUserRoles {
     /// Ids of the tenant's roles (at most 20); the user holds exactly these afterwards.
+    #[oai(validator(max_items = 20))]
     pub role_ids: Vec<Uuid>,
 }
 
@@ -182,7 +184,11 @@ impl Validate for SetUserRoles {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.role_ids.len() > 20 {
-            errors.push(FieldError::new("role_ids", "too_long", "at most 20 roles"));
+            errors.push(FieldError::new(
+                "role_ids",
+                FieldCode::TooLong,
+                "at most 20 roles",
+            ));
         }
         all_valid(errors)
     }
@@ -217,7 +223,8 @@ pub enum SettableUserStatus {
 pub struct UpdateUser {
     /// New status.
     pub status: Option<SettableUserStatus>,
-    /// New display name.
+    /// New display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: Option<String>,
 }
 
@@ -227,7 +234,7 @@ impl Validate for UpdateUser {
         if self.status.is_none() && self.name.is_none() {
             errors.push(FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give `status`, `name` or both",
             ));
         }

@@ -26,8 +26,8 @@ use crate::{
         client_info,
         throttle::{self, Counter},
     },
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
-    payload::{Validate, all_valid},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
+    payload::{EmailText, Validate, all_valid},
     routes::{
         checks::{check_email, check_name, check_new_password, check_present_password},
         users::UserView,
@@ -74,15 +74,23 @@ pub struct TokenPair {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
-    /// The tenant's slug: lowercase DNS label, 3 to 63 characters, not reserved.
+    /// The tenant's slug: lowercase DNS label, 3 to 63 characters, not reserved and not a UUID.
+    #[oai(validator(
+        min_length = 3,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+    ))]
     pub tenant_slug: String,
-    /// The organization's display name.
+    /// The organization's display name: 1 to 200 characters once surrounding whitespace is
+    /// trimmed, without control characters.
     pub tenant_name: String,
-    /// The owner's email address.
-    pub email: String,
+    /// The owner's email address (surrounding whitespace is ignored; at most 254 bytes).
+    pub email: EmailText,
     /// The owner's password: 12 to 128 characters, not a common one.
+    #[oai(validator(min_length = 12, max_length = 128))]
     pub password: String,
-    /// The owner's display name.
+    /// The owner's display name: 1 to 200 characters once surrounding whitespace is trimmed,
+    /// without control characters.
     pub name: String,
 }
 
@@ -92,14 +100,14 @@ impl Validate for SignupRequest {
         if let Err(reason) = TenantSlug::parse(&self.tenant_slug) {
             errors.push(FieldError::new(
                 "tenant_slug",
-                "invalid",
+                FieldCode::Invalid,
                 format!("slug {reason}"),
             ));
         }
         if tenancy::validate_name(&self.tenant_name).is_err() {
             errors.push(FieldError::new(
                 "tenant_name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             ));
         }
@@ -145,11 +153,14 @@ pub enum SignupCreated {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// Email address; a verification link is sent there.
-    pub email: String,
+    /// Email address; a verification link is sent there (surrounding whitespace is ignored; at
+    /// most 254 bytes).
+    pub email: EmailText,
     /// 12 to 128 characters, not a common one.
+    #[oai(validator(min_length = 12, max_length = 128))]
     pub password: String,
-    /// Display name.
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
 }
 
@@ -168,9 +179,10 @@ impl Validate for RegisterRequest {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// Email address (any case).
-    pub email: String,
-    /// Password, exactly as set.
+    /// Email address, any case (surrounding whitespace is ignored; at most 254 bytes).
+    pub email: EmailText,
+    /// Password, exactly as set: 1 to 1024 bytes of UTF-8.
+    #[oai(validator(min_length = 1))]
     pub password: String,
 }
 
@@ -210,8 +222,8 @@ impl Validate for VerifyEmailRequest {}
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct EmailRequest {
-    /// Email address.
-    pub email: String,
+    /// Email address (surrounding whitespace is ignored; at most 254 bytes).
+    pub email: EmailText,
 }
 
 impl Validate for EmailRequest {
@@ -230,6 +242,7 @@ pub struct ResetPasswordRequest {
     /// The `token` query parameter of the reset link.
     pub token: String,
     /// The new password: 12 to 128 characters, not a common one.
+    #[oai(validator(min_length = 12, max_length = 128))]
     pub password: String,
 }
 
@@ -246,9 +259,11 @@ impl Validate for ResetPasswordRequest {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
-    /// The password now.
+    /// The password now: 1 to 1024 bytes of UTF-8.
+    #[oai(validator(min_length = 1))]
     pub current_password: String,
     /// The new password: 12 to 128 characters, not a common one.
+    #[oai(validator(min_length = 12, max_length = 128))]
     pub new_password: String,
 }
 

@@ -31,7 +31,7 @@ pub use self::views::{
 use crate::{
     AppState,
     auth::{Authorized, perm},
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::JsonBody,
     routes::{ApiTag, files::check_image_ids, pagination::page},
@@ -49,7 +49,7 @@ impl From<ProductError> for ApiError {
             ),
             ProductError::CompareAtBelowPrice => ApiError::validation(vec![FieldError::new(
                 "compare_at_price",
-                "below_price",
+                FieldCode::BelowPrice,
                 "must be at least `price`",
             )]),
             // Text PostgreSQL cannot store (a NUL character that got past validation) is
@@ -309,7 +309,7 @@ impl ProductsApi {
                 .map(|(i, _)| {
                     FieldError::new(
                         format!("items[{i}].sku"),
-                        "taken",
+                        FieldCode::Taken,
                         "another product of this tenant has this SKU",
                     )
                 })
@@ -488,7 +488,7 @@ impl ProductsApi {
             StockOutcome::AboveMax(current) => {
                 return Err(ApiError::validation(vec![FieldError::new(
                     "delta",
-                    "out_of_range",
+                    FieldCode::OutOfRange,
                     format!("the stock ({current}) may not exceed {MAX_STOCK}"),
                 )]));
             }

@@ -17,7 +17,10 @@ use uuid::Uuid;
 use catalog::{Product, ProductDraft, ProductFields, ProductPatch};
 
 use super::etag;
-use crate::{error::FieldError, payload::Validate};
+use crate::{
+    error::{FieldCode, FieldError},
+    payload::Validate,
+};
 
 /// Where a product stands in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
@@ -198,19 +201,29 @@ pub struct ProductPage {
 pub struct CreateProduct {
     /// Stock-keeping unit: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
     /// Generated (`SKU-…`) when absent.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    ))]
     #[serde(default)]
     pub sku: Option<String>,
-    /// Name, 1 to 200 characters.
+    /// Name: 1 to 200 characters once surrounding whitespace is trimmed, without control
+    /// characters.
     pub name: String,
-    /// Description, up to 5,000 characters.
+    /// Description: up to 5,000 characters once surrounding whitespace is trimmed, without
+    /// control characters other than line breaks (`\n`, `\r`) and tabs.
     #[serde(default)]
     pub description: Option<String>,
     /// Price in minor units, 0 to 10^14.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100000000000000")))]
     pub price: i64,
     /// The "was" price in minor units, at least `price`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100000000000000")))]
     #[serde(default)]
     pub compare_at_price: Option<i64>,
     /// ISO 4217 currency code (`USD`, `EUR`, `JPY`, …).
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
     pub currency: String,
     /// Status (default `draft`).
     #[serde(default)]
@@ -220,21 +233,33 @@ pub struct CreateProduct {
     #[serde(default, rename = "type")]
     pub kind: Option<ProductType>,
     /// Units in stock (default 0).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     #[serde(default)]
     pub stock_quantity: Option<i64>,
     /// Low-stock threshold (default 0).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     #[serde(default)]
     pub low_stock_threshold: Option<i64>,
     /// Free-form attributes: at most 50 keys of 1 to 64 characters, 16 KiB in all.
+    #[oai(validator(max_properties = 50))]
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, serde_json::Value>>,
-    /// Tags: at most 20, each 1 to 50 characters; duplicates are dropped.
+    /// Tags: at most 20, each 1 to 50 characters once surrounding whitespace is trimmed,
+    /// without control characters; duplicates are dropped.
+    #[oai(validator(max_items = 20))]
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     /// Image file ids, at most 10.
+    #[oai(validator(max_items = 10))]
     #[serde(default)]
     pub image_ids: Option<Vec<Uuid>>,
 }
+
+// The schema's bounds of amounts and counts (attributes take literals only).
+const _: () = assert!(
+    catalog::MAX_AMOUNT == 100_000_000_000_000 && catalog::MAX_STOCK == 1_000_000_000,
+    "update the minimum/maximum of the product amounts and counts"
+);
 
 /// Changes to a product; absent fields stay as they are.
 #[derive(Debug, Object, Deserialize)]
@@ -242,6 +267,11 @@ pub struct CreateProduct {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
     /// New SKU.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    ))]
     #[serde(default)]
     pub sku: Option<String>,
     /// New name.
@@ -251,12 +281,15 @@ pub struct UpdateProduct {
     #[serde(default)]
     pub description: Option<String>,
     /// New price in minor units.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100000000000000")))]
     #[serde(default)]
     pub price: Option<i64>,
     /// New compare-at price; `null` removes it.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100000000000000")))]
     #[serde(default)]
     pub compare_at_price: MaybeUndefined<i64>,
     /// New currency.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
     #[serde(default)]
     pub currency: Option<String>,
     /// New status.
@@ -267,18 +300,23 @@ pub struct UpdateProduct {
     #[serde(default, rename = "type")]
     pub kind: Option<ProductType>,
     /// New stock quantity (prefer `POST /v1/products/{id}/stock` for relative changes).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     #[serde(default)]
     pub stock_quantity: Option<i64>,
     /// New low-stock threshold.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     #[serde(default)]
     pub low_stock_threshold: Option<i64>,
     /// New attributes (replacing the old ones).
+    #[oai(validator(max_properties = 50))]
     #[serde(default)]
     pub attributes: Option<BTreeMap<String, serde_json::Value>>,
     /// New tags (replacing the old ones).
+    #[oai(validator(max_items = 20))]
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     /// New image ids (replacing the old ones).
+    #[oai(validator(max_items = 10))]
     #[serde(default)]
     pub image_ids: Option<Vec<Uuid>>,
 }
@@ -288,7 +326,8 @@ pub struct UpdateProduct {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct StockAdjustment {
-    /// Units to add (negative to remove); the stock never goes below zero.
+    /// Units to add (negative to remove), non-zero; the stock never goes below zero.
+    #[oai(validator(minimum(value = "-1000000000"), maximum(value = "1000000000")))]
     pub delta: i64,
 }
 
@@ -298,6 +337,7 @@ pub struct StockAdjustment {
 #[serde(deny_unknown_fields)]
 pub struct BulkCreate {
     /// 1 to 1,000 products; all are created or none.
+    #[oai(validator(min_items = 1, max_items = 1000))]
     pub items: Vec<CreateProduct>,
 }
 
@@ -306,6 +346,23 @@ pub struct BulkCreate {
 pub struct BulkCreated {
     /// The new products, in the order given.
     pub items: Vec<ProductView>,
+}
+
+impl From<catalog::FieldCode> for FieldCode {
+    fn from(code: catalog::FieldCode) -> Self {
+        use catalog::FieldCode as C;
+        match code {
+            C::Invalid => FieldCode::Invalid,
+            C::Length => FieldCode::Length,
+            C::OutOfRange => FieldCode::OutOfRange,
+            C::BelowPrice => FieldCode::BelowPrice,
+            C::TooLarge => FieldCode::TooLarge,
+            C::InvalidKey => FieldCode::InvalidKey,
+            C::InvalidValue => FieldCode::InvalidValue,
+            C::TooLong => FieldCode::TooLong,
+            C::Duplicate => FieldCode::Duplicate,
+        }
+    }
 }
 
 impl From<catalog::FieldError> for FieldError {

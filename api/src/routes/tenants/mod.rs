@@ -24,7 +24,7 @@ use tenancy::{Tenant, TenantSlug, TenantStatus};
 use uuid::Uuid;
 
 use crate::{
-    error::FieldError,
+    error::{FieldCode, FieldError},
     payload::{Validate, all_valid},
 };
 
@@ -158,6 +158,7 @@ pub struct UpdateCurrentTenant {
     /// The domains `domain` admits, replacing the list: at most 50 names such as
     /// `example.com` (compared exactly, subdomains not included; international names are
     /// stored in their ASCII `xn--` form, case does not matter).
+    #[oai(validator(max_items = 50))]
     #[serde(default)]
     pub registration_domains: Option<Vec<String>>,
     /// The role self-registered users get (`null`: `viewer`, the default). It must be
@@ -168,6 +169,12 @@ pub struct UpdateCurrentTenant {
     pub registration_role_id: MaybeUndefined<Uuid>,
 }
 
+// The schema's `maxItems` of `registration_domains` (attributes take literals only).
+const _: () = assert!(
+    MAX_DOMAINS == 50,
+    "update maxItems of `registration_domains`"
+);
+
 impl UpdateCurrentTenant {
     /// The domains, normalized and deduplicated (in the given order); per-item errors.
     fn domains(&self) -> Result<Option<Vec<String>>, Vec<FieldError>> {
@@ -177,7 +184,7 @@ impl UpdateCurrentTenant {
         if raw.len() > MAX_DOMAINS {
             return Err(vec![FieldError::new(
                 "registration_domains",
-                "too_long",
+                FieldCode::TooLong,
                 format!("at most {MAX_DOMAINS} domains"),
             )]);
         }
@@ -190,8 +197,8 @@ impl UpdateCurrentTenant {
                 Err(e) => errors.push(FieldError::new(
                     format!("registration_domains[{i}]"),
                     match e {
-                        membership::DomainError::TooLong => "too_long",
-                        membership::DomainError::Invalid => "invalid",
+                        membership::DomainError::TooLong => FieldCode::TooLong,
+                        membership::DomainError::Invalid => FieldCode::Invalid,
                     },
                     e.to_string(),
                 )),
@@ -209,7 +216,7 @@ impl Validate for UpdateCurrentTenant {
         {
             return Err(vec![FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give at least one of `registration_policy`, `registration_domains`, `registration_role_id`",
             )]);
         }
@@ -275,10 +282,16 @@ impl From<&Tenant> for AdminTenant {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// Lowercase DNS label, 3 to 63 characters (letters, digits, inner hyphens), not
-    /// reserved (`admin`, `api`, `www`, `public`, …).
+    /// Lowercase DNS label, 3 to 63 characters (letters, digits, inner hyphens), not reserved
+    /// (`admin`, `api`, `www`, `public`, …) and not a UUID.
+    #[oai(validator(
+        min_length = 3,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+    ))]
     pub slug: String,
-    /// Display name, 1 to 200 characters.
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: String,
 }
 
@@ -286,12 +299,16 @@ impl Validate for CreateTenant {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Err(reason) = TenantSlug::parse(&self.slug) {
-            errors.push(FieldError::new("slug", "invalid", format!("slug {reason}")));
+            errors.push(FieldError::new(
+                "slug",
+                FieldCode::Invalid,
+                format!("slug {reason}"),
+            ));
         }
         if tenancy::validate_name(&self.name).is_err() {
             errors.push(FieldError::new(
                 "name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             ));
         }
@@ -317,7 +334,8 @@ pub enum SettableStatus {
 pub struct UpdateTenant {
     /// New status.
     pub status: Option<SettableStatus>,
-    /// New display name.
+    /// New display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
     pub name: Option<String>,
 }
 
@@ -327,7 +345,7 @@ impl Validate for UpdateTenant {
         if self.status.is_none() && self.name.is_none() {
             errors.push(FieldError::new(
                 "",
-                "empty",
+                FieldCode::Empty,
                 "give `status`, `name` or both",
             ));
         }
@@ -338,7 +356,7 @@ impl Validate for UpdateTenant {
         {
             errors.push(FieldError::new(
                 "name",
-                "length",
+                FieldCode::Length,
                 "must be 1 to 200 characters",
             ));
         }
