@@ -223,19 +223,6 @@ impl PartialEq<&str> for FieldCode {
     }
 }
 
-/// Transitional, for call sites not yet converted to [`FieldCode`] variants (the files
-/// routes): a code given as text. Every such text must be a [`FieldCode`]; a unit test lists
-/// the ones in use. Remove once no caller passes a string.
-impl From<&'static str> for FieldCode {
-    fn from(code: &'static str) -> Self {
-        FieldCode::from_wire(code).unwrap_or_else(|| {
-            debug_assert!(false, "`{code}` is not a FieldCode");
-            tracing::error!(code, "a field error used a code that is not a FieldCode");
-            FieldCode::Invalid
-        })
-    }
-}
-
 /// One invalid field of a request body.
 #[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
 pub struct FieldError {
@@ -249,14 +236,10 @@ pub struct FieldError {
 
 impl FieldError {
     /// A field error.
-    pub fn new(
-        field: impl Into<String>,
-        code: impl Into<FieldCode>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(field: impl Into<String>, code: FieldCode, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
@@ -700,18 +683,6 @@ mod tests {
             assert_eq!(serde_json::to_value(code).expect("json"), code.as_str());
             assert_eq!(FieldCode::from_wire(code.as_str()), Some(*code));
             assert!(!code.description().is_empty());
-        }
-        // The codes the files routes still pass as text (until they name variants).
-        for text in [
-            "empty",
-            "corrupt",
-            "invalid",
-            "duplicate",
-            "unknown_field",
-            "required",
-            "not_a_ready_image",
-        ] {
-            assert_eq!(FieldCode::from(text).as_str(), text);
         }
     }
 

@@ -192,16 +192,26 @@ impl Application {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }))
         });
-        let shutdown = async move {
-            shutdown.await;
-            let _ = stop.send(true);
+        // When the signal came: the server and the background loops share one deadline.
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let shutdown = {
+            let signalled = signalled.clone();
+            async move {
+                shutdown.await;
+                let _ = signalled.set(tokio::time::Instant::now());
+                let _ = stop.send(true);
+            }
         };
         let app = router(self.state, self.extra_routes);
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(grace))
             .await;
         // After the server: requests still finishing may need the tenant-change listener.
-        background.stop(grace).await;
+        let since = signalled
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        background.stop_by(since + grace).await;
         if let Some(workers) = workers {
             // The signal reached the workers together with the server; wait for their jobs.
             drop(stopped);
@@ -557,10 +567,10 @@ impl Background {
         self.tasks.spawn(task);
     }
 
-    /// Signals every loop and waits up to `grace` for them to return.
-    async fn stop(mut self, grace: std::time::Duration) {
+    /// Signals every loop and waits until `deadline` at most for them to return.
+    async fn stop_by(mut self, deadline: tokio::time::Instant) {
         self.stop.send_replace(true);
-        let joined = tokio::time::timeout(grace, async {
+        let joined = tokio::time::timeout_at(deadline, async {
             while let Some(joined) = self.tasks.join_next().await {
                 if let Err(error) = joined {
                     tracing::error!(%error, "a background task panicked");

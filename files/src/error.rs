@@ -1,5 +1,5 @@
-//! [`FileError`], the one error of the files domain, and [`on_constraint`], the one place
-//! a database constraint violation becomes a domain error.
+//! [`FileError`], the one error of the files domain. Constraint violations become
+//! [`FileError::Constraint`] through [`tenancy::ConstraintExt`], as in every store.
 
 use uuid::Uuid;
 
@@ -15,9 +15,6 @@ pub enum FileError {
     Constraint {
         /// The constraint's name.
         constraint: String,
-        /// The database's error.
-        #[source]
-        source: sqlx::Error,
     },
     /// The object store failed or could not be reached.
     #[error("object storage failed")]
@@ -32,24 +29,4 @@ pub enum FileError {
     /// Enqueueing a job failed.
     #[error("cannot enqueue a files job")]
     Job(#[from] jobs::JobError),
-}
-
-/// Maps a violation of one of `constraints` to [`FileError::Constraint`] (named), any other
-/// database error to [`FileError::Database`]: `.map_err(on_constraint(&[...]))`.
-pub(crate) fn on_constraint(
-    constraints: &'static [&'static str],
-) -> impl FnOnce(sqlx::Error) -> FileError {
-    move |source| {
-        let violated = match &source {
-            sqlx::Error::Database(db) => db
-                .constraint()
-                .filter(|name| constraints.contains(name))
-                .map(str::to_owned),
-            _ => None,
-        };
-        match violated {
-            Some(constraint) => FileError::Constraint { constraint, source },
-            None => FileError::Database(source),
-        }
-    }
 }

@@ -3,9 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use tenancy::ConstraintExt;
 use uuid::Uuid;
 
-use crate::error::{FileError, on_constraint};
+use crate::error::FileError;
 
 /// Lifecycle of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,15 @@ const ROW_CHECKS: &[&str] = &[
     "storage_usage_non_negative",
 ];
 
+/// [`FileError::Constraint`] for a violation of one of [`ROW_CHECKS`].
+fn row_check(constraint: &str) -> Option<FileError> {
+    ROW_CHECKS
+        .contains(&constraint)
+        .then(|| FileError::Constraint {
+            constraint: constraint.to_owned(),
+        })
+}
+
 /// A file to record.
 #[derive(Debug)]
 pub struct NewFile<'a> {
@@ -176,7 +186,7 @@ pub async fn record(
         .bind(new.uploaded_by)
         .fetch_optional(&mut *conn)
         .await
-        .map_err(on_constraint(ROW_CHECKS))?;
+        .on_constraints(row_check)?;
         if let Some(file) = inserted {
             return Ok(Recorded::Created(file));
         }
@@ -185,7 +195,7 @@ pub async fn record(
             .bind(new.size)
             .execute(&mut *conn)
             .await
-            .map_err(on_constraint(ROW_CHECKS))?;
+            .on_constraints(row_check)?;
     }
     Err(sqlx::Error::RowNotFound.into())
 }
@@ -296,7 +306,7 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, FileError
         .bind(size)
         .execute(conn)
         .await
-        .map_err(on_constraint(ROW_CHECKS))?;
+        .on_constraints(row_check)?;
     Ok(true)
 }
 
@@ -329,7 +339,7 @@ pub async fn finish_processing(
     .bind(failure)
     .execute(conn)
     .await
-    .map_err(on_constraint(ROW_CHECKS))?;
+    .on_constraints(row_check)?;
     Ok(())
 }
 

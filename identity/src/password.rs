@@ -44,17 +44,6 @@ pub enum PolicyViolation {
     Common,
 }
 
-impl PolicyViolation {
-    /// Stable code for the field error (`too_short`, `too_long`, `common`).
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::TooShort => "too_short",
-            Self::TooLong => "too_long",
-            Self::Common => "common",
-        }
-    }
-}
-
 /// Checks a new password against the policy (ASVS 5.0 §6.2, NIST SP 800-63B): length in
 /// code points, any characters, not on the common/breached list; no composition rules.
 /// The password is never altered: what is checked is what gets hashed.

@@ -340,6 +340,26 @@ async fn types_come_from_the_bytes_and_refusals_store_nothing() {
     )
     .await;
     assert_eq!(problem["errors"][0]["code"], "unknown_field");
+    // What the document says of the form holds: each field once, `name` at most 1,024
+    // bytes (513 two-byte characters are fewer than 1,024 characters, and still too many).
+    let doc: Value = serde_json::from_str(&api::routes::openapi_json()).expect("json");
+    let schema = &doc["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]
+        ["schema"];
+    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(schema["properties"]["name"]["maxLength"], 1024);
+    for (form, field, code) in [
+        (
+            Form::new().text("name", "a").text("name", "b"),
+            "name",
+            "duplicate",
+        ),
+        (Form::new().text("name", "é".repeat(513)), "name", "invalid"),
+    ] {
+        let problem =
+            assert_problem(send(form).await.expect("request"), 422, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+        assert_eq!(problem["errors"][0]["code"], code, "{problem}");
+    }
     let not_a_form = app
         .send_authed(
             Method::POST,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::{Principal, missing},
-    error::{ApiError, ErrorCode, FieldError},
+    error::{ApiError, ErrorCode, FieldCode, FieldError},
 };
 
 /// Why a role is refused to someone lacking what it grants.
@@ -41,7 +41,7 @@ pub(crate) fn known_roles(all_roles: &[Role], requested: &[Uuid]) -> Result<Vec<
         .map(|(i, id)| {
             FieldError::new(
                 format!("role_ids[{i}]"),
-                "not_found",
+                FieldCode::NotFound,
                 format!("no role of this tenant has id {id}"),
             )
         })

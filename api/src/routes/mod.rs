@@ -145,7 +145,19 @@ pub fn openapi_json() -> String {
 /// [`crate::payload::JsonBody`] with `#[serde(deny_unknown_fields)]` (its
 /// `#[oai(deny_unknown_fields)]` twin only changes poem's own parser, not the schema), so an
 /// unknown member is a 422 `unknown_field`; `tests/api/openapi.rs` checks each operation.
+/// Multipart forms (the upload's) are closed too: their reader refuses any other field.
 fn close_request_bodies(doc: &mut serde_json::Value) {
+    let forms = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.pointer_mut("/requestBody/content/multipart~1form-data/schema"))
+        .filter(|schema| schema["properties"].is_object());
+    for form in forms {
+        form["additionalProperties"] = false.into();
+    }
     let mut pending: Vec<String> = doc["paths"]
         .as_object()
         .into_iter()

@@ -23,6 +23,7 @@ use crate::{
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag, audit,
+        checks::check_some_change,
         guards::{GRANTS_MORE, ensure_holds, lock_for_change},
     },
 };
@@ -198,17 +199,15 @@ impl Validate for CreateRole {
 impl Validate for UpdateRole {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.name.is_none()
-            && self.description.is_none()
-            && self.parent_id.is_undefined()
-            && self.permissions.is_none()
-        {
-            errors.push(FieldError::new(
-                "",
-                FieldCode::Empty,
-                "give at least one of `name`, `description`, `parent_id`, `permissions`",
-            ));
-        }
+        check_some_change(
+            &mut errors,
+            &[
+                ("name", self.name.is_some()),
+                ("description", self.description.is_some()),
+                ("parent_id", !self.parent_id.is_undefined()),
+                ("permissions", self.permissions.is_some()),
+            ],
+        );
         if let Some(name) = &self.name {
             check_role_name(&mut errors, name);
         }

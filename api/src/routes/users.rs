@@ -26,7 +26,7 @@ use crate::{
     payload::{JsonBody, Validate, all_valid},
     routes::{
         ApiTag, audit,
-        checks::check_name,
+        checks::{check_name, check_some_change},
         guards::{allowed_by, ensure_holds, known_roles, lock_for_change},
         pagination::{created_cursor, decode_created_cursor, page},
     },
@@ -231,13 +231,13 @@ pub struct UpdateUser {
 impl Validate for UpdateUser {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.status.is_none() && self.name.is_none() {
-            errors.push(FieldError::new(
-                "",
-                FieldCode::Empty,
-                "give `status`, `name` or both",
-            ));
-        }
+        check_some_change(
+            &mut errors,
+            &[
+                ("status", self.status.is_some()),
+                ("name", self.name.is_some()),
+            ],
+        );
         if let Some(name) = &self.name {
             check_name(&mut errors, "name", name);
         }

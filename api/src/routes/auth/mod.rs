@@ -13,7 +13,7 @@ pub mod signup;
 
 use chrono::{DateTime, Utc};
 use identity::{ClientInfo, OpaqueToken, User, link_emails, store::LockoutPolicy};
-use jobs::NewJob;
+use jobs::Job;
 use poem::Request;
 use poem_openapi::{ApiResponse, Object, payload::Json};
 use serde::Deserialize;
@@ -366,12 +366,23 @@ pub(crate) async fn recovery_throttle(
     Ok(client)
 }
 
-/// Enqueues an email request job: the same work whether or not the account exists.
-async fn enqueue_request(state: &AppState, tenant: &CurrentTenant, job: NewJob) -> ApiResult<()> {
+/// A request for a link by email (reset, verification): throttled, then the job `job`
+/// makes of the address is enqueued and `message` answered. The same work and the same
+/// answer whether or not an account has the address; the job finds out.
+async fn request_link<J: Job>(
+    state: &AppState,
+    request: &Request,
+    tenant: &CurrentTenant,
+    email: &str,
+    job: impl FnOnce(String) -> J,
+    message: &str,
+) -> ApiResult<AcceptedResponse> {
+    recovery_throttle(state, request, tenant).await?;
+    let job = job(email.trim().to_owned()).to_job()?;
     let mut tx = tenant.begin(state).await?;
     jobs::enqueue(&mut tx, job).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(accepted(message))
 }
 
 /// Enqueues a security notice ("your password was changed", …) to `user` in `tx`.

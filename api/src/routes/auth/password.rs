@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::{
     AppState,
     auth::{UserAuth, client_info},
-    error::{ApiError, ApiResult, FieldError},
+    error::{ApiError, ApiResult, FieldCode, FieldError},
     payload::JsonBody,
     routes::{ApiTag, audit, auth::*},
 };
@@ -63,7 +63,7 @@ impl PasswordApi {
             tx.commit().await?;
             return Err(ApiError::validation(vec![FieldError::new(
                 "current_password",
-                "incorrect",
+                FieldCode::Incorrect,
                 "is not the current password",
             )]));
         }

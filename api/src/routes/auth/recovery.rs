@@ -5,7 +5,6 @@ use identity::{
     link_emails::PasswordResetRequested,
     store::{self, TokenPurpose},
 };
-use jobs::Job;
 use poem::{Request, web::Data};
 use poem_openapi::OpenApi;
 use serde_json::json;
@@ -39,12 +38,15 @@ impl RecoveryApi {
         tenant: CurrentTenant,
         body: JsonBody<EmailRequest>,
     ) -> ApiResult<AcceptedResponse> {
-        recovery_throttle(&state, request, &tenant).await?;
-        let email = body.0.email.trim().to_owned();
-        enqueue_request(&state, &tenant, PasswordResetRequested { email }.to_job()?).await?;
-        Ok(accepted(
+        request_link(
+            &state,
+            request,
+            &tenant,
+            &body.0.email,
+            |email| PasswordResetRequested { email },
             "If an account has this address, a password reset link is on its way.",
-        ))
+        )
+        .await
     }
 
     /// Set a new password with a reset link.

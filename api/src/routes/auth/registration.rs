@@ -148,12 +148,15 @@ impl RegistrationApi {
         tenant: CurrentTenant,
         body: JsonBody<EmailRequest>,
     ) -> ApiResult<AcceptedResponse> {
-        recovery_throttle(&state, request, &tenant).await?;
-        let email = body.0.email.trim().to_owned();
-        enqueue_request(&state, &tenant, VerificationRequested { email }.to_job()?).await?;
-        Ok(accepted(
+        request_link(
+            &state,
+            request,
+            &tenant,
+            &body.0.email,
+            |email| VerificationRequested { email },
             "If a pending account has this address, a new verification link is on its way.",
-        ))
+        )
+        .await
     }
 }
 

@@ -23,7 +23,7 @@ use super::{
     Allowance, IDLE_READ_TIMEOUT, MAX_NAME_BYTES, MAX_PART_HEADER_BYTES, MAX_PARTS, READ_CHUNK,
     framing, too_large,
 };
-use crate::error::{ApiError, ApiResult, ErrorCode, FieldError};
+use crate::error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError};
 
 /// The form of `POST /v1/files` (documentation only: the body is streamed by
 /// [`FileUpload`], never buffered).
@@ -34,7 +34,9 @@ struct UploadForm {
     /// upload size. Its type is read from its bytes; a declared `Content-Type` or a file
     /// name extension that contradicts them is refused.
     file: Upload,
-    /// Display name (default: the file's name).
+    /// Display name (default: the file's name), at most 1,024 bytes of UTF-8. Each field
+    /// may appear once; any other field is refused (422).
+    #[oai(validator(max_length = 1024))]
     name: Option<String>,
 }
 
@@ -84,7 +86,7 @@ impl FileUpload {
             }),
             (Ok(()), None) => Err(ApiError::validation(vec![FieldError::new(
                 "file",
-                "required",
+                FieldCode::Required,
                 "The form has no `file` field.",
             )])),
             (Err(error), stored) => {
@@ -132,7 +134,7 @@ impl FileUpload {
                 Some(name @ ("name" | "file")) => {
                     return Err(ApiError::validation(vec![FieldError::new(
                         name,
-                        "duplicate",
+                        FieldCode::Duplicate,
                         "The field appears more than once.",
                     )]));
                 }
@@ -140,7 +142,7 @@ impl FileUpload {
                     let name = other.unwrap_or_default().to_owned();
                     return Err(ApiError::validation(vec![FieldError::new(
                         name,
-                        "unknown_field",
+                        FieldCode::UnknownField,
                         "Only `file` and `name` are accepted.",
                     )]));
                 }
@@ -274,7 +276,8 @@ fn malformed(error: multer::Error) -> ApiError {
 
 /// The `name` field, of at most [`MAX_NAME_BYTES`] (no more is read).
 async fn read_name(mut field: multer::Field<'static>) -> ApiResult<String> {
-    let invalid = |m: &str| ApiError::validation(vec![FieldError::new("name", "invalid", m)]);
+    let invalid =
+        |m: &str| ApiError::validation(vec![FieldError::new("name", FieldCode::Invalid, m)]);
     let mut raw = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(malformed)? {
         if raw.len() + chunk.len() > MAX_NAME_BYTES {

@@ -38,7 +38,7 @@ pub use self::{
 use crate::{
     AppState,
     auth::{Authorized, perm},
-    error::{ApiError, ApiResult, ErrorCode, FieldError},
+    error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     routes::{ApiTag, pagination::page},
 };
 
@@ -142,9 +142,11 @@ impl Allowance {
 
     fn refusal(&self, error: UploadError) -> ApiError {
         match error {
-            UploadError::Type(TypeError::Empty) => {
-                ApiError::validation(vec![FieldError::new("file", "empty", "The file is empty.")])
-            }
+            UploadError::Type(TypeError::Empty) => ApiError::validation(vec![FieldError::new(
+                "file",
+                FieldCode::Empty,
+                "The file is empty.",
+            )]),
             UploadError::Type(refused) => {
                 ApiError::new(ErrorCode::UnsupportedMediaType, format!("{refused}."))
             }
@@ -180,7 +182,7 @@ impl Allowance {
                 ApiError::new(ErrorCode::ImageTooLarge, format!("{refused}."))
             }
             UploadError::Image(ImageError::Corrupt(reason)) => {
-                ApiError::validation(vec![FieldError::new("file", "corrupt", reason)])
+                ApiError::validation(vec![FieldError::new("file", FieldCode::Corrupt, reason)])
             }
             UploadError::Body(reason) => ApiError::new(
                 ErrorCode::BadRequest,
@@ -450,7 +452,7 @@ pub async fn check_image_ids(
                 .map(move |(i, id)| {
                     FieldError::new(
                         format!("{field}[{i}]"),
-                        "not_a_ready_image",
+                        FieldCode::NotAReadyImage,
                         format!("{id} is not a ready image file of this tenant."),
                     )
                 })

@@ -367,7 +367,7 @@ impl From<catalog::FieldCode> for FieldCode {
 
 impl From<catalog::FieldError> for FieldError {
     fn from(e: catalog::FieldError) -> Self {
-        FieldError::new(e.field, e.code, e.message)
+        FieldError::new(e.field, e.code.into(), e.message)
     }
 }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{Authorized, MaybeSignedIn, client_info, perm},
-    error::{ApiError, ApiResult, FieldError},
+    error::{ApiError, ApiResult, FieldCode, FieldError},
     payload::JsonBody,
     routes::{
         ApiTag, audit,
@@ -98,7 +98,7 @@ impl CurrentTenantApi {
         if after.policy == RegistrationPolicy::Domain && after.domains.is_empty() {
             return Err(ApiError::validation(vec![FieldError::new(
                 "registration_domains",
-                "required",
+                FieldCode::Required,
                 "the `domain` policy needs at least one domain",
             )]));
         }
@@ -189,13 +189,13 @@ fn judge_registration_role(
         }
         RegistrationRole::NotFound => Err(ApiError::validation(vec![FieldError::new(
             "registration_role_id",
-            "not_found",
+            FieldCode::NotFound,
             "no role of this tenant has this id",
         )])),
         RegistrationRole::TooPowerful(forbidden) => {
             Err(ApiError::validation(vec![FieldError::new(
                 "registration_role_id",
-                "too_powerful",
+                FieldCode::TooPowerful,
                 format!(
                     "must be a role below admin: not owner or admin, and allowing none of {}{}",
                     NOT_FOR_SELF_REGISTRATION.names().join(", "),

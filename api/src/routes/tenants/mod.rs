@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::{
     error::{FieldCode, FieldError},
     payload::{Validate, all_valid},
+    routes::checks::check_some_change,
 };
 
 /// The tenant endpoints: the addressed tenant's, then the operator's registry.
@@ -210,16 +211,19 @@ impl UpdateCurrentTenant {
 
 impl Validate for UpdateCurrentTenant {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
-        if self.registration_policy.is_none()
-            && self.registration_domains.is_none()
-            && self.registration_role_id.is_undefined()
-        {
-            return Err(vec![FieldError::new(
-                "",
-                FieldCode::Empty,
-                "give at least one of `registration_policy`, `registration_domains`, `registration_role_id`",
-            )]);
-        }
+        let mut errors = Vec::new();
+        check_some_change(
+            &mut errors,
+            &[
+                ("registration_policy", self.registration_policy.is_some()),
+                ("registration_domains", self.registration_domains.is_some()),
+                (
+                    "registration_role_id",
+                    !self.registration_role_id.is_undefined(),
+                ),
+            ],
+        );
+        all_valid(errors)?;
         self.domains().map(|_| ())
     }
 }
@@ -342,13 +346,13 @@ pub struct UpdateTenant {
 impl Validate for UpdateTenant {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.status.is_none() && self.name.is_none() {
-            errors.push(FieldError::new(
-                "",
-                FieldCode::Empty,
-                "give `status`, `name` or both",
-            ));
-        }
+        check_some_change(
+            &mut errors,
+            &[
+                ("status", self.status.is_some()),
+                ("name", self.name.is_some()),
+            ],
+        );
         if self
             .name
             .as_deref()
