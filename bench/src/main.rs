@@ -15,11 +15,15 @@
 //! ```
 //!
 //! `tenant_read` and `tenant_write` compare against `pgbench` (Debian's `postgresql`
-//! package ships it). All but `http_overhead` need the local services
-//! (`deploy/local/up.sh`). `login_storm`'s reads are an authenticated `GET /v1/me` until
+//! package ships it). Every benchmark needs the local services (`deploy/local/up.sh`).
+//! `http_overhead` and `tenant_read` report two runs: in this process (the load and the
+//! server share one runtime), then the real `canopy serve` binary, built beside this one
+//! (`cargo build --release -p api -p bench`), in its own process under `wrk` (Debian's
+//! `wrk` package); their ratio, the last line, is the external one. `login_storm`'s reads are an authenticated `GET /v1/me` until
 //! products exist.
 
 mod decode;
+mod external;
 mod files;
 mod identity;
 mod load;
@@ -48,7 +52,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// An empty route (`GET /health/live`) through Canopy's full middleware stack vs a plain
-    /// hyper hello-world, both on loopback in this process.
+    /// hyper hello-world: both in this process, then `canopy serve` and the hyper server
+    /// loaded by `wrk`.
     #[command(name = "http_overhead")]
     HttpOverhead {
         /// Concurrent keep-alive connections.
@@ -254,11 +259,36 @@ async fn http_overhead(connections: usize, duration: Duration) -> anyhow::Result
     let baseline = load::run(baseline_addr, "/", connections, warmup, duration).await?;
     let canopy = load::run(canopy_addr, "/health/live", connections, warmup, duration).await?;
 
-    baseline.print("http_overhead_baseline");
-    canopy.print("http_overhead_canopy");
+    // The same two, loaded by wrk from outside: the real binary against the hyper server.
+    let app = crate::tenancy::bench_app(4).await?;
+    let server = external::serve(&app.env, "live").await?;
+    let external_baseline = external::wrk(
+        &format!("http://{baseline_addr}/"),
+        None,
+        connections,
+        warmup,
+        duration,
+    )?;
+    let external = external::wrk(
+        &format!("http://{}/health/live", server.addr),
+        None,
+        connections,
+        warmup,
+        duration,
+    )?;
+    drop(server);
+
+    baseline.print("http_overhead_baseline_in_process");
+    canopy.print("http_overhead_canopy_in_process");
+    println!(
+        "http_overhead_in_process_ratio: {:.3}",
+        canopy.requests_per_second() / baseline.requests_per_second()
+    );
+    external_baseline.print("http_overhead_baseline");
+    external.print("http_overhead_canopy");
     println!(
         "http_overhead_ratio: {:.3}",
-        canopy.requests_per_second() / baseline.requests_per_second()
+        external.rps / external_baseline.rps
     );
     Ok(())
 }

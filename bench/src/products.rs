@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use serde_json::json;
 
-use crate::{load, tenancy::bench_app};
+use crate::{external, load, tenancy::bench_app};
 
 /// Options shared by both benchmarks.
 pub struct Options {
@@ -103,12 +103,29 @@ pub async fn tenant_read(options: Options) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let tps = pgbench(&app.db.url, &files, options.connections, options.duration)?;
 
-    canopy.print("tenant_read_canopy");
-    println!("tenant_read_pgbench_tps: {tps:.0}");
+    let server = external::serve(&app.env, "read").await?;
+    let credentials: Vec<(String, String)> = orgs
+        .iter()
+        .map(|o| (o.slug.clone(), o.tokens.access.clone()))
+        .collect();
+    let script = external::rotating_get(&scripts, "/v1/products?limit=20", &credentials);
+    let external = external::wrk(
+        &format!("http://{}/v1/products?limit=20", server.addr),
+        Some(&script),
+        options.connections,
+        WARMUP,
+        options.duration,
+    )?;
+    drop(server);
+
+    canopy.print("tenant_read_canopy_in_process");
     println!(
-        "tenant_read_ratio: {:.3}",
+        "tenant_read_in_process_ratio: {:.3}",
         canopy.requests_per_second() / tps
     );
+    external.print("tenant_read_canopy");
+    println!("tenant_read_pgbench_tps: {tps:.0}");
+    println!("tenant_read_ratio: {:.3}", external.rps / tps);
     Ok(())
 }
 

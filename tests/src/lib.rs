@@ -70,6 +70,9 @@ pub struct TestApp {
     pub db: Arc<TestDatabase>,
     /// The settings the app runs with.
     pub settings: Settings,
+    /// The `CANOPY_*` variables those settings came from (for a `canopy` process of the
+    /// same configuration, as the benchmarks start).
+    pub env: BTreeMap<String, String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -152,6 +155,7 @@ impl TestAppBuilder {
         ]);
         env.extend(overrides);
         let settings = Settings::from_env_map(&env).context("test settings")?;
+        let env_for_test = env.clone();
 
         let migrator = api::startup::build_state(settings.clone())?;
         migrator
@@ -184,6 +188,7 @@ impl TestAppBuilder {
             gate,
             db,
             settings: settings_for_test,
+            env: env_for_test,
             shutdown: Some(tx),
             server: Some(server),
         })
