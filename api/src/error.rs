@@ -634,6 +634,38 @@ impl From<identity::KeyError> for ApiError {
     }
 }
 
+impl From<admission::AdmissionError> for ApiError {
+    fn from(err: admission::AdmissionError) -> Self {
+        use admission::AdmissionError as E;
+        match err {
+            E::SessionUncheckable => ApiError::retry_after(
+                ErrorCode::DependencyUnavailable,
+                "The session cannot be checked right now; retry shortly.",
+                5,
+            ),
+            E::Revoked => ApiError::new(
+                ErrorCode::InvalidToken,
+                "This session has ended or the account is blocked; log in again.",
+            ),
+            E::ThrottleUnavailable => ApiError::retry_after(
+                ErrorCode::DependencyUnavailable,
+                "This operation is temporarily unavailable; retry shortly.",
+                5,
+            ),
+            E::Throttled { retry_after } => ApiError::retry_after(
+                ErrorCode::RateLimited,
+                "Too many attempts from this address; retry later.",
+                retry_after,
+            ),
+            E::TenantNotFound => {
+                ApiError::new(ErrorCode::TenantNotFound, "No tenant by that name.")
+            }
+            E::Tenancy(err) => err.into(),
+            E::Database(err) => err.into(),
+        }
+    }
+}
+
 fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     chars

@@ -11,7 +11,6 @@ pub mod metrics;
 pub mod middleware;
 pub mod payload;
 pub mod rate_limit;
-pub mod redis;
 pub mod routes;
 pub mod startup;
 pub mod state;
@@ -20,6 +19,9 @@ pub mod tenant;
 
 /// The configuration lives in its own crate; `api::settings::…` paths keep working.
 pub use ::settings;
+/// The Redis pool and its helpers live in the `admission` crate; `crate::redis::…` paths
+/// keep working.
+pub use admission::redis;
 pub use settings::Settings;
 pub use startup::Application;
 pub use state::AppState;

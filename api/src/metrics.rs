@@ -68,6 +68,17 @@ pub struct PoolGauge {
     pub idle: u32,
 }
 
+/// The rate limiter counts its refusals and fallbacks here.
+impl admission::rate_limit::Observer for Metrics {
+    fn observe_rate_limited(&self, limit: &'static str) {
+        Metrics::observe_rate_limited(self, limit);
+    }
+
+    fn observe_rate_limit_fallback(&self) {
+        Metrics::observe_rate_limit_fallback(self);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -2,18 +2,15 @@
 
 use std::sync::Arc;
 
+use admission::{
+    permissions::Permissions, rate_limit::RateLimiter, redis::RedisPool, revocation::Revocations,
+    tenants::TenantResolver,
+};
 use tenancy::{ControlDb, TenantDb};
 
 use identity::{AccessTokens, PasswordHasher};
 
-use crate::{
-    auth::{permissions::Permissions, revocation::Revocations},
-    metrics::Metrics,
-    rate_limit::RateLimiter,
-    redis::RedisPool,
-    settings::Settings,
-    tenant::TenantResolver,
-};
+use crate::{metrics::Metrics, settings::Settings};
 
 /// Shared state of one running app. Cheap to clone.
 #[derive(Clone)]

@@ -1,204 +1,99 @@
-//! Tenant resolution for every tenant-scoped request.
+//! Tenant resolution for every tenant-scoped request: the HTTP half.
 //!
 //! The tenant comes from the subdomain of `CANOPY_BASE_DOMAIN`, else from the `X-Tenant`
-//! header (slug or id). Lookups are cached in process; any change to a tenant is published
-//! on Redis and every instance drops its cache, so a suspension takes effect everywhere
-//! within a second. The cache's TTL bounds staleness while Redis is unreachable.
+//! header (slug or id); [`resolve`] reads them off the request and maps the tenant's
+//! status to its problem. The lookups, their in-process cache and its coherence across
+//! instances (a change is published on Redis and every instance drops its cache) live in
+//! [`admission::tenants`]; [`publish_change`] and [`listen_for_changes`] hand them the
+//! app's Redis.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+use std::sync::Arc;
+
+pub use admission::tenants::{TENANT_CHANGES_CHANNEL, TenantResolver};
+use admission::{
+    AdmissionError,
+    tenants::{TenantKey, parse_reference},
 };
-
-use futures_util::StreamExt;
-use moka::sync::Cache;
 use poem::{Request, RequestBody};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, registry::Registry};
-use secrecy::ExposeSecret;
-use tenancy::{ControlDb, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx};
-use tokio::sync::{broadcast, watch};
+use tenancy::{Tenant, TenantId, TenantSlug, TenantStatus, TenantTx};
 
 use crate::{
     AppState,
     error::{ApiError, ErrorCode},
 };
 
-/// Redis channel announcing that some tenant changed.
-pub const TENANT_CHANGES_CHANNEL: &str = "canopy:tenants:changed";
-
 /// The header naming the tenant when no subdomain does.
 pub const TENANT_HEADER: &str = "x-tenant";
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum TenantKey {
-    Id(TenantId),
-    Slug(String),
-}
-
-/// Resolves tenants with an in-process cache kept coherent across instances.
-pub struct TenantResolver {
-    control: ControlDb,
-    base_domain: Option<String>,
-    cache: Cache<TenantKey, Option<Arc<Tenant>>>,
-    /// Bumped by every invalidation: a lookup that raced one does not cache its result.
-    generation: AtomicU64,
-    announced: broadcast::Sender<TenantId>,
-    listening: watch::Sender<bool>,
-}
-
-impl TenantResolver {
-    /// A resolver reading `control`, caching entries for `ttl`.
-    pub fn new(control: ControlDb, base_domain: Option<String>, ttl: Duration) -> Self {
-        Self {
-            control,
-            base_domain,
-            // Bounded, so a flood of made-up tenant names cannot grow it without limit.
-            cache: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-            generation: AtomicU64::new(0),
-            announced: broadcast::channel(64).0,
-            listening: watch::channel(false).0,
-        }
-    }
-
-    /// Forgets every cached tenant.
-    pub fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate_all();
-    }
-
-    /// Completes once this instance is subscribed to tenant changes.
-    pub async fn listening(&self) {
-        let mut listening = self.listening.subscribe();
-        let _ = listening.wait_for(|on| *on).await;
-    }
-
-    /// Tenants whose change this instance has heard of over Redis (tests wait on it).
-    pub fn announcements(&self) -> broadcast::Receiver<TenantId> {
-        self.announced.subscribe()
-    }
-
-    /// The tenant `request` addresses, which must be active.
-    pub async fn resolve(&self, request: &Request) -> Result<Arc<Tenant>, ApiError> {
-        let from_host = self.subdomain(request);
-        let from_header = request
-            .headers()
-            .get(TENANT_HEADER)
-            .map(|v| v.to_str().map(str::trim).unwrap_or_default());
-        let tenant = match (from_host, from_header) {
-            (Some(sub), header) => {
-                let tenant = self.lookup(TenantKey::Slug(sub)).await?;
-                if let Some(header) = header {
-                    let other = self.lookup(parse_reference(header)?).await?;
-                    if other.id != tenant.id {
-                        return Err(ApiError::new(
-                            ErrorCode::TenantMismatch,
-                            "The subdomain and the X-Tenant header name different tenants.",
-                        ));
-                    }
+/// The tenant `request` addresses, which must be active.
+pub async fn resolve(tenants: &TenantResolver, request: &Request) -> Result<Arc<Tenant>, ApiError> {
+    let from_host = subdomain(tenants, request);
+    let from_header = request
+        .headers()
+        .get(TENANT_HEADER)
+        .map(|v| v.to_str().map(str::trim).unwrap_or_default());
+    let tenant = match (from_host, from_header) {
+        (Some(sub), header) => {
+            let tenant = tenants.lookup(TenantKey::Slug(sub)).await?;
+            if let Some(header) = header {
+                let other = tenants.lookup(parse_reference(header)?).await?;
+                if other.id != tenant.id {
+                    return Err(ApiError::new(
+                        ErrorCode::TenantMismatch,
+                        "The subdomain and the X-Tenant header name different tenants.",
+                    ));
                 }
-                tenant
             }
-            (None, Some(header)) => self.lookup(parse_reference(header)?).await?,
-            (None, None) => {
-                let how = match &self.base_domain {
-                    Some(domain) => format!("a subdomain of {domain} or the X-Tenant header"),
-                    None => "the X-Tenant header (slug or id)".to_owned(),
-                };
-                return Err(ApiError::new(
-                    ErrorCode::TenantRequired,
-                    format!("This operation is tenant-scoped: name the tenant with {how}."),
-                ));
-            }
-        };
-        match tenant.status {
-            TenantStatus::Active => Ok(tenant),
-            TenantStatus::Suspended => Err(ApiError::new(
-                ErrorCode::TenantSuspended,
-                "This tenant is suspended; contact the platform operator.",
-            )),
-            TenantStatus::Deleted => Err(not_found()),
+            tenant
         }
-    }
-
-    /// The leftmost label of the host when the host is a direct subdomain of the base
-    /// domain and a valid slug.
-    fn subdomain(&self, request: &Request) -> Option<String> {
-        let base = self.base_domain.as_deref()?;
-        let host = request
-            .headers()
-            .get(poem::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host())?;
-        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let label = host.strip_suffix(base)?.strip_suffix('.')?;
-        TenantSlug::parse(label).ok().map(|s| s.as_str().to_owned())
-    }
-
-    async fn lookup(&self, key: TenantKey) -> Result<Arc<Tenant>, ApiError> {
-        if let Some(cached) = self.cache.get(&key) {
-            return cached.ok_or_else(not_found);
+        (None, Some(header)) => tenants.lookup(parse_reference(header)?).await?,
+        (None, None) => {
+            let how = match tenants.base_domain() {
+                Some(domain) => format!("a subdomain of {domain} or the X-Tenant header"),
+                None => "the X-Tenant header (slug or id)".to_owned(),
+            };
+            return Err(ApiError::new(
+                ErrorCode::TenantRequired,
+                format!("This operation is tenant-scoped: name the tenant with {how}."),
+            ));
         }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let found = match &key {
-            TenantKey::Id(id) => self.control.tenant_by_id(*id).await?,
-            TenantKey::Slug(slug) => match TenantSlug::parse(slug) {
-                Ok(slug) => self.control.tenant_by_slug(&slug).await?,
-                Err(_) => None,
-            },
-        }
-        .map(Arc::new);
-        // Read before an invalidation that happened meanwhile: may be stale, do not keep it.
-        if self.generation.load(Ordering::SeqCst) == generation {
-            self.cache.insert(key, found.clone());
-        }
-        found.ok_or_else(not_found)
+    };
+    match tenant.status {
+        TenantStatus::Active => Ok(tenant),
+        TenantStatus::Suspended => Err(ApiError::new(
+            ErrorCode::TenantSuspended,
+            "This tenant is suspended; contact the platform operator.",
+        )),
+        TenantStatus::Deleted => Err(AdmissionError::TenantNotFound.into()),
     }
 }
 
-fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::TenantNotFound, "No tenant by that name.")
-}
-
-/// `X-Tenant` holds an id or a slug; anything else cannot name a tenant.
-fn parse_reference(raw: &str) -> Result<TenantKey, ApiError> {
-    if let Ok(id) = uuid::Uuid::parse_str(raw) {
-        return Ok(TenantKey::Id(TenantId(id)));
-    }
-    TenantSlug::parse(&raw.to_ascii_lowercase())
-        .map(|s| TenantKey::Slug(s.as_str().to_owned()))
-        .map_err(|_| not_found())
+/// The leftmost label of the host when the host is a direct subdomain of the base
+/// domain and a valid slug.
+fn subdomain(tenants: &TenantResolver, request: &Request) -> Option<String> {
+    let base = tenants.base_domain()?;
+    let host = request
+        .headers()
+        .get(poem::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())?;
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let label = host.strip_suffix(base)?.strip_suffix('.')?;
+    TenantSlug::parse(label).ok().map(|s| s.as_str().to_owned())
 }
 
 /// Tells every instance (this one included) that a tenant changed. Best effort: when
 /// Redis is down the caches' TTL bounds the staleness.
 pub async fn publish_change(state: &AppState, tenant: TenantId) {
-    let published = async {
-        let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
-        redis::cmd("PUBLISH")
-            .arg(TENANT_CHANGES_CHANNEL)
-            .arg(tenant.to_string())
-            .query_async::<i64>(&mut *conn)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    if let Err(error) = published.await {
-        tracing::warn!(%tenant, %error, "could not publish a tenant change; other instances catch up within the cache TTL");
-    }
-    // Never rely on the round trip for this instance.
-    state.tenants.invalidate_all();
+    admission::tenants::publish_change(&state.redis, &state.tenants, tenant).await;
 }
 
 /// Plan changes from Stripe events reach the caches the way every other change does.
@@ -211,45 +106,12 @@ impl billing::processing::TenantChanges for AppState {
 /// Listens for tenant changes until `stop` completes, reconnecting after failures. Every
 /// (re)connection drops the cache too: messages may have been missed while away.
 pub async fn listen_for_changes(state: AppState, stop: impl Future<Output = ()>) {
-    // Handling a message is synchronous, so leaving at any await point loses nothing.
-    tokio::select! {
-        () = stop => {}
-        () = listen(state) => {}
-    }
-}
-
-async fn listen(state: AppState) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let outcome = async {
-            let client = redis::Client::open(state.settings.redis.url.expose_secret())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(TENANT_CHANGES_CHANNEL).await?;
-            state.tenants.invalidate_all();
-            state.tenants.listening.send_replace(true);
-            tracing::debug!("listening for tenant changes");
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                state.tenants.invalidate_all();
-                let tenant = message
-                    .get_payload::<String>()
-                    .ok()
-                    .and_then(|p| uuid::Uuid::parse_str(&p).ok());
-                if let Some(tenant) = tenant {
-                    let _ = state.tenants.announced.send(TenantId(tenant));
-                }
-            }
-            redis::RedisResult::Ok(())
-        }
-        .await;
-        state.tenants.listening.send_replace(false);
-        match outcome {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(error) => tracing::warn!(%error, "tenant change listener lost Redis; retrying"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    admission::tenants::listen_for_changes(
+        state.settings.redis.url.clone(),
+        state.tenants.clone(),
+        stop,
+    )
+    .await;
 }
 
 /// The optional header parameter naming the tenant, as the OpenAPI document declares it
@@ -286,7 +148,7 @@ impl CurrentTenant {
         let state = request
             .data::<AppState>()
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not attached")))?;
-        let tenant = state.tenants.resolve(request).await?;
+        let tenant = resolve(&state.tenants, request).await?;
         tracing::Span::current().record("tenant_id", tracing::field::display(tenant.id));
         Ok(tenant)
     }

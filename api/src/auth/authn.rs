@@ -64,7 +64,7 @@ impl UserAuth {
 
 async fn check_access_token(request: &Request, bearer: Bearer) -> poem::Result<Principal> {
     let state = app_state(request)?;
-    let tenant = state.tenants.resolve(request).await?;
+    let tenant = crate::tenant::resolve(&state.tenants, request).await?;
     let (principal, _) =
         authenticate_token(request, state, tenant, &bearer.token, no_more_keys).await?;
     Ok(principal)
@@ -89,7 +89,7 @@ pub(crate) async fn authenticate_reading(
 ) -> Result<(Principal, LookedUp), ApiError> {
     let token = bearer_token(request)?;
     let state = app_state(request)?;
-    let tenant = state.tenants.resolve(request).await?;
+    let tenant = crate::tenant::resolve(&state.tenants, request).await?;
     authenticate_token(request, state, tenant, token, also_read).await
 }
 

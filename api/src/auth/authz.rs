@@ -100,6 +100,7 @@ pub(crate) async fn authorize(
         .permissions
         .of_looked_up(principal.tenant.id, principal.user_id, cached.as_deref())
         .await
+        .map_err(ApiError::from)
 }
 
 /// `granted` must include `permission` (403 `forbidden` naming it otherwise).
@@ -218,7 +219,7 @@ impl<'a> ApiExtractor<'a> for MaybeSignedIn {
         // The tenant first, as for an anonymous visitor: a bad tenant is refused before a
         // bad token.
         let state = app_state(request)?;
-        let tenant = state.tenants.resolve(request).await?;
+        let tenant = crate::tenant::resolve(&state.tenants, request).await?;
         let (principal, cached) = authenticate_in(request, tenant.clone(), permission_keys).await?;
         let granted = authorize(state, &principal, cached).await?;
         Ok(Self {

@@ -1,16 +1,13 @@
 //! Fixed-window counters in Redis throttling login failures and recovery requests per
-//! client IP and tenant. They fail closed: with Redis unreachable, the endpoints they
-//! guard answer 503 with `Retry-After` rather than run unthrottled.
+//! client IP and tenant (and sign-ups per client IP). They fail closed: with Redis
+//! unreachable they answer [`AdmissionError::ThrottleUnavailable`] (a 503 with
+//! `Retry-After`), so the endpoints they guard never run unthrottled.
 
 use std::{net::IpAddr, time::Duration};
 
 use tenancy::TenantId;
 
-use crate::{
-    client_ip::client_key,
-    error::{ApiError, ErrorCode},
-    redis::RedisPool,
-};
+use crate::{AdmissionError, client_key, redis::RedisPool};
 
 /// Which counter.
 #[derive(Debug, Clone, Copy)]
@@ -44,25 +41,20 @@ pub fn key(counter: Counter, tenant: Option<TenantId>, ip: Option<IpAddr>) -> St
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> ApiError {
+fn unavailable(error: impl std::fmt::Display) -> AdmissionError {
     tracing::warn!(%error, "throttle unavailable; refusing the request");
-    ApiError::retry_after(
-        ErrorCode::DependencyUnavailable,
-        "This operation is temporarily unavailable; retry shortly.",
-        5,
-    )
+    AdmissionError::ThrottleUnavailable
 }
 
-fn throttled(retry_after: i64) -> ApiError {
-    ApiError::retry_after(
-        ErrorCode::RateLimited,
-        "Too many attempts from this address; retry later.",
-        u64::try_from(retry_after).unwrap_or(60),
-    )
+fn throttled(retry_after: i64) -> AdmissionError {
+    AdmissionError::Throttled {
+        retry_after: u64::try_from(retry_after).unwrap_or(60),
+    }
 }
 
-/// Refuses (429) when `key` has reached `limit` within its window.
-pub async fn ensure_below(redis: &RedisPool, key: &str, limit: u32) -> Result<(), ApiError> {
+/// Refuses ([`AdmissionError::Throttled`], a 429) when `key` has reached `limit` within
+/// its window.
+pub async fn ensure_below(redis: &RedisPool, key: &str, limit: u32) -> Result<(), AdmissionError> {
     let mut conn = redis.get().await.map_err(unavailable)?;
     let (count, ttl): (Option<u32>, i64) = redis::pipe()
         .cmd("GET")
@@ -78,14 +70,14 @@ pub async fn ensure_below(redis: &RedisPool, key: &str, limit: u32) -> Result<()
     Ok(())
 }
 
-/// Counts one event on `key` (its window starting at the first), and refuses (429) once
-/// the count exceeds `limit`.
+/// Counts one event on `key` (its window starting at the first), and refuses
+/// ([`AdmissionError::Throttled`], a 429) once the count exceeds `limit`.
 pub async fn hit(
     redis: &RedisPool,
     key: &str,
     limit: u32,
     window: Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), AdmissionError> {
     let mut conn = redis.get().await.map_err(unavailable)?;
     let (count, _, ttl): (u32, i64, i64) = redis::pipe()
         .cmd("INCR")

@@ -21,7 +21,7 @@ use tenancy::{TenantDb, TenantId};
 use uuid::Uuid;
 
 use crate::{
-    error::{ApiError, ErrorCode},
+    AdmissionError,
     redis::{RedisError, RedisPool, retry_in_background, with_redis},
 };
 
@@ -76,16 +76,17 @@ impl Revocations {
         ]
     }
 
-    /// Whether `session` of `user` may be used (`Ok` or a 401/403/503 problem), given the
-    /// values of [`Self::keys`] (fetched by the caller in the same round trip as others) or
-    /// the error fetching them.
+    /// Whether `session` of `user` may be used (`Ok`, [`AdmissionError::Revoked`], or
+    /// [`AdmissionError::SessionUncheckable`] when neither Redis nor the database can say),
+    /// given the values of [`Self::keys`] (fetched by the caller in the same round trip as
+    /// others) or the error fetching them.
     pub async fn check_looked_up(
         self: &Arc<Self>,
         tenant: TenantId,
         user: Uuid,
         session: Uuid,
         looked_up: Result<&[Option<String>], &RedisError>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AdmissionError> {
         match looked_up {
             Ok([Some(_), None, None]) => return Ok(()),
             // Listed: confirmed against the database, which has every revocation. (An entry
@@ -111,13 +112,13 @@ impl Revocations {
         .await
         .map_err(|error| {
             tracing::error!(error = %error, "neither Redis nor PostgreSQL could check a token");
-            ApiError::retry_after(
-                ErrorCode::DependencyUnavailable,
-                "The session cannot be checked right now; retry shortly.",
-                5,
-            )
+            AdmissionError::SessionUncheckable
         })?;
-        if valid { Ok(()) } else { Err(revoked()) }
+        if valid {
+            Ok(())
+        } else {
+            Err(AdmissionError::Revoked)
+        }
     }
 
     /// Records that `sessions` were revoked.
@@ -223,11 +224,4 @@ impl Revocations {
         tracing::info!(%tenant, users = users.len(), sessions = sessions.len(), "revocation list rebuilt");
         Ok(())
     }
-}
-
-fn revoked() -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidToken,
-        "This session has ended or the account is blocked; log in again.",
-    )
 }

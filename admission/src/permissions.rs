@@ -6,7 +6,7 @@
 //! the database before the change committed stores it under the old generation, so it can
 //! never be served after the change. Redis unreachable: permissions come from the database.
 //!
-//! The checks built on it ([`crate::auth::authz`]) read the cached entries in
+//! The checks built on it (`api`'s authorization) read the cached entries in
 //! authentication's round trip ([`Permissions::keys`], [`Permissions::of_looked_up`]).
 
 use std::{sync::Arc, time::Duration};
@@ -16,7 +16,7 @@ use tenancy::{TenantDb, TenantId};
 use uuid::Uuid;
 
 use crate::{
-    error::ApiError,
+    AdmissionError,
     redis::{RedisError, RedisPool, mget, retry_in_background, with_redis},
 };
 
@@ -50,7 +50,7 @@ impl Permissions {
     }
 
     /// What `user` may do in `tenant`.
-    pub async fn of(&self, tenant: TenantId, user: Uuid) -> Result<PermissionSet, ApiError> {
+    pub async fn of(&self, tenant: TenantId, user: Uuid) -> Result<PermissionSet, AdmissionError> {
         let keys = Self::keys(tenant, user);
         let looked_up = mget(&self.redis, &keys).await;
         self.of_looked_up(tenant, user, looked_up.as_deref()).await
@@ -68,7 +68,7 @@ impl Permissions {
         tenant: TenantId,
         user: Uuid,
         looked_up: Result<&[Option<String>], &RedisError>,
-    ) -> Result<PermissionSet, ApiError> {
+    ) -> Result<PermissionSet, AdmissionError> {
         let cached = match looked_up {
             Ok([generation, entry]) => Ok((generation.clone(), entry.clone())),
             Ok(other) => Err(format!("{} values for 2 keys", other.len())),
@@ -124,11 +124,9 @@ impl Permissions {
         Ok(granted)
     }
 
-    async fn load(&self, tenant: TenantId, user: Uuid) -> Result<PermissionSet, ApiError> {
+    async fn load(&self, tenant: TenantId, user: Uuid) -> Result<PermissionSet, AdmissionError> {
         let mut tx = self.tenant_db.begin(tenant).await?;
-        let granted = rbac::store::user_permissions(&mut tx, user)
-            .await
-            .map_err(ApiError::internal)?;
+        let granted = rbac::store::user_permissions(&mut tx, user).await?;
         tx.commit().await?;
         Ok(granted)
     }
