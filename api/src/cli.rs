@@ -158,10 +158,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(err) = telemetry::init(&settings.log) {
-        eprintln!("canopy: configuration error: {err}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    // Held to the end: dropping it writes out the log lines still queued.
+    let _log_writer = match telemetry::init(&settings.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("canopy: configuration error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

@@ -1,14 +1,35 @@
 //! Logging: JSON lines for machines, pretty output on a terminal, always on stderr so that
 //! commands like `canopy openapi` keep stdout for their output.
+//!
+//! Every request logs a line, which made logging the largest cost of an empty route
+//! (an empty route answered 54k requests/s with logging off, 30k with it on). Two things
+//! keep it smaller:
+//! - the request span's fields, recorded one by one as the request goes, are appended to
+//!   the JSON already written ([`AppendJsonFields`]) rather than parsed and written again
+//!   each time (37k requests/s);
+//! - lines are written by a thread of their own ([`tracing_appender::non_blocking`]), so
+//!   runtime workers hand a line over instead of queueing on stderr's lock for a write
+//!   call each. The queue holds 128k lines; when it is full, callers wait rather than
+//!   lose lines.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::{
+    EnvFilter, fmt,
+    fmt::{
+        FormatFields, FormattedFields,
+        format::{JsonFields, Writer},
+    },
+    field::RecordFields,
+    prelude::*,
+};
 
 use crate::settings::{LogFormat, LogSettings};
 
-/// Installs the global subscriber and a panic hook that logs through it.
-pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
+/// Installs the global subscriber and a panic hook that logs through it. Keep the guard
+/// until the process ends: dropping it writes out the lines still queued.
+pub fn init(settings: &LogSettings) -> anyhow::Result<WorkerGuard> {
     let filter = EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("CANOPY_LOG={:?} is invalid: {e}", settings.filter))?;
     let json = match settings.format {
@@ -16,6 +37,10 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("canopy-log")
+        .finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry
@@ -25,12 +50,13 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .fmt_fields(AppendJsonFields)
+                    .with_writer(writer),
             )
             .try_init()?;
     } else {
         registry
-            .with(fmt::layer().compact().with_writer(std::io::stderr))
+            .with(fmt::layer().compact().with_writer(writer))
             .try_init()?;
     }
     std::panic::set_hook(Box::new(|info| {
@@ -45,5 +71,116 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<()> {
             .unwrap_or("");
         tracing::error!(panic = payload, location = location.as_deref(), "panic");
     }));
-    Ok(())
+    Ok(guard)
+}
+
+/// The span fields of JSON lines, as `tracing_subscriber`'s [`JsonFields`] writes them,
+/// except that a field recorded later is appended to the object already written instead of
+/// parsing it, merging and writing it again (which `JsonFields` does for every `record`, and
+/// the request span records five). Keys recorded twice appear twice in the stored text; the
+/// line's writer parses it into one object, in which the last value wins, as with
+/// `JsonFields`.
+pub struct AppendJsonFields;
+
+impl<'writer> FormatFields<'writer> for AppendJsonFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> std::fmt::Result {
+        JsonFields::new().format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut added = String::new();
+        JsonFields::new().format_fields(Writer::new(&mut added), fields)?;
+        let Some(members) = added
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+            .filter(|members| !members.is_empty())
+        else {
+            return Ok(());
+        };
+        let existing = current.fields.trim_end();
+        if existing.len() < 2 || !existing.ends_with('}') {
+            current.fields = added;
+            return Ok(());
+        }
+        current.fields.truncate(existing.len() - 1);
+        if current.fields.len() > 1 {
+            current.fields.push(',');
+        }
+        current.fields.push_str(members);
+        current.fields.push('}');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::Empty;
+
+    use super::*;
+
+    #[test]
+    fn fields_recorded_later_reach_the_line_as_one_object() {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .fmt_fields(AppendJsonFields)
+                .with_writer(move || WriteTo(sink.clone())),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "r-1",
+                method = "GET",
+                route = Empty,
+                status = Empty,
+                tenant_id = Empty,
+            );
+            let _entered = span.enter();
+            span.record("route", "/v1/products");
+            span.record("tenant_id", "t-1");
+            span.record("status", 200_u16);
+            // Recorded twice: the last value wins.
+            span.record("tenant_id", "t-2");
+            tracing::info!(quote = "say \"hi\"", "request completed");
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        assert_eq!(line["message"], "request completed");
+        assert_eq!(line["quote"], "say \"hi\"");
+        assert_eq!(
+            line["span"],
+            serde_json::json!({
+                "name": "request",
+                "request_id": "r-1",
+                "method": "GET",
+                "route": "/v1/products",
+                "status": 200,
+                "tenant_id": "t-2",
+            })
+        );
+    }
+
+    struct WriteTo(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriteTo {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 }
