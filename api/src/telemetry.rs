@@ -16,12 +16,13 @@ use std::io::IsTerminal;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{
-    EnvFilter, fmt,
+    EnvFilter,
+    field::RecordFields,
+    fmt,
     fmt::{
         FormatFields, FormattedFields,
         format::{JsonFields, Writer},
     },
-    field::RecordFields,
     prelude::*,
 };
 
@@ -83,7 +84,11 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<WorkerGuard> {
 pub struct AppendJsonFields;
 
 impl<'writer> FormatFields<'writer> for AppendJsonFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> std::fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
         JsonFields::new().format_fields(writer, fields)
     }
 
