@@ -159,7 +159,8 @@ pub fn main() -> ExitCode {
         }
     };
     // Held to the end: dropping it writes out the log lines still queued.
-    let _log_writer = match telemetry::init(&settings.log) {
+    let long_running = matches!(cli.command, Command::Serve | Command::Worker);
+    let _log_writer = match telemetry::init(&settings.log, long_running) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("canopy: configuration error: {err}");

@@ -7,7 +7,7 @@
 //! - the request span's fields, recorded one by one as the request goes, are appended to
 //!   the JSON already written ([`AppendJsonFields`]) rather than parsed and written again
 //!   each time (37k requests/s);
-//! - lines are written by a thread of their own ([`tracing_appender::non_blocking`]), so
+//! - lines are written by a thread of their own ([`mod@tracing_appender::non_blocking`]), so
 //!   runtime workers hand a line over instead of queueing on stderr's lock for a write
 //!   call each. The queue holds 128k lines; when it is full, callers wait rather than
 //!   lose lines.
@@ -22,15 +22,22 @@ use tracing_subscriber::{
     fmt::{
         FormatFields, FormattedFields,
         format::{JsonFields, Writer},
+        writer::BoxMakeWriter,
     },
     prelude::*,
 };
 
 use crate::settings::{LogFormat, LogSettings};
 
-/// Installs the global subscriber and a panic hook that logs through it. Keep the guard
-/// until the process ends: dropping it writes out the lines still queued.
-pub fn init(settings: &LogSettings) -> anyhow::Result<WorkerGuard> {
+/// Installs the global subscriber and a panic hook that logs through it. With
+/// `background_writer` (the long-running `serve` and `worker`), lines are written by a
+/// thread of their own: keep the guard until the process ends, since dropping it writes
+/// out the lines still queued. One-shot commands write their few lines directly, so none
+/// can be left queued when they end, however they end.
+pub fn init(
+    settings: &LogSettings,
+    background_writer: bool,
+) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = EnvFilter::try_new(&settings.filter)
         .map_err(|e| anyhow::anyhow!("CANOPY_LOG={:?} is invalid: {e}", settings.filter))?;
     let json = match settings.format {
@@ -38,10 +45,15 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<WorkerGuard> {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("canopy-log")
-        .finish(std::io::stderr());
+    let (writer, guard) = if background_writer {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("canopy-log")
+            .finish(std::io::stderr());
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         registry
@@ -83,6 +95,9 @@ pub fn init(settings: &LogSettings) -> anyhow::Result<WorkerGuard> {
 /// `JsonFields`.
 pub struct AppendJsonFields;
 
+/// The size of a span's fields past which [`AppendJsonFields`] merges instead of appending.
+const COMPACT_AT: usize = 4096;
+
 impl<'writer> FormatFields<'writer> for AppendJsonFields {
     fn format_fields<R: RecordFields>(
         &self,
@@ -109,6 +124,17 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
         let existing = current.fields.trim_end();
         if existing.len() < 2 || !existing.ends_with('}') {
             current.fields = added;
+            return Ok(());
+        }
+        // A span recording again and again (a loop) would grow without bound: past a size,
+        // merge as `JsonFields` does, so each key is kept once.
+        if existing.len() > COMPACT_AT {
+            let mut merged: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(existing).map_err(|_| std::fmt::Error)?;
+            let added: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&added).map_err(|_| std::fmt::Error)?;
+            merged.extend(added);
+            current.fields = serde_json::to_string(&merged).map_err(|_| std::fmt::Error)?;
             return Ok(());
         }
         current.fields.truncate(existing.len() - 1);
@@ -174,6 +200,31 @@ mod tests {
                 "tenant_id": "t-2",
             })
         );
+    }
+
+    #[test]
+    fn a_span_recording_in_a_loop_stays_bounded() {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .json()
+                .with_current_span(true)
+                .fmt_fields(AppendJsonFields)
+                .with_writer(move || WriteTo(sink.clone())),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("job", attempt = Empty);
+            let _entered = span.enter();
+            for attempt in 0..10_000_u64 {
+                span.record("attempt", attempt);
+            }
+            tracing::info!("done");
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(text.len() < 2 * COMPACT_AT, "{} bytes", text.len());
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        assert_eq!(line["span"]["attempt"], 9_999);
     }
 
     struct WriteTo(Arc<Mutex<Vec<u8>>>);

@@ -13,7 +13,8 @@ use std::{
 
 use anyhow::Context;
 
-/// A `canopy serve` child process, killed when dropped.
+/// A `canopy serve` child process, stopped when dropped: SIGTERM (it finishes and writes
+/// out its log), then SIGKILL should it still run after 10 seconds.
 pub struct Server {
     child: Child,
     /// Where it listens.
@@ -22,6 +23,16 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -44,6 +55,7 @@ fn canopy_binary() -> anyhow::Result<PathBuf> {
 pub async fn serve(env: &BTreeMap<String, String>, name: &str) -> anyhow::Result<Server> {
     let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = std::env::temp_dir().join(format!("canopy-bench-{name}-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log)?;
     let child = Command::new(canopy_binary()?)
         .arg("serve")
         .env_clear()
@@ -52,8 +64,8 @@ pub async fn serve(env: &BTreeMap<String, String>, name: &str) -> anyhow::Result
         .env("CANOPY_BIND", addr.to_string())
         .env("CANOPY_METRICS_BIND", "off")
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::options().append(true).open(&log)?)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
         .spawn()
         .context("starting canopy serve")?;
     let mut server = Server { child, addr };

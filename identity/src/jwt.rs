@@ -10,8 +10,8 @@
 //! A token that verified is remembered for a while ([`VERIFIED_TTL`], at most
 //! [`VERIFIED_CAPACITY`] tokens), keyed by the whole token, so that the next requests
 //! carrying it skip the signature check (an Ed25519 verification was a tenth of a product
-//! listing's CPU). A remembered token is still refused once expired, and every remembered
-//! token is forgotten when a reload finds a key retired, so retirement bites as before.
+//! listing's CPU). A remembered token is taken only while the key that signed it is still
+//! held and the token unexpired, so retirement and expiry bite as before.
 
 use std::{
     collections::HashMap,
@@ -147,8 +147,9 @@ struct Inner {
     keyring: RwLock<Arc<Keyring>>,
     /// Held while an unknown kid reloads the keys: concurrent requests wait for it.
     last_reload: tokio::sync::Mutex<Instant>,
-    /// Tokens that verified, and their claims (see the module docs).
-    verified: moka::sync::Cache<String, AccessClaims>,
+    /// Tokens that verified, with the id of the key that signed them and their claims
+    /// (see the module docs).
+    verified: moka::sync::Cache<String, (String, AccessClaims)>,
 }
 
 impl AccessTokens {
@@ -215,23 +216,11 @@ impl AccessTokens {
     /// Reads the key table again (picks up rotations and retirements).
     pub async fn reload(&self) -> Result<(), KeyError> {
         let keyring = read_keyring(&self.inner.pool).await?;
-        let previous = std::mem::replace(
-            &mut *self
-                .inner
-                .keyring
-                .write()
-                .unwrap_or_else(|e| e.into_inner()),
-            Arc::new(keyring),
-        );
-        // A key gone: tokens it signed must not be taken from memory any more.
-        let current = self.keyring();
-        if previous
-            .verifying
-            .keys()
-            .any(|kid| !current.verifying.contains_key(kid))
-        {
-            self.inner.verified.invalidate_all();
-        }
+        *self
+            .inner
+            .keyring
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
         Ok(())
     }
 
@@ -278,14 +267,17 @@ impl AccessTokens {
 
     /// Verifies `token` and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        if let Some(claims) = self.inner.verified.get(token) {
-            return unexpired(claims, Utc::now().timestamp());
+        if let Some((kid, claims)) = self.inner.verified.get(token) {
+            // Its key retired since: judged afresh (and refused) below.
+            if self.keyring().verifying.contains_key(&kid) {
+                return unexpired(claims, Utc::now().timestamp());
+            }
+            self.inner.verified.invalidate(token);
         }
         let (kid, claims) = self.verify_signed(token).await?;
-        // Remembered only while its key is still held (a retirement may have raced).
-        if self.keyring().verifying.contains_key(&kid) {
-            self.inner.verified.insert(token.to_owned(), claims.clone());
-        }
+        self.inner
+            .verified
+            .insert(token.to_owned(), (kid, claims.clone()));
         Ok(claims)
     }
 

@@ -72,15 +72,47 @@ fn module_name(src: &Path, file: &Path) -> Option<String> {
     Some(parts.join("::"))
 }
 
-/// The source without comments and without the test module (by convention last, after
-/// `#[cfg(test)]`).
+/// The source without comments and without the items marked `#[cfg(test)]` (the test
+/// module, test-only imports and helpers).
 fn code_of(source: &str) -> String {
-    let source = source.split("#[cfg(test)]").next().unwrap_or_default();
-    source
+    let mut code = String::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("/*") {
+        code.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find("*/")
+            .map_or("", |end| &rest[start + end + 2..]);
+    }
+    code.push_str(rest);
+    let code: String = code
         .lines()
         .filter(|line| !line.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    let mut kept = String::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        kept.push_str(&rest[..at]);
+        rest = after_item(&rest[at + "#[cfg(test)]".len()..]);
+    }
+    kept.push_str(rest);
+    kept
+}
+
+/// What follows the item `source` starts with: after its first `;` outside braces, or
+/// after its first balanced `{ … }`.
+fn after_item(source: &str) -> &str {
+    let mut depth = 0_usize;
+    for (i, c) in source.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth <= 1 => return &source[i + 1..],
+            '}' => depth -= 1,
+            ';' if depth == 0 => return &source[i + 1..],
+            _ => {}
+        }
+    }
+    ""
 }
 
 fn is_path_char(c: char) -> bool {
@@ -135,7 +167,16 @@ fn references(module: &str, code: &str) -> Vec<String> {
         Some((parent, _)) => parent.to_owned(),
         None => String::new(),
     };
-    for (anchor, base) in [("crate::", String::new()), ("super::", parent)] {
+    let own = if module == "crate" {
+        String::new()
+    } else {
+        module.to_owned()
+    };
+    for (anchor, base) in [
+        ("crate::", String::new()),
+        ("super::", parent),
+        ("self::", own),
+    ] {
         let mut rest = code;
         while let Some(at) = rest.find(anchor) {
             let preceded = rest[..at].chars().next_back().is_some_and(is_path_char);
@@ -171,32 +212,106 @@ fn references(module: &str, code: &str) -> Vec<String> {
     out
 }
 
-/// Module → the modules of the same crate it refers to.
+/// The paths of `code`'s `use` declarations that start with a bare name (`use authz::X`;
+/// `self::` is covered by [`references`]), resolved against `module`: such a path names a
+/// submodule, or another crate (which resolves to no module and drops out).
+fn relative_uses(module: &str, code: &str) -> Vec<String> {
+    let own = if module == "crate" { "" } else { module };
+    let mut out = Vec::new();
+    for statement in code.split(';') {
+        let statement = statement.trim_start();
+        let Some(tree) = ["use ", "pub use ", "pub(crate) use ", "pub(super) use "]
+            .iter()
+            .find_map(|prefix| statement.strip_prefix(prefix))
+        else {
+            continue;
+        };
+        let tree = tree.trim();
+        if ["crate::", "super::", "self::", "::"]
+            .iter()
+            .any(|anchored| tree.starts_with(anchored))
+        {
+            continue;
+        }
+        let mut paths = Vec::new();
+        flatten_tree("", tree, &mut paths);
+        out.extend(paths.into_iter().map(|path| join(own, &path)));
+    }
+    out
+}
+
+/// What modules re-export from their submodules with `use`: (module, name) → the module
+/// defining it. A reference to `crate::auth::Foo` then counts as one to the module that
+/// defines `Foo`, not to the `auth` facade.
+fn re_exports(sources: &BTreeMap<String, String>) -> BTreeMap<(String, String), String> {
+    let mut names = BTreeMap::new();
+    for (module, code) in sources {
+        for path in relative_uses(module, code) {
+            let Some((defining, name)) = path.rsplit_once("::") else {
+                continue;
+            };
+            if defining != module && sources.contains_key(defining) {
+                names.insert((module.clone(), name.to_owned()), defining.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// The module of the crate `path` names: its longest prefix that is a module, followed
+/// through re-exports.
+fn resolve(
+    path: &str,
+    sources: &BTreeMap<String, String>,
+    re_exported: &BTreeMap<(String, String), String>,
+) -> Option<String> {
+    let parts: Vec<&str> = path.split("::").collect();
+    let k = (1..=parts.len())
+        .rev()
+        .find(|k| sources.contains_key(&parts[..*k].join("::")))?;
+    let mut module = parts[..k].join("::");
+    if let Some(name) = parts.get(k) {
+        for _ in 0..8 {
+            match re_exported.get(&(module.clone(), (*name).to_owned())) {
+                Some(defining) => module = defining.clone(),
+                None => break,
+            }
+        }
+    }
+    Some(module)
+}
+
+/// Module → the modules of the same crate it refers to. A module's references to its own
+/// submodules are left out: a parent contains and re-exports its children, and a child may
+/// use what its parent defines; a cycle is a loop between modules neither of which
+/// contains the other (`routes::auth` → `routes::users` → `routes::auth`).
 fn module_graph(krate: &str) -> BTreeMap<String, BTreeSet<String>> {
     let src = workspace().join(krate).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    // A binary beside a library is a crate of its own (its `crate::` is itself).
+    let main = src.join("main.rs");
+    let has_lib = src.join("lib.rs").is_file();
     let sources: BTreeMap<String, String> = files
         .iter()
+        .filter(|file| !(has_lib && **file == main))
         .filter_map(|file| {
             let name = module_name(&src, file)?;
             let source = fs::read_to_string(file).expect("a readable source file");
             Some((name, code_of(&source)))
         })
         .collect();
+    let re_exported = re_exports(&sources);
     let mut graph = BTreeMap::new();
     for (module, code) in &sources {
+        let contains = |target: &String| {
+            module == "crate" || target == module || target.starts_with(&format!("{module}::"))
+        };
         let targets = references(module, code)
             .into_iter()
-            .filter_map(|path| {
-                // The longest prefix that is a module of the crate.
-                let parts: Vec<&str> = path.split("::").collect();
-                (1..=parts.len())
-                    .rev()
-                    .map(|k| parts[..k].join("::"))
-                    .find(|candidate| sources.contains_key(candidate))
-            })
-            .filter(|target| target != module)
+            .chain(relative_uses(module, code))
+            .filter_map(|path| resolve(&path, &sources, &re_exported))
+            .filter(|target| !contains(target))
             .collect();
         graph.insert(module.clone(), targets);
     }
@@ -304,16 +419,38 @@ fn the_checker_sees_cycles_and_use_trees() {
     .map(|(k, v)| (k.to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
     .collect();
     assert_eq!(cycles(&graph), [["a", "b", "c"]]);
+    let code = code_of(
+        "fn a() {}\n// crate::b\n#[cfg(test)]\nuse crate::c;\n/* crate::d */\n#[cfg(test)]\nmod tests { fn t() { crate::e(); } }\nfn f() { crate::g(); }",
+    );
     assert!(
-        code_of("fn a() {}\n// crate::b\n#[cfg(test)]\nmod tests { use crate::c; }")
-            .find("crate::")
-            .is_none()
+        !code.contains("crate::b") && !code.contains("crate::c"),
+        "{code}"
+    );
+    assert!(
+        !code.contains("crate::d") && !code.contains("crate::e"),
+        "{code}"
+    );
+    assert!(
+        code.contains("crate::g"),
+        "code after a test item is kept: {code}"
+    );
+    let mut uses = relative_uses("auth", "pub use authz::{Authorized, perm};\nuse std::fmt;");
+    uses.sort();
+    assert_eq!(
+        uses,
+        [
+            "auth::authz::Authorized",
+            "auth::authz::perm",
+            "auth::std::fmt"
+        ]
     );
 }
 
 #[test]
 fn no_domain_crate_depends_on_poem() {
-    for name in members() {
+    let members = members();
+    assert!(members.len() > 10, "members: {members:?}");
+    for name in members {
         if HTTP_CRATES.contains(&name.as_str()) {
             continue;
         }

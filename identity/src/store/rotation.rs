@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{ClientInfo, StoreError, UserStatus, revoke_session};
+use super::{ClientInfo, StoreError, UserStatus, revoke_session, sessions::insert_refresh_token};
 use crate::secret::OpaqueToken;
 
 /// What presenting a refresh token led to.
@@ -202,23 +202,4 @@ async fn replay_or_revoke(
     }
     revoke_session(conn, user, session, "refresh_token_reuse").await?;
     Ok(RefreshOutcome::Reused { session, user })
-}
-
-/// Stores a new refresh token of `session`, live for `ttl`.
-pub(super) async fn insert_refresh_token(
-    conn: &mut PgConnection,
-    session: Uuid,
-    token: &OpaqueToken,
-    ttl: Duration,
-) -> Result<(), StoreError> {
-    let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    sqlx::query(
-        "insert into refresh_tokens (token_hash, session_id, expires_at) values ($1, $2, $3)",
-    )
-    .bind(token.hash())
-    .bind(session)
-    .bind(expires)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

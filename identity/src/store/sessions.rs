@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{ClientInfo, StoreError, rotation::insert_refresh_token};
+use super::{ClientInfo, StoreError};
 use crate::secret::OpaqueToken;
 
 /// A session (one login on one device).
@@ -138,4 +138,23 @@ pub async fn revocations(
         .fetch_all(conn)
         .await?;
     Ok((users, sessions))
+}
+
+/// Stores a new refresh token of `session`, live for `ttl`.
+pub(super) async fn insert_refresh_token(
+    conn: &mut PgConnection,
+    session: Uuid,
+    token: &OpaqueToken,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    sqlx::query(
+        "insert into refresh_tokens (token_hash, session_id, expires_at) values ($1, $2, $3)",
+    )
+    .bind(token.hash())
+    .bind(session)
+    .bind(expires)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
