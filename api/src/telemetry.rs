@@ -20,11 +20,12 @@ use tracing_subscriber::{
     field::RecordFields,
     fmt,
     fmt::{
-        FormatFields, FormattedFields,
-        format::{JsonFields, Writer},
+        FormatFields, FormattedFields, MakeWriter,
+        format::{Json, JsonFields, Writer},
         writer::BoxMakeWriter,
     },
     prelude::*,
+    registry::LookupSpan,
 };
 
 use crate::settings::{LogFormat, LogSettings};
@@ -56,17 +57,7 @@ pub fn init(
     };
     let registry = tracing_subscriber::registry().with(filter);
     if json {
-        registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .fmt_fields(AppendJsonFields)
-                    .with_writer(writer),
-            )
-            .try_init()?;
+        registry.with(json_layer(writer)).try_init()?;
     } else {
         registry
             .with(fmt::layer().compact().with_writer(writer))
@@ -85,6 +76,22 @@ pub fn init(
         tracing::error!(panic = payload, location = location.as_deref(), "panic");
     }));
     Ok(guard)
+}
+
+/// The layer writing JSON lines: the event's fields flattened, the current span's fields
+/// under `span`.
+fn json_layer<S, W>(writer: W) -> fmt::Layer<S, AppendJsonFields, fmt::format::Format<Json>, W>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .fmt_fields(AppendJsonFields)
+        .with_writer(writer)
 }
 
 /// The span fields of JSON lines, as `tracing_subscriber`'s [`JsonFields`] writes them,
@@ -149,26 +156,25 @@ impl<'writer> FormatFields<'writer> for AppendJsonFields {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use tracing::field::Empty;
 
     use super::*;
 
+    /// What `emit` logs through the JSON layer of [`init`], as text.
+    fn json_lines(emit: impl FnOnce()) -> String {
+        // Shared with the subscriber, which the test outlives.
+        let written: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+        let subscriber =
+            tracing_subscriber::registry().with(json_layer(move || written.make_writer()));
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(written.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
     fn fields_recorded_later_reach_the_line_as_one_object() {
-        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = written.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .fmt_fields(AppendJsonFields)
-                .with_writer(move || WriteTo(sink.clone())),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let text = json_lines(|| {
             let span = tracing::info_span!(
                 "request",
                 request_id = "r-1",
@@ -185,7 +191,6 @@ mod tests {
             span.record("tenant_id", "t-2");
             tracing::info!(quote = "say \"hi\"", "request completed");
         });
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
         assert_eq!(line["message"], "request completed");
         assert_eq!(line["quote"], "say \"hi\"");
@@ -204,16 +209,7 @@ mod tests {
 
     #[test]
     fn a_span_recording_in_a_loop_stays_bounded() {
-        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = written.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .json()
-                .with_current_span(true)
-                .fmt_fields(AppendJsonFields)
-                .with_writer(move || WriteTo(sink.clone())),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let text = json_lines(|| {
             let span = tracing::info_span!("job", attempt = Empty);
             let _entered = span.enter();
             for attempt in 0..10_000_u64 {
@@ -221,22 +217,8 @@ mod tests {
             }
             tracing::info!("done");
         });
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         assert!(text.len() < 2 * COMPACT_AT, "{} bytes", text.len());
         let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
         assert_eq!(line["span"]["attempt"], 9_999);
-    }
-
-    struct WriteTo(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for WriteTo {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 }

@@ -377,30 +377,16 @@ mod tests {
         assert!(matches!(b, Err(HashError::Busy)), "{b:?}");
     }
 
-    /// What a subscriber wrote, shared with the test.
-    #[derive(Clone, Default)]
-    struct Written(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Written {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn hashing_work_logs_within_the_callers_span() {
-        let written = Written::default();
-        let sink = written.clone();
+        use tracing_subscriber::fmt::MakeWriter;
+        // What the subscriber writes, shared with the test (which outlives it).
+        let written: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::default());
         // Global: the work runs on the pool's threads, not on this one.
         tracing::subscriber::set_global_default(
             tracing_subscriber::fmt()
                 .with_ansi(false)
-                .with_writer(move || sink.clone())
+                .with_writer(move || written.make_writer())
                 .finish(),
         )
         .unwrap();
@@ -413,7 +399,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(verified, Verified::No);
-        let log = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let log = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         let line = log
             .lines()
             .find(|l| l.contains("a stored password hash could not be parsed"))
