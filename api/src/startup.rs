@@ -175,13 +175,14 @@ impl Application {
             self.state.settings.billing.reconcile_interval,
             background.stopped(),
         ));
-        // One shutdown signal for the HTTP server and the in-process workers.
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // One shutdown signal for the HTTP server and the in-process workers, carrying when
+        // it came: the server and the background loops share one deadline from then.
+        let (stop, stopped) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
         let workers = if self.state.settings.jobs.workers > 0 {
             let worker = worker(&self.state, job_registry(&self.state)?);
             let mut stopped = stopped.clone();
             Some(tokio::spawn(worker.run(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
+                let _ = stopped.wait_for(Option::is_some).await;
             })))
         } else {
             None
@@ -189,28 +190,19 @@ impl Application {
         let metrics = self.metrics.map(|listener| {
             let mut stopped = stopped.clone();
             tokio::spawn(serve_metrics(self.state.clone(), listener, async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
+                let _ = stopped.wait_for(Option::is_some).await;
             }))
         });
-        // When the signal came: the server and the background loops share one deadline.
-        let signalled = Arc::new(std::sync::OnceLock::new());
-        let shutdown = {
-            let signalled = signalled.clone();
-            async move {
-                shutdown.await;
-                let _ = signalled.set(tokio::time::Instant::now());
-                let _ = stop.send(true);
-            }
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(Some(tokio::time::Instant::now()));
         };
         let app = router(self.state, self.extra_routes);
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(grace))
             .await;
         // After the server: requests still finishing may need the tenant-change listener.
-        let since = signalled
-            .get()
-            .copied()
-            .unwrap_or_else(tokio::time::Instant::now);
+        let since = stopped.borrow().unwrap_or_else(tokio::time::Instant::now);
         background.stop_by(since + grace).await;
         if let Some(workers) = workers {
             // The signal reached the workers together with the server; wait for their jobs.
