@@ -19,7 +19,6 @@ use poem::web::Data;
 use poem_openapi::{
     OpenApi,
     param::{Header, Path, Query},
-    payload::Json,
 };
 use uuid::Uuid;
 
@@ -33,7 +32,7 @@ use crate::{
     auth::{Authorized, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
-    payload::JsonBody,
+    payload::{JsonBody, JsonReply},
     routes::{ApiTag, files::check_image_ids, pagination::page},
 };
 
@@ -196,7 +195,7 @@ impl ProductsApi {
         /// `next_cursor` of the previous page.
         #[oai(validator(max_length = 1000))]
         cursor: Query<Option<String>>,
-    ) -> ApiResult<Json<ProductPage>> {
+    ) -> ApiResult<JsonReply<ProductPage>> {
         plain_parameter("q", q.0.as_deref())?;
         plain_parameter("tag", tag.0.as_deref())?;
         let (sort, order) = (
@@ -228,7 +227,7 @@ impl ProductsApi {
         let products = store::list(&mut tx, listing).await?;
         tx.commit().await?;
         let (products, next_cursor) = page(products, limit.0, |p| cursor::encode(sort, order, p));
-        Ok(Json(ProductPage {
+        Ok(JsonReply(ProductPage {
             items: products.into_iter().map(ProductView::from).collect(),
             next_cursor,
         }))
@@ -264,7 +263,11 @@ impl ProductsApi {
         tx.commit().await?;
         let tag = etag(product.version);
         let location = format!("/v1/products/{}", product.id);
-        Ok(ProductCreated::Created(Json(product.into()), tag, location))
+        Ok(ProductCreated::Created(
+            JsonReply(product.into()),
+            tag,
+            location,
+        ))
     }
 
     /// Create up to 1,000 products at once.
@@ -331,7 +334,7 @@ impl ProductsApi {
         check_image_ids(&mut tx, &images).await?;
         let created = store::insert(&mut tx, &new).await?;
         tx.commit().await?;
-        Ok(BulkResponse::Created(Json(BulkCreated {
+        Ok(BulkResponse::Created(JsonReply(BulkCreated {
             items: created.into_iter().map(ProductView::from).collect(),
         })))
     }
@@ -371,7 +374,7 @@ impl ProductsApi {
             }
             _ => {}
         }
-        Ok(ProductOrNotModified::Ok(Json(product.into()), tag))
+        Ok(ProductOrNotModified::Ok(JsonReply(product.into()), tag))
     }
 
     /// Change a product.

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{ApiResponse, Enum, Object, payload::Json, types::MaybeUndefined};
-use serde::Deserialize;
+use poem_openapi::{ApiResponse, Enum, Object, types::MaybeUndefined};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use catalog::{Product, ProductDraft, ProductFields, ProductPatch};
@@ -19,11 +19,11 @@ use catalog::{Product, ProductDraft, ProductFields, ProductPatch};
 use super::etag;
 use crate::{
     error::{FieldCode, FieldError},
-    payload::Validate,
+    payload::{JsonReply, Validate, as_poem},
 };
 
 /// Where a product stands in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize, Serialize)]
 #[oai(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum ProductStatus {
@@ -36,7 +36,7 @@ pub enum ProductStatus {
 }
 
 /// What kind of thing a product is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize, Serialize)]
 #[oai(rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum ProductType {
@@ -109,8 +109,10 @@ mirror!(ProductSort {
 });
 mirror!(SortOrder { Asc, Desc });
 
+// Rendered by serde (`JsonReply`), which must agree with the poem-openapi derive field
+// for field (debug builds check every response).
 /// A product of the tenant's catalog.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct ProductView {
     /// Product id.
     pub id: Uuid,
@@ -130,6 +132,7 @@ pub struct ProductView {
     pub status: ProductStatus,
     /// Kind of product.
     #[oai(rename = "type")]
+    #[serde(rename = "type")]
     pub kind: ProductType,
     /// Units in stock.
     pub stock_quantity: i64,
@@ -146,10 +149,13 @@ pub struct ProductView {
     /// Incremented by every change; the `ETag` is derived from it.
     pub version: i64,
     /// Creation time.
+    #[serde(serialize_with = "as_poem::time")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[serde(serialize_with = "as_poem::time")]
     pub updated_at: DateTime<Utc>,
     /// When it was deleted (only listed with `include_deleted`).
+    #[serde(serialize_with = "as_poem::optional_time")]
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
@@ -185,7 +191,7 @@ impl From<Product> for ProductView {
 }
 
 /// A page of products.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct ProductPage {
     /// The products, in the requested order.
     pub items: Vec<ProductView>,
@@ -342,7 +348,7 @@ pub struct BulkCreate {
 }
 
 /// Products created together.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct BulkCreated {
     /// The new products, in the order given.
     pub items: Vec<ProductView>,
@@ -482,7 +488,7 @@ pub enum ProductResponse {
     /// The product.
     #[oai(status = 200)]
     Ok(
-        Json<ProductView>,
+        JsonReply<ProductView>,
         /// Entity tag of this version, for `If-Match` and `If-None-Match`.
         #[oai(header = "ETag")]
         String,
@@ -492,7 +498,7 @@ pub enum ProductResponse {
 impl ProductResponse {
     pub(super) fn of(product: Product) -> Self {
         let tag = etag(product.version);
-        Self::Ok(Json(product.into()), tag)
+        Self::Ok(JsonReply(product.into()), tag)
     }
 }
 
@@ -506,7 +512,7 @@ pub enum ProductOrNotModified {
     /// The product.
     #[oai(status = 200)]
     Ok(
-        Json<ProductView>,
+        JsonReply<ProductView>,
         /// Entity tag of this version.
         #[oai(header = "ETag")]
         String,
@@ -526,7 +532,7 @@ pub enum ProductCreated {
     /// Created.
     #[oai(status = 201)]
     Created(
-        Json<ProductView>,
+        JsonReply<ProductView>,
         /// Entity tag of this version.
         #[oai(header = "ETag")]
         String,
@@ -541,7 +547,7 @@ pub enum ProductCreated {
 pub enum BulkResponse {
     /// All created.
     #[oai(status = 201)]
-    Created(Json<BulkCreated>),
+    Created(JsonReply<BulkCreated>),
 }
 
 /// A product was deleted.
