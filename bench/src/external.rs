@@ -50,12 +50,47 @@ fn canopy_binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+impl Server {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident set (`VmRSS`) and its peak (`VmHWM`), in MiB.
+    pub fn rss_mib(&self) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib = |key: &str| -> anyhow::Result<f64> {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .with_context(|| format!("no {key} in /proc/<pid>/status"))?;
+            Ok(line.trim().trim_end_matches("kB").trim().parse::<f64>()?)
+        };
+        Ok((kib("VmRSS:")? / 1024.0, kib("VmHWM:")? / 1024.0))
+    }
+}
+
 /// Starts `canopy serve` with `env` (a test app's `CANOPY_*` variables) on a free port of
 /// loopback, logging to a file as it would in production, and waits until it is live.
 pub async fn serve(env: &BTreeMap<String, String>, name: &str) -> anyhow::Result<Server> {
+    Ok(start(env, name, "/health/live", Duration::from_millis(50))
+        .await?
+        .0)
+}
+
+/// [`serve`], waiting for `path` to answer 2xx (asking every `poll`), and how long that
+/// took from just before the process was started.
+pub async fn start(
+    env: &BTreeMap<String, String>,
+    name: &str,
+    path: &str,
+    poll: Duration,
+) -> anyhow::Result<(Server, Duration)> {
     let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let log = std::env::temp_dir().join(format!("canopy-bench-{name}-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&log)?;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
     let child = Command::new(canopy_binary()?)
         .arg("serve")
         .env_clear()
@@ -69,26 +104,25 @@ pub async fn serve(env: &BTreeMap<String, String>, name: &str) -> anyhow::Result
         .spawn()
         .context("starting canopy serve")?;
     let mut server = Server { child, addr };
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let live = client
-            .get(format!("http://{addr}/health/live"))
+        let up = client
+            .get(format!("http://{addr}{path}"))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
-        if live {
-            return Ok(server);
+        if up {
+            return Ok((server, started.elapsed()));
         }
         if let Some(status) = server.child.try_wait()? {
             anyhow::bail!("canopy serve exited with {status}; see {}", log.display());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "canopy serve was not live within 30 s; see {}",
+            "canopy serve did not answer {path} within 30 s; see {}",
             log.display()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(poll).await;
     }
 }
 

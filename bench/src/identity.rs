@@ -169,8 +169,10 @@ pub async fn login_storm(options: LoginStorm) -> anyhow::Result<()> {
         options.logins,
         options.duration.as_secs_f64()
     );
-    if let Some(nice) = hash_threads_nice() {
+    if let Some((nice, policy)) = hash_threads_scheduling() {
         println!("login_storm_hash_thread_nice: {nice}");
+        // 0 is SCHED_OTHER, 5 SCHED_IDLE (sched(7)).
+        println!("login_storm_hash_thread_policy: {policy}");
     }
     let idle_shares = idle_cpu.shares_until(&storm_cpu, cores);
     let storm_shares = storm_cpu.shares_until(&end_cpu, cores);
@@ -376,11 +378,13 @@ fn hash_thread_dirs() -> Vec<std::path::PathBuf> {
 
 /// The nice value of the hashing threads (the pool asks for the lowest priority; some
 /// sandboxes refuse), or `None` when they cannot be found.
-fn hash_threads_nice() -> Option<i64> {
+fn hash_threads_scheduling() -> Option<(i64, i64)> {
     let stat = std::fs::read_to_string(hash_thread_dirs().first()?.join("stat")).ok()?;
-    // Fields after the parenthesised name start at field 3 (state); nice is field 19.
+    // Fields after the parenthesised name start at field 3 (state); nice is field 19,
+    // policy field 41.
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(16)?.parse().ok()
+    let field = |n: usize| rest.split_whitespace().nth(n - 3)?.parse().ok();
+    Some((field(19)?, field(41)?))
 }
 
 /// CPU counters at one instant, to tell where a phase's CPU went (Linux only; the

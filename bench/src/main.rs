@@ -165,6 +165,20 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         connections: usize,
     },
+    /// `canopy serve`'s footprint: time from exec to ready, RSS idle, RSS after a minute of
+    /// `tenant_read`'s load by `wrk`.
+    #[command(name = "footprint")]
+    Footprint {
+        /// Tenants the load spreads over.
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds of load (after two seconds of warm-up).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// `POST /v1/products` then `PATCH` with `If-Match`, vs pgbench running the INSERT and
     /// the version-checked UPDATE.
     #[command(name = "tenant_write")]
@@ -212,6 +226,18 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => {
             products::tenant_read(products::Options {
+                tenants,
+                connections,
+                duration: Duration::from_secs(seconds),
+            })
+            .await
+        }
+        Bench::Footprint {
+            tenants,
+            connections,
+            seconds,
+        } => {
+            products::footprint(products::Options {
                 tenants,
                 connections,
                 duration: Duration::from_secs(seconds),

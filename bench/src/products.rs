@@ -5,7 +5,9 @@
 //!   check, permission check, one tenant transaction) spread over many tenants, vs
 //!   `pgbench -M prepared` running the listing's SELECT against those tenants' schemas;
 //! * `tenant_write`: `POST /v1/products` then `PATCH` of the new product with `If-Match`,
-//!   vs `pgbench -M prepared` running the INSERT then the version-checked UPDATE.
+//!   vs `pgbench -M prepared` running the INSERT then the version-checked UPDATE;
+//! * `footprint`: the `canopy serve` process's memory idle and after a minute of
+//!   `tenant_read`'s load, and its time from exec to ready.
 
 use std::{
     net::SocketAddr,
@@ -126,6 +128,45 @@ pub async fn tenant_read(options: Options) -> anyhow::Result<()> {
     external.print("tenant_read_canopy");
     println!("tenant_read_pgbench_tps: {tps:.0}");
     println!("tenant_read_ratio: {:.3}", external.rps / tps);
+    Ok(())
+}
+
+/// `footprint`: time from exec to `/health/ready` = 200 (asked every 2 ms), RSS once
+/// ready and idle for a second, then after `duration` of `tenant_read`'s load by `wrk`.
+pub async fn footprint(options: Options) -> anyhow::Result<()> {
+    let app = bench_app(20).await?;
+    let orgs = tenants(&app, options.tenants, true).await?;
+    let (server, ready) = external::start(
+        &app.env,
+        "footprint",
+        "/health/ready",
+        Duration::from_millis(2),
+    )
+    .await?;
+    // Measuring, not synchronising: what an idle process holds once start-up has settled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle, _) = server.rss_mib()?;
+    let credentials: Vec<(String, String)> = orgs
+        .iter()
+        .map(|o| (o.slug.clone(), o.tokens.access.clone()))
+        .collect();
+    let scripts = tempdir("footprint")?;
+    let script = external::rotating_get(&scripts, "/v1/products?limit=20", &credentials);
+    let load = external::wrk(
+        &format!("http://{}/v1/products?limit=20", server.addr),
+        Some(&script),
+        options.connections,
+        WARMUP,
+        options.duration,
+    )?;
+    let (loaded, peak) = server.rss_mib()?;
+    drop(server);
+
+    load.print("footprint_load");
+    println!("footprint_peak_rss_mib: {peak:.1}");
+    println!("footprint_loaded_rss_mib: {loaded:.1}");
+    println!("footprint_idle_rss_mib: {idle:.1}");
+    println!("footprint_ready_ms: {:.0}", ready.as_secs_f64() * 1000.0);
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Hashing is deliberately slow (tens of milliseconds of CPU), so it never runs on the
 //! async executor: a [`PasswordHasher`] owns a few dedicated threads (one per core by
-//! default) running at the lowest scheduling priority, and a bounded queue in front of them.
+//! default) running at the lowest scheduling priority (`SCHED_IDLE` on Linux), and a bounded
+//! queue in front of them.
 //! A login storm then uses the CPU that request handling leaves idle instead of taking it
 //! from other requests, and when the queue is full callers are told to come back later
 //! rather than piling up.
@@ -131,14 +132,7 @@ impl PasswordHasher {
         let pool = rayon_core::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("password-hash-{i}"))
-            .start_handler(|_| {
-                // Best effort: some sandboxes refuse priority changes; hashing still works.
-                if let Err(error) = thread_priority::set_current_thread_priority(
-                    thread_priority::ThreadPriority::Min,
-                ) {
-                    tracing::debug!(?error, "could not lower the hashing thread's priority");
-                }
-            })
+            .start_handler(|_| lower_priority())
             .build()
             .map_err(|e| HashError::Internal(e.to_string()))?;
         let decoy = hash_now(cost, "decoy password nobody can know")?;
@@ -234,6 +228,33 @@ impl PasswordHasher {
     }
 }
 
+/// Puts the calling (hashing) thread below everything else. On Linux that is `SCHED_IDLE`:
+/// any other thread that wakes up takes the core at once, where a thread at nice 19 still
+/// gets to finish a slice first, which showed as the reads' p99 under a login storm. Best
+/// effort: some sandboxes refuse the change, and then hashing runs at nice 19 or as it is.
+fn lower_priority() {
+    use thread_priority::{ThreadPriority, set_current_thread_priority};
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        let idle = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        );
+        match idle {
+            Ok(()) => return,
+            Err(error) => tracing::debug!(?error, "SCHED_IDLE refused; trying nice 19"),
+        }
+    }
+    if let Err(error) = set_current_thread_priority(ThreadPriority::Min) {
+        tracing::debug!(?error, "could not lower the hashing thread's priority");
+    }
+}
+
 /// Hashes synchronously on the current thread.
 pub fn hash_now(cost: HashCost, password: &str) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
@@ -254,6 +275,26 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_only_when_nothing_else_would() {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy,
+        };
+        let hasher = PasswordHasher::new(1, 4, CHEAP).expect("pool");
+        let policy = hasher
+            .run(thread_schedule_policy)
+            .await
+            .expect("ran")
+            .expect("policy readable");
+        assert_eq!(
+            policy,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+        );
+        // The caller's thread is untouched.
+        assert_ne!(thread_schedule_policy().expect("readable"), policy);
+    }
 
     #[test]
     fn policy_counts_code_points_and_names_the_rule() {
