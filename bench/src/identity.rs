@@ -1,9 +1,9 @@
 //! Identity benchmarks: `login_storm`, many concurrent logins (each an argon2id verification
 //! on the app's low-priority hashing pool) while ordinary reads keep arriving at a fixed rate.
 //!
-//! The read is an authenticated `GET /v1/me` (`X-Tenant` plus a bearer token): it stands in
-//! for `tenant_read`'s `GET /v1/products` until products exist, and like it resolves the
-//! tenant, checks an access token and runs one query in the tenant's schema.
+//! The read is `tenant_read`'s: an authenticated `GET /v1/products?limit=20` (`X-Tenant` plus
+//! a bearer token) of a tenant holding 20 products, which resolves the tenant, checks the
+//! access token, its session and permissions, and runs one query in the tenant's schema.
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +24,7 @@ use tokio::sync::Barrier;
 use crate::load;
 
 /// The path the fixed-rate reads ask for.
-const READ_PATH: &str = "/v1/me";
+const READ_PATH: &str = "/v1/products?limit=20";
 /// Unmeasured hashes before the timed ones (page faults, CPU frequency).
 const HASH_WARMUP: usize = 3;
 /// Timed hashes; the baseline is their median.
@@ -70,8 +70,18 @@ pub async fn login_storm(options: LoginStorm) -> anyhow::Result<()> {
 
     // One tenant and owner per login loop, so logins do not all update the same user row.
     let mut accounts = Vec::with_capacity(options.logins);
+    let products: Vec<_> = (0..20)
+        .map(|n| serde_json::json!({"name": format!("Product {n}"), "price": 100 + n, "currency": "USD"}))
+        .collect();
     for i in 0..options.logins {
-        accounts.push(app.signup(&format!("storm-{i:03}")).await);
+        let account = app.signup(&format!("storm-{i:03}")).await;
+        let seeded = app.bulk_create(&account, &products).await;
+        anyhow::ensure!(
+            seeded.status() == 201,
+            "seeding failed: {}",
+            seeded.status()
+        );
+        accounts.push(account);
     }
     let logins: Arc<Vec<(String, Bytes)>> = Arc::new(
         accounts
@@ -163,8 +173,8 @@ pub async fn login_storm(options: LoginStorm) -> anyhow::Result<()> {
     let logins_per_s = stormed.ok as f64 / options.duration.as_secs_f64();
     let bound_per_s = cores as f64 / hash_s;
     eprintln!(
-        "login_storm: reads are authenticated GET {READ_PATH} (standing in for tenant_read's \
-         GET /v1/products until products exist) at {} req/s; {} concurrent logins for {} s",
+        "login_storm: reads are authenticated GET {READ_PATH} at {} req/s; {} concurrent \
+         logins for {} s",
         options.read_rate,
         options.logins,
         options.duration.as_secs_f64()

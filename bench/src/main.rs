@@ -89,9 +89,13 @@ enum Bench {
         /// Measured seconds per run (after two seconds of warm-up).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// `CANOPY_DATABASE_MAX_LIFETIME` for the run (e.g. `30s`): pooled connections
+        /// older than this are replaced, which bounds what each one caches.
+        #[arg(long)]
+        max_lifetime: Option<String>,
     },
-    /// `--logins` concurrent login loops while authenticated reads (`GET /v1/me`, standing
-    /// in for `tenant_read` until products exist) arrive at a fixed rate: login/s against
+    /// `--logins` concurrent login loops while authenticated reads (`tenant_read`'s
+    /// `GET /v1/products?limit=20`) arrive at a fixed rate: login/s against
     /// cores ÷ one argon2id hash's time, and read p99 against the idle read p99.
     #[command(name = "login_storm")]
     LoginStorm {
@@ -211,7 +215,16 @@ async fn main() -> anyhow::Result<()> {
             tenants,
             connections,
             seconds,
-        } => tenancy::tenant_scale(tenants, connections, Duration::from_secs(seconds)).await,
+            max_lifetime,
+        } => {
+            tenancy::tenant_scale(
+                tenants,
+                connections,
+                Duration::from_secs(seconds),
+                max_lifetime.as_deref(),
+            )
+            .await
+        }
         Bench::Thumbnail { runs } => files::thumbnail(runs.max(1)),
         Bench::Upload { mib } => upload::upload(mib.max(1)).await,
         Bench::DecodePeak { images } => decode::decode_peak(images.max(1)).await,

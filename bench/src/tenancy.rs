@@ -90,14 +90,22 @@ pub async fn provision(timed: usize, tenants: usize, concurrency: usize) -> anyh
 }
 
 /// `tenant_scale`: `GET /v1/tenant` (tenant resolution plus one tenant-schema query) spread
-/// over `tenants` tenants vs always the same one.
+/// over `tenants` tenants vs always the same one; then what the pooled connections' backends
+/// hold in private memory (their catalog caches grow with every schema they touch).
 pub async fn tenant_scale(
     tenants: usize,
     connections: usize,
     duration: Duration,
+    max_lifetime: Option<&str>,
 ) -> anyhow::Result<()> {
-    let app = bench_app(20).await?;
-    let slugs = create_tenants(&app, 0, tenants, None).await?;
+    let mut builder = TestApp::builder()
+        .env("database_max_connections", "20")
+        .env("redis_pool_size", "16");
+    if let Some(lifetime) = max_lifetime {
+        builder = builder.env("database_max_lifetime", lifetime);
+    }
+    let app = builder.spawn().await;
+    let slugs = create_tenants_concurrently(&app, tenants, 4).await?;
     let addr = ([127, 0, 0, 1], app.port).into();
     let warmup = Duration::from_secs(2);
 
@@ -105,11 +113,19 @@ pub async fn tenant_scale(
     let many = Arc::new(slugs.into_iter().map(|s| vec![("x-tenant", s)]).collect());
     let single =
         load::run_with_headers(addr, "/v1/tenant", one, connections, warmup, duration).await?;
+    let (backends_single, memory_single) = backend_memory(&app).await?;
     let spread =
         load::run_with_headers(addr, "/v1/tenant", many, connections, warmup, duration).await?;
+    let (backends, memory) = backend_memory(&app).await?;
 
     single.print("tenant_scale_1");
     spread.print(&format!("tenant_scale_{tenants}"));
+    if let Some(lifetime) = max_lifetime {
+        println!("tenant_scale_max_lifetime: {lifetime}");
+    }
+    println!("tenant_scale_backends: {backends_single} then {backends}");
+    println!("tenant_scale_backend_private_mib_after_1: {memory_single:.1}");
+    println!("tenant_scale_backend_private_mib_after_{tenants}: {memory:.1}");
     println!(
         "tenant_scale_p99_ratio: {:.3}",
         spread.p99_ms() / single.p99_ms()
@@ -119,4 +135,46 @@ pub async fn tenant_scale(
         spread.requests_per_second() / single.requests_per_second()
     );
     Ok(())
+}
+
+/// `count` tenants, `concurrency` provisioned at a time (the spread needs thousands).
+async fn create_tenants_concurrently(
+    app: &TestApp,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
+    use futures_util::{StreamExt, TryStreamExt, stream};
+    stream::iter(0..count)
+        .map(|i| async move {
+            let slug = tenancy::TenantSlug::parse(&format!("bench-{i:05}")).context("slug")?;
+            app.state.db.create_tenant(&slug, "Bench tenant").await?;
+            anyhow::Ok(slug.to_string())
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await
+}
+
+/// How many backends serve the app's database, and the private (anonymous, proportional)
+/// memory they hold together in MiB, from `/proc/<pid>/smaps_rollup` (`Pss_Anon`), which
+/// leaves out the shared buffers every backend maps.
+async fn backend_memory(app: &TestApp) -> anyhow::Result<(usize, f64)> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity
+         where datname = current_database() and backend_type = 'client backend'
+           and pid <> pg_backend_pid()",
+    )
+    .fetch_all(app.state.db.pool())
+    .await?;
+    let mut kib = 0.0;
+    for pid in &pids {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .with_context(|| format!("reading backend {pid}'s memory (run as root or postgres)"))?;
+        let line = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss_Anon:"))
+            .context("no Pss_Anon in smaps_rollup")?;
+        kib += line.trim().trim_end_matches("kB").trim().parse::<f64>()?;
+    }
+    Ok((pids.len(), kib / 1024.0))
 }
