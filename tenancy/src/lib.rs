@@ -5,6 +5,7 @@
 //!   and provisioning, platform API keys, control-plane and tenant migrations.
 //! * [`TenantDb`] is the only way to run tenant-scoped SQL: transactions that act as the
 //!   tenant's own role inside its own schema.
+//! * [`profile`]: what a tenant says about itself (name, locale, time zone).
 //! * [`text_enum!`] and [`UnknownValue`]: the one way every domain crate converts an enum
 //!   stored as `text` to and from its text.
 //!
@@ -15,6 +16,7 @@ mod error;
 mod keys;
 pub mod migrate;
 mod model;
+pub mod profile;
 mod tenant_db;
 mod tenants;
 mod text_enum;

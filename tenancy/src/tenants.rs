@@ -37,7 +37,7 @@ pub trait PurgeHook: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), TenancyError>>;
 }
 
-const TENANT_COLUMNS: &str =
+pub(crate) const TENANT_COLUMNS: &str =
     "id, slug, name, status, plan, created_at, updated_at, deleted_at, purge_after";
 
 /// Trims and checks a display name.

@@ -271,10 +271,10 @@ fn edge_values(property: &Value, sample: &Value) -> Vec<(&'static str, Value, Va
         values.push(("minLength", text(min - 1), text(min)));
     }
     if property["pattern"].is_string() {
-        let inside = if property["pattern"] == "^[A-Z]{3}$" {
-            Value::from("EUR")
-        } else {
-            text(5)
+        let inside = match property["pattern"].as_str() {
+            Some("^[A-Z]{3}$") => Value::from("EUR"),
+            Some("^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$") => Value::from("pt-BR"),
+            _ => text(5),
         };
         values.push(("pattern", Value::from("!!!"), inside));
     }

@@ -641,3 +641,95 @@ async fn changing_who_may_register_needs_tenant_manage_and_is_audited() {
         count
     );
 }
+
+#[tokio::test]
+async fn name_locale_and_time_zone_change_together_or_not_at_all() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let other = app.signup("other").await;
+    let public = |slug: &'static str| {
+        let app = &app;
+        async move {
+            let profile: Value = app.get_as(slug, "/v1/tenant").await.json().await.unwrap();
+            profile
+        }
+    };
+    let before = public("acme").await;
+    assert_eq!(
+        before["settings"],
+        json!({"locale": "en", "timezone": "UTC"})
+    );
+
+    let body = json!({"name": "  Acme Corp  ", "locale": "pt-BR", "timezone": "Europe/Lisbon"});
+    let response = app.update_tenant("acme", &org.tokens.access, &body).await;
+    assert_eq!(response.status(), 200);
+    let answered: Value = response.json().await.unwrap();
+    assert_eq!(answered["name"], "Acme Corp");
+    assert_eq!(
+        answered["settings"],
+        json!({"locale": "pt-BR", "timezone": "Europe/Lisbon"})
+    );
+    // Everyone sees it at once: the resolver's cached name was dropped.
+    let after = public("acme").await;
+    assert_eq!(after["name"], "Acme Corp");
+    assert_eq!(after["settings"], answered["settings"]);
+    let registry = app
+        .state
+        .db
+        .tenant_by_id(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(registry.name, "Acme Corp");
+    let events = app
+        .audit_events(org.tenant_id, "tenant.settings_changed")
+        .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["details"]["from"]["name"], before["name"]);
+    assert_eq!(events[0]["details"]["to"]["name"], "Acme Corp");
+    assert_eq!(events[0]["details"]["to"]["timezone"], "Europe/Lisbon");
+
+    // A time zone PostgreSQL does not know refuses the whole change, the rename included
+    // (it is made in the same transaction).
+    let refused = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"name": "Should Not Stick", "timezone": "Mars/Olympus_Mons"}),
+        )
+        .await;
+    let problem = assert_problem(refused, 422, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "timezone");
+    assert_eq!(problem["errors"][0]["code"], "invalid");
+    let unchanged = public("acme").await;
+    assert_eq!(unchanged["name"], "Acme Corp");
+    assert_eq!(unchanged["settings"]["timezone"], "Europe/Lisbon");
+    for (body, field, code) in [
+        (json!({"locale": "EN_us"}), "locale", "invalid"),
+        (json!({"locale": "en-"}), "locale", "invalid"),
+        (json!({"name": "   "}), "name", "length"),
+        (json!({"name": "a\u{7}b"}), "name", "length"),
+        (json!({"timezone": ""}), "timezone", "length"),
+    ] {
+        let response = app.update_tenant("acme", &org.tokens.access, &body).await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+        assert_eq!(problem["errors"][0]["code"], code, "{body}");
+    }
+    assert_eq!(
+        app.audit_events(org.tenant_id, "tenant.settings_changed")
+            .await
+            .len(),
+        1
+    );
+
+    // Another tenant's owner cannot change this one, and this one's change did not reach it.
+    let foreign = app.update_tenant("acme", &other.tokens.access, &body).await;
+    assert_problem(foreign, 403, "wrong_tenant").await;
+    let theirs = public("other").await;
+    assert_ne!(theirs["name"], "Acme Corp");
+    assert_eq!(
+        theirs["settings"],
+        json!({"locale": "en", "timezone": "UTC"})
+    );
+}

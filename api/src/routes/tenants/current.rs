@@ -1,7 +1,7 @@
 //! The tenant a request addresses: its profile (`GET /v1/tenant`, public, showing more to
 //! members who may see more) and its registration settings (`PATCH /v1/tenant`).
 
-use identity::{Registration, RegistrationPolicy, membership};
+use identity::{ClientInfo, Registration, RegistrationPolicy, membership};
 use poem::{Request, web::Data};
 use poem_openapi::{OpenApi, payload::Json, types::MaybeUndefined};
 use rbac::{
@@ -11,12 +11,15 @@ use rbac::{
 };
 use serde_json::json;
 use sqlx::{FromRow, Row};
-use tenancy::{Tenant, TenantTx};
+use tenancy::{
+    Tenant, TenantTx,
+    profile::{self, Preferences},
+};
 use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{Authorized, MaybeSignedIn, client_info, perm},
+    auth::{Authorized, MaybeSignedIn, Principal, client_info, perm},
     error::{ApiError, ApiResult, FieldCode, FieldError},
     payload::JsonBody,
     routes::{
@@ -24,6 +27,7 @@ use crate::{
         guards::{ensure_holds, lock_for_change},
         tenants::*,
     },
+    tenant::publish_change,
 };
 
 /// The addressed tenant's endpoints.
@@ -55,10 +59,12 @@ impl CurrentTenantApi {
         Ok(Json(profile))
     }
 
-    /// Change the tenant's registration settings.
+    /// Change the tenant's name, settings and registration settings.
     ///
-    /// Sets who may register themselves (`invite_only`, `open`, or `domain` with its
-    /// domains) and the role they get. Takes effect with the next registration. Audited as
+    /// Sets the display name, the locale and time zone, who may register themselves
+    /// (`invite_only`, `open`, or `domain` with its domains) and the role they get; all in
+    /// one transaction. A registration change takes effect with the next registration.
+    /// Audited as `tenant.settings_changed` (name, locale, time zone) and
     /// `tenant.registration_changed`. Answers with the profile as the caller sees it.
     #[oai(
         path = "/v1/tenant",
@@ -76,9 +82,18 @@ impl CurrentTenantApi {
         let client = client_info(request);
         let body = body.0;
         let domains = body.domains().map_err(ApiError::validation)?;
-        let mut tx = me.begin(&state).await?;
+        let rename = body
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|name| *name != me.tenant.name);
+        let (mut tx, tenant) = match rename {
+            Some(name) => state.db.begin_renaming(me.tenant.id, name).await?,
+            None => (me.begin(&state).await?, Tenant::clone(&me.tenant)),
+        };
         // Under the roles lock: the role judged here cannot change before this commits.
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::TenantManage).await?;
+        change_preferences(&mut tx, &me, &client, &body, rename.is_some()).await?;
         let before = membership::registration(&mut tx).await?;
         let mut after = before.clone();
         if let Some(policy) = body.registration_policy {
@@ -115,10 +130,64 @@ impl CurrentTenantApi {
             )
             .await?;
         }
-        let profile = profile(&state, &mut tx, &me.tenant, held).await?;
+        let profile = profile(&state, &mut tx, &tenant, held).await?;
         tx.commit().await?;
+        if rename.is_some() {
+            // Every instance's resolver holds the old name.
+            publish_change(&state, tenant.id).await;
+        }
         Ok(Json(profile))
     }
+}
+
+/// Applies the body's locale and time zone, auditing them with the rename `renamed`
+/// already made in `tx` as one `tenant.settings_changed`. A time zone PostgreSQL does not
+/// know is a 422.
+async fn change_preferences(
+    tx: &mut TenantTx,
+    me: &Principal,
+    client: &ClientInfo,
+    body: &UpdateCurrentTenant,
+    renamed: bool,
+) -> ApiResult<()> {
+    let before = profile::preferences(tx).await?;
+    let after = Preferences {
+        locale: body.locale.clone().unwrap_or_else(|| before.locale.clone()),
+        timezone: body
+            .timezone
+            .clone()
+            .unwrap_or_else(|| before.timezone.clone()),
+    };
+    if after.timezone != before.timezone && !profile::is_time_zone(tx, &after.timezone).await? {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "timezone",
+            FieldCode::Invalid,
+            "not a time zone of the IANA database (such as `Europe/Lisbon` or `UTC`)",
+        )]));
+    }
+    if after == before && !renamed {
+        return Ok(());
+    }
+    if after != before {
+        profile::set_preferences(tx, &after).await?;
+    }
+    let mut from = json!({ "locale": before.locale, "timezone": before.timezone });
+    let mut to = json!({ "locale": after.locale, "timezone": after.timezone });
+    if renamed {
+        from["name"] = json!(me.tenant.name);
+        to["name"] = json!(body.name.as_deref().map(str::trim));
+    }
+    audit::record(
+        tx,
+        "tenant.settings_changed",
+        Some(me.user_id),
+        None,
+        Some(me.session_id),
+        client,
+        json!({ "from": from, "to": to }),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The profile of `tenant` as a caller holding `granted` may see it: one query for an

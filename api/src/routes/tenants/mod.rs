@@ -153,6 +153,19 @@ pub struct TenantProfile {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCurrentTenant {
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
+    /// control characters.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// BCP 47 language tag of at most 35 characters: a 2–3 letter lower-case language,
+    /// then subtags of 2–8 letters or digits (`en`, `pt-BR`, `zh-Hant-TW`).
+    #[oai(validator(pattern = "^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"))]
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// IANA time zone of 1 to 64 characters (`Europe/Lisbon`, `America/New_York`, `UTC`),
+    /// as PostgreSQL's time zone database names it.
+    #[serde(default)]
+    pub timezone: Option<String>,
     /// Who may register themselves. `domain` needs at least one domain.
     #[serde(default)]
     pub registration_policy: Option<RegistrationPolicyView>,
@@ -170,10 +183,13 @@ pub struct UpdateCurrentTenant {
     pub registration_role_id: MaybeUndefined<Uuid>,
 }
 
-// The schema's `maxItems` of `registration_domains` (attributes take literals only).
+// The schema's `maxItems` of `registration_domains` and the lengths the descriptions of
+// `locale` and `timezone` state (attributes take literals only).
 const _: () = assert!(
-    MAX_DOMAINS == 50,
-    "update maxItems of `registration_domains`"
+    MAX_DOMAINS == 50
+        && tenancy::profile::MAX_LOCALE_LENGTH == 35
+        && tenancy::profile::MAX_TIME_ZONE_LENGTH == 64,
+    "update maxItems of `registration_domains`, or the lengths of `locale` or `timezone`"
 );
 
 impl UpdateCurrentTenant {
@@ -215,6 +231,9 @@ impl Validate for UpdateCurrentTenant {
         check_some_change(
             &mut errors,
             &[
+                ("name", self.name.is_some()),
+                ("locale", self.locale.is_some()),
+                ("timezone", self.timezone.is_some()),
                 ("registration_policy", self.registration_policy.is_some()),
                 ("registration_domains", self.registration_domains.is_some()),
                 (
@@ -223,6 +242,37 @@ impl Validate for UpdateCurrentTenant {
                 ),
             ],
         );
+        if self
+            .name
+            .as_deref()
+            .is_some_and(|n| tenancy::validate_name(n).is_err())
+        {
+            errors.push(FieldError::new(
+                "name",
+                FieldCode::Length,
+                "must be 1 to 200 characters",
+            ));
+        }
+        if self
+            .timezone
+            .as_ref()
+            .is_some_and(|tz| tz.is_empty() || tz.len() > tenancy::profile::MAX_TIME_ZONE_LENGTH)
+        {
+            errors.push(FieldError::new(
+                "timezone",
+                FieldCode::Length,
+                "must be 1 to 64 characters",
+            ));
+        }
+        if let Some(locale) = &self.locale
+            && !tenancy::profile::is_locale(locale)
+        {
+            errors.push(FieldError::new(
+                "locale",
+                FieldCode::Invalid,
+                "a BCP 47 language tag such as `en` or `pt-BR`",
+            ));
+        }
         all_valid(errors)?;
         self.domains().map(|_| ())
     }
