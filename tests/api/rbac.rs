@@ -276,6 +276,12 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             format!("/v1/users/{victim}/roles"),
             Some(json!({"role_ids": [viewer]})),
         ),
+        call(
+            "logout_user",
+            Method::POST,
+            format!("/v1/users/{victim}/logout"),
+            None,
+        ),
         call("get_me", Method::GET, "/v1/me".into(), None),
         call(
             "update_me",

@@ -656,3 +656,108 @@ async fn concurrent_verifications_take_the_last_seat_once() {
     assert_eq!(statuses, [200, 402, 402, 402]);
     assert_eq!(active_users(&app, &org).await, 3);
 }
+
+async fn force_logout(app: &TestApp, slug: &str, access: &str, user: Uuid) -> Response {
+    app.authed(
+        Method::POST,
+        slug,
+        &format!("/v1/users/{user}/logout"),
+        access,
+    )
+    .send()
+    .await
+    .expect("request failed")
+}
+
+#[tokio::test]
+async fn a_forced_logout_ends_every_session_everywhere_and_changes_nothing_else() {
+    let app = spawn_app().await;
+    let (org, member, first) = org_with_member(&app).await;
+    let second = app.login_ok("acme", "member@acme.example", PASSWORD).await;
+    let sibling = app.spawn_sibling().await;
+    assert_eq!(
+        sibling
+            .get_authed("acme", "/v1/me", &first.access)
+            .await
+            .status(),
+        200
+    );
+    let other = app.signup("other").await;
+
+    // Another tenant's owner can neither name this member in their tenant nor address acme.
+    assert_problem(
+        force_logout(&app, "other", &other.tokens.access, member).await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        force_logout(&app, "acme", &other.tokens.access, member).await,
+        403,
+        "wrong_tenant",
+    )
+    .await;
+    // A member may not log others out.
+    assert_problem(
+        force_logout(&app, "acme", &first.access, org.owner_id).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        force_logout(&app, "acme", &org.tokens.access, Uuid::new_v4()).await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    let response = force_logout(&app, "acme", &org.tokens.access, member).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["sessions_ended"], 2);
+    // Both sessions end on every instance at once, and their refresh tokens with them.
+    for tokens in [&first, &second] {
+        assert_problem(
+            sibling.get_authed("acme", "/v1/me", &tokens.access).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+        assert_problem(
+            app.refresh("acme", &tokens.refresh).await,
+            401,
+            "invalid_token",
+        )
+        .await;
+    }
+    // The status is untouched: the member logs in again; the owner kept their session.
+    let user: Value = app
+        .get_authed("acme", &format!("/v1/users/{member}"), &org.tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user["status"], "active");
+    let again = app.login_ok("acme", "member@acme.example", PASSWORD).await;
+    assert_eq!(
+        app.get_authed("acme", "/v1/me", &again.access)
+            .await
+            .status(),
+        200
+    );
+    let events = app.audit_events(org.tenant_id, "user.logged_out").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["actor_id"], org.owner_id.to_string());
+    assert_eq!(events[0]["subject_id"], member.to_string());
+    assert_eq!(
+        events[0]["details"]["sessions"].as_array().unwrap().len(),
+        2
+    );
+    // Nobody else was logged out.
+    assert_eq!(
+        app.get_authed("other", "/v1/me", &other.tokens.access)
+            .await
+            .status(),
+        200
+    );
+}

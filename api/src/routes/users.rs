@@ -1,5 +1,5 @@
-//! The current user (`/v1/me`), the tenant's member directory (`/v1/users`) and users'
-//! roles (`/v1/users/{id}/roles`).
+//! The current user (`/v1/me`), the tenant's member directory (`/v1/users`), users' roles
+//! (`/v1/users/{id}/roles`) and forced logouts (`/v1/users/{id}/logout`).
 //!
 //! Managing another user (status, name, roles) needs the endpoint's permission and every
 //! permission the target holds: nobody can act on a user more powerful than they are.
@@ -245,6 +245,13 @@ impl Validate for UpdateUser {
     }
 }
 
+/// What a forced logout ended.
+#[derive(Debug, Object)]
+pub struct LoggedOut {
+    /// Sessions ended (0 when the user had none).
+    pub sessions_ended: u64,
+}
+
 #[OpenApi(tag = "ApiTag::Users")]
 impl UsersApi {
     /// The current user, their roles and permissions.
@@ -406,6 +413,56 @@ impl UsersApi {
             state.revocations.unblock_user(tenant, target).await;
         }
         Ok(Json(view))
+    }
+
+    /// Log a user out everywhere.
+    ///
+    /// Ends every session of the user at once, without changing their status: their next
+    /// request is refused even with an unexpired access token, refreshing fails, and they
+    /// may log in again. For a lost or stolen device. Audited as `user.logged_out`. You
+    /// must hold every permission the user holds.
+    #[oai(
+        path = "/v1/users/:id/logout",
+        method = "post",
+        operation_id = "logout_user"
+    )]
+    async fn logout_user(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::UsersManage>,
+        /// User id.
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<LoggedOut>> {
+        let me = auth.principal;
+        let client = client_info(request);
+        let target = id.0;
+        let mut tx = me.begin(&state).await?;
+        let (_, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
+        store::user_by_id(&mut tx, target)
+            .await?
+            .ok_or_else(user_not_found)?;
+        ensure_outranks(&mut tx, held, target).await?;
+        let ended = store::revoke_user_sessions(&mut tx, target, None, "forced_logout").await?;
+        audit::record(
+            &mut tx,
+            "user.logged_out",
+            Some(me.user_id),
+            Some(target),
+            Some(me.session_id),
+            &client,
+            json!({ "sessions": ended }),
+        )
+        .await?;
+        tx.commit().await?;
+        // The database has it; now every instance's next check sees it too.
+        state
+            .revocations
+            .revoke_sessions(me.tenant.id, &ended)
+            .await;
+        Ok(Json(LoggedOut {
+            sessions_ended: ended.len() as u64,
+        }))
     }
 
     /// Set a user's roles.
