@@ -145,16 +145,22 @@ impl ControlDb {
         for id in spares.into_iter().map(TenantId) {
             let mut tx = self.pool().begin().await?;
             if !lock_spare(&mut tx, id).await? {
+                tx.rollback().await?;
                 continue;
             }
+            // Rolled back explicitly, not dropped: a dropped transaction's rollback waits
+            // for the connection's next use, and until then the spare stays locked.
             match apply_pending(&mut tx, Ledger::Spares, id, migrations).await {
-                Ok(0) => summary.current += 1,
+                Ok(0) => {
+                    tx.rollback().await?;
+                    summary.current += 1;
+                }
                 Ok(_) => {
                     tx.commit().await?;
                     summary.migrated += 1;
                 }
                 Err(error) => {
-                    drop(tx);
+                    tx.rollback().await?;
                     tracing::warn!(spare_id = %id, error = %error_chain(&error), "a spare schema cannot be brought current; dropping it");
                     if self.discard_spare(id).await? {
                         summary.dropped += 1;
@@ -170,6 +176,7 @@ impl ControlDb {
     pub(crate) async fn discard_spare(&self, id: TenantId) -> Result<bool, TenancyError> {
         let mut tx = self.pool().begin().await?;
         if !lock_spare(&mut tx, id).await? {
+            tx.rollback().await?;
             return Ok(false);
         }
         drop_tenant_objects(&mut tx, id).await?;
