@@ -39,7 +39,7 @@ pub trait PurgeHook: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), TenancyError>>;
 }
 
-/// Runs inside every provisioning transaction, as the login role, before the seeds: for
+/// Runs inside every provisioning transaction, as the login role, after the seeds: for
 /// what must follow a provisioning outside the database's tables, typically enqueueing
 /// the job that refills the pool of spare schemas (see [`ControlDb::replenish_spares`]), so
 /// that it is committed, or rolled back, with the provisioning.
@@ -183,11 +183,6 @@ impl ControlDb {
             }
             Err(error) => return Err(error.into()),
         }
-        // Before the switch: what the hook enqueues is the platform's, not the tenant's.
-        if let Some(hook) = self.provision_hook() {
-            hook.on_provision(&mut tx, id).await?;
-        }
-
         let switch = switch_statement("", id);
         (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
         let seeds = self.seeds().iter().map(|s| &**s as &dyn TenantSeed);
@@ -195,6 +190,15 @@ impl ControlDb {
             seed.seed(&mut tx).await.inspect_err(|_| {
                 tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
             })?;
+        }
+        // Last, just before the commit: the hook's job row has a unique key, and a
+        // concurrent provisioning enqueueing the same key waits for this commit. Back as the
+        // login role, so that what it enqueues is the platform's, not the tenant's.
+        if let Some(hook) = self.provision_hook() {
+            (&mut *tx)
+                .execute(sqlx::raw_sql("set local role none"))
+                .await?;
+            hook.on_provision(&mut tx, id).await?;
         }
         tx.commit().await?;
         tracing::debug!(tenant_id = %id, from_spare = spare.is_some(), "provisioned a tenant");
