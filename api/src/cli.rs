@@ -317,6 +317,17 @@ async fn migrate(state: &AppState) -> anyhow::Result<()> {
         summary.current,
         summary.failed.len()
     );
+    // Spares hold no data: one that cannot be brought current is dropped, and the
+    // workers' replenisher builds a new one.
+    let spares = state
+        .db
+        .migrate_spares(&migrations)
+        .await
+        .context("migrating spare tenant schemas failed")?;
+    eprintln!(
+        "spare schemas: {} migrated, {} already current, {} dropped",
+        spares.migrated, spares.current, spares.dropped
+    );
     if summary.failed.is_empty() {
         return Ok(());
     }

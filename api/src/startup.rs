@@ -175,6 +175,13 @@ impl Application {
             self.state.settings.billing.reconcile_interval,
             background.stopped(),
         ));
+        if self.state.settings.tenancy.spares > 0 {
+            background.spawn(jobs::spares::schedule_replenishment(
+                self.state.db.clone(),
+                jobs::spares::REPLENISH_INTERVAL,
+                background.stopped(),
+            ));
+        }
         // One shutdown signal for the HTTP server and the in-process workers, carrying when
         // it came: the server and the background loops share one deadline from then.
         let (stop, stopped) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
@@ -336,7 +343,10 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         .register::<billing::reconcile::Reconcile>(billing::reconcile::Reconciler::new(
             state.db.clone(),
             state.stripe.clone(),
-        ));
+        ))
+        .register::<jobs::spares::ReplenishSpares>(jobs::spares::SparePool {
+            target: settings.tenancy.spares,
+        });
     // A kind that code can enqueue and no worker runs would fail only when it is enqueued.
     let unregistered = registry.unregistered();
     anyhow::ensure!(
@@ -395,6 +405,11 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         max_lifetime: settings.database.max_lifetime,
     })
     .with_purge_hook(Arc::new(files::jobs::PurgeObjects));
+    // With a pool of spares, every provisioning asks for it to be refilled.
+    let db = match settings.tenancy.spares {
+        0 => db,
+        _ => db.with_provision_hook(Arc::new(jobs::spares::RefillAfterProvisioning)),
+    };
     let manager = RedisConnectionManager::new(settings.redis.url.expose_secret())
         .context("invalid Redis URL")?;
     let redis = bb8::Pool::builder()

@@ -12,9 +12,12 @@
 //! * **Tenancy**: a job with a tenant runs its handler inside that tenant's `TenantDb`
 //!   transaction; jobs of suspended or deleted tenants wait (and go with the tenant when it
 //!   is purged).
+//! * **Spares**: [`spares`] holds the platform job that keeps the pool of spare tenant
+//!   schemas filled.
 
 mod admin;
 mod backoff;
+pub mod spares;
 mod typed;
 mod worker;
 

@@ -191,11 +191,24 @@ mod tests {
 
     #[test]
     fn a_declared_kind_without_a_handler_is_named() {
-        assert_eq!(declared_kinds(), ["test.forgotten", "test.registered"]);
+        // This crate declares a kind of its own too (`tenancy.replenish_spares`).
+        let ours = |kinds: Vec<&'static str>| -> Vec<&'static str> {
+            kinds
+                .into_iter()
+                .filter(|k| k.starts_with("test."))
+                .collect()
+        };
+        assert_eq!(
+            ours(declared_kinds()),
+            ["test.forgotten", "test.registered"]
+        );
         let registry = Registry::new().register::<Registered>(());
         assert!(registry.handles("test.registered"));
-        assert_eq!(registry.unregistered(), ["test.forgotten"]);
+        assert_eq!(ours(registry.unregistered()), ["test.forgotten"]);
         let registry = registry.register::<Forgotten>(());
+        assert!(ours(registry.unregistered()).is_empty());
+        let registry = registry
+            .register::<crate::spares::ReplenishSpares>(crate::spares::SparePool { target: 0 });
         assert!(registry.unregistered().is_empty());
     }
 

@@ -102,6 +102,10 @@ pub struct TenancySettings {
     /// Tenants migrated at once.
     #[serde(deserialize_with = "de::parsed")]
     pub migrate_concurrency: usize,
+    /// Spare tenant schemas kept built ahead of time, so that provisioning claims one
+    /// instead of running the DDL (0: no pool, every tenant is built from scratch).
+    #[serde(rename = "tenant_spares", deserialize_with = "de::parsed")]
+    pub spares: usize,
 }
 
 impl Section for TenancySettings {
@@ -109,13 +113,15 @@ impl Section for TenancySettings {
         ("tenant_cache_ttl", "a duration such as 60s"),
         ("tenant_deletion_grace", "a duration such as 7d"),
         ("migrate_concurrency", "a whole number from 1 to 256"),
+        ("tenant_spares", "a whole number from 0 to 64"),
     ];
 
     fn validate(&self, _check: &Check<'_>) -> Result<(), Rejection> {
         Rejection::unless(
             (1..=256).contains(&self.migrate_concurrency),
             "migrate_concurrency",
-        )
+        )?;
+        Rejection::unless((0..=64).contains(&self.spares), "tenant_spares")
     }
 }
 

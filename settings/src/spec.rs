@@ -109,6 +109,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "tenant schemas `canopy migrate` migrates at once",
     ),
     spec(
+        "tenant_spares",
+        Some("4"),
+        "spare tenant schemas the workers keep built ahead of time, so that creating a tenant claims one instead of running every tenant migration (0: none, each tenant is built from scratch)",
+    ),
+    spec(
         "workers",
         Some("4"),
         "jobs `canopy serve` runs at once in process (0: none, leave jobs to `canopy worker`); also the concurrency of `canopy worker`",

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::{PurgeHook, TenancyError, TenantDb, TenantSeed};
+use crate::{ProvisionHook, PurgeHook, TenancyError, TenantDb, TenantSeed};
 
 /// Control-plane migrations, embedded at build time from `migrations/control/`.
 static CONTROL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/control");
@@ -43,6 +43,7 @@ pub struct ControlDb {
     pool: PgPool,
     seeds: Arc<[Arc<dyn TenantSeed>]>,
     purge_hook: Option<Arc<dyn PurgeHook>>,
+    provision_hook: Option<Arc<dyn ProvisionHook>>,
 }
 
 impl std::fmt::Debug for ControlDb {
@@ -69,6 +70,7 @@ impl ControlDb {
             pool,
             seeds: Arc::new([]),
             purge_hook: None,
+            provision_hook: None,
         }
     }
 
@@ -82,6 +84,16 @@ impl ControlDb {
     pub fn with_purge_hook(mut self, hook: Arc<dyn PurgeHook>) -> Self {
         self.purge_hook = Some(hook);
         self
+    }
+
+    /// Registers what runs inside every provisioning (see [`ProvisionHook`]).
+    pub fn with_provision_hook(mut self, hook: Arc<dyn ProvisionHook>) -> Self {
+        self.provision_hook = Some(hook);
+        self
+    }
+
+    pub(crate) fn provision_hook(&self) -> Option<&Arc<dyn ProvisionHook>> {
+        self.provision_hook.as_ref()
     }
 
     pub(crate) fn purge_hook(&self) -> Option<&Arc<dyn PurgeHook>> {

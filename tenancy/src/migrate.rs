@@ -45,6 +45,43 @@ pub fn embedded_migrations() -> Vec<TenantMigration> {
         .collect()
 }
 
+/// Which ledger records the migrations a schema has: a tenant's rows in
+/// `public.tenant_migrations`, or a spare's in `public.spare_migrations` (see
+/// [`ControlDb::replenish_spares`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ledger {
+    /// `public.tenant_migrations`.
+    Tenants,
+    /// `public.spare_migrations`.
+    Spares,
+}
+
+impl Ledger {
+    fn applied_sql(self) -> &'static str {
+        match self {
+            Self::Tenants => {
+                "select version, checksum from public.tenant_migrations where tenant_id = $1"
+            }
+            Self::Spares => {
+                "select version, checksum from public.spare_migrations where spare_id = $1"
+            }
+        }
+    }
+
+    fn record_sql(self) -> &'static str {
+        match self {
+            Self::Tenants => {
+                "insert into public.tenant_migrations (tenant_id, version, description, checksum)
+                 values ($1, $2, $3, $4)"
+            }
+            Self::Spares => {
+                "insert into public.spare_migrations (spare_id, version, description, checksum)
+                 values ($1, $2, $3, $4)"
+            }
+        }
+    }
+}
+
 /// What happened to one tenant during a run.
 #[derive(Debug)]
 pub struct TenantOutcome {
@@ -114,6 +151,8 @@ impl ControlDb {
 
     /// Fails with [`TenancyError::TenantsBehind`] when a live tenant lacks the newest
     /// embedded migration: the server must not serve a schema its queries do not match.
+    /// Spares are not tenants and do not count: a lagging spare is brought current inside
+    /// the provisioning that claims it.
     pub async fn ensure_tenants_current(&self) -> Result<(), TenancyError> {
         let Some(latest) = embedded_migrations().last().map(|m| m.version) else {
             return Ok(());
@@ -149,29 +188,29 @@ async fn migrate_one(
     if status.as_deref().is_none_or(|s| s == "deleted") {
         return Ok(0);
     }
-    let applied = apply_pending(&mut tx, tenant, migrations).await?;
+    let applied = apply_pending(&mut tx, Ledger::Tenants, tenant, migrations).await?;
     if applied > 0 {
         tx.commit().await?;
     }
     Ok(applied)
 }
 
-/// Applies the migrations `tenant` lacks, inside the caller's transaction, and records
-/// them. The caller's transaction is left with the tenant schema as its search path.
+/// Applies the migrations the schema of `tenant` lacks, inside the caller's transaction, and
+/// records them in `ledger`. The caller's transaction is left with the tenant schema as its
+/// search path when anything was applied.
 ///
 /// Raw SQL runs as `conn.execute(raw_sql(..))`: the `raw_sql(..).execute(conn)` form makes
 /// the future fail rustc's `Send` check (sqlx issue 3150).
 pub(crate) async fn apply_pending(
     conn: &mut PgConnection,
+    ledger: Ledger,
     tenant: TenantId,
     migrations: &[TenantMigration],
 ) -> Result<usize, TenancyError> {
-    let applied: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "select version, checksum from public.tenant_migrations where tenant_id = $1",
-    )
-    .bind(tenant.0)
-    .fetch_all(&mut *conn)
-    .await?;
+    let applied: Vec<(i64, Vec<u8>)> = sqlx::query_as(ledger.applied_sql())
+        .bind(tenant.0)
+        .fetch_all(&mut *conn)
+        .await?;
     for (version, checksum) in &applied {
         let changed = migrations
             .iter()
@@ -194,16 +233,13 @@ pub(crate) async fn apply_pending(
     for m in &pending {
         let sql: String = m.sql.clone().into_owned();
         (&mut *conn).execute(sqlx::raw_sql(&sql)).await?;
-        sqlx::query(
-            "insert into public.tenant_migrations (tenant_id, version, description, checksum)
-                 values ($1, $2, $3, $4)",
-        )
-        .bind(tenant.0)
-        .bind(m.version)
-        .bind(m.description.clone().into_owned())
-        .bind(m.checksum.clone().into_owned())
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(ledger.record_sql())
+            .bind(tenant.0)
+            .bind(m.version)
+            .bind(m.description.clone().into_owned())
+            .bind(m.checksum.clone().into_owned())
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(pending.len())
 }

@@ -80,6 +80,13 @@ impl TenantTx {
         Ok(tx)
     }
 
+    /// Makes this the transaction of `tenant` instead: provisioning opens its transaction
+    /// before it knows whether it claims a spare, whose id the tenant then takes. Only before
+    /// any switch to a tenant role.
+    pub(crate) fn set_tenant(&mut self, tenant: TenantId) {
+        self.tenant = tenant;
+    }
+
     /// Whose transaction this is.
     pub fn tenant_id(&self) -> TenantId {
         self.tenant

@@ -7,7 +7,9 @@ use sqlx::{Executor, PgConnection};
 
 use crate::{
     ConstraintExt, ControlDb, TenancyError, Tenant, TenantId, TenantSlug, TenantStatus, TenantTx,
-    migrate::{TenantMigration, apply_pending, embedded_migrations},
+    migrate::{Ledger, TenantMigration, apply_pending, embedded_migrations},
+    schema::{create_tenant_objects, drop_tenant_objects},
+    spares,
     tenant_db::switch_statement,
 };
 
@@ -37,6 +39,19 @@ pub trait PurgeHook: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), TenancyError>>;
 }
 
+/// Runs inside every provisioning transaction, as the login role, after the seeds: for
+/// what must follow a provisioning outside the database's tables, typically enqueueing
+/// the job that refills the pool of spare schemas (see [`ControlDb::replenish_spares`]), so
+/// that it is committed, or rolled back, with the provisioning.
+pub trait ProvisionHook: Send + Sync + 'static {
+    /// Called with the provisioning transaction of `tenant`.
+    fn on_provision<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: TenantId,
+    ) -> BoxFuture<'a, Result<(), TenancyError>>;
+}
+
 pub(crate) const TENANT_COLUMNS: &str =
     "id, slug, name, status, plan, created_at, updated_at, deleted_at, purge_after";
 
@@ -52,6 +67,11 @@ pub fn validate_name(name: &str) -> Result<&str, TenancyError> {
 impl ControlDb {
     /// Provisions a tenant in one transaction: its control-plane row, role, schema, grants,
     /// every tenant migration and every registered seed. Nothing is left behind on failure.
+    ///
+    /// The role and schema come from a spare when there is one (see
+    /// [`Self::replenish_spares`]): the tenant then has the spare's id, and the provisioning
+    /// applies only the migrations the spare lacks (normally none). Without a spare they
+    /// are built in the same transaction, as the spare would have been.
     pub async fn create_tenant(
         &self,
         slug: &TenantSlug,
@@ -92,11 +112,50 @@ impl ControlDb {
         extra: Option<&dyn TenantSeed>,
     ) -> Result<Tenant, TenancyError> {
         let name = validate_name(name)?;
-        let id = TenantId::new();
+        match self
+            .provision_once(slug, name, migrations, extra, true)
+            .await
+        {
+            Ok(tenant) => Ok(tenant),
+            Err(Failure::Error(error)) => Err(error),
+            // A spare built with a migration file that has changed since: it cannot become
+            // a tenant's schema. Drop it (so no later provisioning trips over it again) and
+            // build this tenant from scratch.
+            Err(Failure::StaleSpare(spare, error)) => {
+                tracing::warn!(spare_id = %spare, error = %crate::error_chain(&error), "a spare schema's migrations differ from this binary's; discarding it");
+                if let Err(error) = self.discard_spare(spare).await {
+                    tracing::warn!(spare_id = %spare, error = %crate::error_chain(&error), "cannot discard a stale spare schema");
+                }
+                self.provision_once(slug, name, migrations, extra, false)
+                    .await
+                    .map_err(Failure::into_error)
+            }
+        }
+    }
+
+    /// One provisioning transaction: the tenant row and a claimed spare's schema (or, with
+    /// none to claim or `use_spare` false, a schema built from scratch), the migrations it
+    /// lacks, the [`ProvisionHook`] and the seeds.
+    async fn provision_once(
+        &self,
+        slug: &TenantSlug,
+        name: &str,
+        migrations: &[TenantMigration],
+        extra: Option<&dyn TenantSeed>,
+        use_spare: bool,
+    ) -> Result<Tenant, Failure> {
+        // The provisioning transaction starts as the login role (it creates or adopts the
+        // tenant's role and schema) and switches to the tenant for the seeds.
+        let mut tx = TenantTx::open(self.pool().acquire().await?, TenantId::new(), "begin").await?;
+        let spare = match use_spare {
+            true => spares::claim(&mut tx).await?,
+            false => None,
+        };
+        if let Some(spare) = spare {
+            tx.set_tenant(spare);
+        }
+        let id = tx.tenant_id();
         let schema = id.schema_name();
-        // The provisioning transaction starts as the login role (it creates the tenant's
-        // role and schema) and switches to the tenant for the seeds.
-        let mut tx = TenantTx::open(self.pool().acquire().await?, id, "begin").await?;
         let tenant: Tenant = sqlx::query_as(&format!(
             "insert into public.tenants (id, slug, name, schema_name, role_name)
              values ($1, $2, $3, $4, $4)
@@ -112,23 +171,18 @@ impl ControlDb {
             TenancyError::SlugTaken(slug.to_string())
         })?;
 
-        // The role can use its own schema and what the `canopy_tenant` group holds (the
-        // shared schema, `shared.enqueue_job`), nothing else; the login role owns the tables
-        // (so the tenant role cannot alter them) and is a member of the tenant role (so it
-        // can `set role`).
-        let ident = id.quoted_ident();
-        let setup = format!(
-            "create role {ident} nologin;
-             grant {ident} to current_user;
-             create schema {ident};
-             grant usage on schema {ident} to {ident};
-             alter default privileges in schema {ident} grant select, insert, update, delete on tables to {ident};
-             alter default privileges in schema {ident} grant usage, select, update on sequences to {ident};
-             grant canopy_tenant to {ident};"
-        );
-        (&mut *tx).execute(sqlx::raw_sql(&setup)).await?;
-        apply_pending(&mut tx, id, migrations).await?;
-
+        match spare {
+            Some(spare) => spares::adopt(&mut tx, spare).await?,
+            None => create_tenant_objects(&mut tx, id).await?,
+        }
+        match apply_pending(&mut tx, Ledger::Tenants, id, migrations).await {
+            Ok(_) => {}
+            Err(error @ TenancyError::ChecksumMismatch { .. }) if spare.is_some() => {
+                tx.rollback().await?;
+                return Err(Failure::StaleSpare(id, error));
+            }
+            Err(error) => return Err(error.into()),
+        }
         let switch = switch_statement("", id);
         (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
         let seeds = self.seeds().iter().map(|s| &**s as &dyn TenantSeed);
@@ -137,7 +191,17 @@ impl ControlDb {
                 tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
             })?;
         }
+        // Last, just before the commit: the hook's job row has a unique key, and a
+        // concurrent provisioning enqueueing the same key waits for this commit. Back as the
+        // login role, so that what it enqueues is the platform's, not the tenant's.
+        if let Some(hook) = self.provision_hook() {
+            (&mut *tx)
+                .execute(sqlx::raw_sql("set local role none"))
+                .await?;
+            hook.on_provision(&mut tx, id).await?;
+        }
         tx.commit().await?;
+        tracing::debug!(tenant_id = %id, from_spare = spare.is_some(), "provisioned a tenant");
         Ok(tenant)
     }
 
@@ -332,16 +396,30 @@ impl ControlDb {
     }
 }
 
-async fn drop_tenant_objects(conn: &mut PgConnection, id: TenantId) -> Result<(), TenancyError> {
-    let ident = id.quoted_ident();
-    // `drop owned` revokes what the role was granted elsewhere (the shared schema), so the
-    // role itself can go.
-    let sql = format!(
-        "set local lock_timeout = '10s';
-         drop schema if exists {ident} cascade;
-         drop owned by {ident};
-         drop role if exists {ident};"
-    );
-    conn.execute(sqlx::raw_sql(&sql)).await?;
-    Ok(())
+/// Why one provisioning transaction failed.
+enum Failure {
+    /// The claimed spare's ledger disagrees with the migrations (a changed file).
+    StaleSpare(TenantId, TenancyError),
+    /// Anything else: the caller gets it.
+    Error(TenancyError),
+}
+
+impl Failure {
+    fn into_error(self) -> TenancyError {
+        match self {
+            Self::StaleSpare(_, error) | Self::Error(error) => error,
+        }
+    }
+}
+
+impl From<TenancyError> for Failure {
+    fn from(error: TenancyError) -> Self {
+        Self::Error(error)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Error(error.into())
+    }
 }

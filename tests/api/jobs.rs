@@ -683,6 +683,7 @@ async fn every_job_kind_the_code_declares_has_a_handler_in_the_binary_registry()
         "files.purge_tenant_objects",
         "billing.process_event",
         "billing.reconcile",
+        "tenancy.replenish_spares",
     ] {
         assert!(
             declared.contains(&kind),

@@ -115,6 +115,9 @@ impl TestAppBuilder {
             ("CANOPY_REDIS_POOL_SIZE".to_owned(), "4".to_owned()),
             // Tests that need workers start their own, with their own handlers.
             ("CANOPY_WORKERS".to_owned(), "0".to_owned()),
+            // No pool of spare schemas (and so no replenishing job after each provisioning):
+            // tests count schemas, roles and jobs. Tests of the pool set their own.
+            ("CANOPY_TENANT_SPARES".to_owned(), "0".to_owned()),
             (
                 "CANOPY_OUTBOX_DIR".to_owned(),
                 std::env::temp_dir()
@@ -367,36 +370,7 @@ impl Drop for TestDatabase {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(async {
-                // Roles are cluster-wide: collect the tenant roles before the database goes.
-                let roles: Vec<String> = match PgConnection::connect(&url).await {
-                    Ok(mut conn) => {
-                        let roles = sqlx::query_scalar(
-                            "select role_name from public.tenants
-                             where to_regclass('public.tenants') is not null",
-                        )
-                        .fetch_all(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                        conn.close().await?;
-                        roles
-                    }
-                    Err(_) => Vec::new(),
-                };
-                let mut conn = PgConnection::connect(&admin_database_url()).await?;
-                sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
-                    .execute(&mut conn)
-                    .await?;
-                for role in roles.iter().filter(|r| {
-                    r.starts_with("t_") && r[2..].bytes().all(|b| b.is_ascii_hexdigit())
-                }) {
-                    sqlx::query(&format!(r#"drop role if exists "{role}""#))
-                        .execute(&mut conn)
-                        .await?;
-                }
-                conn.close().await?;
-                anyhow::Ok(())
-            })
+            runtime.block_on(drop_database(&name, &url))
         })
         .join();
         match dropped {
@@ -405,4 +379,79 @@ impl Drop for TestDatabase {
             Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
         }
     }
+}
+
+/// Drops the database `name` (at `url`) and the tenant roles its schemas had.
+///
+/// Not `drop database … with (force)`: it signals every backend of the database, and
+/// PostgreSQL 15 refuses the whole drop when one of them is an autovacuum worker (which runs
+/// as no role, so the non-superuser login role is not "a member of the role whose process
+/// is being terminated"); a database with many new tables (a benchmark's) nearly always has
+/// one. Instead: no new connections, terminate this role's own leftover connections (and
+/// wait for them), then a plain `drop database`, which stops autovacuum workers itself.
+async fn drop_database(name: &str, url: &str) -> anyhow::Result<()> {
+    // Roles are cluster-wide: collect the tenant roles before the database goes. Every
+    // tenant or spare schema is named after its role; the registry names the tenants' too.
+    let mut roles: Vec<String> = Vec::new();
+    if let Ok(mut conn) = PgConnection::connect(url).await {
+        for sql in [
+            "select nspname::text from pg_namespace where nspname ~ '^t_[0-9a-f]{32}$'",
+            "select role_name from public.tenants",
+        ] {
+            let found: Vec<String> = sqlx::query_scalar(sql)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+            roles.extend(found);
+        }
+        conn.close().await?;
+    }
+    roles.sort_unstable();
+    roles.dedup();
+    let mut conn = PgConnection::connect(&admin_database_url()).await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if exists {
+        sqlx::query(&format!(
+            r#"alter database "{name}" with allow_connections false"#
+        ))
+        .execute(&mut conn)
+        .await?;
+        // A plain drop waits 5 s for other backends and then fails: try a few times.
+        let mut attempt = 0;
+        loop {
+            sqlx::query(
+                "select pg_terminate_backend(pid, 5000) from pg_stat_activity
+                 where datname = $1 and usename = current_user and backend_type = 'client backend'
+                   and pid <> pg_backend_pid()",
+            )
+            .bind(name)
+            .execute(&mut conn)
+            .await?;
+            match sqlx::query(&format!(r#"drop database if exists "{name}""#))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => break,
+                Err(error) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!("retrying the drop of test database {name}: {error}");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    for role in roles
+        .iter()
+        .filter(|r| r.starts_with("t_") && r[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        sqlx::query(&format!(r#"drop role if exists "{role}""#))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
 }
