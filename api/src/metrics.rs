@@ -88,7 +88,9 @@ impl admission::rate_limit::Observer for Metrics {
 /// The prune jobs count what they deleted here (`canopy_pruned_total{what}`).
 impl jobs::retention::PruneObserver for Metrics {
     fn pruned(&self, what: &'static str, rows: u64) {
-        self.pruned.get_or_create(&PrunedLabels { what }).inc_by(rows);
+        self.pruned
+            .get_or_create(&PrunedLabels { what })
+            .inc_by(rows);
     }
 }
 

@@ -323,4 +323,3 @@ pub async fn prune_processed_batch(
     .await?;
     Ok(done.rows_affected())
 }
-

@@ -92,29 +92,65 @@ pub async fn prune_tenant(
         policy.observer.pruned(what, rows);
         rows
     };
-    let expired = batches(db, id, |c, r, b| Box::pin(sql::prune_expired_refresh_tokens(c, r, b)), policy.sessions, batch)
-        .await
-        .context("pruning expired refresh tokens")?;
-    let revoked = batches(db, id, |c, r, b| Box::pin(sql::prune_revoked_refresh_tokens(c, r, b)), policy.sessions, batch)
-        .await
-        .context("pruning refresh tokens of revoked sessions")?;
+    let expired = batches(
+        db,
+        id,
+        |c, r, b| Box::pin(sql::prune_expired_refresh_tokens(c, r, b)),
+        policy.sessions,
+        batch,
+    )
+    .await
+    .context("pruning expired refresh tokens")?;
+    let revoked = batches(
+        db,
+        id,
+        |c, r, b| Box::pin(sql::prune_revoked_refresh_tokens(c, r, b)),
+        policy.sessions,
+        batch,
+    )
+    .await
+    .context("pruning refresh tokens of revoked sessions")?;
     let refresh_tokens = report("refresh_tokens", expired + revoked);
-    let sessions = batches(db, id, |c, r, b| Box::pin(sql::prune_sessions(c, r, b)), policy.sessions, batch)
-        .await
-        .context("pruning sessions")?;
+    let sessions = batches(
+        db,
+        id,
+        |c, r, b| Box::pin(sql::prune_sessions(c, r, b)),
+        policy.sessions,
+        batch,
+    )
+    .await
+    .context("pruning sessions")?;
     let sessions = report("sessions", sessions);
-    let email_tokens = batches(db, id, |c, r, b| Box::pin(sql::prune_email_tokens(c, r, b)), policy.email_tokens, batch)
-        .await
-        .context("pruning email tokens")?;
+    let email_tokens = batches(
+        db,
+        id,
+        |c, r, b| Box::pin(sql::prune_email_tokens(c, r, b)),
+        policy.email_tokens,
+        batch,
+    )
+    .await
+    .context("pruning email tokens")?;
     let email_tokens = report("email_tokens", email_tokens);
-    let invitations = batches(db, id, |c, r, b| Box::pin(sql::prune_invitations(c, r, b)), policy.invitations, batch)
-        .await
-        .context("pruning invitations")?;
+    let invitations = batches(
+        db,
+        id,
+        |c, r, b| Box::pin(sql::prune_invitations(c, r, b)),
+        policy.invitations,
+        batch,
+    )
+    .await
+    .context("pruning invitations")?;
     let invitations = report("invitations", invitations);
     let audit = (policy.audit_events)(tenant);
-    let audit_events = batches(db, id, |c, r, b| Box::pin(sql::prune_audit_events(c, r, b)), audit, batch)
-        .await
-        .context("pruning audit events")?;
+    let audit_events = batches(
+        db,
+        id,
+        |c, r, b| Box::pin(sql::prune_audit_events(c, r, b)),
+        audit,
+        batch,
+    )
+    .await
+    .context("pruning audit events")?;
     let audit_events = report("audit_events", audit_events);
     Ok(Pruned {
         refresh_tokens,

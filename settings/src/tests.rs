@@ -273,7 +273,8 @@ fn retention_out_of_range_names_the_variable() {
     ] {
         let err = Settings::from_env_map(&env(&[(var, value)])).unwrap_err();
         assert!(
-            err.to_string().starts_with(&format!("{var}={value:?} is invalid")),
+            err.to_string()
+                .starts_with(&format!("{var}={value:?} is invalid")),
             "{var}={value}: {err}"
         );
     }

@@ -20,6 +20,7 @@ mod pipeline;
 mod products;
 mod rate_limits;
 mod rbac;
+mod retention;
 mod storage;
 mod tenants;
 mod tokens;
