@@ -41,6 +41,12 @@ pub struct Metrics {
     jobs_observed: tokio::sync::watch::Sender<u64>,
     rate_limited: Family<LimitLabels, Counter>,
     rate_limit_fallbacks: Counter,
+    pruned: Family<PrunedLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrunedLabels {
+    what: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +82,15 @@ impl admission::rate_limit::Observer for Metrics {
 
     fn observe_rate_limit_fallback(&self) {
         Metrics::observe_rate_limit_fallback(self);
+    }
+}
+
+/// The prune jobs count what they deleted here (`canopy_pruned_total{what}`).
+impl jobs::retention::PruneObserver for Metrics {
+    fn pruned(&self, what: &'static str, rows: u64) {
+        self.pruned
+            .get_or_create(&PrunedLabels { what })
+            .inc_by(rows);
     }
 }
 
@@ -145,7 +160,14 @@ impl Metrics {
             "Requests whose rate limits Redis could not judge (the process-wide cap applied instead)",
             rate_limit_fallbacks.clone(),
         );
+        let pruned = Family::<PrunedLabels, Counter>::default();
+        registry.register(
+            "pruned",
+            "Rows deleted by the retention prune jobs of this process's workers, by what (sessions, refresh_tokens, email_tokens, invitations, audit_events, jobs, webhook_events)",
+            pruned.clone(),
+        );
         Self {
+            pruned,
             registry,
             rate_limited,
             rate_limit_fallbacks,

@@ -182,6 +182,14 @@ impl Application {
                 background.stopped(),
             ));
         }
+        for job in retention_jobs()? {
+            background.spawn(jobs::enqueue_every(
+                self.state.db.clone(),
+                self.state.settings.retention.prune_interval,
+                job,
+                background.stopped(),
+            ));
+        }
         // One shutdown signal for the HTTP server and the in-process workers, carrying when
         // it came: the server and the background loops share one deadline from then.
         let (stop, stopped) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
@@ -347,6 +355,7 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         .register::<jobs::spares::ReplenishSpares>(jobs::spares::SparePool {
             target: settings.tenancy.spares,
         });
+    let registry = register_retention(registry, state);
     // A kind that code can enqueue and no worker runs would fail only when it is enqueued.
     let unregistered = registry.unregistered();
     anyhow::ensure!(
@@ -354,6 +363,46 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         "no handler is registered for the job kinds {unregistered:?}"
     );
     Ok(registry)
+}
+
+/// The periodic prune jobs (`CANOPY_PRUNE_INTERVAL`), each with its unique key.
+pub fn retention_jobs() -> anyhow::Result<Vec<jobs::NewJob>> {
+    Ok(vec![
+        jobs::retention::PruneJobs {}.new_job()?,
+        billing::retention::PruneWebhookEvents {}.new_job()?,
+        identity::retention::PruneTenants {}.new_job()?,
+    ])
+}
+
+/// Registers the prune jobs with their retention settings; what they delete is counted in
+/// `canopy_pruned_total{what}`.
+fn register_retention(registry: jobs::Registry, state: &AppState) -> jobs::Registry {
+    let retention = &state.settings.retention;
+    let observer: Arc<dyn jobs::retention::PruneObserver> = state.metrics.clone();
+    let control = |retain| jobs::retention::Retention {
+        retain,
+        batch: retention.prune_batch,
+        observer: observer.clone(),
+    };
+    let (plans, audit_default) = (state.settings.plans.clone(), retention.audit_events);
+    registry
+        .register::<jobs::retention::PruneJobs>(control(retention.succeeded_jobs))
+        .register::<billing::retention::PruneWebhookEvents>(control(retention.webhook_events))
+        .register::<identity::retention::PruneTenants>(())
+        .register::<identity::retention::PruneTenant>(identity::retention::TenantRetention {
+            sessions: retention.sessions,
+            email_tokens: retention.email_tokens,
+            invitations: retention.invitations,
+            // The tenant's plan may keep its audit trail longer (or shorter).
+            audit_events: Arc::new(move |tenant| {
+                plans
+                    .limits(&tenant.plan)
+                    .audit_retention
+                    .unwrap_or(audit_default)
+            }),
+            batch: retention.prune_batch,
+            observer: observer.clone(),
+        })
 }
 
 /// The object store of `settings` (no request is made until the first use).

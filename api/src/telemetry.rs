@@ -12,7 +12,7 @@
 //!   call each. The queue holds 128k lines; when it is full, callers wait rather than
 //!   lose lines;
 //! - that thread writes what it finds queued in one call, then rests a millisecond
-//!   ([`Batches`]). Woken for every line, it cost a futex wake per request on the sender's
+//!   (`Batches`). Woken for every line, it cost a futex wake per request on the sender's
 //!   side and a write call per line on its own (a fifth of an empty route's CPU); resting,
 //!   it finds tens of lines at a time and senders find it not waiting, so they do not wake
 //!   it. A line reaches stderr at most about a millisecond later.

@@ -301,3 +301,25 @@ pub async fn list(pool: &PgPool, filter: &EventFilter) -> Result<Vec<StoredEvent
     .fetch_all(pool)
     .await
 }
+
+/// Deletes one batch of at most `batch` events processed or ignored more than `retain` ago
+/// (pending and failed events are never deleted). Returns how many it deleted.
+pub async fn prune_processed_batch(
+    pool: &PgPool,
+    retain: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "delete from public.webhook_events where id in (
+             select id from public.webhook_events
+             where status in ('processed', 'ignored')
+               and processed_at < now() - make_interval(secs => $1)
+             limit $2
+             for update skip locked)",
+    )
+    .bind(jobs::retention::interval_secs(retain))
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -3,7 +3,7 @@
 //! ([`signature`]); the inbox of webhook events ([`inbox`]); and each tenant's billing
 //! account, driven by subscription events ([`accounts`], [`events`]); the jobs applying
 //! stored events ([`processing`]) and catching undelivered ones ([`reconcile`]); the plan
-//! limits on products and seats ([`limits`]); and the calls made to Stripe's API
+//! limits on products and seats ([`limits`]); the prune of processed events ([`retention`]); and the calls made to Stripe's API
 //! ([`stripe_api`]).
 
 pub mod accounts;
@@ -13,6 +13,7 @@ pub mod limits;
 mod plans;
 pub mod processing;
 pub mod reconcile;
+pub mod retention;
 pub mod signature;
 pub mod stripe_api;
 

@@ -3,6 +3,8 @@
 //! A tenant whose plan is unknown to the catalog gets the `free` plan's limits, so a plan
 //! removed from the configuration never lifts a limit.
 
+use std::time::Duration;
+
 use bytesize::ByteSize;
 use serde::Deserialize;
 
@@ -39,6 +41,23 @@ pub struct Limits {
     /// (none: unlimited).
     #[serde(default)]
     pub requests_per_minute: Option<u64>,
+    /// How long the tenant's audit events are kept (humantime, such as `"730d"`; none: the
+    /// global `CANOPY_RETAIN_AUDIT_EVENTS`).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub audit_retention: Option<Duration>,
+}
+
+/// Shortest and longest `audit_retention` a plan may set (those of the global setting).
+const AUDIT_RETENTION: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(3600)..=Duration::from_secs(3650 * 24 * 3600);
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("audit_retention {text:?}: {e}")))
 }
 
 fn all_file_types() -> Vec<String> {
@@ -88,6 +107,7 @@ impl Default for PlanCatalog {
                 upload_bytes: upload,
                 file_types: all_file_types(),
                 requests_per_minute: rate,
+                audit_retention: None,
             },
         };
         Self {
@@ -174,6 +194,15 @@ impl PlanCatalog {
                     KNOWN_FILE_TYPES.join(", ")
                 ));
             }
+            if let Some(retention) = plan.limits.audit_retention
+                && !AUDIT_RETENTION.contains(&retention)
+            {
+                return invalid(format!(
+                    "plan {:?} keeps audit events {}, not between 1h and 3650d",
+                    plan.name,
+                    humantime::format_duration(retention)
+                ));
+            }
         }
         Ok(Self { plans })
     }
@@ -244,6 +273,32 @@ mod tests {
         assert_eq!(pro.products, Some(7));
         assert_eq!(pro.requests_per_minute, None);
         assert_eq!(pro.file_types.len(), KNOWN_FILE_TYPES.len());
+        assert_eq!(pro.audit_retention, None);
+    }
+
+    #[test]
+    fn a_plan_may_keep_its_audit_events_longer_or_shorter() {
+        let catalog = PlanCatalog::from_json(
+            r#"[{"name": "free", "limits": {"storage_bytes": 1, "upload_bytes": 1,
+                 "audit_retention": "30d"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            catalog.limits("free").audit_retention,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        for (retention, error) in [("59m", "Invalid"), ("3651d", "Invalid"), ("soon", "Syntax")] {
+            let json = format!(
+                r#"[{{"name": "free", "limits": {{"storage_bytes": 1, "upload_bytes": 1,
+                     "audit_retention": "{retention}"}}}}]"#
+            );
+            let refused = PlanCatalog::from_json(&json).unwrap_err();
+            assert_eq!(
+                matches!(refused, PlanError::Invalid(_)),
+                error == "Invalid",
+                "{retention}: {refused}"
+            );
+        }
     }
 
     #[test]

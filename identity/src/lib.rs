@@ -2,7 +2,7 @@
 //! access tokens and their signing keys ([`jwt`]), opaque client secrets ([`secret`]),
 //! email addresses and their one normalized key ([`email`]), the per-tenant identity
 //! tables ([`store`]), who may join a tenant ([`membership`]), invitations with their
-//! email job ([`invitations`]) and the verification and reset emails ([`link_emails`]). The API crate wires these into endpoints.
+//! email job ([`invitations`]) the verification and reset emails ([`link_emails`]) and the prune of the identity tables ([`retention`]). The API crate wires these into endpoints.
 
 pub mod email;
 pub mod invitations;
@@ -10,6 +10,7 @@ pub mod jwt;
 pub mod link_emails;
 pub mod membership;
 pub mod password;
+pub mod retention;
 pub mod secret;
 pub mod store;
 

@@ -17,6 +17,7 @@
 
 mod admin;
 mod backoff;
+pub mod retention;
 pub mod spares;
 mod typed;
 mod worker;
@@ -199,6 +200,13 @@ impl JobContext {
         self.tx
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("this job has no tenant"))
+    }
+
+    /// Takes the tenant transaction out of the context, for a handler that works in short
+    /// transactions of its own (a prune, batch by batch) instead of the worker's one: the
+    /// worker then commits nothing, and the handler ends the taken transaction itself.
+    pub fn take_tenant_tx(&mut self) -> Option<TenantTx> {
+        self.tx.take()
     }
 }
 

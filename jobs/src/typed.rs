@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_declared_kind_without_a_handler_is_named() {
-        // This crate declares a kind of its own too (`tenancy.replenish_spares`).
+        // This crate declares kinds of its own too (`tenancy.replenish_spares`, `jobs.prune`).
         let ours = |kinds: Vec<&'static str>| -> Vec<&'static str> {
             kinds
                 .into_iter()
@@ -208,7 +208,12 @@ mod tests {
         let registry = registry.register::<Forgotten>(());
         assert!(ours(registry.unregistered()).is_empty());
         let registry = registry
-            .register::<crate::spares::ReplenishSpares>(crate::spares::SparePool { target: 0 });
+            .register::<crate::spares::ReplenishSpares>(crate::spares::SparePool { target: 0 })
+            .register::<crate::retention::PruneJobs>(crate::retention::Retention {
+                retain: std::time::Duration::from_secs(3600),
+                batch: 1,
+                observer: Arc::new(()),
+            });
         assert!(registry.unregistered().is_empty());
     }
 

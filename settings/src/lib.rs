@@ -24,6 +24,7 @@ mod identity;
 mod loader;
 mod operations;
 mod proxies;
+mod retention;
 mod spec;
 mod stores;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use crate::{
     identity::{AuthSettings, JwtSettings},
     operations::{Environment, JobSettings, LogFormat, LogSettings, TenancySettings, UnknownName},
     proxies::{InvalidProxyList, TrustedProxies},
+    retention::{MAX_RETENTION, MIN_RETENTION, RetentionSettings},
     spec::{SETTINGS, SettingSpec},
     stores::{DatabaseSettings, RedisSettings, S3Settings},
 };
@@ -106,6 +108,8 @@ pub struct Settings {
     pub email: EmailSettings,
     /// General request limits.
     pub rate_limit: RateLimitSettings,
+    /// How long finished rows are kept, and the prune jobs.
+    pub retention: RetentionSettings,
 }
 
 impl Settings {
@@ -153,6 +157,7 @@ impl Settings {
         let jobs = src.section(environment)?;
         let email = src.section(environment)?;
         let tenancy = src.section(environment)?;
+        let retention = src.section(environment)?;
         let auth: AuthSettings = src.section(environment)?;
         let billing = billing.with_default_urls(&auth.public_url);
         Ok(Self {
@@ -171,6 +176,7 @@ impl Settings {
             jobs,
             email,
             rate_limit,
+            retention,
         })
     }
 }

@@ -134,6 +134,46 @@ pub const SETTINGS: &[SettingSpec] = &[
         "first retry delay of a failed job; doubles with each attempt (with jitter), up to an hour",
     ),
     spec(
+        "retain_sessions",
+        Some("7d"),
+        "sessions and refresh tokens are deleted this long after they were revoked or expired (1h to 3650d)",
+    ),
+    spec(
+        "retain_email_tokens",
+        Some("7d"),
+        "verification and password-reset tokens are deleted this long after they were used or expired (1h to 3650d)",
+    ),
+    spec(
+        "retain_invitations",
+        Some("30d"),
+        "invitations are deleted this long after they were accepted, revoked or expired (1h to 3650d)",
+    ),
+    spec(
+        "retain_succeeded_jobs",
+        Some("7d"),
+        "succeeded jobs are deleted this long after they finished; dead jobs are kept until retried (1h to 3650d)",
+    ),
+    spec(
+        "retain_webhook_events",
+        Some("90d"),
+        "processed and ignored webhook events are deleted this long after processing; pending and failed ones are kept (1h to 3650d)",
+    ),
+    spec(
+        "retain_audit_events",
+        Some("365d"),
+        "audit events are deleted once this old, unless the tenant's plan sets `audit_retention` (1h to 3650d)",
+    ),
+    spec(
+        "prune_interval",
+        Some("1h"),
+        "how often the prune jobs are enqueued (1m to 7d)",
+    ),
+    spec(
+        "prune_batch",
+        Some("1000"),
+        "rows one prune statement deletes at most, each batch in its own short transaction (1 to 100000)",
+    ),
+    spec(
         "smtp_url",
         None,
         "SMTP server for email, e.g. `smtp://user:pass@mail.example:587?tls=required` or `smtps://mail.example:465`; when unset, email goes to the outbox (required in production)",

@@ -230,3 +230,52 @@ fn file_values_apply_and_the_environment_wins() {
     assert!(err.contains("unknown setting `databse_url`"), "{err}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn retention_defaults_and_overrides() {
+    let s = Settings::from_env_map(&BTreeMap::new()).expect("defaults are valid");
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!(s.retention.sessions, 7 * day);
+    assert_eq!(s.retention.email_tokens, 7 * day);
+    assert_eq!(s.retention.invitations, 30 * day);
+    assert_eq!(s.retention.succeeded_jobs, 7 * day);
+    assert_eq!(s.retention.webhook_events, 90 * day);
+    assert_eq!(s.retention.audit_events, 365 * day);
+    assert_eq!(s.retention.prune_interval, Duration::from_secs(3600));
+    assert_eq!(s.retention.prune_batch, 1000);
+    let s = Settings::from_env_map(&env(&[
+        ("CANOPY_RETAIN_SESSIONS", "2h"),
+        ("CANOPY_RETAIN_AUDIT_EVENTS", "3650d"),
+        ("CANOPY_PRUNE_INTERVAL", "1m"),
+        ("CANOPY_PRUNE_BATCH", "2"),
+    ]))
+    .expect("valid");
+    assert_eq!(s.retention.sessions, Duration::from_secs(7200));
+    assert_eq!(s.retention.audit_events, 3650 * day);
+    assert_eq!(s.retention.prune_interval, Duration::from_secs(60));
+    assert_eq!(s.retention.prune_batch, 2);
+}
+
+#[test]
+fn retention_out_of_range_names_the_variable() {
+    for (var, value) in [
+        ("CANOPY_RETAIN_SESSIONS", "59m"),
+        ("CANOPY_RETAIN_EMAIL_TOKENS", "0s"),
+        ("CANOPY_RETAIN_INVITATIONS", "3651d"),
+        ("CANOPY_RETAIN_SUCCEEDED_JOBS", "soon"),
+        ("CANOPY_RETAIN_WEBHOOK_EVENTS", "30m"),
+        ("CANOPY_RETAIN_AUDIT_EVENTS", "1s"),
+        ("CANOPY_PRUNE_INTERVAL", "59s"),
+        ("CANOPY_PRUNE_INTERVAL", "8d"),
+        ("CANOPY_PRUNE_BATCH", "0"),
+        ("CANOPY_PRUNE_BATCH", "100001"),
+        ("CANOPY_PRUNE_BATCH", "-1"),
+    ] {
+        let err = Settings::from_env_map(&env(&[(var, value)])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{var}={value:?} is invalid")),
+            "{var}={value}: {err}"
+        );
+    }
+}

@@ -684,6 +684,10 @@ async fn every_job_kind_the_code_declares_has_a_handler_in_the_binary_registry()
         "billing.process_event",
         "billing.reconcile",
         "tenancy.replenish_spares",
+        "billing.prune_webhook_events",
+        "jobs.prune",
+        "auth.prune_tenants",
+        "auth.prune_tenant",
     ] {
         assert!(
             declared.contains(&kind),

@@ -20,6 +20,7 @@ mod pipeline;
 mod products;
 mod rate_limits;
 mod rbac;
+mod retention;
 mod spares;
 mod storage;
 mod tenants;

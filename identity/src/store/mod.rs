@@ -4,12 +4,13 @@
 //!
 //! One module per concern, all re-exported here (`identity::store::*` is the one path):
 //! `users` (status, records, creation, changes, listing), `lockout` (failed logins),
-//! `sessions`, `rotation` (refresh tokens), `tokens` (single-use email tokens) and `audit`. Rows are
+//! `sessions`, `rotation` (refresh tokens), `tokens` (single-use email tokens), `audit`, and `retention` (the prune statements of all of them and of invitations). Rows are
 //! read with `sqlx::FromRow`; the users' email uniqueness is the database's
 //! (`users_email_key_key`, named through `tenancy::ConstraintExt`).
 
 mod audit;
 mod lockout;
+pub mod retention;
 mod rotation;
 mod sessions;
 mod tokens;
