@@ -44,6 +44,14 @@ pub fn all_valid(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
     }
 }
 
+/// Whether `content_type` is JSON: `application/json; charset=utf-8` and the like are fine.
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// A JSON request body, parsed and validated. See the module docs.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
@@ -52,11 +60,7 @@ impl<T: Type + Send> Payload for JsonBody<T> {
     const CONTENT_TYPE: &'static str = "application/json";
 
     fn check_content_type(content_type: &str) -> bool {
-        // `application/json; charset=utf-8` and the like are fine.
-        content_type
-            .split(';')
-            .next()
-            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        is_json(content_type)
     }
 
     fn schema_ref() -> MetaSchemaRef {
@@ -89,10 +93,7 @@ impl<T: Type + Send> Payload for JsonReply<T> {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
 
     fn check_content_type(content_type: &str) -> bool {
-        content_type
-            .split(';')
-            .next()
-            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        is_json(content_type)
     }
 
     fn schema_ref() -> MetaSchemaRef {

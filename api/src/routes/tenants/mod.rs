@@ -242,16 +242,8 @@ impl Validate for UpdateCurrentTenant {
                 ),
             ],
         );
-        if self
-            .name
-            .as_deref()
-            .is_some_and(|n| tenancy::validate_name(n).is_err())
-        {
-            errors.push(FieldError::new(
-                "name",
-                FieldCode::Length,
-                "must be 1 to 200 characters",
-            ));
+        if let Some(name) = &self.name {
+            check_tenant_name(&mut errors, name);
         }
         if self
             .timezone
@@ -275,6 +267,17 @@ impl Validate for UpdateCurrentTenant {
         }
         all_valid(errors)?;
         self.domains().map(|_| ())
+    }
+}
+
+/// A 422's field error unless `name` may be a tenant's display name.
+fn check_tenant_name(errors: &mut Vec<FieldError>, name: &str) {
+    if tenancy::validate_name(name).is_err() {
+        errors.push(FieldError::new(
+            "name",
+            FieldCode::Length,
+            "must be 1 to 200 characters",
+        ));
     }
 }
 
@@ -359,13 +362,7 @@ impl Validate for CreateTenant {
                 format!("slug {reason}"),
             ));
         }
-        if tenancy::validate_name(&self.name).is_err() {
-            errors.push(FieldError::new(
-                "name",
-                FieldCode::Length,
-                "must be 1 to 200 characters",
-            ));
-        }
+        check_tenant_name(&mut errors, &self.name);
         all_valid(errors)
     }
 }
@@ -403,16 +400,8 @@ impl Validate for UpdateTenant {
                 ("name", self.name.is_some()),
             ],
         );
-        if self
-            .name
-            .as_deref()
-            .is_some_and(|n| tenancy::validate_name(n).is_err())
-        {
-            errors.push(FieldError::new(
-                "name",
-                FieldCode::Length,
-                "must be 1 to 200 characters",
-            ));
+        if let Some(name) = &self.name {
+            check_tenant_name(&mut errors, name);
         }
         all_valid(errors)
     }
