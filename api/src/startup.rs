@@ -390,7 +390,9 @@ fn register_retention(registry: jobs::Registry, state: &AppState) -> jobs::Regis
         .register::<billing::retention::PruneWebhookEvents>(control(retention.webhook_events))
         .register::<identity::retention::PruneTenants>(())
         .register::<identity::retention::PruneTenant>(identity::retention::TenantRetention {
-            sessions: retention.sessions,
+            // Never before an access token of the session could stop verifying: the
+            // revocation list is rebuilt from the sessions table.
+            sessions: retention.sessions.max(state.settings.jwt.access_ttl),
             email_tokens: retention.email_tokens,
             invitations: retention.invitations,
             // The tenant's plan may keep its audit trail longer (or shorter).

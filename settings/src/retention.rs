@@ -14,9 +14,13 @@ use crate::{
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// Shortest retention: an hour, longer than any access token lives, so a pruned revoked
-/// session can no longer be behind a token that verifies.
+/// Shortest retention: an hour. Sessions are kept at least as long as an access token lives
+/// whatever the setting (see `api`'s `register_retention`), so a pruned revoked session is
+/// never behind a token that still verifies.
 pub const MIN_RETENTION: Duration = HOUR;
+/// Shortest retention of webhook events: longer than reconciliation looks back at Stripe's
+/// events (3 days), which takes an event it no longer finds stored for one never delivered.
+pub const MIN_WEBHOOK_RETENTION: Duration = Duration::from_secs(4 * 24 * 3600);
 /// Longest retention: ten years.
 pub const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
@@ -55,7 +59,7 @@ impl Section for RetentionSettings {
         ("retain_email_tokens", "a duration from 1h to 3650d"),
         ("retain_invitations", "a duration from 1h to 3650d"),
         ("retain_succeeded_jobs", "a duration from 1h to 3650d"),
-        ("retain_webhook_events", "a duration from 1h to 3650d"),
+        ("retain_webhook_events", "a duration from 4d to 3650d"),
         ("retain_audit_events", "a duration from 1h to 3650d"),
         ("prune_interval", "a duration from 1m to 7d"),
         ("prune_batch", "a whole number from 1 to 100000"),
@@ -68,11 +72,14 @@ impl Section for RetentionSettings {
             (self.email_tokens, "retain_email_tokens"),
             (self.invitations, "retain_invitations"),
             (self.succeeded_jobs, "retain_succeeded_jobs"),
-            (self.webhook_events, "retain_webhook_events"),
             (self.audit_events, "retain_audit_events"),
         ] {
             Rejection::unless(retention.contains(&value), key)?;
         }
+        Rejection::unless(
+            (MIN_WEBHOOK_RETENTION..=MAX_RETENTION).contains(&self.webhook_events),
+            "retain_webhook_events",
+        )?;
         Rejection::unless(
             (Duration::from_secs(60)..=7 * DAY).contains(&self.prune_interval),
             "prune_interval",

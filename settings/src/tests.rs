@@ -264,6 +264,7 @@ fn retention_out_of_range_names_the_variable() {
         ("CANOPY_RETAIN_INVITATIONS", "3651d"),
         ("CANOPY_RETAIN_SUCCEEDED_JOBS", "soon"),
         ("CANOPY_RETAIN_WEBHOOK_EVENTS", "30m"),
+        ("CANOPY_RETAIN_WEBHOOK_EVENTS", "3d"),
         ("CANOPY_RETAIN_AUDIT_EVENTS", "1s"),
         ("CANOPY_PRUNE_INTERVAL", "59s"),
         ("CANOPY_PRUNE_INTERVAL", "8d"),

@@ -37,6 +37,16 @@ pub fn is_locale(tag: &str) -> bool {
         && parts.all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// Whether `name` is made of what IANA time zone names are made of (ASCII letters, digits,
+/// `/`, `_`, `+`, `-`): anything else cannot name one, and is refused before any SQL.
+pub fn is_time_zone_shaped(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TIME_ZONE_LENGTH
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'+' | b'-'))
+}
+
 /// The tenant's preferences, inside its transaction.
 pub async fn preferences(tx: &mut TenantTx) -> Result<Preferences, TenancyError> {
     Ok(sqlx::query_as("select locale, timezone from settings")
@@ -57,7 +67,7 @@ pub async fn set_preferences(tx: &mut TenantTx, to: &Preferences) -> Result<(), 
 /// Whether PostgreSQL's time zone database (`pg_timezone_names`, the IANA database the
 /// server ships with) knows `name` exactly.
 pub async fn is_time_zone(tx: &mut TenantTx, name: &str) -> Result<bool, TenancyError> {
-    if name.is_empty() || name.len() > MAX_TIME_ZONE_LENGTH {
+    if !is_time_zone_shaped(name) {
         return Ok(false);
     }
     Ok(
@@ -120,5 +130,27 @@ mod tests {
             assert!(!is_locale(bad), "{bad}");
         }
         assert!(!is_locale(&format!("en{}", "-abcdefgh".repeat(4))));
+    }
+
+    #[test]
+    fn time_zone_names_are_refused_before_sql_unless_shaped_like_one() {
+        for good in [
+            "UTC",
+            "Europe/Lisbon",
+            "America/Port-au-Prince",
+            "Etc/GMT+5",
+        ] {
+            assert!(is_time_zone_shaped(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Europe/\0",
+            "Europe/Lisbon ",
+            "Mars/Olympus;--",
+            "Zürich",
+        ] {
+            assert!(!is_time_zone_shaped(bad), "{bad:?}");
+        }
+        assert!(!is_time_zone_shaped(&"A".repeat(65)));
     }
 }

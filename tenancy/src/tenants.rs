@@ -155,51 +155,64 @@ impl ControlDb {
             tx.set_tenant(spare);
         }
         let id = tx.tenant_id();
-        let schema = id.schema_name();
-        let tenant: Tenant = sqlx::query_as(&format!(
-            "insert into public.tenants (id, slug, name, schema_name, role_name)
-             values ($1, $2, $3, $4, $4)
-             returning {TENANT_COLUMNS}"
-        ))
-        .bind(id.0)
-        .bind(slug.as_str())
-        .bind(name)
-        .bind(&schema)
-        .fetch_one(&mut *tx)
-        .await
-        .on_constraint("tenants_slug_key", || {
-            TenancyError::SlugTaken(slug.to_string())
-        })?;
-
-        match spare {
-            Some(spare) => spares::adopt(&mut tx, spare).await?,
-            None => create_tenant_objects(&mut tx, id).await?,
-        }
-        match apply_pending(&mut tx, Ledger::Tenants, id, migrations).await {
-            Ok(_) => {}
-            Err(error @ TenancyError::ChecksumMismatch { .. }) if spare.is_some() => {
-                tx.rollback().await?;
-                return Err(Failure::StaleSpare(id, error));
-            }
-            Err(error) => return Err(error.into()),
-        }
-        let switch = switch_statement("", id);
-        (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
-        let seeds = self.seeds().iter().map(|s| &**s as &dyn TenantSeed);
-        for seed in seeds.chain(extra) {
-            seed.seed(&mut tx).await.inspect_err(|_| {
-                tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
+        let filled: Result<Tenant, Failure> = async {
+            let schema = id.schema_name();
+            let tenant: Tenant = sqlx::query_as(&format!(
+                "insert into public.tenants (id, slug, name, schema_name, role_name)
+                 values ($1, $2, $3, $4, $4)
+                 returning {TENANT_COLUMNS}"
+            ))
+            .bind(id.0)
+            .bind(slug.as_str())
+            .bind(name)
+            .bind(&schema)
+            .fetch_one(&mut *tx)
+            .await
+            .on_constraint("tenants_slug_key", || {
+                TenancyError::SlugTaken(slug.to_string())
             })?;
+
+            match spare {
+                Some(spare) => spares::adopt(&mut tx, spare).await?,
+                None => create_tenant_objects(&mut tx, id).await?,
+            }
+            match apply_pending(&mut tx, Ledger::Tenants, id, migrations).await {
+                Ok(_) => {}
+                Err(error @ TenancyError::ChecksumMismatch { .. }) if spare.is_some() => {
+                    return Err(Failure::StaleSpare(id, error));
+                }
+                Err(error) => return Err(error.into()),
+            }
+            let switch = switch_statement("", id);
+            (&mut *tx).execute(sqlx::raw_sql(&switch)).await?;
+            let seeds = self.seeds().iter().map(|s| &**s as &dyn TenantSeed);
+            for seed in seeds.chain(extra) {
+                seed.seed(&mut tx).await.inspect_err(|_| {
+                    tracing::error!(seed = seed.name(), tenant_id = %id, "tenant seed failed");
+                })?;
+            }
+            // Last, just before the commit: the hook's job row has a unique key, and a
+            // concurrent provisioning enqueueing the same key waits for this commit. Back as the
+            // login role, so that what it enqueues is the platform's, not the tenant's.
+            if let Some(hook) = self.provision_hook() {
+                (&mut *tx)
+                    .execute(sqlx::raw_sql("set local role none"))
+                    .await?;
+                hook.on_provision(&mut tx, id).await?;
+            }
+            Ok(tenant)
         }
-        // Last, just before the commit: the hook's job row has a unique key, and a
-        // concurrent provisioning enqueueing the same key waits for this commit. Back as the
-        // login role, so that what it enqueues is the platform's, not the tenant's.
-        if let Some(hook) = self.provision_hook() {
-            (&mut *tx)
-                .execute(sqlx::raw_sql("set local role none"))
-                .await?;
-            hook.on_provision(&mut tx, id).await?;
-        }
+        .await;
+        let tenant = match filled {
+            Ok(tenant) => tenant,
+            Err(failure) => {
+                // Rolled back at once, so that a claimed spare is free for the next
+                // provisioning the moment this one fails (closing the connection would
+                // release it only once the server noticed).
+                let _ = tx.rollback().await;
+                return Err(failure);
+            }
+        };
         tx.commit().await?;
         tracing::debug!(tenant_id = %id, from_spare = spare.is_some(), "provisioned a tenant");
         Ok(tenant)

@@ -8,7 +8,7 @@ use jobs::{JobKind, NewJob, enqueue};
 use tenancy::Tenant;
 use uuid::Uuid;
 
-/// An app keeping everything 1 h and pruning 2 rows per batch.
+/// An app keeping everything 1 h (webhook events 4 days) and pruning 2 rows per batch.
 async fn app_with(plans: Option<&str>) -> TestApp {
     let mut builder = TestAppBuilder::default();
     for key in [
@@ -16,11 +16,12 @@ async fn app_with(plans: Option<&str>) -> TestApp {
         "retain_email_tokens",
         "retain_invitations",
         "retain_succeeded_jobs",
-        "retain_webhook_events",
         "retain_audit_events",
     ] {
         builder = builder.env(key, "1h");
     }
+    // Webhook events are kept at least as long as reconciliation looks back (4 days).
+    builder = builder.env("retain_webhook_events", "4d");
     builder = builder.env("prune_batch", "2");
     if let Some(plans) = plans {
         builder = builder.env("plans", plans);
@@ -482,20 +483,21 @@ async fn succeeded_jobs_and_processed_events_go_and_pending_dead_and_failed_stay
     .await;
     let event = |id: &str, status: &str, processed: &str| {
         format!(
-            "('{id}', 'invoice.paid', now() - interval '1 day', '{{}}', '{status}', {processed}, now() - interval '1 day')"
+            "('{id}', 'invoice.paid', now() - interval '6 days', '{{}}', '{status}', {processed}, now() - interval '6 days')"
         )
     };
+    let long_ago = "now() - interval '5 days'";
     let events = [
-        event("evt_processed_old_1", "processed", old),
-        event("evt_processed_old_2", "processed", old),
-        event("evt_ignored_old", "ignored", old),
+        event("evt_processed_old_1", "processed", long_ago),
+        event("evt_processed_old_2", "processed", long_ago),
+        event("evt_ignored_old", "ignored", long_ago),
         event(
             "evt_processed_recent",
             "processed",
-            "now() - interval '10 minutes'",
+            "now() - interval '3 days'",
         ),
         event("evt_pending_old", "pending", "null"),
-        event("evt_failed_old", "failed", old),
+        event("evt_failed_old", "failed", long_ago),
     ];
     exec(
         &app,

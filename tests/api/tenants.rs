@@ -710,6 +710,7 @@ async fn name_locale_and_time_zone_change_together_or_not_at_all() {
         (json!({"name": "   "}), "name", "length"),
         (json!({"name": "a\u{7}b"}), "name", "length"),
         (json!({"timezone": ""}), "timezone", "length"),
+        (json!({"timezone": "Europe/\u{0}"}), "timezone", "invalid"),
     ] {
         let response = app.update_tenant("acme", &org.tokens.access, &body).await;
         let problem = assert_problem(response, 422, "validation_failed").await;

@@ -245,16 +245,20 @@ impl Validate for UpdateCurrentTenant {
         if let Some(name) = &self.name {
             check_tenant_name(&mut errors, name);
         }
-        if self
-            .timezone
-            .as_ref()
-            .is_some_and(|tz| tz.is_empty() || tz.len() > tenancy::profile::MAX_TIME_ZONE_LENGTH)
-        {
-            errors.push(FieldError::new(
-                "timezone",
-                FieldCode::Length,
-                "must be 1 to 64 characters",
-            ));
+        if let Some(tz) = &self.timezone {
+            if tz.is_empty() || tz.len() > tenancy::profile::MAX_TIME_ZONE_LENGTH {
+                errors.push(FieldError::new(
+                    "timezone",
+                    FieldCode::Length,
+                    "must be 1 to 64 characters",
+                ));
+            } else if !tenancy::profile::is_time_zone_shaped(tz) {
+                errors.push(FieldError::new(
+                    "timezone",
+                    FieldCode::Invalid,
+                    "not a time zone of the IANA database (such as `Europe/Lisbon` or `UTC`)",
+                ));
+            }
         }
         if let Some(locale) = &self.locale
             && !tenancy::profile::is_locale(locale)
