@@ -210,7 +210,7 @@ async fn sessions_and_refresh_tokens_past_retention_go_and_live_ones_stay() {
     );
     assert_eq!(pruned_metric(&app, "sessions"), 2);
     assert_eq!(pruned_metric(&app, "refresh_tokens"), 4);
-    // The live session still refreshes.
+    // The live session is untouched: still there and not revoked.
     let valid: bool = sqlx::query_scalar(&format!(
         "select revoked_at is null from {s}.sessions where id = $1"
     ))
