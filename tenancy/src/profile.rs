@@ -80,29 +80,37 @@ pub async fn is_time_zone(tx: &mut TenantTx, name: &str) -> Result<bool, Tenancy
 
 impl ControlDb {
     /// Renames `tenant` and returns the transaction that did it, switched to the tenant's
-    /// role and schema for the rest of the change: both commit together or not at all. A
+    /// role and schema for the rest of the change (both commit together or not at all),
+    /// with the tenant as renamed and the name it had (the same when nothing changed). A
     /// deleted or unknown tenant is [`TenancyError::TenantNotFound`].
     pub async fn begin_renaming(
         &self,
         tenant: TenantId,
         name: &str,
-    ) -> Result<(TenantTx, Tenant), TenancyError> {
+    ) -> Result<(TenantTx, Tenant, String), TenancyError> {
         let name = validate_name(name)?;
         let mut tx = TenantTx::open(self.pool().acquire().await?, tenant, "begin").await?;
-        let renamed: Option<Tenant> = sqlx::query_as(&format!(
-            "update public.tenants set name = $2, updated_at = now()
-             where id = $1 and status <> 'deleted'
+        let previous: Option<String> = sqlx::query_scalar(
+            "select name from public.tenants where id = $1 and status <> 'deleted' for update",
+        )
+        .bind(tenant.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let previous = previous.ok_or(TenancyError::TenantNotFound)?;
+        let renamed: Tenant = sqlx::query_as(&format!(
+            "update public.tenants
+             set name = $2, updated_at = case when name = $2 then updated_at else now() end
+             where id = $1
              returning {TENANT_COLUMNS}"
         ))
         .bind(tenant.0)
         .bind(name)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        let renamed = renamed.ok_or(TenancyError::TenantNotFound)?;
         (&mut *tx)
             .execute(sqlx::raw_sql(&switch_statement("", tenant)))
             .await?;
-        Ok((tx, renamed))
+        Ok((tx, renamed, previous))
     }
 }
 

@@ -688,6 +688,25 @@ async fn name_locale_and_time_zone_change_together_or_not_at_all() {
     assert_eq!(events[0]["details"]["from"]["name"], before["name"]);
     assert_eq!(events[0]["details"]["to"]["name"], "Acme Corp");
     assert_eq!(events[0]["details"]["to"]["timezone"], "Europe/Lisbon");
+    // The name it already has: nothing to audit, the registry's row is not touched.
+    let same = app
+        .update_tenant("acme", &org.tokens.access, &json!({"name": "Acme Corp "}))
+        .await;
+    assert_eq!(same.status(), 200);
+    let again = app
+        .state
+        .db
+        .tenant_by_id(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.updated_at, registry.updated_at);
+    assert_eq!(
+        app.audit_events(org.tenant_id, "tenant.settings_changed")
+            .await
+            .len(),
+        1
+    );
 
     // A time zone PostgreSQL does not know refuses the whole change, the rename included
     // (it is made in the same transaction).

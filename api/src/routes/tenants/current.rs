@@ -82,18 +82,21 @@ impl CurrentTenantApi {
         let client = client_info(request);
         let body = body.0;
         let domains = body.domains().map_err(ApiError::validation)?;
-        let rename = body
-            .name
-            .as_deref()
-            .map(str::trim)
-            .filter(|name| *name != me.tenant.name);
-        let (mut tx, tenant) = match rename {
-            Some(name) => state.db.begin_renaming(me.tenant.id, name).await?,
-            None => (me.begin(&state).await?, Tenant::clone(&me.tenant)),
+        // The name it had, when this renames the tenant.
+        let (mut tx, tenant, renamed_from) = match body.name.as_deref() {
+            Some(name) => {
+                let (tx, tenant, previous) = state.db.begin_renaming(me.tenant.id, name).await?;
+                let renamed_from = (previous != tenant.name).then_some(previous);
+                (tx, tenant, renamed_from)
+            }
+            None => (me.begin(&state).await?, Tenant::clone(&me.tenant), None),
         };
         // Under the roles lock: the role judged here cannot change before this commits.
         let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::TenantManage).await?;
-        change_preferences(&mut tx, &me, &client, &body, rename.is_some()).await?;
+        let rename = renamed_from
+            .as_deref()
+            .map(|from| (from, tenant.name.as_str()));
+        change_preferences(&mut tx, &me, &client, &body, rename).await?;
         let before = membership::registration(&mut tx).await?;
         let mut after = before.clone();
         if let Some(policy) = body.registration_policy {
@@ -132,7 +135,7 @@ impl CurrentTenantApi {
         }
         let profile = profile(&state, &mut tx, &tenant, held).await?;
         tx.commit().await?;
-        if rename.is_some() {
+        if renamed_from.is_some() {
             // Every instance's resolver holds the old name.
             publish_change(&state, tenant.id).await;
         }
@@ -140,7 +143,7 @@ impl CurrentTenantApi {
     }
 }
 
-/// Applies the body's locale and time zone, auditing them with the rename `renamed`
+/// Applies the body's locale and time zone, auditing them with the rename (from, to)
 /// already made in `tx` as one `tenant.settings_changed`. A time zone PostgreSQL does not
 /// know is a 422.
 async fn change_preferences(
@@ -148,7 +151,7 @@ async fn change_preferences(
     me: &Principal,
     client: &ClientInfo,
     body: &UpdateCurrentTenant,
-    renamed: bool,
+    rename: Option<(&str, &str)>,
 ) -> ApiResult<()> {
     let before = profile::preferences(tx).await?;
     let after = Preferences {
@@ -165,7 +168,7 @@ async fn change_preferences(
             "not a time zone of the IANA database (such as `Europe/Lisbon` or `UTC`)",
         )]));
     }
-    if after == before && !renamed {
+    if after == before && rename.is_none() {
         return Ok(());
     }
     if after != before {
@@ -173,9 +176,9 @@ async fn change_preferences(
     }
     let mut from = json!({ "locale": before.locale, "timezone": before.timezone });
     let mut to = json!({ "locale": after.locale, "timezone": after.timezone });
-    if renamed {
-        from["name"] = json!(me.tenant.name);
-        to["name"] = json!(body.name.as_deref().map(str::trim));
+    if let Some((old_name, new_name)) = rename {
+        from["name"] = json!(old_name);
+        to["name"] = json!(new_name);
     }
     audit::record(
         tx,
