@@ -38,6 +38,8 @@ pub struct Options {
 
 const WARMUP: Duration = Duration::from_secs(2);
 const PRODUCTS_PER_TENANT: usize = 50;
+/// The listing `tenant_read` and `footprint` load.
+const LIST_PATH: &str = "/v1/products?limit=20";
 
 const LIST_SQL: &str = "select id, sku, name, description, price, compare_at_price, currency, \
      status, type, stock_quantity, low_stock_threshold, attributes, tags, image_ids, version, \
@@ -85,7 +87,7 @@ pub async fn tenant_read(options: Options) -> anyhow::Result<()> {
     );
     let canopy = load::run_with_headers(
         addr,
-        "/v1/products?limit=20",
+        LIST_PATH,
         headers,
         options.connections,
         WARMUP,
@@ -106,18 +108,7 @@ pub async fn tenant_read(options: Options) -> anyhow::Result<()> {
     let tps = pgbench(&app.db.url, &files, options.connections, options.duration)?;
 
     let server = external::serve(&app.env, "read").await?;
-    let credentials: Vec<(String, String)> = orgs
-        .iter()
-        .map(|o| (o.slug.clone(), o.tokens.access.clone()))
-        .collect();
-    let script = external::rotating_get(&scripts, "/v1/products?limit=20", &credentials);
-    let external = external::wrk(
-        &format!("http://{}/v1/products?limit=20", server.addr),
-        Some(&script),
-        options.connections,
-        WARMUP,
-        options.duration,
-    )?;
+    let external = listing_load(&server, &orgs, &scripts, &options)?;
     drop(server);
 
     canopy.print("tenant_read_canopy_in_process");
@@ -129,6 +120,28 @@ pub async fn tenant_read(options: Options) -> anyhow::Result<()> {
     println!("tenant_read_pgbench_tps: {tps:.0}");
     println!("tenant_read_ratio: {:.3}", external.rps / tps);
     Ok(())
+}
+
+/// `wrk` loading `server` with `tenant_read`'s listing, each request as the next of
+/// `orgs` (its script written into `scripts`).
+fn listing_load(
+    server: &external::Server,
+    orgs: &[Signup],
+    scripts: &Path,
+    options: &Options,
+) -> anyhow::Result<external::WrkReport> {
+    let credentials: Vec<(String, String)> = orgs
+        .iter()
+        .map(|o| (o.slug.clone(), o.tokens.access.clone()))
+        .collect();
+    let script = external::rotating_get(scripts, LIST_PATH, &credentials);
+    external::wrk(
+        &format!("http://{}{LIST_PATH}", server.addr),
+        Some(&script),
+        options.connections,
+        WARMUP,
+        options.duration,
+    )
 }
 
 /// `footprint`: time from exec to `/health/ready` = 200 (asked every 2 ms), RSS once
@@ -146,19 +159,7 @@ pub async fn footprint(options: Options) -> anyhow::Result<()> {
     // Measuring, not synchronising: what an idle process holds once start-up has settled.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle, _) = server.rss_mib()?;
-    let credentials: Vec<(String, String)> = orgs
-        .iter()
-        .map(|o| (o.slug.clone(), o.tokens.access.clone()))
-        .collect();
-    let scripts = tempdir("footprint")?;
-    let script = external::rotating_get(&scripts, "/v1/products?limit=20", &credentials);
-    let load = external::wrk(
-        &format!("http://{}/v1/products?limit=20", server.addr),
-        Some(&script),
-        options.connections,
-        WARMUP,
-        options.duration,
-    )?;
+    let load = listing_load(&server, &orgs, &tempdir("footprint")?, &options)?;
     let (loaded, peak) = server.rss_mib()?;
     drop(server);
 

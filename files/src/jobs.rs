@@ -25,7 +25,7 @@ use storage::{
     ObjectKey, ObjectStore, ThumbnailFormat,
     images::{self, DecodeBudget, ImageLimits},
 };
-use tenancy::{BoxFuture, ControlDb, PurgeHook, TenancyError, TenantId, TenantStatus};
+use tenancy::{BoxFuture, ControlDb, PurgeHook, TenancyError, TenantId};
 use uuid::Uuid;
 
 use crate::store::{self, FileStatus};
@@ -197,21 +197,9 @@ impl Job for SweepOrphans {
     type Deps = ();
 
     async fn run(self, ctx: &mut JobContext, _: &()) -> anyhow::Result<()> {
-        let mut after: Option<String> = None;
-        let mut enqueued = 0;
-        loop {
-            let tenants = ctx
-                .control
-                .list_tenants(Some(TenantStatus::Active), after.as_deref(), 500)
+        let enqueued =
+            jobs::enqueue_per_active_tenant(&ctx.control, |tenant| SweepTenant {}.new_job(tenant))
                 .await?;
-            let Some(last) = tenants.last() else { break };
-            after = Some(last.slug.to_string());
-            let mut conn = ctx.control.pool().acquire().await?;
-            for tenant in &tenants {
-                jobs::enqueue(&mut conn, SweepTenant {}.new_job(tenant.id)?).await?;
-                enqueued += 1;
-            }
-        }
         tracing::info!(tenants = enqueued, "orphan sweep scheduled");
         Ok(())
     }

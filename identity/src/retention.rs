@@ -20,7 +20,7 @@ use jobs::{
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-use tenancy::{Tenant, TenantDb, TenantId, TenantStatus};
+use tenancy::{Tenant, TenantDb, TenantId};
 
 use crate::store::{StoreError, retention as sql};
 
@@ -87,14 +87,19 @@ pub async fn prune_tenant(
     tenant: &Tenant,
     policy: &TenantRetention,
 ) -> anyhow::Result<Pruned> {
-    let (id, batch) = (tenant.id, policy.batch);
-    let report = |what: &'static str, rows: u64| {
+    // One table's statement, batch after batch, its count told to the observer.
+    let prune = |what: &'static str, statement: Statement, retain: Duration| async move {
+        let rows = batches(db, tenant.id, statement, retain, policy.batch)
+            .await
+            .with_context(|| format!("pruning {}", what.replace('_', " ")))?;
         policy.observer.pruned(what, rows);
-        rows
+        anyhow::Ok(rows)
     };
+    // Both kinds of dead refresh token are counted as one.
+    let batch = policy.batch;
     let expired = batches(
         db,
-        id,
+        tenant.id,
         |c, r, b| Box::pin(sql::prune_expired_refresh_tokens(c, r, b)),
         policy.sessions,
         batch,
@@ -103,55 +108,39 @@ pub async fn prune_tenant(
     .context("pruning expired refresh tokens")?;
     let revoked = batches(
         db,
-        id,
+        tenant.id,
         |c, r, b| Box::pin(sql::prune_revoked_refresh_tokens(c, r, b)),
         policy.sessions,
         batch,
     )
     .await
     .context("pruning refresh tokens of revoked sessions")?;
-    let refresh_tokens = report("refresh_tokens", expired + revoked);
-    let sessions = batches(
-        db,
-        id,
+    let refresh_tokens = expired + revoked;
+    policy.observer.pruned("refresh_tokens", refresh_tokens);
+    let sessions = prune(
+        "sessions",
         |c, r, b| Box::pin(sql::prune_sessions(c, r, b)),
         policy.sessions,
-        batch,
     )
-    .await
-    .context("pruning sessions")?;
-    let sessions = report("sessions", sessions);
-    let email_tokens = batches(
-        db,
-        id,
+    .await?;
+    let email_tokens = prune(
+        "email_tokens",
         |c, r, b| Box::pin(sql::prune_email_tokens(c, r, b)),
         policy.email_tokens,
-        batch,
     )
-    .await
-    .context("pruning email tokens")?;
-    let email_tokens = report("email_tokens", email_tokens);
-    let invitations = batches(
-        db,
-        id,
+    .await?;
+    let invitations = prune(
+        "invitations",
         |c, r, b| Box::pin(sql::prune_invitations(c, r, b)),
         policy.invitations,
-        batch,
     )
-    .await
-    .context("pruning invitations")?;
-    let invitations = report("invitations", invitations);
-    let audit = (policy.audit_events)(tenant);
-    let audit_events = batches(
-        db,
-        id,
+    .await?;
+    let audit_events = prune(
+        "audit_events",
         |c, r, b| Box::pin(sql::prune_audit_events(c, r, b)),
-        audit,
-        batch,
+        (policy.audit_events)(tenant),
     )
-    .await
-    .context("pruning audit events")?;
-    let audit_events = report("audit_events", audit_events);
+    .await?;
     Ok(Pruned {
         refresh_tokens,
         sessions,
@@ -179,21 +168,9 @@ impl Job for PruneTenants {
     type Deps = ();
 
     async fn run(self, ctx: &mut JobContext, _: &()) -> anyhow::Result<()> {
-        let mut after: Option<String> = None;
-        let mut enqueued = 0;
-        loop {
-            let tenants = ctx
-                .control
-                .list_tenants(Some(TenantStatus::Active), after.as_deref(), 500)
+        let enqueued =
+            jobs::enqueue_per_active_tenant(&ctx.control, |tenant| PruneTenant {}.new_job(tenant))
                 .await?;
-            let Some(last) = tenants.last() else { break };
-            after = Some(last.slug.to_string());
-            let mut conn = ctx.control.pool().acquire().await?;
-            for tenant in &tenants {
-                jobs::enqueue(&mut conn, PruneTenant {}.new_job(tenant.id)?).await?;
-                enqueued += 1;
-            }
-        }
         tracing::info!(tenants = enqueued, "identity prune scheduled");
         Ok(())
     }

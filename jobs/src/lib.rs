@@ -158,6 +158,30 @@ pub async fn every<F, Fut>(
     }
 }
 
+/// Enqueues the job `job_for` makes for each active tenant (a fan-out job's work: one
+/// tenant job each, so no tenant's work waits on another's), 500 tenants a page, and
+/// returns how many it enqueued.
+pub async fn enqueue_per_active_tenant(
+    control: &ControlDb,
+    job_for: impl Fn(TenantId) -> Result<NewJob, JobError>,
+) -> Result<usize, JobError> {
+    let mut after: Option<String> = None;
+    let mut enqueued = 0;
+    loop {
+        let tenants = control
+            .list_tenants(Some(tenancy::TenantStatus::Active), after.as_deref(), 500)
+            .await?;
+        let Some(last) = tenants.last() else { break };
+        after = Some(last.slug.to_string());
+        let mut conn = control.pool().acquire().await?;
+        for tenant in &tenants {
+            enqueue(&mut conn, job_for(tenant.id)?).await?;
+            enqueued += 1;
+        }
+    }
+    Ok(enqueued)
+}
+
 /// Enqueues `job` every `interval`, the first time one `interval` from now, until `stop`
 /// completes. Give the job a unique key: however many instances run this, at most one is
 /// pending at a time.
