@@ -171,20 +171,70 @@ pub async fn footprint(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tenant_write`: one unit is a create and a conditional change of the created product.
+/// `tenant_write`: one unit is a create and a conditional change of the created product,
+/// against the in-process server and then against `canopy serve` in its own process (the
+/// same client for both: `wrk` cannot carry the created product's id and ETag from one
+/// request to the next).
 pub async fn tenant_write(options: Options) -> anyhow::Result<()> {
     let app = bench_app(20).await?;
     let orgs = tenants(&app, options.tenants, false).await?;
-    let addr: SocketAddr = ([127, 0, 0, 1], app.port).into();
     let auth: Arc<Vec<(String, String)>> = Arc::new(
         orgs.iter()
             .map(|o| (o.slug.clone(), format!("Bearer {}", o.tokens.access)))
             .collect(),
     );
+    let in_process = write_load(([127, 0, 0, 1], app.port).into(), auth.clone(), &options).await?;
+    let server = external::serve(&app.env, "write").await?;
+    let canopy = write_load(server.addr, auth, &options).await?;
+    drop(server);
+
+    let scripts = tempdir("write")?;
+    let files: Vec<PathBuf> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, org)| {
+            let path = scripts.join(format!("write-{i}.sql"));
+            let schema = schema(org);
+            std::fs::write(
+                &path,
+                format!(
+                    "insert into {schema}.products (id, sku, name, price, currency)
+                     values (gen_random_uuid(), 'PG-' || substr(md5(random()::text), 1, 20), 'Bench product', 1999, 'USD')
+                     returning id \\gset
+                     update {schema}.products set name = 'Renamed', price = 2999, version = version + 1, updated_at = now()
+                     where id = :id and deleted_at is null and version = 1;\n"
+                ),
+            )?;
+            Ok(path)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tps = pgbench(&app.db.url, &files, options.connections, options.duration)?;
+
+    in_process.print("tenant_write_canopy_in_process");
+    println!(
+        "tenant_write_in_process_ratio: {:.3}",
+        in_process.requests_per_second() / tps
+    );
+    canopy.print("tenant_write_canopy");
+    println!("tenant_write_pgbench_tps: {tps:.0}");
+    println!(
+        "tenant_write_ratio: {:.3}",
+        canopy.requests_per_second() / tps
+    );
+    Ok(())
+}
+
+/// Creates a product and changes it with `If-Match` on every step, over `options`'
+/// connections to `addr`, each step as the next tenant of `auth` (slug, bearer).
+async fn write_load(
+    addr: SocketAddr,
+    auth: Arc<Vec<(String, String)>>,
+    options: &Options,
+) -> anyhow::Result<load::Report> {
     let create =
         Bytes::from(json!({"name": "Bench product", "price": 1999, "currency": "USD"}).to_string());
     let change = Bytes::from(json!({"name": "Renamed", "price": 2999}).to_string());
-    let canopy = load::closed_loop(
+    load::closed_loop(
         addr,
         options.connections,
         WARMUP,
@@ -220,37 +270,7 @@ pub async fn tenant_write(options: Options) -> anyhow::Result<()> {
             }
         },
     )
-    .await?;
-
-    let scripts = tempdir("write")?;
-    let files: Vec<PathBuf> = orgs
-        .iter()
-        .enumerate()
-        .map(|(i, org)| {
-            let path = scripts.join(format!("write-{i}.sql"));
-            let schema = schema(org);
-            std::fs::write(
-                &path,
-                format!(
-                    "insert into {schema}.products (id, sku, name, price, currency)
-                     values (gen_random_uuid(), 'PG-' || substr(md5(random()::text), 1, 20), 'Bench product', 1999, 'USD')
-                     returning id \\gset
-                     update {schema}.products set name = 'Renamed', price = 2999, version = version + 1, updated_at = now()
-                     where id = :id and deleted_at is null and version = 1;\n"
-                ),
-            )?;
-            Ok(path)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let tps = pgbench(&app.db.url, &files, options.connections, options.duration)?;
-
-    canopy.print("tenant_write_canopy");
-    println!("tenant_write_pgbench_tps: {tps:.0}");
-    println!(
-        "tenant_write_ratio: {:.3}",
-        canopy.requests_per_second() / tps
-    );
-    Ok(())
+    .await
 }
 
 fn tempdir(name: &str) -> anyhow::Result<PathBuf> {

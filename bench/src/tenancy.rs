@@ -8,7 +8,7 @@ use e2e::TestApp;
 use hdrhistogram::Histogram;
 use tenancy::migrate::{TenantMigration, embedded_migrations};
 
-use crate::load;
+use crate::{external, load};
 
 pub async fn bench_app(pool_size: usize) -> anyhow::Result<TestApp> {
     Ok(TestApp::builder()
@@ -130,21 +130,73 @@ pub async fn tenant_scale(
         builder = builder.env("database_max_lifetime", lifetime);
     }
     let app = builder.spawn().await;
+    let started = Instant::now();
     let slugs = create_tenants_concurrently(&app, tenants, 4).await?;
+    let provisioned = started.elapsed();
+    // A marker for whoever quiets the machine for the measured part.
+    println!(
+        "tenant_scale_provisioned_s: {:.0}",
+        provisioned.as_secs_f64()
+    );
+    let stall = membership_stall(&app, &slugs[0]).await?;
     let addr = ([127, 0, 0, 1], app.port).into();
     let warmup = Duration::from_secs(2);
 
     let one = Arc::new(vec![vec![("x-tenant", slugs[0].clone())]]);
-    let many = Arc::new(slugs.into_iter().map(|s| vec![("x-tenant", s)]).collect());
-    let single =
-        load::run_with_headers(addr, "/v1/tenant", one, connections, warmup, duration).await?;
+    let many: Arc<Vec<_>> = Arc::new(slugs.into_iter().map(|s| vec![("x-tenant", s)]).collect());
+    let single = load::run_with_headers(
+        addr,
+        "/v1/tenant",
+        one.clone(),
+        connections,
+        warmup,
+        duration,
+    )
+    .await?;
     let (backends_single, memory_single) = backend_memory(&app).await?;
-    let spread =
-        load::run_with_headers(addr, "/v1/tenant", many, connections, warmup, duration).await?;
+    let spread = load::run_with_headers(
+        addr,
+        "/v1/tenant",
+        many.clone(),
+        connections,
+        warmup,
+        duration,
+    )
+    .await?;
     let (backends, memory) = backend_memory(&app).await?;
+    let server = external::serve(&app.env, "scale").await?;
+    let ext_single = load::run_with_headers(
+        server.addr,
+        "/v1/tenant",
+        one,
+        connections,
+        warmup,
+        duration,
+    )
+    .await?;
+    let ext_spread = load::run_with_headers(
+        server.addr,
+        "/v1/tenant",
+        many,
+        connections,
+        warmup,
+        duration,
+    )
+    .await?;
+    drop(server);
 
-    single.print("tenant_scale_1");
-    spread.print(&format!("tenant_scale_{tenants}"));
+    single.print("tenant_scale_in_process_1");
+    spread.print(&format!("tenant_scale_in_process_{tenants}"));
+    println!(
+        "tenant_scale_in_process_ratio: {:.3}",
+        spread.requests_per_second() / single.requests_per_second()
+    );
+    println!(
+        "tenant_scale_membership_stall_ms: {:.1}",
+        stall.as_secs_f64() * 1000.0
+    );
+    ext_single.print("tenant_scale_1");
+    ext_spread.print(&format!("tenant_scale_{tenants}"));
     if let Some(lifetime) = max_lifetime {
         println!("tenant_scale_max_lifetime: {lifetime}");
     }
@@ -153,13 +205,33 @@ pub async fn tenant_scale(
     println!("tenant_scale_backend_private_mib_after_{tenants}: {memory:.1}");
     println!(
         "tenant_scale_p99_ratio: {:.3}",
-        spread.p99_ms() / single.p99_ms()
+        ext_spread.p99_ms() / ext_single.p99_ms()
     );
     println!(
         "tenant_scale_ratio: {:.3}",
-        spread.requests_per_second() / single.requests_per_second()
+        ext_spread.requests_per_second() / ext_single.requests_per_second()
     );
     Ok(())
+}
+
+/// What the next `set role` to a tenant costs a connection once any role in the cluster
+/// changed: PostgreSQL recomputes the login role's memberships (one per tenant role) after
+/// every change to roles, on every connection, at its next `set role`.
+async fn membership_stall(app: &TestApp, slug: &str) -> anyhow::Result<Duration> {
+    let role: String = sqlx::query_scalar("select role_name from public.tenants where slug = $1")
+        .bind(slug)
+        .fetch_one(app.state.db.pool())
+        .await?;
+    let set_role = format!("begin; set local role \"{role}\"; rollback");
+    let mut connection = app.state.db.pool().acquire().await?;
+    sqlx::raw_sql(&set_role).execute(&mut *connection).await?;
+    // Committed (a rolled-back change invalidates only its own connection's caches).
+    sqlx::raw_sql("create role canopy_bench_probe nologin; drop role canopy_bench_probe")
+        .execute(app.state.db.pool())
+        .await?;
+    let started = Instant::now();
+    sqlx::raw_sql(&set_role).execute(&mut *connection).await?;
+    Ok(started.elapsed())
 }
 
 /// `count` tenants, `concurrency` provisioned at a time (the spread needs thousands).
