@@ -234,23 +234,36 @@ async fn membership_stall(app: &TestApp, slug: &str) -> anyhow::Result<Duration>
     Ok(started.elapsed())
 }
 
-/// `count` tenants, `concurrency` provisioned at a time (the spread needs thousands).
+/// `count` tenants, `concurrency` provisioned at a time, each claiming a spare schema built
+/// ahead in batches of [`SPARE_BATCH`] (one transaction each, as the replenishing job does):
+/// built one by one, every new role would make each connection recompute the login
+/// role's memberships, and creating 10,000 tenants would take hours.
 async fn create_tenants_concurrently(
     app: &TestApp,
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<String>> {
     use futures_util::{StreamExt, TryStreamExt, stream};
-    stream::iter(0..count)
-        .map(|i| async move {
-            let slug = tenancy::TenantSlug::parse(&format!("bench-{i:05}")).context("slug")?;
-            app.state.db.create_tenant(&slug, "Bench tenant").await?;
-            anyhow::Ok(slug.to_string())
-        })
-        .buffered(concurrency)
-        .try_collect()
-        .await
+    let mut slugs = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(SPARE_BATCH) {
+        app.state.db.replenish_spares(batch.len()).await?;
+        let made: Vec<String> = stream::iter(batch.iter().copied())
+            .map(|i| async move {
+                let slug = tenancy::TenantSlug::parse(&format!("bench-{i:05}")).context("slug")?;
+                app.state.db.create_tenant(&slug, "Bench tenant").await?;
+                anyhow::Ok(slug.to_string())
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        slugs.extend(made);
+    }
+    Ok(slugs)
 }
+
+/// Spares built per transaction by [`create_tenants_concurrently`] (each holds about 40
+/// relation locks until its commit; the lock table has room for 64 per connection).
+const SPARE_BATCH: usize = 250;
 
 /// How many backends serve the app's database, and the private (anonymous, proportional)
 /// memory they hold together in MiB, from `/proc/<pid>/smaps_rollup` (`Pss_Anon`), which
