@@ -291,11 +291,8 @@ fn normalize_recovery_code(typed: &str) -> Option<String> {
             c => c,
         })
         .collect();
-    (normalized.len() == 12
-        && normalized
-            .bytes()
-            .all(|b| RECOVERY_ALPHABET.contains(&b)))
-    .then_some(normalized)
+    (normalized.len() == 12 && normalized.bytes().all(|b| RECOVERY_ALPHABET.contains(&b)))
+        .then_some(normalized)
 }
 
 fn hash_normalized(normalized: &str) -> Vec<u8> {
@@ -381,11 +378,7 @@ mod tests {
         let sealed = cipher.seal(tenant, user, &secret);
         assert_eq!(sealed[0], KEY_ID);
         assert_eq!(sealed.len(), 1 + NONCE_BYTES + SECRET_BYTES + 16);
-        assert!(
-            !sealed
-                .windows(SECRET_BYTES)
-                .any(|w| w == secret.as_bytes())
-        );
+        assert!(!sealed.windows(SECRET_BYTES).any(|w| w == secret.as_bytes()));
         assert_ne!(sealed, cipher.seal(tenant, user, &secret), "fresh nonce");
         assert_eq!(
             cipher.open(tenant, user, &sealed).expect("opens"),
@@ -425,7 +418,13 @@ mod tests {
             recovery_code_hash("0000-1111-2222"),
             recovery_code_hash("oooo-iiii-2222")
         );
-        for bad in ["", "abcd-efgh", "abcd-efgh-jkmn-p", "uuuu-uuuu-uuuu", "123456"] {
+        for bad in [
+            "",
+            "abcd-efgh",
+            "abcd-efgh-jkmn-p",
+            "uuuu-uuuu-uuuu",
+            "123456",
+        ] {
             assert_eq!(recovery_code_hash(bad), None, "{bad}");
         }
     }

@@ -43,17 +43,17 @@ impl fmt::Debug for SecretsSettings {
 /// of exactly 32 bytes; `None` for anything else.
 pub fn parse_key(text: &str) -> Option<[u8; SECRETS_KEY_BYTES]> {
     let text = text.trim();
-    let bytes = if text.len() == 2 * SECRETS_KEY_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        (0..SECRETS_KEY_BYTES)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
-            .collect::<Option<Vec<u8>>>()?
-    } else {
-        STANDARD
-            .decode(text)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
-            .ok()?
-    };
+    let bytes =
+        if text.len() == 2 * SECRETS_KEY_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..SECRETS_KEY_BYTES)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()?
+        } else {
+            STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+                .ok()?
+        };
     bytes.try_into().ok()
 }
 

@@ -91,20 +91,28 @@ fn production_requires_real_secrets_and_urls() {
     let smtp = ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465");
     let err = prod(&[s3, key, hooks, smtp]).unwrap_err();
     assert!(
-        err.to_string().starts_with("CANOPY_SECRETS_KEY is required"),
+        err.to_string()
+            .starts_with("CANOPY_SECRETS_KEY is required"),
         "{err}"
     );
     // The development key, as written in the README and in hex, is refused too.
     let dev_hex = "63616e6f70792d646576656c6f706d656e742d736563726574732d6b65792121";
-    assert_eq!(parse_secrets_key(dev_hex), parse_secrets_key(DEFAULT_SECRETS_KEY));
+    assert_eq!(
+        parse_secrets_key(dev_hex),
+        parse_secrets_key(DEFAULT_SECRETS_KEY)
+    );
     for dev in [DEFAULT_SECRETS_KEY, dev_hex] {
         let err = prod(&[s3, key, hooks, smtp, ("CANOPY_SECRETS_KEY", dev)]).unwrap_err();
         assert!(
-            err.to_string().starts_with("CANOPY_SECRETS_KEY is required"),
+            err.to_string()
+                .starts_with("CANOPY_SECRETS_KEY is required"),
             "{err}"
         );
     }
-    let secrets = ("CANOPY_SECRETS_KEY", "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeJo=");
+    let secrets = (
+        "CANOPY_SECRETS_KEY",
+        "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeJo=",
+    );
     let err = prod(&[s3, key, hooks, smtp, secrets]).unwrap_err();
     assert!(
         err.to_string().starts_with("CANOPY_PUBLIC_URL is required"),

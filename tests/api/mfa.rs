@@ -66,13 +66,21 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     assert!(uri.contains("owner%40acme.example"), "{uri}");
     let svg = body["qr_code_svg"].as_str().unwrap();
     assert!(svg.starts_with("<?xml"), "{svg}");
-    assert!(svg.contains("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+    assert!(
+        svg.contains("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "{svg}"
+    );
     assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
     assert!(svg.contains("<path"), "the QR code draws modules: {svg}");
     assert_eq!(mfa_status(&app, "acme", access).await["totp"], "pending");
 
     // The stored secret is ciphertext, bound to this tenant and user.
-    let mut tx = app.state.tenant_db.begin(tenancy::TenantId(org.tenant_id)).await.unwrap();
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap();
     let stored: Vec<u8> =
         sqlx::query_scalar("select secret_ciphertext from user_totp where user_id = $1")
             .bind(org.owner_id)
@@ -80,11 +88,16 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
             .await
             .unwrap();
     tx.commit().await.unwrap();
-    assert!(!stored.windows(20).any(|w| w == secret.as_bytes()), "plaintext secret stored");
+    assert!(
+        !stored.windows(20).any(|w| w == secret.as_bytes()),
+        "plaintext secret stored"
+    );
     assert!(!String::from_utf8_lossy(&stored).contains(base32));
     let cipher = SecretsCipher::new(app.settings.secrets.key());
     assert_eq!(
-        cipher.open(org.tenant_id, org.owner_id, &stored).expect("decrypts"),
+        cipher
+            .open(org.tenant_id, org.owner_id, &stored)
+            .expect("decrypts"),
         secret
     );
     assert!(cipher.open(org.tenant_id, Uuid::new_v4(), &stored).is_err());
@@ -93,7 +106,11 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     // A wrong first code changes nothing; the right one turns MFA on.
     clear_of_step_boundary(3).await;
     let step = now_step();
-    let wrong = if secret.code_at(step) == "000000" { "111111" } else { "000000" };
+    let wrong = if secret.code_at(step) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
     let response = app
         .send_authed(
             Method::POST,
@@ -123,7 +140,11 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
         .map(|c| c.as_str().unwrap())
         .collect();
     assert_eq!(codes.len(), 10);
-    assert!(codes.iter().all(|c| c.len() == 14 && c.matches('-').count() == 2));
+    assert!(
+        codes
+            .iter()
+            .all(|c| c.len() == 14 && c.matches('-').count() == 2)
+    );
     let distinct: std::collections::BTreeSet<_> = codes.iter().collect();
     assert_eq!(distinct.len(), 10);
     let status = mfa_status(&app, "acme", access).await;
@@ -132,11 +153,22 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     let stored_codes: Vec<Vec<u8>> =
         sqlx::query_scalar("select code_hash from recovery_codes where user_id = $1")
             .bind(org.owner_id)
-            .fetch_all(&mut *app.state.tenant_db.begin(tenancy::TenantId(org.tenant_id)).await.unwrap())
+            .fetch_all(
+                &mut *app
+                    .state
+                    .tenant_db
+                    .begin(tenancy::TenantId(org.tenant_id))
+                    .await
+                    .unwrap(),
+            )
             .await
             .unwrap();
     assert_eq!(stored_codes.len(), 10);
-    assert!(stored_codes.iter().all(|h| h.len() == 32 && !codes.iter().any(|c| c.as_bytes() == h.as_slice())));
+    assert!(
+        stored_codes
+            .iter()
+            .all(|h| h.len() == 32 && !codes.iter().any(|c| c.as_bytes() == h.as_slice()))
+    );
     assert_eq!(audit_events(&app, &org, "mfa.enabled").await.len(), 1);
     assert!(
         notices(&app, &org.owner_email)
@@ -163,7 +195,10 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     let token = body["mfa_token"].as_str().unwrap();
     // The confirmation's code was used: presenting it again is a replay.
     let replay = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": secret.code_at(step)}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": secret.code_at(step)}),
+        )
         .await;
     assert_problem(replay, 401, "mfa_code_invalid").await;
     let next = secret.code_at(step + 1);
@@ -176,7 +211,10 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     assert_eq!(me.status(), 200);
     // The token is spent.
     let used = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": secret.code_at(step + 1)}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": secret.code_at(step + 1)}),
+        )
         .await;
     assert_problem(used, 401, "mfa_token_invalid").await;
     // The code just accepted, with a new login: refused (replay).
@@ -186,7 +224,11 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
         .await;
     assert_problem(replay, 401, "mfa_code_invalid").await;
     let failed = audit_events(&app, &org, "login.failed").await;
-    assert!(failed.iter().any(|e| e["details"]["reason"] == "wrong_mfa_code"));
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["details"]["reason"] == "wrong_mfa_code")
+    );
 }
 
 #[tokio::test]
@@ -195,7 +237,11 @@ async fn codes_of_one_step_either_side_pass_two_steps_do_not_and_none_twice() {
     let org = app.signup("acme").await;
     // Made before the owner has MFA (the harness logs in as the owner to invite).
     let second = app
-        .user_with_roles(&org, "second@acme.example", &[app.role_id(&org, "member").await])
+        .user_with_roles(
+            &org,
+            "second@acme.example",
+            &[app.role_id(&org, "member").await],
+        )
         .await;
     clear_of_step_boundary(10).await;
     let auth = app.enroll_totp("acme", &org.tokens.access).await;
@@ -226,7 +272,12 @@ async fn codes_of_one_step_either_side_pass_two_steps_do_not_and_none_twice() {
     let auth2 = app.enroll_totp("acme", &second.1.access).await;
     let now = now_step();
     // Move the last accepted step back, as if the enrollment had been two steps ago.
-    let mut tx = app.state.tenant_db.begin(tenancy::TenantId(org.tenant_id)).await.unwrap();
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap();
     sqlx::query("update user_totp set last_used_step = $2 where user_id = $1")
         .bind(second.0)
         .bind(i64::try_from(now - 2).unwrap())
@@ -234,9 +285,14 @@ async fn codes_of_one_step_either_side_pass_two_steps_do_not_and_none_twice() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let token = app.login_for_mfa("acme", "second@acme.example", PASSWORD).await;
+    let token = app
+        .login_for_mfa("acme", "second@acme.example", PASSWORD)
+        .await;
     let response = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": auth2.code(now - 1)}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": auth2.code(now - 1)}),
+        )
         .await;
     assert_eq!(response.status(), 200, "a code of the previous step passes");
 }
@@ -277,20 +333,29 @@ async fn wrong_codes_lock_the_account_and_a_locked_account_gets_no_second_step()
     // The default policy locks at the fifth failure.
     for _ in 0..4 {
         let response = app
-            .verify_mfa("acme", &json!({"mfa_token": token, "code": wrong(now_step())}))
+            .verify_mfa(
+                "acme",
+                &json!({"mfa_token": token, "code": wrong(now_step())}),
+            )
             .await;
         assert_problem(response, 401, "mfa_code_invalid").await;
     }
     // A new password step does not reset the count.
     let token = app.login_for_mfa("acme", &org.owner_email, PASSWORD).await;
     let response = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": wrong(now_step())}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": wrong(now_step())}),
+        )
         .await;
     let problem = assert_problem(response, 403, "account_locked").await;
     assert!(problem["locked_until"].is_string());
     // Locked: the right code is refused, and so is the password step.
     let response = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": auth.code(now_step() + 1)}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": auth.code(now_step() + 1)}),
+        )
         .await;
     assert_problem(response, 403, "account_locked").await;
     let response = app.login("acme", &org.owner_email, PASSWORD).await;
@@ -300,7 +365,10 @@ async fn wrong_codes_lock_the_account_and_a_locked_account_gets_no_second_step()
 
 #[tokio::test]
 async fn an_mfa_token_dies_after_five_wrong_codes() {
-    let app = TestApp::builder().env("login_max_failures", "100").spawn().await;
+    let app = TestApp::builder()
+        .env("login_max_failures", "100")
+        .spawn()
+        .await;
     let org = app.signup("acme").await;
     clear_of_step_boundary(10).await;
     let auth = app.enroll_totp("acme", &org.tokens.access).await;
@@ -318,7 +386,10 @@ async fn an_mfa_token_dies_after_five_wrong_codes() {
         assert_problem(response, 401, "mfa_code_invalid").await;
     }
     let response = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": auth.code(step + 1)}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": auth.code(step + 1)}),
+        )
         .await;
     assert_problem(response, 401, "mfa_token_invalid").await;
 }
@@ -389,15 +460,23 @@ async fn a_recovery_code_works_once_and_regenerating_voids_the_old_ones() {
     assert!(fresh.iter().all(|c| !auth.recovery_codes.contains(c)));
     let token = app.login_for_mfa("acme", &org.owner_email, PASSWORD).await;
     let old = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "recovery_code": auth.recovery_codes[1]}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "recovery_code": auth.recovery_codes[1]}),
+        )
         .await;
     assert_problem(old, 401, "mfa_code_invalid").await;
     let new = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "recovery_code": fresh[0]}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "recovery_code": fresh[0]}),
+        )
         .await;
     assert_eq!(new.status(), 200);
     assert_eq!(
-        audit_events(&app, &org, "mfa.recovery_codes_regenerated").await.len(),
+        audit_events(&app, &org, "mfa.recovery_codes_regenerated")
+            .await
+            .len(),
         1
     );
 }
@@ -413,8 +492,14 @@ async fn disabling_needs_the_password_and_a_code() {
         let app = &app;
         let access = org.tokens.access.clone();
         async move {
-            app.send_authed(Method::DELETE, "acme", "/v1/me/mfa/totp", &access, Some(&body))
-                .await
+            app.send_authed(
+                Method::DELETE,
+                "acme",
+                "/v1/me/mfa/totp",
+                &access,
+                Some(&body),
+            )
+            .await
         }
     };
     let good: Vec<String> = (step - 1..=step + 1).map(|s| auth.code(s)).collect();
@@ -425,7 +510,10 @@ async fn disabling_needs_the_password_and_a_code() {
     for (body, field) in [
         (json!({"password": PASSWORD}), "code"),
         (json!({"code": auth.code(step + 1)}), "password"),
-        (json!({"password": "wrong password", "code": auth.code(step + 1)}), "password"),
+        (
+            json!({"password": "wrong password", "code": auth.code(step + 1)}),
+            "password",
+        ),
         (json!({"password": PASSWORD, "code": wrong}), "code"),
         (json!({"password": PASSWORD, "code": "12345"}), "code"),
         (
@@ -438,14 +526,24 @@ async fn disabling_needs_the_password_and_a_code() {
         let problem: Value = status.json().await.unwrap();
         assert_eq!(code, 422, "{body}: {problem}");
         assert!(
-            problem["errors"].as_array().unwrap().iter().any(|e| e["field"] == field),
+            problem["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
             "{body}: {problem}"
         );
     }
-    assert_eq!(mfa_status(&app, "acme", &org.tokens.access).await["totp"], "enabled");
+    assert_eq!(
+        mfa_status(&app, "acme", &org.tokens.access).await["totp"],
+        "enabled"
+    );
     let response = disable(json!({"password": PASSWORD, "code": auth.code(step + 1)})).await;
     assert_eq!(response.status(), 204);
-    assert_eq!(mfa_status(&app, "acme", &org.tokens.access).await["totp"], "disabled");
+    assert_eq!(
+        mfa_status(&app, "acme", &org.tokens.access).await["totp"],
+        "disabled"
+    );
     assert_eq!(audit_events(&app, &org, "mfa.disabled").await.len(), 1);
     assert!(
         notices(&app, &org.owner_email)
@@ -481,7 +579,10 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
     // Nor do the enrollment endpoints take a login token.
     for (path, body) in [
         ("/v1/auth/mfa/enroll", json!({"mfa_token": token})),
-        ("/v1/auth/mfa/enroll/confirm", json!({"mfa_token": token, "code": code})),
+        (
+            "/v1/auth/mfa/enroll/confirm",
+            json!({"mfa_token": token, "code": code}),
+        ),
     ] {
         let response = app.post_as("acme", path, &body).await;
         assert_problem(response, 401, "mfa_token_invalid").await;
@@ -493,7 +594,12 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
     assert_problem(response, 401, "mfa_token_invalid").await;
 
     // Expired.
-    let mut tx = app.state.tenant_db.begin(tenancy::TenantId(org.tenant_id)).await.unwrap();
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap();
     sqlx::query("update mfa_challenges set expires_at = now() - interval '1 second'")
         .execute(&mut *tx)
         .await
@@ -511,7 +617,10 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
         .await;
     assert_eq!(response.status(), 200);
     let response = app
-        .verify_mfa("acme", &json!({"mfa_token": token, "code": auth.code(now_step() + 1)}))
+        .verify_mfa(
+            "acme",
+            &json!({"mfa_token": token, "code": auth.code(now_step() + 1)}),
+        )
         .await;
     assert_problem(response, 401, "mfa_token_invalid").await;
 
@@ -519,9 +628,21 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
     for (method, path, body) in [
         (Method::GET, "/v1/me/mfa", None),
         (Method::POST, "/v1/me/mfa/totp", None),
-        (Method::POST, "/v1/me/mfa/totp/confirm", Some(json!({"code": code}))),
-        (Method::POST, "/v1/me/mfa/recovery-codes", Some(json!({"password": PASSWORD}))),
-        (Method::DELETE, "/v1/me/mfa/totp", Some(json!({"password": PASSWORD, "code": code}))),
+        (
+            Method::POST,
+            "/v1/me/mfa/totp/confirm",
+            Some(json!({"code": code})),
+        ),
+        (
+            Method::POST,
+            "/v1/me/mfa/recovery-codes",
+            Some(json!({"password": PASSWORD})),
+        ),
+        (
+            Method::DELETE,
+            "/v1/me/mfa/totp",
+            Some(json!({"password": PASSWORD, "code": code})),
+        ),
     ] {
         let response = app
             .send_authed(method, "acme", path, &other.tokens.access, body.as_ref())
@@ -529,8 +650,14 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
         assert_problem(response, 403, "wrong_tenant").await;
     }
     // The other tenant's owner has no MFA of their own, and acme's is unchanged.
-    assert_eq!(mfa_status(&app, "globex", &other.tokens.access).await["totp"], "disabled");
-    assert_eq!(mfa_status(&app, "acme", &org.tokens.access).await["totp"], "enabled");
+    assert_eq!(
+        mfa_status(&app, "globex", &other.tokens.access).await["totp"],
+        "disabled"
+    );
+    assert_eq!(
+        mfa_status(&app, "acme", &org.tokens.access).await["totp"],
+        "enabled"
+    );
 }
 
 #[tokio::test]
@@ -561,7 +688,12 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
         (json!([member, globex_member]), "mfa_required_for[1]"),
         (json!([member, member]), "mfa_required_for[1]"),
     ] {
-        let problem = assert_problem(patch(json!({"mfa_required_for": ids})).await, 422, "validation_failed").await;
+        let problem = assert_problem(
+            patch(json!({"mfa_required_for": ids})).await,
+            422,
+            "validation_failed",
+        )
+        .await;
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
     let response = patch(json!({"mfa_required_for": [member]})).await;
@@ -569,7 +701,10 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
     let profile: Value = response.json().await.unwrap();
     assert_eq!(profile["mfa_required_for"], json!([member]));
     let changed = audit_events(&app, &org, "tenant.settings_changed").await;
-    assert_eq!(changed[0]["details"]["to"]["mfa_required_for"], json!([member]));
+    assert_eq!(
+        changed[0]["details"]["to"]["mfa_required_for"],
+        json!([member])
+    );
     assert_eq!(changed[0]["details"]["from"]["mfa_required_for"], json!([]));
     // Shown only to managers.
     let public: Value = app.get_as("acme", "/v1/tenant").await.json().await.unwrap();
@@ -592,7 +727,11 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
         .await;
     assert_problem(response, 401, "mfa_token_invalid").await;
     let response = app
-        .post_as("globex", "/v1/auth/mfa/enroll", &json!({"mfa_token": token}))
+        .post_as(
+            "globex",
+            "/v1/auth/mfa/enroll",
+            &json!({"mfa_token": token}),
+        )
         .await;
     assert_problem(response, 401, "mfa_token_invalid").await;
     let response = app
@@ -615,7 +754,11 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
         .await;
     assert_problem(response, 401, "mfa_code_invalid").await;
     let response = app
-        .post_as("acme", confirm, &json!({"mfa_token": token, "code": secret.code_at(step)}))
+        .post_as(
+            "acme",
+            confirm,
+            &json!({"mfa_token": token, "code": secret.code_at(step)}),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -626,7 +769,11 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
     assert_eq!(me["totp"], "enabled");
     // Spent; the next login asks for a code.
     let response = app
-        .post_as("acme", confirm, &json!({"mfa_token": token, "code": secret.code_at(step + 1)}))
+        .post_as(
+            "acme",
+            confirm,
+            &json!({"mfa_token": token, "code": secret.code_at(step + 1)}),
+        )
         .await;
     assert_problem(response, 401, "mfa_token_invalid").await;
     let response = app.login("acme", "mem@acme.example", PASSWORD).await;

@@ -337,7 +337,10 @@ pub async fn mfa_required_for(conn: &mut PgConnection) -> Result<Vec<Uuid>, Stor
 
 /// Replaces the roles whose holders must use two-factor authentication (the caller has
 /// checked that they are roles of the tenant).
-pub async fn set_mfa_required_for(conn: &mut PgConnection, roles: &[Uuid]) -> Result<(), StoreError> {
+pub async fn set_mfa_required_for(
+    conn: &mut PgConnection,
+    roles: &[Uuid],
+) -> Result<(), StoreError> {
     sqlx::query("update settings set mfa_required_for = $1, updated_at = now()")
         .bind(roles)
         .execute(conn)

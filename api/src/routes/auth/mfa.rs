@@ -124,7 +124,11 @@ impl Validate for DisableTotpRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         check_present_password(&mut errors, "password", &self.password);
-        check_factor(&mut errors, self.code.as_deref(), self.recovery_code.as_deref());
+        check_factor(
+            &mut errors,
+            self.code.as_deref(),
+            self.recovery_code.as_deref(),
+        );
         all_valid(errors)
     }
 }
@@ -176,7 +180,11 @@ impl MfaApi {
     /// the app (`POST /v1/me/mfa/totp/confirm`) turns it on. Starting again replaces a
     /// pending enrollment; with two-factor authentication already on, 409
     /// `mfa_already_enabled` (turn it off first).
-    #[oai(path = "/v1/me/mfa/totp", method = "post", operation_id = "enroll_totp")]
+    #[oai(
+        path = "/v1/me/mfa/totp",
+        method = "post",
+        operation_id = "enroll_totp"
+    )]
     async fn enroll_totp(
         &self,
         state: Data<&AppState>,
@@ -237,7 +245,11 @@ impl MfaApi {
     /// wrong one is a 422 naming it, and counts toward the account lockout. Removes the
     /// secret and the recovery codes. Audited as `mfa.disabled`; a security notice is
     /// sent. Without two-factor authentication, 409 `mfa_not_enabled`.
-    #[oai(path = "/v1/me/mfa/totp", method = "delete", operation_id = "disable_totp")]
+    #[oai(
+        path = "/v1/me/mfa/totp",
+        method = "delete",
+        operation_id = "disable_totp"
+    )]
     async fn disable_totp(
         &self,
         state: Data<&AppState>,
@@ -539,7 +551,11 @@ pub(crate) async fn confirm_enrollment(
 /// A 422's field error unless `code` is shaped like an authenticator code (6 digits).
 pub(crate) fn check_code(errors: &mut Vec<FieldError>, field: &str, code: &str) {
     if code.len() != mfa::DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
-        errors.push(FieldError::new(field, FieldCode::Invalid, "must be 6 digits"));
+        errors.push(FieldError::new(
+            field,
+            FieldCode::Invalid,
+            "must be 6 digits",
+        ));
     }
 }
 
@@ -574,7 +590,10 @@ pub(crate) fn check_factor(
 }
 
 /// The factor of a body [`check_factor`] accepted.
-pub(crate) fn factor_of<'a>(code: Option<&'a str>, recovery_code: Option<&'a str>) -> SecondFactor<'a> {
+pub(crate) fn factor_of<'a>(
+    code: Option<&'a str>,
+    recovery_code: Option<&'a str>,
+) -> SecondFactor<'a> {
     match (code, recovery_code) {
         (_, Some(recovery)) => SecondFactor::RecoveryCode(recovery),
         (code, None) => SecondFactor::Totp(code.unwrap_or_default()),

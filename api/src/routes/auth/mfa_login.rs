@@ -19,7 +19,7 @@ use identity::{
     ClientInfo, OpaqueToken,
     store::{
         self,
-        mfa::{self as mfa_store, ChallengePurpose, Challenge, FactorOutcome},
+        mfa::{self as mfa_store, Challenge, ChallengePurpose, FactorOutcome},
     },
 };
 use poem::{Request, web::Data};
@@ -77,7 +77,11 @@ pub struct MfaLoginRequest {
 impl Validate for MfaLoginRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        check_factor(&mut errors, self.code.as_deref(), self.recovery_code.as_deref());
+        check_factor(
+            &mut errors,
+            self.code.as_deref(),
+            self.recovery_code.as_deref(),
+        );
         all_valid(errors)
     }
 }
@@ -141,8 +145,12 @@ impl MfaLoginApi {
     ) -> ApiResult<Json<TokenPair>> {
         let client = client_info(request);
         let ip_key = throttle::key(Counter::LoginFailures, Some(tenant.0.id), client.ip);
-        throttle::ensure_below(&state.redis, &ip_key, state.settings.auth.login_ip_max_failures)
-            .await?;
+        throttle::ensure_below(
+            &state.redis,
+            &ip_key,
+            state.settings.auth.login_ip_max_failures,
+        )
+        .await?;
         let body = body.0;
         let token = parse_token(&body.mfa_token)?;
         let factor = factor_of(body.code.as_deref(), body.recovery_code.as_deref());
@@ -322,12 +330,10 @@ pub(crate) async fn second_step(
             expires_in,
             methods: vec!["totp".to_owned(), "recovery_code".to_owned()],
         }),
-        ChallengePurpose::Enroll => {
-            LoginOutcome::MfaEnrollmentRequired(MfaEnrollmentRequired {
-                mfa_token,
-                expires_in,
-            })
-        }
+        ChallengePurpose::Enroll => LoginOutcome::MfaEnrollmentRequired(MfaEnrollmentRequired {
+            mfa_token,
+            expires_in,
+        }),
     }))
 }
 
@@ -375,12 +381,28 @@ impl CodeFailure<'_> {
         let locked =
             store::record_login_failure(&mut tx, self.user, lockout_policy(settings)).await?;
         let details = json!({ "reason": "wrong_mfa_code", "method": self.method });
-        audit::record(&mut tx, "login.failed", None, Some(self.user), None, self.client, details)
-            .await?;
+        audit::record(
+            &mut tx,
+            "login.failed",
+            None,
+            Some(self.user),
+            None,
+            self.client,
+            details,
+        )
+        .await?;
         if let Some(until) = locked {
             let details = json!({ "locked_until": until });
-            audit::record(&mut tx, "login.locked", None, Some(self.user), None, self.client, details)
-                .await?;
+            audit::record(
+                &mut tx,
+                "login.locked",
+                None,
+                Some(self.user),
+                None,
+                self.client,
+                details,
+            )
+            .await?;
         }
         tx.commit().await?;
         // Counted after the fact; a Redis failure here only loses one count.
