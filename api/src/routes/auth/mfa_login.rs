@@ -1,5 +1,5 @@
 //! The login's second step. A correct password of a user with two-factor authentication
-//! answers an MFA token instead of tokens ([`second_step`]); `POST /v1/auth/mfa` takes it
+//! answers an MFA token instead of tokens (`second_step`); `POST /v1/auth/mfa` takes it
 //! with an authenticator or recovery code and opens the session. A user whose role the
 //! tenant's `mfa_required_for` lists, and who has no authenticator yet, gets an enrollment
 //! token instead, which only the enrollment endpoints here accept: enforcement stays out
