@@ -111,6 +111,10 @@ error_codes! {
     DependencyUnavailable => (SERVICE_UNAVAILABLE, "Temporarily unavailable", "A service this operation cannot safely do without is unreachable; retry after `Retry-After` seconds."),
     Overloaded => (SERVICE_UNAVAILABLE, "Overloaded", "Too many requests of this kind are in progress; retry after `Retry-After` seconds."),
     InvitationInvalid => (BAD_REQUEST, "Invitation invalid", "The invitation link is unknown, already used, replaced by a newer one, revoked or expired; ask whoever invited you for a new invitation."),
+    MfaTokenInvalid => (UNAUTHORIZED, "MFA token invalid", "The MFA token is unknown, already used, expired, spent by too many wrong codes, meant for another step (a login token for enrollment or the reverse), or issued by another tenant; log in again."),
+    MfaCodeInvalid => (UNAUTHORIZED, "MFA code invalid", "The authenticator code or recovery code is wrong, already used, or outside the ±30-second window. Wrong codes count toward the account lockout like wrong passwords."),
+    MfaAlreadyEnabled => (CONFLICT, "MFA already enabled", "Two-factor authentication is already on for this account; disable it (`DELETE /v1/me/mfa/totp`) before enrolling again."),
+    MfaNotEnabled => (CONFLICT, "MFA not enabled", "Two-factor authentication is not on for this account (or no enrollment waits for confirmation); start with `POST /v1/me/mfa/totp`."),
     AlreadyMember => (CONFLICT, "Already a member", "A user of this tenant already has this email address: there is nobody to invite."),
 }
 
@@ -610,6 +614,7 @@ impl From<identity::StoreError> for ApiError {
                 ErrorCode::EmailTaken,
                 "Another user of this tenant has this email address.",
             ),
+            // Also a 500: the stored secret and the configured key disagree.
             other => ApiError::internal(other),
         }
     }

@@ -2,13 +2,14 @@
 //! access tokens and their signing keys ([`jwt`]), opaque client secrets ([`secret`]),
 //! email addresses and their one normalized key ([`email`]), the per-tenant identity
 //! tables ([`store`]), who may join a tenant ([`membership`]), invitations with their
-//! email job ([`invitations`]) the verification and reset emails ([`link_emails`]) and the prune of the identity tables ([`retention`]). The API crate wires these into endpoints.
+//! email job ([`invitations`]), two-factor authentication ([`mfa`]), the verification and reset emails ([`link_emails`]) and the prune of the identity tables ([`retention`]). The API crate wires these into endpoints.
 
 pub mod email;
 pub mod invitations;
 pub mod jwt;
 pub mod link_emails;
 pub mod membership;
+pub mod mfa;
 pub mod password;
 pub mod retention;
 pub mod secret;

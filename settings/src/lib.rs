@@ -25,6 +25,7 @@ mod loader;
 mod operations;
 mod proxies;
 mod retention;
+mod secrets;
 mod spec;
 mod stores;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub use crate::{
     operations::{Environment, JobSettings, LogFormat, LogSettings, TenancySettings, UnknownName},
     proxies::{InvalidProxyList, TrustedProxies},
     retention::{MAX_RETENTION, MIN_RETENTION, RetentionSettings},
+    secrets::{SECRETS_KEY_BYTES, SecretsSettings, parse_key as parse_secrets_key},
     spec::{SETTINGS, SettingSpec},
     stores::{DatabaseSettings, RedisSettings, S3Settings},
 };
@@ -74,6 +76,9 @@ pub const DEFAULT_S3_SECRET_ACCESS_KEY: &str =
 pub const DEFAULT_STRIPE_SECRET_KEY: &str = "sk_test_canopy_development";
 /// Development webhook signing secret.
 pub const DEFAULT_STRIPE_WEBHOOK_SECRET: &str = "whsec_canopy_development";
+/// Development key encrypting secrets at rest (base64 of the 32 ASCII bytes
+/// `canopy-development-secrets-key!!`); production refuses it.
+pub const DEFAULT_SECRETS_KEY: &str = "Y2Fub3B5LWRldmVsb3BtZW50LXNlY3JldHMta2V5ISE=";
 
 /// Everything Canopy is configured with, validated.
 #[derive(Debug, Clone)]
@@ -110,6 +115,8 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     /// How long finished rows are kept, and the prune jobs.
     pub retention: RetentionSettings,
+    /// The key encrypting secrets at rest (TOTP secrets).
+    pub secrets: SecretsSettings,
 }
 
 impl Settings {
@@ -158,6 +165,7 @@ impl Settings {
         let email = src.section(environment)?;
         let tenancy = src.section(environment)?;
         let retention = src.section(environment)?;
+        let secrets = src.section(environment)?;
         let auth: AuthSettings = src.section(environment)?;
         let billing = billing.with_default_urls(&auth.public_url);
         Ok(Self {
@@ -177,6 +185,7 @@ impl Settings {
             email,
             rate_limit,
             retention,
+            secrets,
         })
     }
 }

@@ -34,6 +34,7 @@ const SECRET_KEYS: &[&str] = &[
     "stripe_secret_key",
     "stripe_webhook_secrets",
     "smtp_url",
+    "secrets_key",
 ];
 
 const DEFAULTS: &str = "defaults";

@@ -7,7 +7,8 @@
 
 use crate::{
     DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, DEFAULT_S3_ACCESS_KEY_ID, DEFAULT_S3_ENDPOINT,
-    DEFAULT_S3_SECRET_ACCESS_KEY, DEFAULT_STRIPE_SECRET_KEY, DEFAULT_STRIPE_WEBHOOK_SECRET,
+    DEFAULT_S3_SECRET_ACCESS_KEY, DEFAULT_SECRETS_KEY, DEFAULT_STRIPE_SECRET_KEY,
+    DEFAULT_STRIPE_WEBHOOK_SECRET,
 };
 
 /// One documented setting: its key, default and meaning.
@@ -374,6 +375,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "stripe_secret_key",
         Some(DEFAULT_STRIPE_SECRET_KEY),
         "Stripe secret API key (`sk_live_…`/`sk_test_…`); production refuses the development placeholder",
+    ),
+    spec(
+        "secrets_key",
+        Some(DEFAULT_SECRETS_KEY),
+        "32-byte key encrypting secrets at rest (TOTP secrets), as base64 or 64 hex digits (`openssl rand -base64 32`); production refuses the development key",
     ),
     spec(
         "stripe_api_base",

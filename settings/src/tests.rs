@@ -91,6 +91,30 @@ fn production_requires_real_secrets_and_urls() {
     let smtp = ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465");
     let err = prod(&[s3, key, hooks, smtp]).unwrap_err();
     assert!(
+        err.to_string()
+            .starts_with("CANOPY_SECRETS_KEY is required"),
+        "{err}"
+    );
+    // The development key, as written in the README and in hex, is refused too.
+    let dev_hex = "63616e6f70792d646576656c6f706d656e742d736563726574732d6b65792121";
+    assert_eq!(
+        parse_secrets_key(dev_hex),
+        parse_secrets_key(DEFAULT_SECRETS_KEY)
+    );
+    for dev in [DEFAULT_SECRETS_KEY, dev_hex] {
+        let err = prod(&[s3, key, hooks, smtp, ("CANOPY_SECRETS_KEY", dev)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("CANOPY_SECRETS_KEY is required"),
+            "{err}"
+        );
+    }
+    let secrets = (
+        "CANOPY_SECRETS_KEY",
+        "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeJo=",
+    );
+    let err = prod(&[s3, key, hooks, smtp, secrets]).unwrap_err();
+    assert!(
         err.to_string().starts_with("CANOPY_PUBLIC_URL is required"),
         "{err}"
     );
@@ -100,10 +124,39 @@ fn production_requires_real_secrets_and_urls() {
             key,
             hooks,
             smtp,
+            secrets,
             ("CANOPY_PUBLIC_URL", "https://app.example")
         ])
         .is_ok()
     );
+}
+
+#[test]
+fn secrets_key_is_32_bytes_of_base64_or_hex() {
+    let defaults = Settings::from_env_map(&BTreeMap::new()).expect("defaults are valid");
+    assert_eq!(defaults.secrets.key(), b"canopy-development-secrets-key!!");
+    let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+    let s = Settings::from_env_map(&env(&[("CANOPY_SECRETS_KEY", hex)])).expect("hex key");
+    assert_eq!(s.secrets.key()[..4], [0x00, 0x11, 0x22, 0x33]);
+    assert_eq!(s.secrets.key()[31], 0xff);
+    let unpadded = "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeJo";
+    assert!(Settings::from_env_map(&env(&[("CANOPY_SECRETS_KEY", unpadded)])).is_ok());
+    for bad in [
+        // 31 and 33 bytes, in base64 and hex; not base64; hex with a stray letter.
+        "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeA==",
+        "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeJqr",
+        &hex[..62],
+        &format!("{hex}00"),
+        "not a key at all, not even close!!!!!!!!!!",
+        &format!("{}g", &hex[..63]),
+    ] {
+        assert_eq!(parse_secrets_key(bad), None, "{bad}");
+        let err = Settings::from_env_map(&env(&[("CANOPY_SECRETS_KEY", bad)])).unwrap_err();
+        let line = err.to_string();
+        assert!(line.starts_with("CANOPY_SECRETS_KEY"), "{line}");
+        assert!(line.contains("32 bytes"), "{line}");
+        assert!(!line.contains(bad), "the key is echoed: {line}");
+    }
 }
 
 #[test]

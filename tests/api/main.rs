@@ -14,6 +14,7 @@ mod invitations;
 mod isolation;
 mod jobs;
 mod metrics;
+mod mfa;
 mod migrations;
 mod openapi;
 mod pipeline;

@@ -19,6 +19,16 @@ use uuid::Uuid;
 const SESSION_OPERATIONS: [&str; 4] =
     ["revoke_session", "change_password", "log_out", "logout_all"];
 
+/// The signed-in user's two-factor authentication operations: no permission, run by every
+/// actor of the matrix in this order (each needs the one before), see [`mfa_operations`].
+const MFA_OPERATIONS: [&str; 5] = [
+    "get_mfa",
+    "enroll_totp",
+    "confirm_totp",
+    "regenerate_recovery_codes",
+    "disable_totp",
+];
+
 /// Every operation a tenant user can call, with the permission the document declares for
 /// it (`None`: any signed-in user).
 fn user_operations() -> BTreeMap<String, Option<String>> {
@@ -392,6 +402,7 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
             .iter()
             .map(|c| c.op)
             .chain(SESSION_OPERATIONS)
+            .chain(MFA_OPERATIONS)
             .collect();
         let documented: BTreeSet<&str> = ops.keys().map(String::as_str).collect();
         assert_eq!(
@@ -423,8 +434,38 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
                 ),
             }
         }
+        mfa_operations(&app, &tokens, &ops).await;
         session_operations(&app, &format!("actor-{actor}@acme.example"), &tokens, &ops).await;
     }
+}
+
+/// Runs [`MFA_OPERATIONS`] as the holder of `tokens`: each must succeed, whatever the
+/// user's roles, and none may declare a permission.
+async fn mfa_operations(app: &TestApp, tokens: &Tokens, ops: &BTreeMap<String, Option<String>>) {
+    for op in MFA_OPERATIONS {
+        assert_eq!(ops[op], None, "{op} needs no permission");
+    }
+    e2e::mfa::clear_of_step_boundary(10).await;
+    let send = |method: Method, path: &'static str, body: Option<Value>| async move {
+        app.send_authed(method, "acme", path, &tokens.access, body.as_ref())
+            .await
+    };
+    assert_eq!(send(Method::GET, "/v1/me/mfa", None).await.status(), 200);
+    let started = send(Method::POST, "/v1/me/mfa/totp", None).await;
+    assert_eq!(started.status(), 201, "enroll_totp");
+    let body: Value = started.json().await.expect("JSON");
+    let secret = identity::mfa::TotpSecret::from_base32(body["secret"].as_str().expect("secret"))
+        .expect("base32");
+    let step = e2e::mfa::now_step();
+    let code = json!({"code": secret.code_at(step)});
+    let confirmed = send(Method::POST, "/v1/me/mfa/totp/confirm", Some(code)).await;
+    assert_eq!(confirmed.status(), 200, "confirm_totp");
+    let password = json!({"password": e2e::auth::PASSWORD});
+    let regenerated = send(Method::POST, "/v1/me/mfa/recovery-codes", Some(password)).await;
+    assert_eq!(regenerated.status(), 200, "regenerate_recovery_codes");
+    let disable = json!({"password": e2e::auth::PASSWORD, "code": secret.code_at(step + 1)});
+    let disabled = send(Method::DELETE, "/v1/me/mfa/totp", Some(disable)).await;
+    assert_eq!(disabled.status(), 204, "disable_totp");
 }
 
 /// Runs [`SESSION_OPERATIONS`] as the user `email` (holding `tokens`): each must succeed,

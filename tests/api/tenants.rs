@@ -533,6 +533,7 @@ async fn the_public_profile_shows_what_a_login_page_needs_and_members_see_more()
         .expect("json");
     let mut everything: Vec<&str> = public.to_vec();
     everything.extend([
+        "mfa_required_for",
         "plan",
         "registration_domains",
         "registration_role_id",
@@ -547,6 +548,7 @@ async fn the_public_profile_shows_what_a_login_page_needs_and_members_see_more()
             .is_some_and(|b| b > 0)
     );
     assert_eq!(as_owner["registration_role_id"], viewer.to_string());
+    assert_eq!(as_owner["mfa_required_for"], json!([]));
 
     // A token that is sent must be valid: never quietly anonymous.
     let forged = app

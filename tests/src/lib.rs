@@ -25,6 +25,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 pub mod auth;
 pub mod files;
 pub mod membership;
+pub mod mfa;
 pub mod products;
 pub mod rbac;
 pub mod stripe;

@@ -4,12 +4,14 @@
 //!
 //! One module per concern, all re-exported here (`identity::store::*` is the one path):
 //! `users` (status, records, creation, changes, listing), `lockout` (failed logins),
-//! `sessions`, `rotation` (refresh tokens), `tokens` (single-use email tokens), `audit`, and `retention` (the prune statements of all of them and of invitations). Rows are
+//! `sessions`, `rotation` (refresh tokens), `tokens` (single-use email tokens), `audit`, `mfa` (two-factor authentication: its own
+//! path, `identity::store::mfa::*`, its names being many), and `retention` (the prune statements of all of them and of invitations). Rows are
 //! read with `sqlx::FromRow`; the users' email uniqueness is the database's
 //! (`users_email_key_key`, named through `tenancy::ConstraintExt`).
 
 mod audit;
 mod lockout;
+pub mod mfa;
 pub mod retention;
 mod rotation;
 mod sessions;
@@ -36,6 +38,9 @@ pub enum StoreError {
     /// Another user of this tenant has this email.
     #[error("the email address is already registered")]
     EmailTaken,
+    /// A stored TOTP secret does not decrypt (another secrets key, a copied row).
+    #[error(transparent)]
+    Mfa(#[from] crate::mfa::MfaError),
     /// Database failure.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -1,10 +1,12 @@
-//! Sign-up, registration, verification, login, token refresh, logout, sessions, password
-//! recovery and change, and the public keys that verify access tokens: one module (and
+//! Sign-up, registration, verification, login (with its second factor), token refresh,
+//! logout, sessions, password recovery and change, two-factor authentication, and the public keys that verify access tokens: one module (and
 //! one `#[OpenApi]` struct, combined in [`AuthApi`]) per flow. This module holds what the
 //! flows share: the request and response types, and the helpers several flows (and the
 //! invitations) use.
 
 pub mod keys;
+pub mod mfa;
+pub mod mfa_login;
 pub mod password;
 pub mod recovery;
 pub mod registration;
@@ -15,7 +17,7 @@ use chrono::{DateTime, Utc};
 use identity::{ClientInfo, OpaqueToken, User, link_emails, store::LockoutPolicy};
 use jobs::Job;
 use poem::Request;
-use poem_openapi::{ApiResponse, Object, payload::Json};
+use poem_openapi::{ApiResponse, Object, Union, payload::Json};
 use serde::Deserialize;
 use tenancy::{TenantSlug, TenantTx};
 use uuid::Uuid;
@@ -41,8 +43,10 @@ pub type AuthApi = (
     signup::SignupApi,
     registration::RegistrationApi,
     sessions::SessionsApi,
+    mfa_login::MfaLoginApi,
     recovery::RecoveryApi,
     password::PasswordApi,
+    mfa::MfaApi,
     keys::KeysApi,
 );
 
@@ -51,8 +55,10 @@ pub const AUTH_API: AuthApi = (
     signup::SignupApi,
     registration::RegistrationApi,
     sessions::SessionsApi,
+    mfa_login::MfaLoginApi,
     recovery::RecoveryApi,
     password::PasswordApi,
+    mfa::MfaApi,
     keys::KeysApi,
 );
 
@@ -66,6 +72,45 @@ pub struct TokenPair {
     /// Always `Bearer`.
     pub token_type: String,
     /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// What a correct password leads to; `status` says which.
+#[derive(Debug, Union)]
+#[oai(discriminator_name = "status")]
+pub enum LoginOutcome {
+    /// Logged in: the session's tokens.
+    #[oai(mapping = "authenticated")]
+    Authenticated(TokenPair),
+    /// The user has two-factor authentication: send a code with the MFA token to `POST
+    /// /v1/auth/mfa`.
+    #[oai(mapping = "mfa_required")]
+    MfaRequired(MfaRequired),
+    /// The tenant requires two-factor authentication of one of the user's roles and the
+    /// user has none: enroll with the MFA token (`POST /v1/auth/mfa/enroll`, then
+    /// `POST /v1/auth/mfa/enroll/confirm`), which logs in.
+    #[oai(mapping = "mfa_enrollment_required")]
+    MfaEnrollmentRequired(MfaEnrollmentRequired),
+}
+
+/// The password was right; the second factor is next.
+#[derive(Debug, Object)]
+pub struct MfaRequired {
+    /// Opaque, single-use token for `POST /v1/auth/mfa` (never an access token).
+    pub mfa_token: String,
+    /// Seconds until the MFA token expires.
+    pub expires_in: u64,
+    /// What `POST /v1/auth/mfa` accepts: `totp` (`code`) and `recovery_code`.
+    pub methods: Vec<String>,
+}
+
+/// The password was right; the tenant requires enrolling a second factor first.
+#[derive(Debug, Object)]
+pub struct MfaEnrollmentRequired {
+    /// Opaque token for `POST /v1/auth/mfa/enroll` and `POST /v1/auth/mfa/enroll/confirm`
+    /// only (never an access token); the confirmation spends it.
+    pub mfa_token: String,
+    /// Seconds until the MFA token expires.
     pub expires_in: u64,
 }
 

@@ -33,6 +33,12 @@ impl SessionsApi {
     /// A wrong email and a wrong password get the same 401 `invalid_credentials`, in the
     /// same time. After repeated failures the account is locked for a while (403
     /// `account_locked`), and failures from one address are throttled (429).
+    ///
+    /// `status` says what the answer holds: `authenticated`, the session's tokens;
+    /// `mfa_required` (the user has two-factor authentication), an MFA token for `POST
+    /// /v1/auth/mfa`; `mfa_enrollment_required` (the tenant requires two-factor
+    /// authentication of one of the user's roles, and the user has none yet), an MFA token
+    /// for `POST /v1/auth/mfa/enroll`. No session exists before the second factor.
     #[oai(path = "/v1/auth/login", method = "post", operation_id = "log_in")]
     async fn login(
         &self,
@@ -40,7 +46,7 @@ impl SessionsApi {
         request: &Request,
         tenant: CurrentTenant,
         body: JsonBody<LoginRequest>,
-    ) -> ApiResult<Json<TokenPair>> {
+    ) -> ApiResult<Json<LoginOutcome>> {
         let client = client_info(request);
         let ip_key = throttle::key(Counter::LoginFailures, Some(tenant.0.id), client.ip);
         let max_failures = state.settings.auth.login_ip_max_failures;
@@ -71,8 +77,11 @@ impl SessionsApi {
         };
         ensure_may_log_in(record.user.status)?;
         let user = record.user.id;
+        if let Some(second_step) = mfa_login::second_step(&state, &tenant, user, &client).await? {
+            return Ok(Json(second_step));
+        }
         let pair = open_session(&state, &tenant, user, rehashed.as_deref(), &client).await?;
-        Ok(Json(pair))
+        Ok(Json(LoginOutcome::Authenticated(pair)))
     }
 
     /// Exchange a refresh token for new tokens.
@@ -240,7 +249,7 @@ impl SessionsApi {
     }
 }
 
-fn account_locked(until: DateTime<Utc>) -> ApiError {
+pub(crate) fn account_locked(until: DateTime<Utc>) -> ApiError {
     let seconds = (until - Utc::now()).num_seconds().max(1);
     ApiError::retry_after(
         ErrorCode::AccountLocked,
@@ -377,7 +386,7 @@ impl LoginFailure<'_> {
 }
 
 /// Only active users log in: a pending one must verify their address first.
-fn ensure_may_log_in(status: UserStatus) -> ApiResult<()> {
+pub(crate) fn ensure_may_log_in(status: UserStatus) -> ApiResult<()> {
     match status {
         UserStatus::Active => Ok(()),
         UserStatus::Pending => Err(ApiError::new(
@@ -398,12 +407,27 @@ async fn open_session(
     client: &ClientInfo,
 ) -> ApiResult<TokenPair> {
     let mut tx = tenant.begin(state).await?;
-    store::record_login_success(&mut tx, user, rehashed).await?;
-    let (session, refresh) =
-        store::create_session(&mut tx, user, client, state.settings.jwt.refresh_ttl).await?;
     let details = json!({ "rehashed": rehashed.is_some() });
+    let pair = open_session_in(state, &mut tx, user, rehashed, client, details).await?;
+    tx.commit().await?;
+    Ok(pair)
+}
+
+/// [`open_session`] inside the caller's transaction (the second factor's, which spends
+/// its MFA token in the same commit), auditing `login.succeeded` with `details`.
+pub(crate) async fn open_session_in(
+    state: &AppState,
+    tx: &mut TenantTx,
+    user: Uuid,
+    rehashed: Option<&str>,
+    client: &ClientInfo,
+    details: serde_json::Value,
+) -> ApiResult<TokenPair> {
+    store::record_login_success(tx, user, rehashed).await?;
+    let (session, refresh) =
+        store::create_session(tx, user, client, state.settings.jwt.refresh_ttl).await?;
     audit::record(
-        &mut tx,
+        tx,
         "login.succeeded",
         Some(user),
         Some(user),
@@ -412,8 +436,7 @@ async fn open_session(
         details,
     )
     .await?;
-    tx.commit().await?;
-    token_pair(state, tenant.0.id.0, user, session.id, &refresh)
+    token_pair(state, tx.tenant_id().0, user, session.id, &refresh)
 }
 
 /// A refresh token presented again after its grace window is taken for stolen: the

@@ -1,7 +1,7 @@
 //! The tenant a request addresses: its profile (`GET /v1/tenant`, public, showing more to
 //! members who may see more) and its registration settings (`PATCH /v1/tenant`).
 
-use identity::{ClientInfo, Registration, RegistrationPolicy, membership};
+use identity::{ClientInfo, Registration, RegistrationPolicy, membership, store::mfa as mfa_store};
 use poem::{Request, web::Data};
 use poem_openapi::{OpenApi, payload::Json, types::MaybeUndefined};
 use rbac::{
@@ -62,9 +62,11 @@ impl CurrentTenantApi {
     /// Change the tenant's name, settings and registration settings.
     ///
     /// Sets the display name, the locale and time zone, who may register themselves
-    /// (`invite_only`, `open`, or `domain` with its domains) and the role they get; all in
-    /// one transaction. A registration change takes effect with the next registration.
-    /// Audited as `tenant.settings_changed` (name, locale, time zone) and
+    /// (`invite_only`, `open`, or `domain` with its domains) and the role they get, and the
+    /// roles that must use two-factor authentication; all in one transaction. A
+    /// registration change takes effect with the next registration, a two-factor one with
+    /// the next login. Audited as `tenant.settings_changed` (name, locale, time zone,
+    /// `mfa_required_for`) and
     /// `tenant.registration_changed`. Answers with the profile as the caller sees it.
     #[oai(
         path = "/v1/tenant",
@@ -96,7 +98,12 @@ impl CurrentTenantApi {
         let rename = renamed_from
             .as_deref()
             .map(|from| (from, tenant.name.as_str()));
-        change_preferences(&mut tx, &me, &client, &body, rename).await?;
+        let mfa_roles = body
+            .mfa_required_for
+            .as_deref()
+            .map(|ids| judge_mfa_roles(&all_roles, ids))
+            .transpose()?;
+        change_preferences(&mut tx, &me, &client, &body, rename, mfa_roles).await?;
         let before = membership::registration(&mut tx).await?;
         let mut after = before.clone();
         if let Some(policy) = body.registration_policy {
@@ -143,16 +150,22 @@ impl CurrentTenantApi {
     }
 }
 
-/// Applies the body's locale and time zone, auditing them with the rename (from, to)
-/// already made in `tx` as one `tenant.settings_changed`. A time zone PostgreSQL does not
-/// know is a 422.
+/// Applies the body's locale, time zone and `mfa_required_for` (`mfa_roles`, already
+/// judged), auditing them with the rename (from, to) already made in `tx` as one
+/// `tenant.settings_changed`. A time zone PostgreSQL does not know is a 422.
 async fn change_preferences(
     tx: &mut TenantTx,
     me: &Principal,
     client: &ClientInfo,
     body: &UpdateCurrentTenant,
     rename: Option<(&str, &str)>,
+    mfa_roles: Option<&[Uuid]>,
 ) -> ApiResult<()> {
+    let mfa_before = mfa_store::mfa_required_for(tx).await?;
+    let mfa_change = mfa_roles.filter(|after| *after != mfa_before.as_slice());
+    if let Some(after) = mfa_change {
+        mfa_store::set_mfa_required_for(tx, after).await?;
+    }
     let before = profile::preferences(tx).await?;
     let after = Preferences {
         locale: body.locale.clone().unwrap_or_else(|| before.locale.clone()),
@@ -168,7 +181,7 @@ async fn change_preferences(
             "not a time zone of the IANA database (such as `Europe/Lisbon` or `UTC`)",
         )]));
     }
-    if after == before && rename.is_none() {
+    if after == before && rename.is_none() && mfa_change.is_none() {
         return Ok(());
     }
     if after != before {
@@ -179,6 +192,10 @@ async fn change_preferences(
     if let Some((old_name, new_name)) = rename {
         from["name"] = json!(old_name);
         to["name"] = json!(new_name);
+    }
+    if let Some(mfa_after) = mfa_change {
+        from["mfa_required_for"] = json!(mfa_before);
+        to["mfa_required_for"] = json!(mfa_after);
     }
     audit::record(
         tx,
@@ -220,6 +237,11 @@ async fn profile(
                 .map_err(ApiError::internal)?,
         ),
     };
+    let mfa_required_for = if manager {
+        Some(mfa_store::mfa_required_for(tx).await?)
+    } else {
+        None
+    };
     let storage = if granted.contains(Permission::BillingRead) {
         let (used_bytes, files) = files::store::usage(tx).await?;
         let limits = state.settings.plans.limits(&tenant.plan);
@@ -240,6 +262,7 @@ async fn profile(
         registration_policy: registration.policy.into(),
         registration_domains: manager.then(|| registration.domains.clone()),
         registration_role_id: role_id,
+        mfa_required_for,
         plan: granted
             .contains(Permission::BillingRead)
             .then(|| tenant.plan.clone()),
@@ -280,6 +303,21 @@ fn judge_registration_role(
             )]))
         }
     }
+}
+
+/// The roles of `ids`, each a role of this tenant (a 422 naming the first that is not).
+fn judge_mfa_roles<'a>(all_roles: &[rbac::Role], ids: &'a [Uuid]) -> ApiResult<&'a [Uuid]> {
+    if let Some(i) = ids
+        .iter()
+        .position(|id| !all_roles.iter().any(|r| r.id == *id))
+    {
+        return Err(ApiError::validation(vec![FieldError::new(
+            format!("mfa_required_for[{i}]"),
+            FieldCode::NotFound,
+            "no role of this tenant has this id",
+        )]));
+    }
+    Ok(ids)
 }
 
 fn registration_json(registration: &Registration) -> serde_json::Value {

@@ -140,6 +140,10 @@ pub struct TenantProfile {
     /// The role self-registered users get. Only with `tenant:manage`.
     #[oai(skip_serializing_if_is_none)]
     pub registration_role_id: Option<Uuid>,
+    /// The roles whose holders must use two-factor authentication. Only with
+    /// `tenant:manage`.
+    #[oai(skip_serializing_if_is_none)]
+    pub mfa_required_for: Option<Vec<Uuid>>,
     /// Billing plan. Only with `billing:read`.
     #[oai(skip_serializing_if_is_none)]
     pub plan: Option<String>,
@@ -181,7 +185,16 @@ pub struct UpdateCurrentTenant {
     /// `billing:manage`; and you must hold everything it allows.
     #[serde(default)]
     pub registration_role_id: MaybeUndefined<Uuid>,
+    /// The roles whose holders must use two-factor authentication, replacing the list
+    /// (`[]`: nobody must), at most 64 role ids of this tenant. A holder without an
+    /// authenticator can then log in only to enroll one (`mfa_enrollment_required`).
+    #[oai(validator(max_items = 64))]
+    #[serde(default)]
+    pub mfa_required_for: Option<Vec<Uuid>>,
 }
+
+/// Most roles `mfa_required_for` may list (the schema's `settings_mfa_required_for_count`).
+pub const MAX_MFA_REQUIRED_FOR: usize = 64;
 
 // The schema's `maxItems` of `registration_domains` and the lengths the descriptions of
 // `locale` and `timezone` state (attributes take literals only).
@@ -240,8 +253,24 @@ impl Validate for UpdateCurrentTenant {
                     "registration_role_id",
                     !self.registration_role_id.is_undefined(),
                 ),
+                ("mfa_required_for", self.mfa_required_for.is_some()),
             ],
         );
+        if let Some(roles) = &self.mfa_required_for {
+            if roles.len() > MAX_MFA_REQUIRED_FOR {
+                errors.push(FieldError::new(
+                    "mfa_required_for",
+                    FieldCode::TooLong,
+                    format!("at most {MAX_MFA_REQUIRED_FOR} roles"),
+                ));
+            } else if let Some(i) = (1..roles.len()).find(|&i| roles[..i].contains(&roles[i])) {
+                errors.push(FieldError::new(
+                    format!("mfa_required_for[{i}]"),
+                    FieldCode::Duplicate,
+                    "this role is listed twice",
+                ));
+            }
+        }
         if let Some(name) = &self.name {
             check_tenant_name(&mut errors, name);
         }
