@@ -248,7 +248,10 @@ pub async fn revoke_key(conn: &mut PgConnection, id: Uuid) -> Result<Option<ApiK
 }
 
 /// The row authentication checks a presented key against (revoked or not).
-pub async fn key_record(conn: &mut PgConnection, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+pub async fn key_record(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<KeyRecord>, StoreError> {
     Ok(sqlx::query_as(
         "select id, name, permissions, created_by, expires_at, revoked_at, secret_hash
          from api_keys where id = $1",
@@ -260,7 +263,11 @@ pub async fn key_record(conn: &mut PgConnection, id: Uuid) -> Result<Option<KeyR
 
 /// Whether key `id` of `user` may still be used, read from the database: unrevoked,
 /// unexpired, and its creator active (the revocation list's fallback).
-pub async fn key_is_valid(conn: &mut PgConnection, user: Uuid, id: Uuid) -> Result<bool, StoreError> {
+pub async fn key_is_valid(
+    conn: &mut PgConnection,
+    user: Uuid,
+    id: Uuid,
+) -> Result<bool, StoreError> {
     let valid: Option<bool> = sqlx::query_scalar(
         "select k.revoked_at is null and (k.expires_at is null or k.expires_at > now())
                 and u.status = 'active'
