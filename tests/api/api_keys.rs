@@ -430,3 +430,37 @@ fn the_document_lists_the_key_scheme_where_keys_are_taken() {
     assert_eq!(scheme["scheme"], "bearer");
     assert_eq!(scheme["bearerFormat"], "cnt_…");
 }
+
+#[tokio::test]
+async fn without_redis_a_key_is_checked_against_the_database() {
+    let mut redis = e2e::auth::PrivateRedis::start().await;
+    let app = e2e::TestApp::builder()
+        .env("redis_url", &redis.url)
+        .spawn()
+        .await;
+    let org = app.signup("acme").await;
+    let (id, secret) = app
+        .create_api_key_ok(
+            &org,
+            &json!({"name": "ci", "permissions": ["products:read"]}),
+        )
+        .await;
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_eq!(list.status(), 200);
+    redis.stop();
+    // Redis unreachable: the database says the key is fine…
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_eq!(list.status(), 200);
+    // …and, once revoked elsewhere (an announcement Redis cannot take), that it is not,
+    // although this instance still holds the key's row cached as live.
+    let revoked = app
+        .tenant_sql(
+            org.tenant_id,
+            "update api_keys set revoked_at = now() where id = $1",
+            Some(id),
+        )
+        .await;
+    assert_eq!(revoked, 1);
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_problem(list, 401, "invalid_token").await;
+}
