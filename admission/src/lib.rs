@@ -3,7 +3,8 @@
 //!
 //! - tenant resolution's cache and its coherence across instances ([`tenants`]: an
 //!   in-process cache dropped everywhere on a Redis announcement),
-//! - the revocation list of ended sessions and blocked users ([`revocation`]),
+//! - the revocation list of ended sessions, revoked API keys and blocked users
+//!   ([`revocation`]), and the rows of tenant API keys, cached briefly ([`api_keys`]),
 //! - the permission cache ([`permissions`]),
 //! - the login, recovery and sign-up throttles ([`throttle`]),
 //! - the general rate limits and their one-round-trip Lua script ([`rate_limit`]),
@@ -19,6 +20,7 @@
 //! process-wide cap, and the throttles fail closed.
 
 mod address;
+pub mod api_keys;
 mod error;
 pub mod permissions;
 pub mod rate_limit;

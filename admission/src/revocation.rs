@@ -1,4 +1,5 @@
-//! The revocation list: revoked sessions and blocked users (deactivated, banned), in Redis
+//! The revocation list: revoked sessions, revoked tenant API keys and blocked users
+//! (deactivated, banned), in Redis
 //! with a TTL equal to the refresh-token lifetime, checked on every authenticated request
 //! in one round trip.
 //!
@@ -8,7 +9,9 @@
 //! its data (a flush, a failover to an empty replica), the marker is gone and requests are
 //! checked against the database until the list is rebuilt. Should Redis be unreachable,
 //! the check falls back to the database; should both be down, the request is refused with
-//! a 503, never let through unchecked. A token Redis lists as revoked is confirmed against
+//! a 503, never let through unchecked. An API key's id stands where a session id stands
+//! (its creator where the user stands), so revoking a key is announced, checked and
+//! rebuilt exactly like ending a session; only the database check differs ([`Credential`]). A token Redis lists as revoked is confirmed against
 //! the database too (those are rare), so a stale entry cannot lock anyone out.
 
 use std::{
@@ -46,6 +49,25 @@ fn ready_key(tenant: TenantId) -> String {
     format!("canopy:t:{tenant}:revoked:ready")
 }
 
+/// What a request authenticated with: a session (an access token's `sid`) or a tenant API
+/// key. Either one's id is listed under the same kind of entry (ids are random UUIDs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A session.
+    Session(Uuid),
+    /// A tenant API key.
+    ApiKey(Uuid),
+}
+
+impl Credential {
+    /// The id the revocation list knows it by.
+    pub fn id(self) -> Uuid {
+        match self {
+            Self::Session(id) | Self::ApiKey(id) => id,
+        }
+    }
+}
+
 /// One write to the list.
 #[derive(Debug, Clone)]
 enum Write {
@@ -76,7 +98,7 @@ impl Revocations {
         ]
     }
 
-    /// Whether `session` of `user` may be used (`Ok`, [`AdmissionError::Revoked`], or
+    /// Whether `credential` of `user` may be used (`Ok`, [`AdmissionError::Revoked`], or
     /// [`AdmissionError::SessionUncheckable`] when neither Redis nor the database can say),
     /// given the values of [`Self::keys`] (fetched by the caller in the same round trip as
     /// others) or the error fetching them.
@@ -84,7 +106,7 @@ impl Revocations {
         self: &Arc<Self>,
         tenant: TenantId,
         user: Uuid,
-        session: Uuid,
+        credential: Credential,
         looked_up: Result<&[Option<String>], &RedisError>,
     ) -> Result<(), AdmissionError> {
         match looked_up {
@@ -103,9 +125,15 @@ impl Revocations {
         }
         let valid = async {
             let mut tx = self.tenant_db.begin(tenant).await?;
-            let valid = identity::store::session_is_valid(&mut tx, user, session)
-                .await
-                .map_err(anyhow::Error::from)?;
+            let valid = match credential {
+                Credential::Session(session) => {
+                    identity::store::session_is_valid(&mut tx, user, session).await
+                }
+                Credential::ApiKey(key) => {
+                    identity::api_keys::key_is_valid(&mut tx, user, key).await
+                }
+            }
+            .map_err(anyhow::Error::from)?;
             tx.commit().await?;
             anyhow::Ok(valid)
         }
@@ -200,12 +228,15 @@ impl Revocations {
         });
     }
 
-    /// Writes every blocked user and every session revoked within the TTL, then the ready
+    /// Writes every blocked user and every session and API key revoked within the TTL (an
+    /// API key revoked longer ago is refused by its row, which no cache keeps that long),
+    /// then the ready
     /// marker. Revocations committed meanwhile write their own entries, so none is lost.
     pub async fn rebuild(&self, tenant: TenantId) -> anyhow::Result<()> {
         let since = chrono::Utc::now() - chrono::Duration::from_std(self.ttl)?;
         let mut tx = self.tenant_db.begin(tenant).await?;
-        let (users, sessions) = identity::store::revocations(&mut tx, since).await?;
+        let (users, mut sessions) = identity::store::revocations(&mut tx, since).await?;
+        sessions.extend(identity::api_keys::revoked_since(&mut tx, since).await?);
         tx.commit().await?;
         let writes: Vec<Write> = users
             .iter()

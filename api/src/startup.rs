@@ -507,6 +507,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         redis.clone(),
         metrics.clone(),
     ));
+    let db_tenant_db = db.tenant_db();
     Ok(AppState {
         stripe,
         rate_limiter,
@@ -524,6 +525,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         hasher,
         revocations,
         permissions,
+        api_keys: Arc::new(admission::api_keys::ApiKeys::new(db_tenant_db)),
         storage,
     })
 }

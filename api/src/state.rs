@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use admission::{
-    permissions::Permissions, rate_limit::RateLimiter, redis::RedisPool, revocation::Revocations,
-    tenants::TenantResolver,
+    api_keys::ApiKeys, permissions::Permissions, rate_limit::RateLimiter, redis::RedisPool,
+    revocation::Revocations, tenants::TenantResolver,
 };
 use tenancy::{ControlDb, TenantDb};
 
@@ -33,6 +33,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// Revoked sessions and blocked users.
     pub revocations: Arc<Revocations>,
+    /// Tenant API keys' rows, cached briefly, and their last use.
+    pub api_keys: Arc<ApiKeys>,
     /// Effective permissions per user, cached.
     pub permissions: Arc<Permissions>,
     /// The general request limits.

@@ -1,9 +1,10 @@
 //! Canopy's identity core, free of HTTP: password policy and hashing ([`password`]),
 //! access tokens and their signing keys ([`jwt`]), opaque client secrets ([`secret`]),
 //! email addresses and their one normalized key ([`email`]), the per-tenant identity
-//! tables ([`store`]), who may join a tenant ([`membership`]), invitations with their
+//! tables ([`store`]), tenant API keys ([`api_keys`]), who may join a tenant ([`membership`]), invitations with their
 //! email job ([`invitations`]), two-factor authentication ([`mfa`]), the verification and reset emails ([`link_emails`]) and the prune of the identity tables ([`retention`]). The API crate wires these into endpoints.
 
+pub mod api_keys;
 pub mod email;
 pub mod invitations;
 pub mod jwt;

@@ -45,6 +45,7 @@ permissions! {
     BillingManage => ("billing:manage", "Change the subscription: checkout and billing portal."),
     AuditRead => ("audit:read", "Read the security audit log."),
     TenantManage => ("tenant:manage", "Change the tenant's settings: who may register, and with which role."),
+    ApiKeysManage => ("api_keys:manage", "Create, list and revoke the tenant's API keys (service accounts)."),
 }
 
 impl fmt::Display for Permission {
@@ -210,6 +211,10 @@ pub const NOT_FOR_SELF_REGISTRATION: PermissionSet = PermissionSet::of(&[
     Permission::BillingManage,
 ]);
 
+/// What an API key can never hold: managing API keys (a key cannot mint keys). Checked when
+/// a key is created, and again on every request made with one.
+pub const NOT_FOR_API_KEYS: PermissionSet = PermissionSet::of(&[Permission::ApiKeysManage]);
+
 /// The roles every tenant has. Their permission sets are defined here, not stored, so that
 /// a permission added to the catalog reaches every tenant at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -283,6 +288,8 @@ mod tests {
         assert!(!Viewer.permissions().contains(Permission::ProductsWrite));
         assert!(Admin.permissions().contains(Permission::TenantManage));
         assert!(!Member.permissions().contains(Permission::TenantManage));
+        assert!(Admin.permissions().contains(Permission::ApiKeysManage));
+        assert!(!Member.permissions().contains(Permission::ApiKeysManage));
     }
 
     #[test]

@@ -5,6 +5,7 @@
     reason = "a test target sees all of the package's dependencies; the harness library is checked"
 )]
 
+mod api_keys;
 mod auth;
 mod billing;
 mod errors;

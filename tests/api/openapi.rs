@@ -234,6 +234,7 @@ fn valid_body(operation: &str) -> Option<Value> {
             json!({"email": "di@closed.example", "role_ids": [uuid::Uuid::new_v4()]})
         }
         "create_role" => json!({"name": "editor", "permissions": []}),
+        "create_api_key" => json!({"name": "ci", "permissions": ["products:read"]}),
         "update_role" => json!({"name": "editor"}),
         "create_product" => product,
         "bulk_create_products" => json!({"items": [product]}),

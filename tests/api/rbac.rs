@@ -85,8 +85,10 @@ fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> 
         | "create_product"
         | "bulk_create_products"
         | "upload_file"
-        | "create_invitation" => 201,
-        "delete_role" | "delete_product" | "delete_file" | "revoke_invitation" => 204,
+        | "create_invitation"
+        | "create_api_key" => 201,
+        "delete_role" | "delete_product" | "delete_file" | "revoke_invitation"
+        | "delete_api_key" => 204,
         "resend_invitation" => 202,
         "download_file" | "get_file_thumbnail" => 302,
         _ => 200,
@@ -172,9 +174,35 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
     let to_resend = app
         .invite_ok(org, &format!("resend-{actor}@acme.example"), &[viewer])
         .await;
+    let api_key = app
+        .create_api_key_ok(
+            org,
+            &json!({"name": format!("key-{actor}"), "permissions": ["products:read"]}),
+        )
+        .await
+        .0;
     app.run_jobs().await;
     vec![
         call("get_current_tenant", Method::GET, "/v1/tenant".into(), None),
+        call(
+            "create_api_key",
+            Method::POST,
+            "/v1/api-keys".into(),
+            Some(json!({"name": format!("made-by-{actor}"), "permissions": ["products:read"]})),
+        ),
+        call("list_api_keys", Method::GET, "/v1/api-keys".into(), None),
+        call(
+            "get_api_key",
+            Method::GET,
+            format!("/v1/api-keys/{api_key}"),
+            None,
+        ),
+        call(
+            "delete_api_key",
+            Method::DELETE,
+            format!("/v1/api-keys/{api_key}"),
+            None,
+        ),
         call(
             "update_current_tenant",
             Method::PATCH,
@@ -544,11 +572,18 @@ fn the_document_shows_each_operations_permission() {
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     assert_eq!(
         schemes.keys().collect::<Vec<_>>(),
-        ["PlatformAdmin", "UserAuth"]
+        ["ApiKeyAuth", "PlatformAdmin", "UserAuth"]
     );
     let list_users = &doc["paths"]["/v1/users"]["get"];
     assert_eq!(list_users["x-permission"], "users:read");
-    assert_eq!(list_users["security"], json!([{"UserAuth": []}]));
+    assert_eq!(
+        list_users["security"],
+        json!([{"UserAuth": []}, {"ApiKeyAuth": []}])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/api-keys"]["get"]["security"],
+        json!([{"UserAuth": []}])
+    );
     assert!(
         list_users["description"]
             .as_str()

@@ -22,6 +22,7 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
 
+pub mod api_keys;
 pub mod auth;
 pub mod files;
 pub mod membership;

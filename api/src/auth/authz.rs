@@ -12,7 +12,7 @@ use std::{marker::PhantomData, sync::Arc};
 
 use poem::{Request, RequestBody};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, registry::Registry};
-use rbac::{Permission, PermissionSet};
+use rbac::{Permission, PermissionSet, catalog::NOT_FOR_API_KEYS};
 use tenancy::{Tenant, TenantId, TenantTx};
 use uuid::Uuid;
 
@@ -20,8 +20,8 @@ use crate::{
     AppState,
     auth::{
         authn::{
-            LookedUp, Principal, USER_AUTH, UserAuth, app_state, authenticate_in,
-            authenticate_reading,
+            ApiKeyAuth, Keys, LookedUp, Principal, USER_AUTH, UserAuth, app_state, authenticate_in,
+            authenticate_reading, not_for_keys,
         },
         permissions::Permissions,
     },
@@ -73,6 +73,7 @@ requirements!(
     BillingManage,
     AuditRead,
     TenantManage,
+    ApiKeysManage,
 );
 
 /// Authenticates the caller of `request`, reading their cached permissions in the same
@@ -80,7 +81,8 @@ requirements!(
 async fn authenticate_and_authorize(
     request: &Request,
 ) -> Result<(Principal, PermissionSet), ApiError> {
-    let (principal, cached) = authenticate_reading(request, permission_keys).await?;
+    let (principal, cached) =
+        authenticate_reading(request, Keys::Accepted, permission_keys).await?;
     let granted = authorize(app_state(request)?, &principal, cached).await?;
     Ok((principal, granted))
 }
@@ -90,17 +92,30 @@ fn permission_keys(tenant: TenantId, user: Uuid) -> Vec<String> {
 }
 
 /// Everything `principal` may do, from the permission cache entries `cached` (read by
-/// authentication), or from the database when those are missing or stale.
+/// authentication), or from the database when those are missing or stale. For an API key:
+/// what both the key and its creator hold now (a demoted creator's keys lose what they
+/// lost).
 pub(crate) async fn authorize(
     state: &AppState,
     principal: &Principal,
     cached: LookedUp,
 ) -> Result<PermissionSet, ApiError> {
-    state
+    let held = state
         .permissions
         .of_looked_up(principal.tenant.id, principal.user_id, cached.as_deref())
         .await
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    Ok(bounded_by_key(principal, held))
+}
+
+/// `held` (the user's permissions), bounded by the API key `principal` acts with, if any.
+pub(crate) fn bounded_by_key(principal: &Principal, held: PermissionSet) -> PermissionSet {
+    match &principal.api_key {
+        Some(key) => held
+            .intersection(key.permissions)
+            .difference(NOT_FOR_API_KEYS),
+        None => held,
+    }
 }
 
 /// `granted` must include `permission` (403 `forbidden` naming it otherwise).
@@ -136,9 +151,13 @@ impl<'a, P: Requirement> ApiExtractor<'a> for Authorized<P> {
 
     fn register(registry: &mut Registry) {
         UserAuth::register(registry);
+        if !NOT_FOR_API_KEYS.contains(P::PERMISSION) {
+            ApiKeyAuth::register(registry);
+        }
     }
 
-    /// Named after the permission; rewritten to `UserAuth` + `x-permission` in the document.
+    /// Named after the permission; rewritten to `UserAuth` (or `ApiKeyAuth`) +
+    /// `x-permission` in the document.
     fn security_schemes() -> Vec<&'static str> {
         vec![P::PERMISSION.as_str()]
     }
@@ -150,6 +169,9 @@ impl<'a, P: Requirement> ApiExtractor<'a> for Authorized<P> {
     ) -> poem::Result<Self> {
         let _ = (body, param_opts);
         let (principal, granted) = authenticate_and_authorize(request).await?;
+        if principal.api_key.is_some() && NOT_FOR_API_KEYS.contains(P::PERMISSION) {
+            return Err(not_for_keys().into());
+        }
         require(granted, P::PERMISSION)?;
         Ok(Self {
             principal,

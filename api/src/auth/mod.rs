@@ -13,5 +13,5 @@ pub mod authz;
 
 pub use admission::{permissions, revocation, throttle};
 
-pub use authn::{Principal, UserAuth, client_info};
+pub use authn::{ApiKeyAuth, KeyActor, Principal, UserAuth, client_info};
 pub use authz::{Authorized, MaybeSignedIn, Requirement, missing, perm, require};

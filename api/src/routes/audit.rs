@@ -31,8 +31,10 @@ pub struct AuditEventView {
     pub actor_id: Option<Uuid>,
     /// Whom (or which role) it concerns.
     pub subject_id: Option<Uuid>,
-    /// The actor's session.
+    /// The actor's session (or the API key they acted with).
     pub session_id: Option<Uuid>,
+    /// The API key the actor acted with, when they did (`actor_id` is its creator).
+    pub actor_api_key: Option<AuditApiKeyView>,
     /// Client address.
     pub ip: Option<String>,
     /// Client user agent.
@@ -50,11 +52,28 @@ impl From<AuditRecord> for AuditEventView {
             actor_id: r.actor,
             subject_id: r.subject,
             session_id: r.session,
+            actor_api_key: r.actor_api_key_id.map(|id| AuditApiKeyView {
+                kind: "api_key".to_owned(),
+                id,
+                name: r.actor_api_key_name.unwrap_or_default(),
+            }),
             ip: r.ip,
             user_agent: r.user_agent,
             details: r.details,
         }
     }
+}
+
+/// The API key an event was done with.
+#[derive(Debug, Object)]
+pub struct AuditApiKeyView {
+    /// Always `api_key`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// Key id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
 }
 
 /// A page of the audit log.

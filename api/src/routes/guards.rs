@@ -64,8 +64,9 @@ pub(crate) fn allowed_by(all_roles: &[Role], role_ids: &[Uuid]) -> PermissionSet
 }
 
 /// Locks the tenant's roles and returns them with the caller's permissions as they stand
-/// now (not as cached when the request started), which must still include `required` (the
-/// endpoint's permission: a role taken away meanwhile counts).
+/// now (not as cached when the request started; for an API key, bounded by the key), which
+/// must still include `required` (the endpoint's permission: a role taken away meanwhile
+/// counts).
 pub(crate) async fn lock_for_change(
     tx: &mut TenantTx,
     actor: &Principal,
@@ -76,6 +77,8 @@ pub(crate) async fn lock_for_change(
     let held = store::user_permissions(tx, actor.user_id)
         .await
         .map_err(ApiError::internal)?;
+    // What an API key acts with is bounded by the key too.
+    let held = crate::auth::authz::bounded_by_key(actor, held);
     if !held.contains(required) {
         return Err(missing(required));
     }

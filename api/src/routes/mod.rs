@@ -4,6 +4,7 @@
 //! and assignment guards) and `audit::record` (appending to the audit log). This module
 //! only assembles: the tags, the service and its document.
 
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod billing;
@@ -23,7 +24,7 @@ pub mod users;
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::{
-    auth::authn::USER_AUTH,
+    auth::authn::{API_KEY_AUTH, USER_AUTH},
     tenant::{TENANT_SCOPED, tenant_parameter},
 };
 
@@ -50,6 +51,9 @@ pub enum ApiTag {
     Products,
     /// The tenant's files: uploads, downloads and thumbnails.
     Files,
+    /// The tenant's API keys (service accounts).
+    #[oai(rename = "api-keys")]
+    ApiKeys,
     /// The tenant's security audit log.
     Audit,
     /// Plans, subscriptions through Stripe, and Stripe's webhooks.
@@ -66,6 +70,7 @@ pub type Apis = (
     products::ProductsApi,
     files::FilesApi,
     billing::BillingApi,
+    api_keys::ApiKeysApi,
     audit::AuditApi,
     tenants::TenantsApi,
     jobs::JobsApi,
@@ -83,6 +88,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             products::ProductsApi,
             files::FilesApi,
             billing::BillingApi,
+            api_keys::ApiKeysApi,
             audit::AuditApi,
             tenants::TENANTS_API,
             jobs::JobsApi,
@@ -105,7 +111,8 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
 /// poem-openapi names an operation's security requirement after its extractor's scheme;
 /// [`crate::auth::Authorized`] names it after the permission it checks, and
 /// [`crate::tenant::CurrentTenant`] names the mark [`TENANT_SCOPED`]. Here each
-/// permission becomes `UserAuth` again, and the operation gets the permission as
+/// permission becomes `UserAuth` again (with the alternative `ApiKeyAuth` unless API keys
+/// can never hold the permission), and the operation gets the permission as
 /// `x-permission` and as a line of its description (which Swagger UI shows); the mark is
 /// dropped; and every tenant-scoped operation (a user's or the mark's) gets the `X-Tenant`
 /// header parameter ([`tenant_parameter`]) first.
@@ -250,7 +257,14 @@ impl Access {
     /// The line the operation's description gets.
     fn note(&self) -> Option<String> {
         Some(match self.permission {
-            Some(p) => format!("**Permission:** `{p}` ({})", p.description()),
+            Some(p) if rbac::catalog::NOT_FOR_API_KEYS.contains(p) => format!(
+                "**Permission:** `{p}` ({}); not with an API key.",
+                p.description()
+            ),
+            Some(p) => format!(
+                "**Permission:** `{p}` ({}); also with an API key holding it.",
+                p.description()
+            ),
             None if self.user_auth && self.anonymous => {
                 "**Authentication:** optional; a signed-in user of the tenant may see more."
                     .to_owned()
@@ -263,7 +277,7 @@ impl Access {
     }
 }
 
-/// Rewrites permission requirements into `UserAuth` (adding `x-permission`), drops the
+/// Rewrites permission requirements into `UserAuth` or `ApiKeyAuth` (adding `x-permission`), drops the
 /// tenant mark (and `security` with it when nothing else is left), and says what it saw.
 fn fold_security(op: &mut serde_json::Map<String, serde_json::Value>) -> Access {
     let mut access = Access::default();
@@ -295,6 +309,11 @@ fn fold_security(op: &mut serde_json::Map<String, serde_json::Value>) -> Access 
             }
             access.user_auth |= requirement.contains_key(USER_AUTH);
         }
+    }
+    if let Some(p) = access.permission
+        && !rbac::catalog::NOT_FOR_API_KEYS.contains(p)
+    {
+        all.push(serde_json::json!({ API_KEY_AUTH: [] }));
     }
     if emptied {
         op.shift_remove("security");

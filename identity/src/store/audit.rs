@@ -17,7 +17,9 @@ pub struct AuditEvent<'a> {
     pub actor: Option<Uuid>,
     /// Whom it concerns.
     pub subject: Option<Uuid>,
-    /// The session involved.
+    /// The session involved; for an act done with an API key, the key's id (it stands
+    /// where a session id stands), which the insert recognises and records as the event's
+    /// `actor_api_key_id`.
     pub session: Option<Uuid>,
     /// Where from.
     pub client: &'a ClientInfo,
@@ -28,8 +30,10 @@ pub struct AuditEvent<'a> {
 /// Appends `event` to the audit log (in the caller's transaction).
 pub async fn audit(conn: &mut PgConnection, event: AuditEvent<'_>) -> Result<(), StoreError> {
     sqlx::query(
-        "insert into audit_events (event, actor_id, subject_id, session_id, ip, user_agent, details)
-         values ($1, $2, $3, $4, $5::inet, $6, $7)",
+        "insert into audit_events
+             (event, actor_id, subject_id, session_id, ip, user_agent, details, actor_api_key_id)
+         values ($1, $2, $3, $4, $5::inet, $6, $7,
+                 (select k.id from api_keys k where k.id = $4 and k.created_by = $2))",
     )
     .bind(event.event)
     .bind(event.actor)
@@ -58,9 +62,13 @@ pub struct AuditRecord {
     /// Whom it concerns.
     #[sqlx(rename = "subject_id")]
     pub subject: Option<Uuid>,
-    /// The session involved.
+    /// The session involved (or the API key).
     #[sqlx(rename = "session_id")]
     pub session: Option<Uuid>,
+    /// The API key the actor acted with, if any.
+    pub actor_api_key_id: Option<Uuid>,
+    /// That key's name.
+    pub actor_api_key_name: Option<String>,
     /// Client address.
     pub ip: Option<String>,
     /// Client user agent.
@@ -79,13 +87,14 @@ pub async fn list_audit(
     limit: i64,
 ) -> Result<Vec<AuditRecord>, StoreError> {
     Ok(sqlx::query_as(
-        "select id, occurred_at, event, actor_id, subject_id, session_id, host(ip) as ip,
-                user_agent, details
-         from audit_events
-         where ($1::text is null or event = $1)
-           and ($2::uuid is null or actor_id = $2 or subject_id = $2)
-           and ($3::bigint is null or id < $3)
-         order by id desc
+        "select e.id, e.occurred_at, e.event, e.actor_id, e.subject_id, e.session_id,
+                host(e.ip) as ip, e.user_agent, e.details, e.actor_api_key_id,
+                k.name as actor_api_key_name
+         from audit_events e left join api_keys k on k.id = e.actor_api_key_id
+         where ($1::text is null or e.event = $1)
+           and ($2::uuid is null or e.actor_id = $2 or e.subject_id = $2)
+           and ($3::bigint is null or e.id < $3)
+         order by e.id desc
          limit $4",
     )
     .bind(event)
