@@ -74,6 +74,8 @@ pub const DEFAULT_S3_SECRET_ACCESS_KEY: &str =
 pub const DEFAULT_STRIPE_SECRET_KEY: &str = "sk_test_canopy_development";
 /// Development webhook signing secret.
 pub const DEFAULT_STRIPE_WEBHOOK_SECRET: &str = "whsec_canopy_development";
+/// Development key of unsubscribe links (production refuses it).
+pub const DEFAULT_UNSUBSCRIBE_KEY: &str = "canopy-development-unsubscribe-key";
 
 /// Everything Canopy is configured with, validated.
 #[derive(Debug, Clone)]

@@ -91,6 +91,36 @@ fn production_requires_real_secrets_and_urls() {
     let smtp = ("CANOPY_SMTP_URL", "smtps://mailer:pw@mail.example:465");
     let err = prod(&[s3, key, hooks, smtp]).unwrap_err();
     assert!(
+        err.to_string()
+            .starts_with("CANOPY_UNSUBSCRIBE_KEY is required"),
+        "{err}"
+    );
+    assert!(
+        prod(&[
+            s3,
+            key,
+            hooks,
+            smtp,
+            ("CANOPY_UNSUBSCRIBE_KEY", crate::DEFAULT_UNSUBSCRIBE_KEY)
+        ])
+        .is_err()
+    );
+    let unsubscribe = (
+        "CANOPY_UNSUBSCRIBE_KEY",
+        "a-production-key-of-at-least-32-bytes",
+    );
+    let err = prod(&[s3, key, hooks, smtp, unsubscribe]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("CANOPY_UNSUBSCRIBE_URL is required"),
+        "{err}"
+    );
+    let unsubscribe_url = (
+        "CANOPY_UNSUBSCRIBE_URL",
+        "https://api.example/v1/email/unsubscribe",
+    );
+    let err = prod(&[s3, key, hooks, smtp, unsubscribe, unsubscribe_url]).unwrap_err();
+    assert!(
         err.to_string().starts_with("CANOPY_PUBLIC_URL is required"),
         "{err}"
     );
@@ -100,10 +130,14 @@ fn production_requires_real_secrets_and_urls() {
             key,
             hooks,
             smtp,
+            unsubscribe,
+            unsubscribe_url,
             ("CANOPY_PUBLIC_URL", "https://app.example")
         ])
         .is_ok()
     );
+    let short = ("CANOPY_UNSUBSCRIBE_KEY", "too-short");
+    assert!(Settings::from_env_map(&env(&[short])).is_err());
 }
 
 #[test]
