@@ -112,6 +112,7 @@ error_codes! {
     Overloaded => (SERVICE_UNAVAILABLE, "Overloaded", "Too many requests of this kind are in progress; retry after `Retry-After` seconds."),
     InvitationInvalid => (BAD_REQUEST, "Invitation invalid", "The invitation link is unknown, already used, replaced by a newer one, revoked or expired; ask whoever invited you for a new invitation."),
     AlreadyMember => (CONFLICT, "Already a member", "A user of this tenant already has this email address: there is nobody to invite."),
+    UnsubscribeTokenInvalid => (BAD_REQUEST, "Unsubscribe token invalid", "The unsubscribe token is missing, malformed or not signed by this service; use the link of the message as it arrived."),
 }
 
 impl fmt::Display for ErrorCode {
@@ -209,6 +210,9 @@ field_codes! {
     Taken = "taken",
     /// A role that allows more than the operation permits.
     TooPowerful = "too_powerful",
+    /// An email template that does not compile or render with its message's variables;
+    /// the message is the engine's, with the line.
+    TemplateError = "template_error",
 }
 
 impl fmt::Display for FieldCode {

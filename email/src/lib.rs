@@ -145,65 +145,77 @@ pub struct Rendered {
     pub html: String,
 }
 
+/// The built-in templates, by file name (`<template>.subject.txt`, `.txt`, `.html`).
+const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "verification.subject.txt",
+        include_str!("../templates/verification.subject.txt"),
+    ),
+    (
+        "verification.txt",
+        include_str!("../templates/verification.txt"),
+    ),
+    (
+        "verification.html",
+        include_str!("../templates/verification.html"),
+    ),
+    (
+        "password_reset.subject.txt",
+        include_str!("../templates/password_reset.subject.txt"),
+    ),
+    (
+        "password_reset.txt",
+        include_str!("../templates/password_reset.txt"),
+    ),
+    (
+        "password_reset.html",
+        include_str!("../templates/password_reset.html"),
+    ),
+    (
+        "security_notice.subject.txt",
+        include_str!("../templates/security_notice.subject.txt"),
+    ),
+    (
+        "security_notice.txt",
+        include_str!("../templates/security_notice.txt"),
+    ),
+    (
+        "security_notice.html",
+        include_str!("../templates/security_notice.html"),
+    ),
+    (
+        "invitation.subject.txt",
+        include_str!("../templates/invitation.subject.txt"),
+    ),
+    (
+        "invitation.txt",
+        include_str!("../templates/invitation.txt"),
+    ),
+    (
+        "invitation.html",
+        include_str!("../templates/invitation.html"),
+    ),
+    (
+        "welcome.subject.txt",
+        include_str!("../templates/welcome.subject.txt"),
+    ),
+    ("welcome.txt", include_str!("../templates/welcome.txt")),
+    ("welcome.html", include_str!("../templates/welcome.html")),
+];
+
+/// The built-in source of `template`'s `part` (`subject.txt`, `txt` or `html`).
+pub fn built_in_source(template: Template, part: &str) -> Option<&'static str> {
+    let name = format!("{}.{part}", template.name());
+    BUILT_IN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, source)| *source)
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // `.html` templates escape their values; `.txt` ones do not need to.
-    for (name, source) in [
-        (
-            "verification.subject.txt",
-            include_str!("../templates/verification.subject.txt"),
-        ),
-        (
-            "verification.txt",
-            include_str!("../templates/verification.txt"),
-        ),
-        (
-            "verification.html",
-            include_str!("../templates/verification.html"),
-        ),
-        (
-            "password_reset.subject.txt",
-            include_str!("../templates/password_reset.subject.txt"),
-        ),
-        (
-            "password_reset.txt",
-            include_str!("../templates/password_reset.txt"),
-        ),
-        (
-            "password_reset.html",
-            include_str!("../templates/password_reset.html"),
-        ),
-        (
-            "security_notice.subject.txt",
-            include_str!("../templates/security_notice.subject.txt"),
-        ),
-        (
-            "security_notice.txt",
-            include_str!("../templates/security_notice.txt"),
-        ),
-        (
-            "security_notice.html",
-            include_str!("../templates/security_notice.html"),
-        ),
-        (
-            "invitation.subject.txt",
-            include_str!("../templates/invitation.subject.txt"),
-        ),
-        (
-            "invitation.txt",
-            include_str!("../templates/invitation.txt"),
-        ),
-        (
-            "invitation.html",
-            include_str!("../templates/invitation.html"),
-        ),
-        (
-            "welcome.subject.txt",
-            include_str!("../templates/welcome.subject.txt"),
-        ),
-        ("welcome.txt", include_str!("../templates/welcome.txt")),
-        ("welcome.html", include_str!("../templates/welcome.html")),
-    ] {
+    for (name, source) in BUILT_IN.iter().copied() {
         // The sources are compiled in; a syntax error is caught by the tests.
         if let Err(error) = env.add_template(name, source) {
             tracing::error!(template = name, %error, "email template does not compile");

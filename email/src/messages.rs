@@ -12,8 +12,13 @@
 //! The rows are written on the pool, outside the job's tenant transaction, so a failed
 //! attempt (which rolls that transaction back) still shows. Reads for a tenant are always
 //! filtered by the id of the tenant the caller authenticated to ([`MessageFilter::tenant`]).
+//! Settled rows are deleted after `CANOPY_RETAIN_EMAIL_MESSAGES` ([`PruneEmailMessages`]).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use jobs::{Job, JobContext, JobError, JobKind as _, NewJob, retention::Retention};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tenancy::TenantId;
 use uuid::Uuid;
@@ -184,22 +189,48 @@ pub async fn list_messages(
     .await
 }
 
-/// Deletes up to `batch` messages queued before `before` that are settled (sent, failed
-/// or suppressed; a queued one is still the queue's), oldest first; returns how many.
-pub async fn prune_batch(
-    pool: &PgPool,
-    before: DateTime<Utc>,
-    batch: i64,
-) -> Result<u64, sqlx::Error> {
+/// Deletes one batch of at most `batch` settled messages (sent, failed or suppressed; a
+/// queued one is still the queue's) queued more than `retain` ago; returns how many.
+pub async fn prune_batch(pool: &PgPool, retain: Duration, batch: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "delete from public.email_messages
-         where id in (select id from public.email_messages
-                      where created_at < $1 and status <> 'queued'
-                      order by created_at limit $2)",
+        "delete from public.email_messages where id in (
+             select id from public.email_messages
+             where created_at < now() - make_interval(secs => $1) and status <> 'queued'
+             limit $2
+             for update skip locked)",
     )
-    .bind(before)
+    .bind(jobs::retention::interval_secs(retain))
     .bind(batch)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The prune of email records (`email.prune_messages`; payload `{}`), run with the
+/// [`Retention`] of `CANOPY_RETAIN_EMAIL_MESSAGES`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneEmailMessages {}
+
+jobs::declare_job!(PruneEmailMessages = "email.prune_messages");
+
+impl PruneEmailMessages {
+    /// The prune, at most one pending.
+    pub fn new_job(&self) -> Result<NewJob, JobError> {
+        Ok(self.to_job()?.unique(Self::KIND))
+    }
+}
+
+impl Job for PruneEmailMessages {
+    const MAX_ATTEMPTS: i32 = 3;
+    type Deps = Retention;
+
+    async fn run(self, ctx: &mut JobContext, retention: &Retention) -> anyhow::Result<()> {
+        let pool = ctx.control.pool();
+        let deleted = jobs::retention::in_batches(retention.batch, |batch| {
+            prune_batch(pool, retention.retain, batch)
+        })
+        .await?;
+        retention.observer.pruned("email_messages", deleted);
+        Ok(())
+    }
 }

@@ -51,10 +51,10 @@ pub struct TemplateProblem {
 
 fn problem(part: &'static str, error: &minijinja::Error) -> TemplateProblem {
     let mut message = error.to_string();
-    if let Some(line) = error.line() {
-        if !message.contains("line") {
-            message = format!("{message} (line {line})");
-        }
+    if let Some(line) = error.line()
+        && !message.contains("line")
+    {
+        message = format!("{message} (line {line})");
     }
     TemplateProblem { part, message }
 }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod billing;
+mod email_delivery;
 mod errors;
 mod files;
 mod health;

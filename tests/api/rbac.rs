@@ -301,6 +301,31 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             "/v1/audit-events".into(),
             None,
         ),
+        call("list_emails", Method::GET, "/v1/emails".into(), None),
+        call(
+            "list_email_templates",
+            Method::GET,
+            "/v1/email-templates".into(),
+            None,
+        ),
+        call(
+            "get_email_template",
+            Method::GET,
+            "/v1/email-templates/welcome".into(),
+            None,
+        ),
+        call(
+            "put_email_template",
+            Method::PUT,
+            "/v1/email-templates/welcome".into(),
+            Some(json!({"subject": "Hi {{ user_name }}", "text": "Welcome to {{ tenant_name }}"})),
+        ),
+        call(
+            "delete_email_template",
+            Method::DELETE,
+            "/v1/email-templates/invitation".into(),
+            None,
+        ),
         call("list_products", Method::GET, "/v1/products".into(), None),
         call(
             "create_product",

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod checks;
+pub mod emails;
 pub mod files;
 pub mod guards;
 pub mod health;
@@ -52,6 +53,9 @@ pub enum ApiTag {
     Files,
     /// The tenant's security audit log.
     Audit,
+    /// The tenant's email: delivery records, one-click unsubscribe, and the tenant's own
+    /// templates; every tenant's delivery records for the operator (`/v1/admin/emails`).
+    Email,
     /// Plans, subscriptions through Stripe, and Stripe's webhooks.
     Billing,
 }
@@ -67,6 +71,7 @@ pub type Apis = (
     files::FilesApi,
     billing::BillingApi,
     audit::AuditApi,
+    emails::EmailApi,
     tenants::TenantsApi,
     jobs::JobsApi,
 );
@@ -84,6 +89,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             files::FilesApi,
             billing::BillingApi,
             audit::AuditApi,
+            emails::EMAIL_API,
             tenants::TENANTS_API,
             jobs::JobsApi,
         ),
