@@ -76,7 +76,11 @@ fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> 
         | "bulk_create_products"
         | "upload_file"
         | "create_invitation" => 201,
-        "delete_role" | "delete_product" | "delete_file" | "revoke_invitation" => 204,
+        "delete_role"
+        | "delete_product"
+        | "delete_file"
+        | "revoke_invitation"
+        | "delete_email_template" => 204,
         "resend_invitation" => 202,
         "download_file" | "get_file_thumbnail" => 302,
         _ => 200,
