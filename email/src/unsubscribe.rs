@@ -21,7 +21,7 @@ use crate::Category;
 
 const VERSION: &str = "u1";
 
-/// Longest token [`verify`] reads (a real one is about 130 characters).
+/// Longest token [`UnsubscribeKey::verify`] reads (a real one is about 130 characters).
 pub const TOKEN_MAX: usize = 256;
 
 /// What a valid token names.
