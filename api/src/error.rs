@@ -119,6 +119,7 @@ error_codes! {
     MfaAlreadyEnabled => (CONFLICT, "MFA already enabled", "Two-factor authentication is already on for this account; disable it (`DELETE /v1/me/mfa/totp`) before enrolling again."),
     MfaNotEnabled => (CONFLICT, "MFA not enabled", "Two-factor authentication is not on for this account (or no enrollment waits for confirmation); start with `POST /v1/me/mfa/totp`."),
     AlreadyMember => (CONFLICT, "Already a member", "A user of this tenant already has this email address: there is nobody to invite."),
+    UnsubscribeTokenInvalid => (BAD_REQUEST, "Unsubscribe token invalid", "The unsubscribe token is missing, malformed or not signed by this service; use the link of the message as it arrived."),
 }
 
 impl fmt::Display for ErrorCode {
@@ -216,6 +217,9 @@ field_codes! {
     Taken = "taken",
     /// A role that allows more than the operation permits.
     TooPowerful = "too_powerful",
+    /// An email template that does not compile or render with its message's variables;
+    /// the message is the engine's, with the line.
+    TemplateError = "template_error",
 }
 
 impl fmt::Display for FieldCode {

@@ -304,6 +304,13 @@ impl WorkerProcess {
     }
 }
 
+/// The key signing and checking one-click unsubscribe links (`CANOPY_UNSUBSCRIBE_KEY`).
+pub fn unsubscribe_key(settings: &Settings) -> email::unsubscribe::UnsubscribeKey {
+    email::unsubscribe::UnsubscribeKey::new(
+        settings.email.unsubscribe_key.expose_secret().as_bytes(),
+    )
+}
+
 /// The job handlers this binary runs, with their transports from the state's settings.
 pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
     let settings = &state.settings;
@@ -312,7 +319,11 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
     let mailer = match &settings.email.smtp_url {
         Some(url) => email::Mailer::smtp(url.expose_secret(), from)?,
         None => email::Mailer::outbox(settings.email.outbox_dir.clone(), from)?,
-    };
+    }
+    .with_unsubscribe(email::unsubscribe::UnsubscribeLinks::new(
+        unsubscribe_key(settings),
+        settings.email.unsubscribe_url.clone(),
+    ));
     let links = link_emails::LinkMailer::new(
         settings.auth.public_url.clone(),
         settings.auth.verification_ttl,
@@ -370,6 +381,7 @@ pub fn retention_jobs() -> anyhow::Result<Vec<jobs::NewJob>> {
     Ok(vec![
         jobs::retention::PruneJobs {}.new_job()?,
         billing::retention::PruneWebhookEvents {}.new_job()?,
+        email::messages::PruneEmailMessages {}.new_job()?,
         identity::retention::PruneTenants {}.new_job()?,
     ])
 }
@@ -388,6 +400,7 @@ fn register_retention(registry: jobs::Registry, state: &AppState) -> jobs::Regis
     registry
         .register::<jobs::retention::PruneJobs>(control(retention.succeeded_jobs))
         .register::<billing::retention::PruneWebhookEvents>(control(retention.webhook_events))
+        .register::<email::messages::PruneEmailMessages>(control(retention.email_messages))
         .register::<identity::retention::PruneTenants>(())
         .register::<identity::retention::PruneTenant>(identity::retention::TenantRetention {
             // Never before an access token of the session could stop verifying: the

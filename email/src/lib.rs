@@ -10,10 +10,25 @@
 //!   [`Mailer::send_from_job`], and the worker commits after. A send that succeeds before a
 //!   failed commit delivers a link that does not work; the retry sends a working one.
 //!
-//! Every message carries `X-Canopy-Template` (which message) and `X-Canopy-Job` (the job
-//! that sent it), for support and for tests reading the outbox.
+//! Every message carries `X-Canopy-Template` (which message), `X-Canopy-Job` (the job
+//! that sent it) and `X-Canopy-Message` (its row in [`messages`]), for support and for
+//! tests reading the outbox.
+//!
+//! Around each send ([`Mailer::send_from_job`]):
+//! * [`messages`] records the message per tenant (`public.email_messages`): `queued`, each
+//!   attempt and its SMTP answer or error, `sent`, `failed` when its job dies, `suppressed`.
+//! * A non-essential message ([`Category::NonEssential`]) is not sent to a user who
+//!   unsubscribed ([`unsubscribe`]), and carries `List-Unsubscribe` with a signed one-click
+//!   link (RFC 8058) otherwise. Essential mail is never suppressed.
+//! * The tenant's own subject and bodies ([`overrides`]) replace the built-in template.
+
+pub mod messages;
+pub mod overrides;
+pub mod unsubscribe;
 
 use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
 
 use jobs::{Job, JobContext};
 use lettre::{
@@ -26,6 +41,9 @@ use lettre::{
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{messages::MessageStatus, unsubscribe::UnsubscribeLinks};
 
 /// What can go wrong building a mailer or a message.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +62,7 @@ pub enum EmailError {
     Message(#[from] lettre::error::Error),
 }
 
-/// The messages Canopy sends.
+/// The messages Canopy sends (a closed set: tenants override these, they add none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Template {
@@ -56,16 +74,62 @@ pub enum Template {
     SecurityNotice,
     /// An invitation to join the tenant (`link`, `expires_in`, optional `inviter_name`).
     Invitation,
+    /// Welcome after the address is verified or an invitation accepted (non-essential).
+    Welcome,
 }
+
+tenancy::text_enum!(Template, "email template" {
+    Verification => "verification",
+    PasswordReset => "password_reset",
+    SecurityNotice => "security_notice",
+    Invitation => "invitation",
+    Welcome => "welcome",
+});
+
+/// Whether a recipient may decline a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// Mail the account cannot work without (verification, reset, invitation, security
+    /// notices): never suppressed, no `List-Unsubscribe`.
+    Essential,
+    /// Notices a user may decline (onboarding): carry `List-Unsubscribe`, and are not sent
+    /// to a user who unsubscribed.
+    NonEssential,
+}
+
+tenancy::text_enum!(Category, "email category" {
+    Essential => "essential",
+    NonEssential => "non_essential",
+});
 
 impl Template {
     /// The stable name (also the `X-Canopy-Template` header).
     pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// Whether the recipient may decline it.
+    pub fn category(self) -> Category {
         match self {
-            Self::Verification => "verification",
-            Self::PasswordReset => "password_reset",
-            Self::SecurityNotice => "security_notice",
-            Self::Invitation => "invitation",
+            Self::Verification | Self::PasswordReset | Self::SecurityNotice | Self::Invitation => {
+                Category::Essential
+            }
+            Self::Welcome => Category::NonEssential,
+        }
+    }
+
+    /// The variables its subject and bodies may use, each with the sample value a tenant's
+    /// override is rendered with when it is saved. `tenant_name` is in every one.
+    pub fn variables(self) -> &'static [(&'static str, &'static str)] {
+        const TENANT: (&str, &str) = ("tenant_name", "Acme");
+        const USER: (&str, &str) = ("user_name", "Ada Lovelace");
+        const LINK: (&str, &str) = ("link", "https://app.example/verify-email?token=sample");
+        const EXPIRES: (&str, &str) = ("expires_in", "1day");
+        match self {
+            Self::Verification | Self::PasswordReset => &[TENANT, USER, LINK, EXPIRES],
+            Self::SecurityNotice => &[TENANT, USER, ("event", "Your password was changed.")],
+            Self::Invitation => &[TENANT, LINK, EXPIRES, ("inviter_name", "Grace Hopper")],
+            Self::Welcome => &[TENANT, USER],
         }
     }
 }
@@ -81,59 +145,77 @@ pub struct Rendered {
     pub html: String,
 }
 
+/// The built-in templates, by file name (`<template>.subject.txt`, `.txt`, `.html`).
+const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "verification.subject.txt",
+        include_str!("../templates/verification.subject.txt"),
+    ),
+    (
+        "verification.txt",
+        include_str!("../templates/verification.txt"),
+    ),
+    (
+        "verification.html",
+        include_str!("../templates/verification.html"),
+    ),
+    (
+        "password_reset.subject.txt",
+        include_str!("../templates/password_reset.subject.txt"),
+    ),
+    (
+        "password_reset.txt",
+        include_str!("../templates/password_reset.txt"),
+    ),
+    (
+        "password_reset.html",
+        include_str!("../templates/password_reset.html"),
+    ),
+    (
+        "security_notice.subject.txt",
+        include_str!("../templates/security_notice.subject.txt"),
+    ),
+    (
+        "security_notice.txt",
+        include_str!("../templates/security_notice.txt"),
+    ),
+    (
+        "security_notice.html",
+        include_str!("../templates/security_notice.html"),
+    ),
+    (
+        "invitation.subject.txt",
+        include_str!("../templates/invitation.subject.txt"),
+    ),
+    (
+        "invitation.txt",
+        include_str!("../templates/invitation.txt"),
+    ),
+    (
+        "invitation.html",
+        include_str!("../templates/invitation.html"),
+    ),
+    (
+        "welcome.subject.txt",
+        include_str!("../templates/welcome.subject.txt"),
+    ),
+    ("welcome.txt", include_str!("../templates/welcome.txt")),
+    ("welcome.html", include_str!("../templates/welcome.html")),
+];
+
+/// The built-in source of `template`'s `part` (`subject.txt`, `txt` or `html`).
+pub fn built_in_source(template: Template, part: &str) -> Option<&'static str> {
+    let name = format!("{}.{part}", template.name());
+    BUILT_IN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, source)| *source)
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // `.html` templates escape their values; `.txt` ones do not need to.
-    for (name, source) in [
-        (
-            "verification.subject.txt",
-            include_str!("../templates/verification.subject.txt"),
-        ),
-        (
-            "verification.txt",
-            include_str!("../templates/verification.txt"),
-        ),
-        (
-            "verification.html",
-            include_str!("../templates/verification.html"),
-        ),
-        (
-            "password_reset.subject.txt",
-            include_str!("../templates/password_reset.subject.txt"),
-        ),
-        (
-            "password_reset.txt",
-            include_str!("../templates/password_reset.txt"),
-        ),
-        (
-            "password_reset.html",
-            include_str!("../templates/password_reset.html"),
-        ),
-        (
-            "security_notice.subject.txt",
-            include_str!("../templates/security_notice.subject.txt"),
-        ),
-        (
-            "security_notice.txt",
-            include_str!("../templates/security_notice.txt"),
-        ),
-        (
-            "security_notice.html",
-            include_str!("../templates/security_notice.html"),
-        ),
-        (
-            "invitation.subject.txt",
-            include_str!("../templates/invitation.subject.txt"),
-        ),
-        (
-            "invitation.txt",
-            include_str!("../templates/invitation.txt"),
-        ),
-        (
-            "invitation.html",
-            include_str!("../templates/invitation.html"),
-        ),
-    ] {
+    for (name, source) in BUILT_IN.iter().copied() {
         // The sources are compiled in; a syntax error is caught by the tests.
         if let Err(error) = env.add_template(name, source) {
             tracing::error!(template = name, %error, "email template does not compile");
@@ -168,6 +250,21 @@ enum Transport {
 pub struct Mailer {
     transport: Arc<Transport>,
     from: Mailbox,
+    unsubscribe: Option<Arc<UnsubscribeLinks>>,
+}
+
+/// One message a job sends: to whom, which, with what values, and the recipient's user
+/// (needed for a non-essential message, whose unsubscribe link names them).
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// Recipient address.
+    pub to: &'a str,
+    /// Which message.
+    pub template: Template,
+    /// Template values (`tenant_name` is added).
+    pub vars: serde_json::Map<String, Value>,
+    /// The recipient's user id, when they have an account.
+    pub user: Option<Uuid>,
 }
 
 impl Mailer {
@@ -182,6 +279,7 @@ impl Mailer {
             from: from
                 .parse()
                 .map_err(|_| EmailError::Address(from.to_owned()))?,
+            unsubscribe: None,
         })
     }
 
@@ -194,43 +292,155 @@ impl Mailer {
             from: from
                 .parse()
                 .map_err(|_| EmailError::Address(from.to_owned()))?,
+            unsubscribe: None,
         })
+    }
+
+    /// Non-essential messages carry one-click unsubscribe links made by `links`. Without
+    /// it, a non-essential message cannot be sent (its job fails, saying so).
+    pub fn with_unsubscribe(mut self, links: UnsubscribeLinks) -> Self {
+        self.unsubscribe = Some(Arc::new(links));
+        self
     }
 
     /// Renders `template` with `vars` for the tenant of the job `ctx` runs (its display
     /// name is added as `tenant_name` and shows as the sender) and sends it to `to` now.
     /// For handlers whose message carries a secret they minted in the job's transaction:
-    /// see the crate docs.
+    /// see the crate docs. The message is essential or has no user: see [`Self::deliver`].
     pub async fn send_from_job(
         &self,
-        ctx: &JobContext,
+        ctx: &mut JobContext,
         to: &str,
         template: Template,
-        mut vars: serde_json::Map<String, Value>,
+        vars: serde_json::Map<String, Value>,
     ) -> anyhow::Result<()> {
-        let tenant_name = ctx.tenant.as_ref().map(|t| t.name.clone());
+        self.deliver(
+            ctx,
+            Outgoing {
+                to,
+                template,
+                vars,
+                user: None,
+            },
+        )
+        .await
+    }
+
+    /// Sends `message` from the job `ctx` runs, recording it in [`messages`] (its id is the
+    /// job's): the attempt, then `sent` with the server's answer, `suppressed` when it is
+    /// non-essential and its user unsubscribed, or the error (the job then fails and
+    /// retries; `failed` once it dies). A tenant's override of the template is used when
+    /// it has one ([`overrides`]).
+    ///
+    /// The row is written on the control plane outside the job's tenant transaction, so an
+    /// attempt that fails (and rolls that transaction back) still shows.
+    pub async fn deliver(&self, ctx: &mut JobContext, message: Outgoing<'_>) -> anyhow::Result<()> {
+        let Outgoing {
+            to,
+            template,
+            mut vars,
+            user,
+        } = message;
+        let tenant = ctx.tenant.clone();
+        let pool = ctx.control.pool().clone();
+        let tracked = messages::Attempt {
+            id: ctx.id,
+            tenant: tenant.as_ref().map(|t| t.id),
+            template,
+            recipient: to,
+            attempt: ctx.attempt,
+        };
+        messages::begin_attempt(&pool, &tracked)
+            .await
+            .context("failed to record the email attempt")?;
+        let unsubscribe = match template.category() {
+            Category::Essential => None,
+            Category::NonEssential => {
+                let (Some(tenant), Some(user)) = (tenant.as_ref(), user) else {
+                    let error = anyhow::anyhow!(
+                        "a non-essential message needs a tenant and the recipient's user"
+                    );
+                    return self.failed(&pool, ctx.id, error).await;
+                };
+                if unsubscribe::is_unsubscribed(ctx.tenant_tx()?, user, Category::NonEssential)
+                    .await?
+                {
+                    messages::finish(
+                        &pool,
+                        ctx.id,
+                        MessageStatus::Suppressed,
+                        "not sent: the recipient unsubscribed",
+                    )
+                    .await?;
+                    tracing::info!(template = template.name(), "email suppressed");
+                    return Ok(());
+                }
+                let Some(links) = &self.unsubscribe else {
+                    let error = anyhow::anyhow!("no unsubscribe links are configured");
+                    return self.failed(&pool, ctx.id, error).await;
+                };
+                Some(links.header_for(tenant.id, user, Category::NonEssential))
+            }
+        };
+        let tenant_name = tenant.as_ref().map(|t| t.name.clone());
         vars.insert(
             "tenant_name".to_owned(),
             Value::String(tenant_name.clone().unwrap_or_else(|| "Canopy".to_owned())),
         );
-        let rendered = render(template, &Value::Object(vars))?;
+        let vars = Value::Object(vars);
+        let custom = match ctx.tenant_tx() {
+            Ok(tx) => overrides::find(tx, template).await?,
+            Err(_) => None,
+        };
+        let rendered = match custom.map(|c| overrides::render(&c, &vars)) {
+            Some(Ok(rendered)) => rendered,
+            Some(Err(error)) => {
+                // Checked when saved; a value unlike the sample (an absent inviter) can
+                // still fail: the built-in message goes out instead of none.
+                tracing::warn!(template = template.name(), error = %error, "the tenant's template does not render; sending the built-in one");
+                render(template, &vars)?
+            }
+            None => render(template, &vars)?,
+        };
         let tags = Tags {
             template,
             job: ctx.id.to_string(),
+            unsubscribe,
         };
-        self.send_tagged(to, &rendered, tenant_name.as_deref(), Some(tags))
-            .await?;
-        tracing::info!(template = template.name(), "email sent");
-        Ok(())
+        match self
+            .send_tagged(to, &rendered, tenant_name.as_deref(), Some(tags))
+            .await
+        {
+            Ok(answer) => {
+                messages::finish(&pool, ctx.id, MessageStatus::Sent, &answer).await?;
+                tracing::info!(template = template.name(), "email sent");
+                Ok(())
+            }
+            Err(error) => self.failed(&pool, ctx.id, error).await,
+        }
     }
 
-    /// Builds and sends one message.
+    /// Records `error` as the attempt's answer and fails the attempt with it.
+    async fn failed(
+        &self,
+        pool: &sqlx::PgPool,
+        id: Uuid,
+        error: anyhow::Error,
+    ) -> anyhow::Result<()> {
+        let text = format!("{error:#}");
+        if let Err(record) = messages::note_failure(pool, id, &text).await {
+            tracing::warn!(error = %record, "recording the failed email attempt failed");
+        }
+        Err(error)
+    }
+
+    /// Builds and sends one message; returns the server's answer.
     pub async fn send(
         &self,
         to: &str,
         rendered: &Rendered,
         from_name: Option<&str>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         self.send_tagged(to, rendered, from_name, None).await
     }
 
@@ -240,7 +450,7 @@ impl Mailer {
         rendered: &Rendered,
         from_name: Option<&str>,
         tags: Option<Tags>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let to: Mailbox = to.parse().map_err(|_| EmailError::Address(to.to_owned()))?;
         // The tenant's name shows as the sender; the address stays the platform's.
         let from = Mailbox::new(
@@ -251,7 +461,13 @@ impl Mailer {
         if let Some(tags) = tags {
             message = message
                 .header(TemplateHeader(tags.template.name().to_owned()))
+                .header(MessageHeader(tags.job.clone()))
                 .header(JobHeader(tags.job));
+            if let Some(unsubscribe) = tags.unsubscribe {
+                message = message
+                    .header(ListUnsubscribe(unsubscribe))
+                    .header(ListUnsubscribePost);
+            }
         }
         let message =
             message
@@ -260,15 +476,18 @@ impl Mailer {
                     rendered.text.clone(),
                     rendered.html.clone(),
                 ))?;
-        match &*self.transport {
+        let answer = match &*self.transport {
             Transport::Smtp(smtp) => {
-                smtp.send(message).await?;
+                let response = smtp.send(message).await?;
+                let text: Vec<&str> = response.message().collect();
+                format!("{} {}", response.code(), text.join(" "))
             }
             Transport::Outbox(outbox) => {
-                outbox.send(message).await?;
+                let id = outbox.send(message).await?;
+                format!("written to the outbox as {id}.eml")
             }
-        }
-        Ok(())
+        };
+        Ok(answer)
     }
 }
 
@@ -276,6 +495,8 @@ impl Mailer {
 struct Tags {
     template: Template,
     job: String,
+    /// The `List-Unsubscribe` value of a non-essential message.
+    unsubscribe: Option<String>,
 }
 
 /// `X-Canopy-Template`: which message this is.
@@ -285,6 +506,19 @@ struct TemplateHeader(String);
 /// `X-Canopy-Job`: the id of the job that sent it.
 #[derive(Debug, Clone)]
 struct JobHeader(String);
+
+/// `X-Canopy-Message`: the id of its row in `email_messages` (the job's id: one job sends
+/// at most one message).
+#[derive(Debug, Clone)]
+struct MessageHeader(String);
+
+/// `List-Unsubscribe: <https://…>` (RFC 2369).
+#[derive(Debug, Clone)]
+struct ListUnsubscribe(String);
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
 
 type HeaderError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -316,6 +550,48 @@ impl Header for JobHeader {
     }
 }
 
+impl Header for MessageHeader {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Canopy-Message")
+    }
+
+    fn parse(s: &str) -> Result<Self, HeaderError> {
+        Ok(Self(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+impl Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, HeaderError> {
+        Ok(Self(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, HeaderError> {
+        Ok(Self)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_owned())
+    }
+}
+
 /// Whether `address` is a deliverable mailbox address (`local@domain`, as lettre parses
 /// it: no display name, no angle brackets).
 pub fn is_valid_address(address: &str) -> bool {
@@ -334,6 +610,10 @@ pub struct SendEmail {
     /// Template values (the tenant's name is added by the job).
     #[serde(default)]
     pub vars: serde_json::Map<String, Value>,
+    /// The recipient's user, when they have an account (required for a non-essential
+    /// message: its unsubscribe link and the preference checked name them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
 }
 
 jobs::declare_job!(SendEmail = "email.send");
@@ -344,7 +624,15 @@ impl Job for SendEmail {
 
     async fn run(self, ctx: &mut JobContext, mailer: &Mailer) -> anyhow::Result<()> {
         mailer
-            .send_from_job(ctx, &self.to, self.template, self.vars)
+            .deliver(
+                ctx,
+                Outgoing {
+                    to: &self.to,
+                    template: self.template,
+                    vars: self.vars,
+                    user: self.user_id,
+                },
+            )
             .await
     }
 }

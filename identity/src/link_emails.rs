@@ -8,7 +8,9 @@
 //! registration and sign-up), and their handler mints the verification or reset token in
 //! the job's tenant transaction and sends the link at once through the mailer
 //! ([`email::Mailer::send_from_job`]); the worker commits after. Security notices carry no
-//! secret and go through the ordinary [`email::SendEmail`] job ([`notice`]).
+//! secret and go through the ordinary [`email::SendEmail`] job ([`notice`]), and so does
+//! the welcome message ([`welcome`]), the one non-essential message: it names its user, so
+//! that the mailer can offer a one-click unsubscribe and honour it.
 
 use std::time::Duration;
 
@@ -177,6 +179,20 @@ pub fn notice(user: &User, event: &str) -> Result<NewJob, jobs::JobError> {
         to: user.email.clone(),
         template: Template::SecurityNotice,
         vars,
+        user_id: Some(user.id),
+    }
+    .to_job()
+}
+
+/// The job that welcomes `user` once their address is verified or their invitation
+/// accepted (non-essential: not sent to a user who unsubscribed); enqueue it in the
+/// tenant's transaction.
+pub fn welcome(user: &User) -> Result<NewJob, jobs::JobError> {
+    SendEmail {
+        to: user.email.clone(),
+        template: Template::Welcome,
+        vars: vars(user, None, Duration::ZERO),
+        user_id: Some(user.id),
     }
     .to_job()
 }

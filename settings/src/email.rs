@@ -2,11 +2,12 @@
 
 use std::{fmt, path::PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use url::Url;
 
 use crate::{
-    de,
+    DEFAULT_UNSUBSCRIBE_KEY, de,
     error::Rejection,
     loader::{Check, Section},
 };
@@ -23,6 +24,12 @@ pub struct EmailSettings {
     /// Sender.
     #[serde(rename = "email_from", deserialize_with = "de::parsed")]
     pub from: String,
+    /// Key of the one-click unsubscribe links.
+    #[serde(deserialize_with = "de::secret")]
+    pub unsubscribe_key: SecretString,
+    /// Where unsubscribe links point (the API's `POST /v1/email/unsubscribe`).
+    #[serde(deserialize_with = "de::http_url")]
+    pub unsubscribe_url: Url,
 }
 
 impl fmt::Debug for EmailSettings {
@@ -31,7 +38,8 @@ impl fmt::Debug for EmailSettings {
             .field("smtp", &self.smtp_url.is_some())
             .field("outbox_dir", &self.outbox_dir)
             .field("from", &self.from)
-            .finish()
+            .field("unsubscribe_url", &self.unsubscribe_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,6 +62,8 @@ impl Section for EmailSettings {
             "email_from",
             "an address such as `Canopy <no-reply@example.com>`",
         ),
+        ("unsubscribe_key", "a secret of at least 32 bytes"),
+        ("unsubscribe_url", "an http(s):// URL"),
     ];
 
     fn validate(&self, check: &Check<'_>) -> Result<(), Rejection> {
@@ -62,6 +72,27 @@ impl Section for EmailSettings {
                 "smtp_url",
                 "an smtp:// or smtps:// URL (production does not write email to an outbox)",
             ));
+        }
+        Rejection::unless(
+            self.unsubscribe_key.expose_secret().len() >= 32,
+            "unsubscribe_key",
+        )?;
+        if check.production() {
+            if check
+                .configured("unsubscribe_key")
+                .is_none_or(|v| v == DEFAULT_UNSUBSCRIBE_KEY)
+            {
+                return Err(Rejection::missing(
+                    "unsubscribe_key",
+                    "a secret of your own (production does not use the development key)",
+                ));
+            }
+            if check.configured("unsubscribe_url").is_none() {
+                return Err(Rejection::missing(
+                    "unsubscribe_url",
+                    "the https:// URL of the API's `POST /v1/email/unsubscribe`",
+                ));
+            }
         }
         Rejection::unless(is_sender(&self.from), "email_from")
     }

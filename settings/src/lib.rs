@@ -79,6 +79,8 @@ pub const DEFAULT_STRIPE_WEBHOOK_SECRET: &str = "whsec_canopy_development";
 /// Development key encrypting secrets at rest (base64 of the 32 ASCII bytes
 /// `canopy-development-secrets-key!!`); production refuses it.
 pub const DEFAULT_SECRETS_KEY: &str = "Y2Fub3B5LWRldmVsb3BtZW50LXNlY3JldHMta2V5ISE=";
+/// Development key of unsubscribe links (production refuses it).
+pub const DEFAULT_UNSUBSCRIBE_KEY: &str = "canopy-development-unsubscribe-key";
 
 /// Everything Canopy is configured with, validated.
 #[derive(Debug, Clone)]

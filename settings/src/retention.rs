@@ -45,6 +45,9 @@ pub struct RetentionSettings {
     /// Audit events are kept this long, unless the tenant's plan sets `audit_retention`.
     #[serde(rename = "retain_audit_events", deserialize_with = "de::duration")]
     pub audit_events: Duration,
+    /// Settled email records are kept this long.
+    #[serde(rename = "retain_email_messages", deserialize_with = "de::duration")]
+    pub email_messages: Duration,
     /// How often the prune jobs are enqueued.
     #[serde(deserialize_with = "de::duration")]
     pub prune_interval: Duration,
@@ -61,6 +64,7 @@ impl Section for RetentionSettings {
         ("retain_succeeded_jobs", "a duration from 1h to 3650d"),
         ("retain_webhook_events", "a duration from 4d to 3650d"),
         ("retain_audit_events", "a duration from 1h to 3650d"),
+        ("retain_email_messages", "a duration from 1h to 3650d"),
         ("prune_interval", "a duration from 1m to 7d"),
         ("prune_batch", "a whole number from 1 to 100000"),
     ];
@@ -73,6 +77,7 @@ impl Section for RetentionSettings {
             (self.invitations, "retain_invitations"),
             (self.succeeded_jobs, "retain_succeeded_jobs"),
             (self.audit_events, "retain_audit_events"),
+            (self.email_messages, "retain_email_messages"),
         ] {
             Rejection::unless(retention.contains(&value), key)?;
         }

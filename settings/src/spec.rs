@@ -8,7 +8,7 @@
 use crate::{
     DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, DEFAULT_S3_ACCESS_KEY_ID, DEFAULT_S3_ENDPOINT,
     DEFAULT_S3_SECRET_ACCESS_KEY, DEFAULT_SECRETS_KEY, DEFAULT_STRIPE_SECRET_KEY,
-    DEFAULT_STRIPE_WEBHOOK_SECRET,
+    DEFAULT_STRIPE_WEBHOOK_SECRET, DEFAULT_UNSUBSCRIBE_KEY,
 };
 
 /// One documented setting: its key, default and meaning.
@@ -165,6 +165,11 @@ pub const SETTINGS: &[SettingSpec] = &[
         "audit events are deleted once this old, unless the tenant's plan sets `audit_retention` (1h to 3650d)",
     ),
     spec(
+        "retain_email_messages",
+        Some("30d"),
+        "sent, failed and suppressed email records (`GET /v1/emails`) are deleted once this old; queued ones are kept (1h to 3650d)",
+    ),
+    spec(
         "prune_interval",
         Some("1h"),
         "how often the prune jobs are enqueued (1m to 7d)",
@@ -188,6 +193,16 @@ pub const SETTINGS: &[SettingSpec] = &[
         "email_from",
         Some("Canopy <no-reply@canopy.localhost>"),
         "sender address of every email (the tenant's name is shown as the sender name)",
+    ),
+    spec(
+        "unsubscribe_key",
+        Some(DEFAULT_UNSUBSCRIBE_KEY),
+        "secret (at least 32 bytes) signing the one-click unsubscribe links of non-essential email (HMAC-SHA256); changing it voids the links of mail already sent (required in production)",
+    ),
+    spec(
+        "unsubscribe_url",
+        Some("http://127.0.0.1:8080/v1/email/unsubscribe"),
+        "public URL of the API's `POST /v1/email/unsubscribe`, which the `List-Unsubscribe` links of non-essential email point to (required in production)",
     ),
     spec("jwt_issuer", Some("canopy"), "`iss` claim of access tokens"),
     spec(

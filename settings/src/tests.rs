@@ -92,6 +92,36 @@ fn production_requires_real_secrets_and_urls() {
     let err = prod(&[s3, key, hooks, smtp]).unwrap_err();
     assert!(
         err.to_string()
+            .starts_with("CANOPY_UNSUBSCRIBE_KEY is required"),
+        "{err}"
+    );
+    assert!(
+        prod(&[
+            s3,
+            key,
+            hooks,
+            smtp,
+            ("CANOPY_UNSUBSCRIBE_KEY", crate::DEFAULT_UNSUBSCRIBE_KEY)
+        ])
+        .is_err()
+    );
+    let unsubscribe = (
+        "CANOPY_UNSUBSCRIBE_KEY",
+        "a-production-key-of-at-least-32-bytes",
+    );
+    let err = prod(&[s3, key, hooks, smtp, unsubscribe]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("CANOPY_UNSUBSCRIBE_URL is required"),
+        "{err}"
+    );
+    let unsubscribe_url = (
+        "CANOPY_UNSUBSCRIBE_URL",
+        "https://api.example/v1/email/unsubscribe",
+    );
+    let err = prod(&[s3, key, hooks, smtp, unsubscribe, unsubscribe_url]).unwrap_err();
+    assert!(
+        err.to_string()
             .starts_with("CANOPY_SECRETS_KEY is required"),
         "{err}"
     );
@@ -102,7 +132,16 @@ fn production_requires_real_secrets_and_urls() {
         parse_secrets_key(DEFAULT_SECRETS_KEY)
     );
     for dev in [DEFAULT_SECRETS_KEY, dev_hex] {
-        let err = prod(&[s3, key, hooks, smtp, ("CANOPY_SECRETS_KEY", dev)]).unwrap_err();
+        let err = prod(&[
+            s3,
+            key,
+            hooks,
+            smtp,
+            unsubscribe,
+            unsubscribe_url,
+            ("CANOPY_SECRETS_KEY", dev),
+        ])
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("CANOPY_SECRETS_KEY is required"),
@@ -113,7 +152,7 @@ fn production_requires_real_secrets_and_urls() {
         "CANOPY_SECRETS_KEY",
         "q83vEjRWeJq8d3iUq83vEjRWeJq8d3iUq83vEjRWeJo=",
     );
-    let err = prod(&[s3, key, hooks, smtp, secrets]).unwrap_err();
+    let err = prod(&[s3, key, hooks, smtp, unsubscribe, unsubscribe_url, secrets]).unwrap_err();
     assert!(
         err.to_string().starts_with("CANOPY_PUBLIC_URL is required"),
         "{err}"
@@ -124,11 +163,15 @@ fn production_requires_real_secrets_and_urls() {
             key,
             hooks,
             smtp,
+            unsubscribe,
+            unsubscribe_url,
             secrets,
             ("CANOPY_PUBLIC_URL", "https://app.example")
         ])
         .is_ok()
     );
+    let short = ("CANOPY_UNSUBSCRIBE_KEY", "too-short");
+    assert!(Settings::from_env_map(&env(&[short])).is_err());
 }
 
 #[test]

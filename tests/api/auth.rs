@@ -1083,6 +1083,7 @@ async fn the_admin_job_view_redacts_secret_fields_of_any_payload() {
             to: "ada@example.com".into(),
             template: email::Template::Verification,
             vars,
+            user_id: None,
         }
         .to_job()
         .unwrap(),

@@ -585,6 +585,7 @@ async fn email_jobs_deliver_through_a_real_smtp_server() {
             to: "ada@example.com".into(),
             template: email::Template::Verification,
             vars,
+            user_id: None,
         }
         .to_job()
         .expect("job"),
@@ -638,6 +639,7 @@ async fn the_development_transport_writes_to_the_outbox() {
             to: "ada@example.com".into(),
             template: email::Template::SecurityNotice,
             vars,
+            user_id: None,
         }
         .to_job()
         .expect("job"),

@@ -8,6 +8,7 @@
 mod api_keys;
 mod auth;
 mod billing;
+mod email_delivery;
 mod errors;
 mod files;
 mod health;

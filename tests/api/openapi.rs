@@ -242,6 +242,8 @@ fn valid_body(operation: &str) -> Option<Value> {
         "adjust_stock" => json!({"delta": 1}),
         "update_current_tenant" => json!({"registration_domains": []}),
         "create_tenant" => json!({"slug": "bounded-org", "name": "Bounded"}),
+        "put_email_template" => json!({"subject": "Hello", "text": "Welcome"}),
+        "unsubscribe_email" => json!({"token": "t"}),
         _ => return None,
     })
 }

@@ -87,8 +87,12 @@ fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> 
         | "upload_file"
         | "create_invitation"
         | "create_api_key" => 201,
-        "delete_role" | "delete_product" | "delete_file" | "revoke_invitation"
-        | "delete_api_key" => 204,
+        "delete_role"
+        | "delete_product"
+        | "delete_file"
+        | "revoke_invitation"
+        | "delete_api_key"
+        | "delete_email_template" => 204,
         "resend_invitation" => 202,
         "download_file" | "get_file_thumbnail" => 302,
         _ => 200,
@@ -337,6 +341,31 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             "list_audit_events",
             Method::GET,
             "/v1/audit-events".into(),
+            None,
+        ),
+        call("list_emails", Method::GET, "/v1/emails".into(), None),
+        call(
+            "list_email_templates",
+            Method::GET,
+            "/v1/email-templates".into(),
+            None,
+        ),
+        call(
+            "get_email_template",
+            Method::GET,
+            "/v1/email-templates/welcome".into(),
+            None,
+        ),
+        call(
+            "put_email_template",
+            Method::PUT,
+            "/v1/email-templates/welcome".into(),
+            Some(json!({"subject": "Hi {{ user_name }}", "text": "Welcome to {{ tenant_name }}"})),
+        ),
+        call(
+            "delete_email_template",
+            Method::DELETE,
+            "/v1/email-templates/invitation".into(),
             None,
         ),
         call("list_products", Method::GET, "/v1/products".into(), None),

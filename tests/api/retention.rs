@@ -557,6 +557,7 @@ async fn the_scheduled_kinds_are_unique_so_instances_never_pile_them_up() {
         [
             "auth.prune_tenants",
             "billing.prune_webhook_events",
+            "email.prune_messages",
             "jobs.prune"
         ]
     );

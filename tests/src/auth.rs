@@ -294,6 +294,10 @@ pub struct OutboxMessage {
     pub job: Uuid,
     /// `{subject, text, link}` (`link` only when the text has one).
     pub message: Value,
+    /// The decoded `text/html` part (empty when there is none).
+    pub html: String,
+    /// Every header, continuation lines joined.
+    pub headers: Vec<(String, String)>,
     /// The whole file.
     pub raw: String,
 }
@@ -314,9 +318,8 @@ impl OutboxMessage {
             .split_once("boundary=")
             .map(|(_, b)| b.trim_matches('"').to_owned())
             .expect("a multipart message");
-        let text = body
-            .split(&format!("--{boundary}"))
-            .filter_map(|part| {
+        let part = |wanted: &str| {
+            body.split(&format!("--{boundary}")).find_map(|part| {
                 let (head, content) = part.trim_start_matches("\r\n").split_once("\r\n\r\n")?;
                 let headers = unfold(head);
                 let value = |name: &str| {
@@ -327,11 +330,12 @@ impl OutboxMessage {
                         .unwrap_or_default()
                 };
                 value("Content-Type")
-                    .starts_with("text/plain")
+                    .starts_with(wanted)
                     .then(|| decode(&value("Content-Transfer-Encoding"), content))
             })
-            .next()
-            .expect("a text/plain part");
+        };
+        let text = part("text/plain").expect("a text/plain part");
+        let html = part("text/html").unwrap_or_default();
         let link = text
             .split_whitespace()
             .find(|w| w.starts_with("http") && w.contains("token="))
@@ -346,8 +350,20 @@ impl OutboxMessage {
             template: header("X-Canopy-Template"),
             job: header("X-Canopy-Job").parse().expect("X-Canopy-Job"),
             message: json!({ "subject": header("Subject"), "text": text, "link": link }),
+            html,
+            headers: headers.clone(),
             raw: raw.to_owned(),
         }
+    }
+}
+
+impl OutboxMessage {
+    /// The value of header `name` (case-insensitive), if the message has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

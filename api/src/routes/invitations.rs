@@ -487,6 +487,7 @@ impl InvitationsApi {
             }),
         )
         .await?;
+        jobs::enqueue(&mut tx, identity::link_emails::welcome(&user)?).await?;
         tx.commit().await?;
         Ok(Json(token_pair(
             &state,

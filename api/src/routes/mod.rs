@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod checks;
+pub mod emails;
 pub mod files;
 pub mod guards;
 pub mod health;
@@ -56,6 +57,9 @@ pub enum ApiTag {
     ApiKeys,
     /// The tenant's security audit log.
     Audit,
+    /// The tenant's email: delivery records, one-click unsubscribe, and the tenant's own
+    /// templates; every tenant's delivery records for the operator (`/v1/admin/emails`).
+    Email,
     /// Plans, subscriptions through Stripe, and Stripe's webhooks.
     Billing,
 }
@@ -72,6 +76,7 @@ pub type Apis = (
     billing::BillingApi,
     api_keys::ApiKeysApi,
     audit::AuditApi,
+    emails::EmailApi,
     tenants::TenantsApi,
     jobs::JobsApi,
 );
@@ -90,6 +95,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             billing::BillingApi,
             api_keys::ApiKeysApi,
             audit::AuditApi,
+            emails::EMAIL_API,
             tenants::TENANTS_API,
             jobs::JobsApi,
         ),

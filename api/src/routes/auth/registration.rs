@@ -128,6 +128,10 @@ impl RegistrationApi {
         let user = store::user_by_id(&mut tx, user)
             .await?
             .ok_or_else(link_invalid)?;
+        // Welcomed once, when the address is first verified (the user becomes active).
+        if activated.count() > 0 {
+            jobs::enqueue(&mut tx, identity::link_emails::welcome(&user)?).await?;
+        }
         let view = user_view(&mut tx, &user).await?;
         tx.commit().await?;
         Ok(Json(view))

@@ -1,0 +1,249 @@
+//! A tenant's own subject and bodies of a message (`email_templates` in its schema).
+//!
+//! An override is minijinja source, checked when it is saved ([`check`]): each part is
+//! compiled and rendered with the message's sample variables ([`Template::variables`]) in
+//! strict mode, so a syntax error or a variable the message does not have is refused then,
+//! not when the message is sent. The HTML part is auto-escaped (values holding `<script>`
+//! arrive as text); an override without one sends its text, escaped, as the HTML part.
+//!
+//! What a template can reach is only the values of its message: the environment has no
+//! loader (no `include`, `import` or `extends` of anything), no custom functions or
+//! globals, and a fuel budget ([`FUEL`]) so that no loop runs forever; the output is
+//! bounded too ([`OUTPUT_MAX`]).
+
+use minijinja::{Environment, UndefinedBehavior, Value as Jinja};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::{Rendered, Template};
+
+/// Longest subject (characters).
+pub const SUBJECT_MAX: usize = 200;
+/// Largest text or HTML body (bytes).
+pub const BODY_MAX: usize = 64 * 1024;
+/// Instructions one part may execute when rendered.
+pub const FUEL: u64 = 50_000;
+/// Largest rendered part (bytes).
+pub const OUTPUT_MAX: usize = 256 * 1024;
+
+/// A tenant's version of a message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TemplateOverride {
+    /// Subject line (minijinja).
+    pub subject: String,
+    /// Plain-text body (minijinja).
+    #[sqlx(rename = "text_body")]
+    pub text: String,
+    /// HTML body (minijinja, auto-escaped); none: the text, escaped.
+    #[sqlx(rename = "html_body")]
+    pub html: Option<String>,
+}
+
+/// Why an override cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{part}: {message}")]
+pub struct TemplateProblem {
+    /// Which part (`subject`, `text`, `html`).
+    pub part: &'static str,
+    /// The engine's message, with the line.
+    pub message: String,
+}
+
+fn problem(part: &'static str, error: &minijinja::Error) -> TemplateProblem {
+    let mut message = error.to_string();
+    if let Some(line) = error.line()
+        && !message.contains("line")
+    {
+        message = format!("{message} (line {line})");
+    }
+    TemplateProblem { part, message }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env
+}
+
+/// Renders `part` (named so that `.html` parts auto-escape) with `vars`.
+fn render_part(
+    env: &mut Environment<'static>,
+    part: &'static str,
+    name: &'static str,
+    source: &str,
+    vars: &Jinja,
+) -> Result<String, TemplateProblem> {
+    env.add_template_owned(name, source.to_owned())
+        .map_err(|e| problem(part, &e))?;
+    let output = env
+        .get_template(name)
+        .and_then(|t| t.render(vars))
+        .map_err(|e| problem(part, &e))?;
+    if output.len() > OUTPUT_MAX {
+        return Err(TemplateProblem {
+            part,
+            message: format!("renders to more than {OUTPUT_MAX} bytes"),
+        });
+    }
+    Ok(output)
+}
+
+/// Renders `custom` with `vars` (the message's values).
+pub fn render(custom: &TemplateOverride, vars: &Value) -> Result<Rendered, TemplateProblem> {
+    let mut env = environment();
+    let vars = Jinja::from_serialize(vars);
+    let subject = render_part(&mut env, "subject", "subject.txt", &custom.subject, &vars)?;
+    let text = render_part(&mut env, "text", "body.txt", &custom.text, &vars)?;
+    let html = match &custom.html {
+        Some(html) => render_part(&mut env, "html", "body.html", html, &vars)?,
+        None => {
+            let escaped = render_part(
+                &mut env,
+                "text",
+                "text-as.html",
+                "{{ text }}",
+                &Jinja::from_serialize(serde_json::json!({ "text": text })),
+            )?;
+            format!(
+                "<!doctype html>\n<html><body><pre style=\"font-family: sans-serif; white-space: pre-wrap\">{escaped}</pre></body></html>\n"
+            )
+        }
+    };
+    Ok(Rendered {
+        subject: subject.trim().to_owned(),
+        text,
+        html,
+    })
+}
+
+/// The sample values of `template` (see [`Template::variables`]).
+pub fn sample(template: Template) -> Value {
+    Value::Object(
+        template
+            .variables()
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), Value::String((*value).to_owned())))
+            .collect(),
+    )
+}
+
+/// Whether `custom` can stand in for `template`: every part compiles and renders with the
+/// message's sample values, using no other variable, within the bounds. Returns the
+/// sample rendering.
+pub fn check(template: Template, custom: &TemplateOverride) -> Result<Rendered, TemplateProblem> {
+    render(custom, &sample(template))
+}
+
+/// The tenant's override of `template`, if any.
+pub async fn find(
+    conn: &mut PgConnection,
+    template: Template,
+) -> Result<Option<TemplateOverride>, sqlx::Error> {
+    sqlx::query_as("select subject, text_body, html_body from email_templates where name = $1")
+        .bind(template.as_str())
+        .fetch_optional(conn)
+        .await
+}
+
+/// The templates the tenant overrides.
+pub async fn overridden(conn: &mut PgConnection) -> Result<Vec<Template>, sqlx::Error> {
+    let names: Vec<String> = sqlx::query_scalar("select name from email_templates")
+        .fetch_all(conn)
+        .await?;
+    Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
+}
+
+/// Saves `custom` as the tenant's `template` (replacing an earlier one). Check it first.
+pub async fn save(
+    conn: &mut PgConnection,
+    template: Template,
+    custom: &TemplateOverride,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into email_templates (name, subject, text_body, html_body)
+         values ($1, $2, $3, $4)
+         on conflict (name) do update
+         set subject = excluded.subject, text_body = excluded.text_body,
+             html_body = excluded.html_body, updated_at = now()",
+    )
+    .bind(template.as_str())
+    .bind(&custom.subject)
+    .bind(&custom.text)
+    .bind(&custom.html)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Drops the tenant's `template` (the built-in one is used again); whether there was one.
+pub async fn remove(conn: &mut PgConnection, template: Template) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("delete from email_templates where name = $1")
+        .bind(template.as_str())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn custom(subject: &str, text: &str, html: Option<&str>) -> TemplateOverride {
+        TemplateOverride {
+            subject: subject.to_owned(),
+            text: text.to_owned(),
+            html: html.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn an_override_renders_its_variables_and_escapes_only_html() {
+        let vars = serde_json::json!({"tenant_name": "Acme", "user_name": "<script>x</script>"});
+        let rendered = render(
+            &custom(
+                "Hi {{ user_name }}",
+                "Hello {{ user_name }} of {{ tenant_name }}",
+                Some("<p>{{ user_name }}</p>"),
+            ),
+            &vars,
+        )
+        .expect("renders");
+        assert_eq!(rendered.text, "Hello <script>x</script> of Acme");
+        assert_eq!(rendered.html, "<p>&lt;script&gt;x&lt;&#x2f;script&gt;</p>");
+        let text_only = render(&custom("s", "{{ user_name }}", None), &vars).expect("renders");
+        assert!(text_only.html.contains("&lt;script&gt;"), "{text_only:?}");
+        assert!(!text_only.html.contains("<script>"));
+    }
+
+    #[test]
+    fn a_broken_or_unknown_or_endless_template_is_refused() {
+        let unknown = check(Template::Welcome, &custom("s", "{{ password }}", None))
+            .expect_err("unknown variable");
+        assert_eq!(unknown.part, "text");
+        let syntax =
+            check(Template::Welcome, &custom("s", "ok\n{% if %}", None)).expect_err("syntax error");
+        assert!(syntax.message.contains("line 2"), "{syntax:?}");
+        let endless = check(
+            Template::Welcome,
+            &custom(
+                "s",
+                "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}",
+                None,
+            ),
+        )
+        .expect_err("out of fuel");
+        assert_eq!(endless.part, "text");
+        let no_include = check(Template::Welcome, &custom("{% include 'x' %}", "t", None))
+            .expect_err("no loader");
+        assert_eq!(no_include.part, "subject");
+        for template in Template::ALL {
+            let vars: String = template
+                .variables()
+                .iter()
+                .map(|(name, _)| format!("{{{{ {name} }}}} "))
+                .collect();
+            check(template, &custom(&vars, &vars, Some(&vars))).expect("documented variables");
+        }
+    }
+}
