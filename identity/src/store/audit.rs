@@ -67,6 +67,9 @@ pub struct AuditRecord {
     pub user_agent: Option<String>,
     /// Anything else recorded.
     pub details: Value,
+    /// Whether the actor has been deleted since (show them pseudonymously).
+    #[sqlx(default)]
+    pub actor_deleted: Option<bool>,
 }
 
 /// The newest audit entries first: those before entry `before` (when given), optionally
@@ -80,7 +83,8 @@ pub async fn list_audit(
 ) -> Result<Vec<AuditRecord>, StoreError> {
     Ok(sqlx::query_as(
         "select id, occurred_at, event, actor_id, subject_id, session_id, host(ip) as ip,
-                user_agent, details
+                user_agent, details,
+                (select u.status = 'deleted' from users u where u.id = actor_id) as actor_deleted
          from audit_events
          where ($1::text is null or event = $1)
            and ($2::uuid is null or actor_id = $2 or subject_id = $2)
