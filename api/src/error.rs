@@ -112,6 +112,8 @@ error_codes! {
     Overloaded => (SERVICE_UNAVAILABLE, "Overloaded", "Too many requests of this kind are in progress; retry after `Retry-After` seconds."),
     InvitationInvalid => (BAD_REQUEST, "Invitation invalid", "The invitation link is unknown, already used, replaced by a newer one, revoked or expired; ask whoever invited you for a new invitation."),
     AlreadyMember => (CONFLICT, "Already a member", "A user of this tenant already has this email address: there is nobody to invite."),
+    PasswordResetRequired => (FORBIDDEN, "Password reset required", "The account's sessions were ended for a security reason (status `security_issue`): reset the password (`POST /v1/auth/forgot-password`, then `POST /v1/auth/reset-password`) to log in again."),
+    EmailChangeInvalid => (BAD_REQUEST, "Email change link invalid", "The email change link is unknown, already used, replaced by a newer request, expired, or belongs to another user than the one signed in; ask for a new change."),
 }
 
 impl fmt::Display for ErrorCode {

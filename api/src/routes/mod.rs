@@ -13,6 +13,7 @@ pub mod guards;
 pub mod health;
 pub mod invitations;
 pub mod jobs;
+pub mod lifecycle;
 pub mod ops;
 pub mod pagination;
 pub mod products;
@@ -61,6 +62,7 @@ pub type Apis = (
     health::HealthApi,
     auth::AuthApi,
     users::UsersApi,
+    lifecycle::LifecycleApi,
     invitations::InvitationsApi,
     roles::RolesApi,
     products::ProductsApi,
@@ -78,6 +80,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             health::HealthApi,
             auth::AUTH_API,
             users::UsersApi,
+            lifecycle::LIFECYCLE_API,
             invitations::InvitationsApi,
             roles::RolesApi,
             products::ProductsApi,

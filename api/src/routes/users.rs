@@ -48,6 +48,10 @@ pub enum UserStatusView {
     Deactivated,
     /// Banned.
     Banned,
+    /// Every session ended for a security reason; back to active through a password reset.
+    SecurityIssue,
+    /// Deleted: personal data erased; kept so that the audit log's ids still point at it.
+    Deleted,
 }
 
 impl From<UserStatus> for UserStatusView {
@@ -57,6 +61,8 @@ impl From<UserStatus> for UserStatusView {
             UserStatus::Active => Self::Active,
             UserStatus::Deactivated => Self::Deactivated,
             UserStatus::Banned => Self::Banned,
+            UserStatus::SecurityIssue => Self::SecurityIssue,
+            UserStatus::Deleted => Self::Deleted,
         }
     }
 }
@@ -68,6 +74,8 @@ impl From<UserStatusView> for UserStatus {
             UserStatusView::Active => Self::Active,
             UserStatusView::Deactivated => Self::Deactivated,
             UserStatusView::Banned => Self::Banned,
+            UserStatusView::SecurityIssue => Self::SecurityIssue,
+            UserStatusView::Deleted => Self::Deleted,
         }
     }
 }
@@ -337,7 +345,8 @@ impl UsersApi {
     ///
     /// Deactivating or banning a user ends every session at once: their next request is
     /// refused even with an unexpired access token, and refreshing fails. Reactivating
-    /// lets them log in again. Nobody can change their own status (use `PATCH /v1/me` for
+    /// lets them log in again (not a user with a security issue: only a password reset
+    /// does; 409). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
     /// one's own name), manage a user holding permissions they lack, or block the tenant's
     /// last active owner.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "update_user")]
@@ -367,6 +376,16 @@ impl UsersApi {
         }
         let mut tx = me.begin(&state).await?;
         let (_, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
+        let current = store::user_by_id(&mut tx, target)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted)
+            .ok_or_else(user_not_found)?;
+        if current.status == UserStatus::SecurityIssue && status == Some(UserStatus::Active) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "This user has a security issue: only a password reset makes them active again.",
+            ));
+        }
         ensure_outranks(&mut tx, held, target).await?;
         if status.is_some_and(UserStatus::is_blocked) {
             ensure_not_last_owner(&mut tx, target).await?;
@@ -530,7 +549,7 @@ impl UsersApi {
     }
 }
 
-async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiError> {
+pub(crate) async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiError> {
     store::user_by_id(tx, me.user_id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))
@@ -538,7 +557,7 @@ async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiErro
 
 /// A 403 unless the caller (holding `held`) holds every permission `target` has; returns
 /// the target's permissions.
-async fn ensure_outranks(
+pub(crate) async fn ensure_outranks(
     tx: &mut TenantTx,
     held: PermissionSet,
     target: Uuid,
@@ -551,7 +570,7 @@ async fn ensure_outranks(
 }
 
 /// A 409 if `target` is an owner and no other active user is. Call under the roles lock.
-async fn ensure_not_last_owner(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn ensure_not_last_owner(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiError> {
     let is_owner = roles::holds_system_role(tx, target, SystemRole::Owner)
         .await
         .map_err(ApiError::internal)?;
@@ -574,6 +593,6 @@ fn default_limit() -> i64 {
     50
 }
 
-fn user_not_found() -> ApiError {
+pub(crate) fn user_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No user of this tenant has this id.")
 }
