@@ -13,6 +13,7 @@ mod health;
 mod invitations;
 mod isolation;
 mod jobs;
+mod lifecycle;
 mod metrics;
 mod migrations;
 mod openapi;

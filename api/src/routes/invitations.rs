@@ -183,7 +183,6 @@ impl Validate for AcceptInvitationRequest {
 /// Answer to an invitation.
 #[derive(ApiResponse)]
 pub enum InvitationCreated {
-    // Also the answer of `POST /v1/users`, whose user is an invitation until accepted.
     /// Invited; the email is on its way.
     #[oai(status = 201)]
     Created(Json<InvitationView>, #[oai(header = "Location")] String),

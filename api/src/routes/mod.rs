@@ -13,7 +13,6 @@ pub mod guards;
 pub mod health;
 pub mod invitations;
 pub mod jobs;
-pub mod lifecycle;
 pub mod ops;
 pub mod pagination;
 pub mod products;
@@ -62,7 +61,7 @@ pub type Apis = (
     health::HealthApi,
     auth::AuthApi,
     users::UsersApi,
-    lifecycle::LifecycleApi,
+    users::lifecycle::LifecycleApi,
     invitations::InvitationsApi,
     roles::RolesApi,
     products::ProductsApi,
@@ -80,7 +79,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             health::HealthApi,
             auth::AUTH_API,
             users::UsersApi,
-            lifecycle::LIFECYCLE_API,
+            users::lifecycle::LIFECYCLE_API,
             invitations::InvitationsApi,
             roles::RolesApi,
             products::ProductsApi,

@@ -1,5 +1,7 @@
 //! The current user (`/v1/me`), the tenant's member directory (`/v1/users`), users' roles
-//! (`/v1/users/{id}/roles`) and forced logouts (`/v1/users/{id}/logout`).
+//! (`/v1/users/{id}/roles`) and forced logouts (`/v1/users/{id}/logout`); creating and
+//! deleting users are declared here (their paths are this API's) and handled in
+//! [`lifecycle`].
 //!
 //! Managing another user (status, name, roles) needs the endpoint's permission and every
 //! permission the target holds: nobody can act on a user more powerful than they are.
@@ -17,6 +19,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tenancy::TenantTx;
 use uuid::Uuid;
+
+pub mod lifecycle;
+
+use lifecycle::{
+    deletion::{DeleteMeRequest, UserDeleted},
+    members::{CreateUser, UserCreated},
+};
 
 use crate::{
     AppState,
@@ -432,6 +441,71 @@ impl UsersApi {
             state.revocations.unblock_user(tenant, target).await;
         }
         Ok(Json(view))
+    }
+
+    /// Create a user.
+    ///
+    /// The user is invited with their name and roles: an email with a single-use link
+    /// (valid for `CANOPY_INVITATION_TTL`) lets them set their password through
+    /// `POST /v1/auth/accept-invitation` (where `name` may be left out) and log in as an
+    /// active member with a verified address. Until then they are an open invitation
+    /// (`GET /v1/invitations`, resend, revoke) that holds one of the plan's seats: a plan
+    /// without a free seat is 402 `plan_limit_reached`. An address that already has a user
+    /// is 409 `already_member`; one with an open invitation gets it refreshed (200) with
+    /// this name and these roles. You must hold every permission the roles allow. Audited
+    /// as `user.created`.
+    #[oai(path = "/v1/users", method = "post", operation_id = "create_user")]
+    async fn create_user(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::UsersManage>,
+        body: JsonBody<CreateUser>,
+    ) -> ApiResult<UserCreated> {
+        lifecycle::members::create_user(&state, request, auth, body.0).await
+    }
+
+    /// Delete a user.
+    ///
+    /// Erases the user's personal data: their address and name (replaced by a placeholder
+    /// and "Deleted user"), password, sessions, refresh and single-use tokens, and role
+    /// assignments (their seat is free). Every token of theirs is refused from the next
+    /// request on, everywhere. Their address can be registered or invited again. The audit
+    /// log keeps its events, with the ids pointing at the deleted user (shown
+    /// pseudonymously as `actor_label`). Not yourself (`DELETE /v1/me`), not a user
+    /// holding permissions you lack, not the tenant's last active owner (409
+    /// `last_owner`). Audited as `user.deleted`.
+    #[oai(
+        path = "/v1/users/:id",
+        method = "delete",
+        operation_id = "delete_user"
+    )]
+    async fn delete_user(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::UsersManage>,
+        /// User id.
+        id: Path<Uuid>,
+    ) -> ApiResult<UserDeleted> {
+        lifecycle::deletion::delete_user(&state, request, auth, id.0).await
+    }
+
+    /// Delete one's own account.
+    ///
+    /// Needs the current password (a wrong one is a 422 on `password` and counts toward
+    /// the lockout). Erases the account's personal data as `DELETE /v1/users/{id}` does;
+    /// this token and every other one stop working at once. The tenant's last active
+    /// owner cannot leave (409 `last_owner`): make another user owner first.
+    #[oai(path = "/v1/me", method = "delete", operation_id = "delete_me")]
+    async fn delete_me(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: UserAuth,
+        body: JsonBody<DeleteMeRequest>,
+    ) -> ApiResult<UserDeleted> {
+        lifecycle::deletion::delete_me(&state, request, auth, body.0).await
     }
 
     /// Log a user out everywhere.

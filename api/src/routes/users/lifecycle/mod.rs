@@ -2,10 +2,14 @@
 //! security-issue status (`members.rs`), changing one's email address (`email_change.rs`),
 //! deletion by an administrator or oneself (`deletion.rs`) and the export of one's own data
 //! (`export.rs`): one `#[OpenApi]` struct per flow, combined in [`LifecycleApi`]. The
+//! operations on paths `UsersApi` already has (`POST /v1/users`, `DELETE /v1/users/{id}`,
+//! `DELETE /v1/me`) are declared there and handled here: poem-openapi documents a path
+//! from one `#[OpenApi]` impl only (a second one's operations on it vanish from the
+//! document). The
 //! domain side (SQL, the confirmation email job, erasure) is [`identity::lifecycle`].
 //!
 //! Acting on another user needs `users:manage` and every permission they hold (the
-//! outrank rule of [`super::users`]); the tenant's last active owner can be neither
+//! outrank rule of [`super`] (`routes::users`)); the tenant's last active owner can be neither
 //! flagged nor deleted.
 
 pub mod deletion;
@@ -27,7 +31,6 @@ use crate::{
 pub type LifecycleApi = (
     members::MembersApi,
     email_change::EmailChangeApi,
-    deletion::DeletionApi,
     export::ExportApi,
 );
 
@@ -35,7 +38,6 @@ pub type LifecycleApi = (
 pub const LIFECYCLE_API: LifecycleApi = (
     members::MembersApi,
     email_change::EmailChangeApi,
-    deletion::DeletionApi,
     export::ExportApi,
 );
 

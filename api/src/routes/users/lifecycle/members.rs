@@ -8,7 +8,7 @@
 
 use identity::{UserStatus, invitations::MAX_ROLES, link_emails, store};
 use poem::{Request, web::Data};
-use poem_openapi::{Object, OpenApi, param::Path, payload::Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 use rbac::Permission;
 use serde::Deserialize;
 use serde_json::json;
@@ -18,12 +18,12 @@ use crate::{
     AppState,
     auth::{Authorized, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
-    payload::{EmailText, JsonBody, Validate, all_valid},
+    payload::{EmailText, Validate, all_valid},
     routes::{
         ApiTag, audit,
         checks::{check_email, check_name},
         guards::lock_for_change,
-        invitations::{InvitationCreated, InvitationView, Invitee, invite_in},
+        invitations::{InvitationView, Invitee, invite_in},
         users::{UserView, ensure_not_last_owner, ensure_outranks, user_not_found, user_view},
     },
 };
@@ -64,6 +64,20 @@ impl Validate for CreateUser {
     }
 }
 
+/// Answer to creating a user.
+#[derive(ApiResponse)]
+pub enum UserCreated {
+    /// Created: the user is an open invitation (holding a seat) until they accept it; the
+    /// email with its link is on its way. `Location` is the invitation.
+    #[oai(status = 201)]
+    Created(Json<InvitationView>, #[oai(header = "Location")] String),
+    /// The address had an open invitation: it now carries this name and these roles, holds a
+    /// seat, has a new lifetime, its previous link no longer works, and a new email is on its
+    /// way.
+    #[oai(status = 200)]
+    Refreshed(Json<InvitationView>),
+}
+
 /// What flagging a security issue ended.
 #[derive(Debug, Object)]
 pub struct SecurityIssueFlagged {
@@ -75,65 +89,6 @@ pub struct SecurityIssueFlagged {
 
 #[OpenApi(tag = "ApiTag::Users")]
 impl MembersApi {
-    /// Create a user.
-    ///
-    /// The user is invited with their name and roles: an email with a single-use link
-    /// (valid for `CANOPY_INVITATION_TTL`) lets them set their password through
-    /// `POST /v1/auth/accept-invitation` (where `name` may be left out) and log in as an
-    /// active member with a verified address. Until then they are an open invitation
-    /// (`GET /v1/invitations`, resend, revoke) that holds one of the plan's seats: a plan
-    /// without a free seat is 402 `plan_limit_reached`. An address that already has a user
-    /// is 409 `already_member`; one with an open invitation gets it refreshed (200) with
-    /// this name and these roles. You must hold every permission the roles allow.
-    #[oai(path = "/v1/users", method = "post", operation_id = "create_user")]
-    async fn create_user(
-        &self,
-        state: Data<&AppState>,
-        request: &Request,
-        auth: Authorized<perm::UsersManage>,
-        body: JsonBody<CreateUser>,
-    ) -> ApiResult<InvitationCreated> {
-        let me = auth.principal;
-        let client = client_info(request);
-        let body = body.0;
-        let mut tx = me.begin(&state).await?;
-        let (invitation, created, all_roles) = invite_in(
-            &state,
-            &mut tx,
-            &me,
-            Invitee {
-                email: body.email.trim(),
-                role_ids: &body.role_ids,
-                name: Some(body.name.trim()),
-                reserves_seat: true,
-            },
-        )
-        .await?;
-        let view = InvitationView::new(&invitation, &all_roles);
-        audit::record(
-            &mut tx,
-            "user.created",
-            Some(me.user_id),
-            None,
-            Some(me.session_id),
-            &client,
-            json!({
-                "invitation_id": invitation.id,
-                "email": invitation.email,
-                "refreshed": !created,
-                "roles": view.roles.iter().map(|r| &r.name).collect::<Vec<_>>(),
-            }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(if created {
-            let location = format!("/v1/invitations/{}", invitation.id);
-            InvitationCreated::Created(Json(view), location)
-        } else {
-            InvitationCreated::Refreshed(Json(view))
-        })
-    }
-
     /// Flag a security issue on a user.
     ///
     /// Ends every session of the user at once (their next request is refused even with an
@@ -217,4 +172,53 @@ impl MembersApi {
             sessions_ended: ended.len() as u64,
         }))
     }
+}
+
+/// `POST /v1/users` (declared in `UsersApi`, which owns the path: poem-openapi documents a
+/// path from one `#[OpenApi]` impl only): invites `body` as a named, seat-holding
+/// invitation.
+pub(crate) async fn create_user(
+    state: &AppState,
+    request: &Request,
+    auth: Authorized<perm::UsersManage>,
+    body: CreateUser,
+) -> ApiResult<UserCreated> {
+    let me = auth.principal;
+    let client = client_info(request);
+    let mut tx = me.begin(state).await?;
+    let (invitation, created, all_roles) = invite_in(
+        state,
+        &mut tx,
+        &me,
+        Invitee {
+            email: body.email.trim(),
+            role_ids: &body.role_ids,
+            name: Some(body.name.trim()),
+            reserves_seat: true,
+        },
+    )
+    .await?;
+    let view = InvitationView::new(&invitation, &all_roles);
+    audit::record(
+        &mut tx,
+        "user.created",
+        Some(me.user_id),
+        None,
+        Some(me.session_id),
+        &client,
+        json!({
+            "invitation_id": invitation.id,
+            "email": invitation.email,
+            "refreshed": !created,
+            "roles": view.roles.iter().map(|r| &r.name).collect::<Vec<_>>(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(if created {
+        let location = format!("/v1/invitations/{}", invitation.id);
+        UserCreated::Created(Json(view), location)
+    } else {
+        UserCreated::Refreshed(Json(view))
+    })
 }
