@@ -120,6 +120,8 @@ error_codes! {
     MfaNotEnabled => (CONFLICT, "MFA not enabled", "Two-factor authentication is not on for this account (or no enrollment waits for confirmation); start with `POST /v1/me/mfa/totp`."),
     AlreadyMember => (CONFLICT, "Already a member", "A user of this tenant already has this email address: there is nobody to invite."),
     UnsubscribeTokenInvalid => (BAD_REQUEST, "Unsubscribe token invalid", "The unsubscribe token is missing, malformed or not signed by this service; use the link of the message as it arrived."),
+    PasswordResetRequired => (FORBIDDEN, "Password reset required", "The account's sessions were ended for a security reason (status `security_issue`): reset the password (`POST /v1/auth/forgot-password`, then `POST /v1/auth/reset-password`) to log in again."),
+    EmailChangeInvalid => (BAD_REQUEST, "Email change link invalid", "The email change link is unknown, already used, replaced by a newer request, expired, or belongs to another user than the one signed in; ask for a new change."),
 }
 
 impl fmt::Display for ErrorCode {

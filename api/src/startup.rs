@@ -334,9 +334,14 @@ pub fn job_registry(state: &AppState) -> anyhow::Result<jobs::Registry> {
         mailer.clone(),
         settings.auth.public_url.clone(),
     );
+    let email_changes = identity::lifecycle::EmailChangeMailer::new(
+        mailer.clone(),
+        settings.auth.public_url.clone(),
+    );
     let registry = jobs::Registry::new()
         .register::<email::SendEmail>(mailer)
         .register::<identity::invitations::InvitationEmail>(invitations)
+        .register::<identity::lifecycle::EmailChangeConfirmation>(email_changes)
         .register::<link_emails::PasswordResetRequested>(links.clone())
         .register::<link_emails::VerificationRequested>(links.clone())
         .register::<link_emails::LinkEmail>(links)

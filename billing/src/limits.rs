@@ -4,7 +4,8 @@
 //! the files. Passing a limit is a [`LimitError::LimitReached`] naming it, which the API
 //! answers with a 402 `plan_limit_reached`.
 //!
-//! A seat is an active user. Whatever makes a user active (email verification, a password
+//! A seat is an active user (or one with a security issue, or an open invitation of a user
+//! an administrator created: `POST /v1/users` reserves the seat until it is accepted). Whatever makes a user active (email verification, a password
 //! reset that verifies a pending user, reactivation, any later path such as accepting an
 //! invitation) goes through [`ensure_seats`] with the [`identity::Activated`] its store
 //! call returned, in the same transaction: that one function is where seats are judged.
@@ -36,7 +37,14 @@ impl Limited {
     fn count_sql(self) -> &'static str {
         match self {
             Self::Products => "select count(*) from products where deleted_at is null",
-            Self::Seats => "select count(*) from users where status = 'active'",
+            // Users with a security issue keep their seat (a reset brings them back), and
+            // so do open, unexpired invitations of users an administrator created.
+            Self::Seats => {
+                "select (select count(*) from users where status in ('active', 'security_issue'))
+                      + (select count(*) from invitations
+                         where reserves_seat and accepted_at is null and revoked_at is null
+                           and expires_at > now())"
+            }
         }
     }
 }

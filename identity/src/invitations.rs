@@ -46,10 +46,14 @@ pub struct Invitation {
     pub expires_at: DateTime<Utc>,
     /// When the current link was emailed (`None`: its email is still queued).
     pub sent_at: Option<DateTime<Utc>>,
+    /// The display name an administrator gave the user (`POST /v1/users`), if any.
+    pub name: Option<String>,
+    /// Whether it holds a seat while open and unexpired (a user an administrator created).
+    pub reserves_seat: bool,
 }
 
-const COLUMNS: &str =
-    "id, email, role_ids, invited_by, created_at, updated_at, expires_at, sent_at";
+const COLUMNS: &str = "id, email, role_ids, invited_by, created_at, updated_at, expires_at, \
+                       sent_at, name, reserves_seat";
 
 /// Open: neither accepted nor revoked (expired ones included: they can be resent).
 const OPEN: &str = "accepted_at is null and revoked_at is null";
@@ -67,6 +71,11 @@ pub struct NewInvitation<'a> {
     pub role_ids: &'a [Uuid],
     /// The inviter.
     pub invited_by: Uuid,
+    /// The new user's display name, when the inviter gives it (acceptance may keep it).
+    pub name: Option<&'a str>,
+    /// Whether the invitation holds a seat until it is accepted, revoked or expires (a
+    /// user created by an administrator). Refreshing keeps a reservation made before.
+    pub reserves_seat: bool,
 }
 
 /// Invites `new.email`, or refreshes the open invitation of that address (its roles,
@@ -79,11 +88,14 @@ pub async fn invite(
 ) -> Result<(Invitation, bool), StoreError> {
     let id = Uuid::now_v7();
     let invitation: Invitation = sqlx::query_as(&format!(
-        "insert into invitations (id, email, email_key, role_ids, invited_by, expires_at)
-         values ($1, $2, $3, $4, $5, $6)
+        "insert into invitations
+             (id, email, email_key, role_ids, invited_by, expires_at, name, reserves_seat)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
          on conflict (email_key) where {OPEN}
          do update set email = excluded.email, role_ids = excluded.role_ids,
                        invited_by = excluded.invited_by, expires_at = excluded.expires_at,
+                       name = coalesce(excluded.name, invitations.name),
+                       reserves_seat = invitations.reserves_seat or excluded.reserves_seat,
                        token_hash = null, sent_at = null, updated_at = now()
          returning {COLUMNS}"
     ))
@@ -93,6 +105,8 @@ pub async fn invite(
     .bind(new.role_ids)
     .bind(new.invited_by)
     .bind(expiry(ttl))
+    .bind(new.name)
+    .bind(new.reserves_seat)
     .fetch_one(conn)
     .await?;
     let created = invitation.id == id;
@@ -126,6 +140,23 @@ pub async fn list_open(
     ))
     .bind(after.map(|a| a.0))
     .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The invitations `user` sent (last), newest first, at most `limit`: for the export of
+/// their own data.
+pub async fn sent_by(
+    conn: &mut PgConnection,
+    user: Uuid,
+    limit: i64,
+) -> Result<Vec<Invitation>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "select {COLUMNS} from invitations where invited_by = $1
+         order by created_at desc, id desc limit $2"
+    ))
+    .bind(user)
     .bind(limit)
     .fetch_all(conn)
     .await?)

@@ -133,7 +133,7 @@ impl Job for PasswordResetRequested {
     async fn run(self, ctx: &mut JobContext, deps: &LinkMailer) -> anyhow::Result<()> {
         let user = store::user_by_email(ctx.tenant_tx()?, &Email::new(&self.email)).await?;
         deps.send(ctx, Self::KIND, user, LinkPurpose::ResetPassword, |user| {
-            !user.status.is_blocked()
+            user.status.may_reset_password()
         })
         .await
     }
@@ -160,7 +160,7 @@ impl Job for LinkEmail {
         let user = store::user_by_id(ctx.tenant_tx()?, self.user_id).await?;
         let purpose = self.purpose;
         deps.send(ctx, Self::KIND, user, purpose, |user| match purpose {
-            LinkPurpose::ResetPassword => !user.status.is_blocked(),
+            LinkPurpose::ResetPassword => user.status.may_reset_password(),
             // Enqueued at registration or sign-up: until the address is verified.
             LinkPurpose::VerifyEmail => {
                 user.email_verified_at.is_none() && !user.status.is_blocked()

@@ -15,6 +15,7 @@ mod health;
 mod invitations;
 mod isolation;
 mod jobs;
+mod lifecycle;
 mod metrics;
 mod mfa;
 mod migrations;

@@ -233,6 +233,12 @@ fn valid_body(operation: &str) -> Option<Value> {
         "create_invitation" => {
             json!({"email": "di@closed.example", "role_ids": [uuid::Uuid::new_v4()]})
         }
+        "create_user" => json!({
+            "email": "ed@closed.example", "name": "Ed", "role_ids": [uuid::Uuid::new_v4()]
+        }),
+        // Not the owner's password: these bodies never change anything.
+        "change_my_email" => json!({"new_email": "fi@closed.example", "password": "not the one"}),
+        "delete_me" => json!({"password": "not the one"}),
         "create_role" => json!({"name": "editor", "permissions": []}),
         "create_api_key" => json!({"name": "ci", "permissions": ["products:read"]}),
         "update_role" => json!({"name": "editor"}),

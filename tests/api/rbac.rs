@@ -29,6 +29,15 @@ const MFA_OPERATIONS: [&str; 5] = [
     "disable_totp",
 ];
 
+/// Operations on one's own account: no permission, run by a second user of each actor's
+/// role (the last one deletes it), see [`self_operations`].
+const SELF_OPERATIONS: [&str; 4] = [
+    "change_my_email",
+    "confirm_my_email_change",
+    "export_my_data",
+    "delete_me",
+];
+
 /// Every operation a tenant user can call, with the permission the document declares for
 /// it (`None`: any signed-in user).
 fn user_operations() -> BTreeMap<String, Option<String>> {
@@ -86,13 +95,15 @@ fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> 
         | "bulk_create_products"
         | "upload_file"
         | "create_invitation"
-        | "create_api_key" => 201,
+        | "create_api_key"
+        | "create_user" => 201,
         "delete_role"
         | "delete_product"
         | "delete_file"
         | "revoke_invitation"
         | "delete_api_key"
-        | "delete_email_template" => 204,
+        | "delete_email_template"
+        | "delete_user" => 204,
         "resend_invitation" => 202,
         "download_file" | "get_file_thumbnail" => 302,
         _ => 200,
@@ -172,6 +183,14 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
         .as_str()
         .expect("id")
         .to_owned();
+    let flagged = app
+        .user_with_roles(org, &format!("flagged-{actor}@acme.example"), &[viewer])
+        .await
+        .0;
+    let erased = app
+        .user_with_roles(org, &format!("erased-{actor}@acme.example"), &[viewer])
+        .await
+        .0;
     let to_revoke = app
         .invite_ok(org, &format!("revoke-{actor}@acme.example"), &[viewer])
         .await;
@@ -324,6 +343,28 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             format!("/v1/users/{victim}/logout"),
             None,
         ),
+        call(
+            "create_user",
+            Method::POST,
+            "/v1/users".into(),
+            Some(json!({
+                "email": format!("created-by-{actor}@acme.example"),
+                "name": "Created",
+                "role_ids": [viewer],
+            })),
+        ),
+        call(
+            "flag_user_security_issue",
+            Method::POST,
+            format!("/v1/users/{flagged}/security-issue"),
+            None,
+        ),
+        call(
+            "delete_user",
+            Method::DELETE,
+            format!("/v1/users/{erased}"),
+            None,
+        ),
         call("get_me", Method::GET, "/v1/me".into(), None),
         call(
             "update_me",
@@ -417,8 +458,10 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
 #[tokio::test]
 async fn every_endpoint_enforces_the_permission_its_document_declares() {
     let stripe = e2e::stripe::FakeStripe::start().await;
+    // Each actor registers four users of its own: past the default per-IP allowance.
     let app = e2e::TestApp::builder()
         .env("stripe_api_base", &stripe.url)
+        .env("recovery_ip_max_requests", "1000")
         .spawn()
         .await;
     let org = app.signup("acme").await;
@@ -460,6 +503,7 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
             .map(|c| c.op)
             .chain(SESSION_OPERATIONS)
             .chain(MFA_OPERATIONS)
+            .chain(SELF_OPERATIONS)
             .collect();
         let documented: BTreeSet<&str> = ops.keys().map(String::as_str).collect();
         assert_eq!(
@@ -493,6 +537,60 @@ async fn every_endpoint_enforces_the_permission_its_document_declares() {
         }
         mfa_operations(&app, &tokens, &ops).await;
         session_operations(&app, &format!("actor-{actor}@acme.example"), &tokens, &ops).await;
+        self_operations(&app, &org, actor, role, &ops).await;
+    }
+}
+
+/// Runs [`SELF_OPERATIONS`] as a new user holding `role`: each must succeed, whatever
+/// the role, and none may declare a permission.
+async fn self_operations(
+    app: &TestApp,
+    org: &Signup,
+    actor: &str,
+    role: Uuid,
+    ops: &BTreeMap<String, Option<String>>,
+) {
+    for op in SELF_OPERATIONS {
+        assert_eq!(ops[op], None, "{op} needs no permission");
+    }
+    let (_, tokens) = app
+        .user_with_roles(org, &format!("self-{actor}@acme.example"), &[role])
+        .await;
+    let moved = format!("moved-{actor}@acme.example");
+    let asked = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/email",
+            &tokens.access,
+            Some(&json!({"new_email": moved, "password": e2e::auth::PASSWORD})),
+        )
+        .await;
+    assert_eq!(asked.status(), 202, "{actor} change_my_email");
+    let token = app
+        .emailed_token(&moved, "verification")
+        .await
+        .expect("a confirmation link");
+    let steps = [
+        (
+            Method::POST,
+            "/v1/me/email/confirm",
+            Some(json!({"token": token})),
+            200,
+        ),
+        (Method::GET, "/v1/me/export", None, 200),
+        (
+            Method::DELETE,
+            "/v1/me",
+            Some(json!({"password": e2e::auth::PASSWORD})),
+            204,
+        ),
+    ];
+    for (method, path, body, status) in steps {
+        let response = app
+            .send_authed(method, "acme", path, &tokens.access, body.as_ref())
+            .await;
+        assert_eq!(response.status().as_u16(), status, "{actor} {path}");
     }
 }
 

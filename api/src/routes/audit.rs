@@ -29,6 +29,8 @@ pub struct AuditEventView {
     pub event: String,
     /// Who acted, when known.
     pub actor_id: Option<Uuid>,
+    /// A deleted actor's pseudonym (`Deleted user 0193ab12…`); absent for anyone else.
+    pub actor_label: Option<String>,
     /// Whom (or which role) it concerns.
     pub subject_id: Option<Uuid>,
     /// The actor's session (or the API key they acted with).
@@ -50,6 +52,10 @@ impl From<AuditRecord> for AuditEventView {
             occurred_at: r.occurred_at,
             event: r.event,
             actor_id: r.actor,
+            actor_label: r
+                .actor
+                .filter(|_| r.actor_deleted == Some(true))
+                .map(identity::lifecycle::deleted_label),
             subject_id: r.subject,
             session_id: r.session,
             actor_api_key: r.actor_api_key_id.map(|id| AuditApiKeyView {

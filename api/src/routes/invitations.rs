@@ -23,11 +23,12 @@ use poem_openapi::{
 use rbac::{Permission, PermissionSet, Role, store as roles};
 use serde::Deserialize;
 use serde_json::json;
+use tenancy::TenantTx;
 use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{Authorized, client_info, perm},
+    auth::{Authorized, Principal, client_info, perm},
     error::{ApiError, ApiResult, ErrorCode, FieldCode, FieldError},
     limits::{self, Limited},
     payload::{EmailText, JsonBody, Validate, all_valid},
@@ -74,10 +75,16 @@ pub struct InvitationView {
     pub expires_at: DateTime<Utc>,
     /// When the current link was emailed; absent while its email is queued.
     pub sent_at: Option<DateTime<Utc>>,
+    /// The display name given by an administrator who created the user
+    /// (`POST /v1/users`); acceptance keeps it unless the invitee chooses another.
+    pub name: Option<String>,
+    /// Whether it holds one of the plan's seats until accepted, revoked or expired (a user
+    /// created with `POST /v1/users`).
+    pub reserves_seat: bool,
 }
 
 impl InvitationView {
-    fn new(invitation: &Invitation, all_roles: &[Role]) -> Self {
+    pub(crate) fn new(invitation: &Invitation, all_roles: &[Role]) -> Self {
         Self {
             id: invitation.id,
             email: invitation.email.clone(),
@@ -99,6 +106,8 @@ impl InvitationView {
             created_at: invitation.created_at,
             expires_at: invitation.expires_at,
             sent_at: invitation.sent_at,
+            name: invitation.name.clone(),
+            reserves_seat: invitation.reserves_seat,
         }
     }
 }
@@ -152,8 +161,9 @@ pub struct AcceptInvitationRequest {
     /// The `token` query parameter of the invitation link.
     pub token: String,
     /// Display name: 1 to 200 characters once surrounding whitespace is trimmed, without
-    /// control characters.
-    pub name: String,
+    /// control characters. Optional when the invitation names the user (a user created
+    /// with `POST /v1/users`): then it defaults to that name.
+    pub name: Option<String>,
     /// 12 to 128 characters, not a common one.
     #[oai(validator(min_length = 12, max_length = 128))]
     pub password: String,
@@ -162,7 +172,9 @@ pub struct AcceptInvitationRequest {
 impl Validate for AcceptInvitationRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        check_name(&mut errors, "name", &self.name);
+        if let Some(name) = &self.name {
+            check_name(&mut errors, "name", name);
+        }
         check_new_password(&mut errors, "password", &self.password);
         all_valid(errors)
     }
@@ -220,40 +232,19 @@ impl InvitationsApi {
         let me = auth.principal;
         let client = client_info(request);
         let body = body.0;
-        let email = body.email.trim();
         let mut tx = me.begin(&state).await?;
-        let (all_roles, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
-        let wanted = known_roles(&all_roles, &body.role_ids)?;
-        ensure_holds(
-            held,
-            allowed_by(&all_roles, &wanted),
-            "These roles grant permissions you do not hold",
-        )?;
-        if store::user_by_email(&mut tx, &Email::new(email))
-            .await?
-            .is_some()
-        {
-            return Err(already_member());
-        }
-        // Refreshing replaces the open invitation's roles: as for resending or revoking it,
-        // the caller must hold what they grant.
-        if let Some(open) = invitations::open_for_email(&mut tx, email).await? {
-            ensure_may_handle(held, &all_roles, &open)?;
-        }
-        let (invitation, created) = invitations::invite(
+        let (invitation, created, all_roles) = invite_in(
+            &state,
             &mut tx,
-            NewInvitation {
-                email,
-                role_ids: &wanted,
-                invited_by: me.user_id,
+            &me,
+            Invitee {
+                email: body.email.trim(),
+                role_ids: &body.role_ids,
+                name: None,
+                reserves_seat: false,
             },
-            state.settings.auth.invitation_ttl,
         )
         .await?;
-        let email = InvitationEmail {
-            invitation_id: invitation.id,
-        };
-        jobs::enqueue(&mut tx, email.to_job()?).await?;
         let view = InvitationView::new(&invitation, &all_roles);
         audit::record(
             &mut tx,
@@ -407,7 +398,8 @@ impl InvitationsApi {
     ///
     /// Creates the invited user, active and with a verified address, holding the invited
     /// roles (those that still exist), and logs them in: the answer is the same as a
-    /// login's. The link works once. An unknown, used, replaced, revoked or expired link
+    /// login's. For a user an administrator created (`POST /v1/users`) this is how they set
+    /// their password; `name` may then be left out. The link works once. An unknown, used, replaced, revoked or expired link
     /// is 400 `invitation_invalid`; a tenant whose plan has no seat left is 402
     /// `plan_limit_reached` (the link keeps working).
     #[oai(
@@ -436,6 +428,18 @@ impl InvitationsApi {
             tx.rollback().await?;
             return Err(invitation_invalid());
         };
+        let name = match (body.name.as_deref(), invitation.name.as_deref()) {
+            (Some(given), _) => given.trim().to_owned(),
+            (None, Some(named)) => named.to_owned(),
+            (None, None) => {
+                tx.rollback().await?;
+                return Err(ApiError::validation(vec![FieldError::new(
+                    "name",
+                    FieldCode::Required,
+                    "is required: this invitation names nobody",
+                )]));
+            }
+        };
         // Before the insert, as registration does: otherwise a registration of the same
         // address, holding the seat lock and waiting on this insert, would deadlock.
         limits::lock(&mut tx, &tenant.0, Limited::Seats).await?;
@@ -443,7 +447,7 @@ impl InvitationsApi {
             &mut tx,
             NewUser {
                 email: &Email::new(&invitation.email),
-                name: body.name.trim(),
+                name: &name,
                 password_hash: &password_hash,
                 status: UserStatus::Pending,
             },
@@ -497,6 +501,78 @@ impl InvitationsApi {
             &refresh,
         )?))
     }
+}
+
+/// Whom [`invite_in`] invites.
+pub(crate) struct Invitee<'a> {
+    /// The address (trimmed).
+    pub email: &'a str,
+    /// The roles asked for (checked here).
+    pub role_ids: &'a [Uuid],
+    /// The display name the inviter gives, if any.
+    pub name: Option<&'a str>,
+    /// Whether the invitation holds a seat until accepted (a user an administrator
+    /// creates): checked against the plan here, under the seat lock.
+    pub reserves_seat: bool,
+}
+
+/// Invites (or refreshes the open invitation of) `invitee` as `me`, in `tx`, and enqueues
+/// its email: the one path of `POST /v1/invitations` and `POST /v1/users`. Takes the roles
+/// lock; refuses roles granting more than `me` holds (403), an address that already has a
+/// user (409 `already_member`) and, for a seat-reserving invitation, a plan without a
+/// free seat (402 `plan_limit_reached`). Returns the invitation, whether it is new, and
+/// the tenant's roles. The caller audits and commits.
+pub(crate) async fn invite_in(
+    state: &AppState,
+    tx: &mut TenantTx,
+    me: &Principal,
+    invitee: Invitee<'_>,
+) -> ApiResult<(Invitation, bool, Vec<Role>)> {
+    let email = invitee.email;
+    let (all_roles, held) = lock_for_change(tx, me, Permission::UsersManage).await?;
+    let wanted = known_roles(&all_roles, invitee.role_ids)?;
+    ensure_holds(
+        held,
+        allowed_by(&all_roles, &wanted),
+        "These roles grant permissions you do not hold",
+    )?;
+    if store::user_by_email(tx, &Email::new(email))
+        .await?
+        .is_some()
+    {
+        return Err(already_member());
+    }
+    // Refreshing replaces the open invitation's roles: as for resending or revoking it,
+    // the caller must hold what they grant.
+    let open = invitations::open_for_email(tx, email).await?;
+    if let Some(open) = &open {
+        ensure_may_handle(held, &all_roles, open)?;
+    }
+    if invitee.reserves_seat {
+        // An open, unexpired reservation of this address already holds its seat.
+        let held_already = open
+            .as_ref()
+            .is_some_and(|o| o.reserves_seat && o.expires_at > Utc::now());
+        let adding = u64::from(!held_already);
+        limits::ensure_room(state, tx, &me.tenant, Limited::Seats, adding).await?;
+    }
+    let (invitation, created) = invitations::invite(
+        tx,
+        NewInvitation {
+            email,
+            role_ids: &wanted,
+            invited_by: me.user_id,
+            name: invitee.name,
+            reserves_seat: invitee.reserves_seat,
+        },
+        state.settings.auth.invitation_ttl,
+    )
+    .await?;
+    let job = InvitationEmail {
+        invitation_id: invitation.id,
+    };
+    jobs::enqueue(tx, job.to_job()?).await?;
+    Ok((invitation, created, all_roles))
 }
 
 /// Refuses (403) refreshing, resending or revoking `invitation` to a caller holding

@@ -75,6 +75,9 @@ pub struct AuditRecord {
     pub user_agent: Option<String>,
     /// Anything else recorded.
     pub details: Value,
+    /// Whether the actor has been deleted since (show them pseudonymously).
+    #[sqlx(default)]
+    pub actor_deleted: Option<bool>,
 }
 
 /// The newest audit entries first: those before entry `before` (when given), optionally
@@ -89,7 +92,8 @@ pub async fn list_audit(
     Ok(sqlx::query_as(
         "select e.id, e.occurred_at, e.event, e.actor_id, e.subject_id, e.session_id,
                 host(e.ip) as ip, e.user_agent, e.details, e.actor_api_key_id,
-                k.name as actor_api_key_name
+                k.name as actor_api_key_name,
+                (select u.status = 'deleted' from users u where u.id = e.actor_id) as actor_deleted
          from audit_events e left join api_keys k on k.id = e.actor_api_key_id
          where ($1::text is null or e.event = $1)
            and ($2::uuid is null or e.actor_id = $2 or e.subject_id = $2)

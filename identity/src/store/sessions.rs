@@ -129,10 +129,12 @@ pub async fn revocations(
     conn: &mut PgConnection,
     since: DateTime<Utc>,
 ) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
-    let users =
-        sqlx::query_scalar("select id from users where status in ('deactivated', 'banned')")
-            .fetch_all(&mut *conn)
-            .await?;
+    let users = sqlx::query_scalar(
+        "select id from users
+             where status in ('deactivated', 'banned', 'security_issue', 'deleted')",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let sessions = sqlx::query_scalar("select id from sessions where revoked_at >= $1")
         .bind(since)
         .fetch_all(conn)

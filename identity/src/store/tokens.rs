@@ -1,4 +1,4 @@
-//! Single-use email tokens (address verification, password reset): only their hash is
+//! Single-use email tokens (address verification, password reset, email change): only their hash is
 //! stored, a new one voids the earlier unused ones of its purpose, and using one spends it.
 
 use std::time::Duration;
@@ -17,10 +17,12 @@ pub enum TokenPurpose {
     VerifyEmail,
     /// Sets a new password.
     ResetPassword,
+    /// Confirms a change of address (the user's `pending_email`).
+    EmailChange,
 }
 
 tenancy::text_enum!(TokenPurpose, "token purpose" {
-    VerifyEmail => "verify_email", ResetPassword => "reset_password"
+    VerifyEmail => "verify_email", ResetPassword => "reset_password", EmailChange => "email_change"
 });
 
 /// Issues a single-use token for `user`, voiding earlier unused ones of the same purpose.

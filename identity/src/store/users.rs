@@ -20,16 +20,32 @@ pub enum UserStatus {
     Deactivated,
     /// Banned by an administrator.
     Banned,
+    /// Every session ended for a security reason: back to active only through a password
+    /// reset. Still takes a seat.
+    SecurityIssue,
+    /// Deleted: a tombstone whose personal data is erased (see [`crate::lifecycle`]).
+    Deleted,
 }
 
 tenancy::text_enum!(UserStatus, "user status" {
-    Pending => "pending", Active => "active", Deactivated => "deactivated", Banned => "banned"
+    Pending => "pending", Active => "active", Deactivated => "deactivated", Banned => "banned",
+    SecurityIssue => "security_issue", Deleted => "deleted"
 });
 
 impl UserStatus {
-    /// Deactivated or banned: every session ends and no token is honoured.
+    /// Deactivated, banned, security issue or deleted: every session ends and no token is
+    /// honoured.
     pub fn is_blocked(self) -> bool {
-        matches!(self, Self::Deactivated | Self::Banned)
+        matches!(
+            self,
+            Self::Deactivated | Self::Banned | Self::SecurityIssue | Self::Deleted
+        )
+    }
+
+    /// Whether a password reset link may be sent: pending, active, or with a security issue
+    /// (the reset is their way back); never deactivated, banned or deleted.
+    pub fn may_reset_password(self) -> bool {
+        matches!(self, Self::Pending | Self::Active | Self::SecurityIssue)
     }
 }
 
@@ -261,7 +277,8 @@ pub async fn update_user(
     }))
 }
 
-/// A page of users ordered by creation, after the keyset `after` (created_at, id).
+/// A page of users ordered by creation, after the keyset `after` (created_at, id). Deleted
+/// users (tombstones) are left out unless `status` asks for them.
 pub async fn list_users(
     conn: &mut PgConnection,
     status: Option<UserStatus>,
@@ -270,7 +287,7 @@ pub async fn list_users(
 ) -> Result<Vec<User>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "select {USER_COLUMNS} from users
-         where ($1::text is null or status = $1)
+         where (status = $1 or ($1::text is null and status <> 'deleted'))
            and ($2::timestamptz is null or (created_at, id) > ($2, $3))
          order by created_at, id limit $4"
     ))

@@ -431,7 +431,7 @@ async fn request_link<J: Job>(
 }
 
 /// Enqueues a security notice ("your password was changed", …) to `user` in `tx`.
-async fn send_notice(tx: &mut TenantTx, user: &User, event: &str) -> ApiResult<()> {
+pub(crate) async fn send_notice(tx: &mut TenantTx, user: &User, event: &str) -> ApiResult<()> {
     jobs::enqueue(tx, link_emails::notice(user, event)?).await?;
     Ok(())
 }
@@ -453,7 +453,7 @@ pub(crate) fn token_pair(
     })
 }
 
-fn lockout_policy(settings: &AuthSettings) -> LockoutPolicy {
+pub(crate) fn lockout_policy(settings: &AuthSettings) -> LockoutPolicy {
     LockoutPolicy {
         max_failures: settings.login_max_failures,
         window: settings.login_failure_window,

@@ -1,7 +1,7 @@
 //! Password recovery: a reset link by email, and the reset it allows.
 
 use identity::{
-    OpaqueToken,
+    OpaqueToken, lifecycle,
     link_emails::PasswordResetRequested,
     store::{self, TokenPurpose},
 };
@@ -52,6 +52,7 @@ impl RecoveryApi {
     /// Set a new password with a reset link.
     ///
     /// The link works once. Every session of the user ends, and a security notice is sent.
+    /// A user whose account had a security issue is active again.
     #[oai(
         path = "/v1/auth/reset-password",
         method = "post",
@@ -80,6 +81,8 @@ impl RecoveryApi {
         // takes a seat, refused (and nothing done) when the plan has none left.
         let activated = store::mark_email_verified(&mut tx, user).await?;
         limits::ensure_seats(&state, &mut tx, &tenant.0, activated).await?;
+        // The way back from a security issue (the user kept their seat).
+        let recovered = lifecycle::clear_security_issue(&mut tx, user).await?;
         let ended = store::revoke_user_sessions(&mut tx, user, None, "password_reset").await?;
         audit::record(
             &mut tx,
@@ -88,7 +91,7 @@ impl RecoveryApi {
             Some(user),
             None,
             &client,
-            json!({ "sessions_ended": ended.len() }),
+            json!({ "sessions_ended": ended.len(), "security_issue_cleared": recovered }),
         )
         .await?;
         if let Some(user) = store::user_by_id(&mut tx, user).await? {
@@ -101,6 +104,9 @@ impl RecoveryApi {
         }
         tx.commit().await?;
         state.revocations.revoke_sessions(tenant_id, &ended).await;
+        if recovered {
+            state.revocations.unblock_user(tenant_id, user).await;
+        }
         Ok(NoContent::Done)
     }
 }

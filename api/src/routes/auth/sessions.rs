@@ -147,6 +147,7 @@ impl SessionsApi {
                 tx.rollback().await?;
                 Err(match status {
                     UserStatus::Pending => invalid(),
+                    UserStatus::SecurityIssue => password_reset_required(),
                     _ => account_disabled(),
                 })
             }
@@ -385,7 +386,8 @@ impl LoginFailure<'_> {
     }
 }
 
-/// Only active users log in: a pending one must verify their address first.
+/// Only active users log in: a pending one must verify their address first, one with a
+/// security issue must reset their password.
 pub(crate) fn ensure_may_log_in(status: UserStatus) -> ApiResult<()> {
     match status {
         UserStatus::Active => Ok(()),
@@ -393,8 +395,19 @@ pub(crate) fn ensure_may_log_in(status: UserStatus) -> ApiResult<()> {
             ErrorCode::EmailNotVerified,
             "Verify your email address first: follow the link we sent you.",
         )),
-        UserStatus::Deactivated | UserStatus::Banned => Err(account_disabled()),
+        UserStatus::SecurityIssue => Err(password_reset_required()),
+        UserStatus::Deactivated | UserStatus::Banned | UserStatus::Deleted => {
+            Err(account_disabled())
+        }
     }
+}
+
+/// The 403 of a user whose account has a security issue: a password reset brings them back.
+fn password_reset_required() -> ApiError {
+    ApiError::new(
+        ErrorCode::PasswordResetRequired,
+        "This account's sessions were ended for a security reason: reset your password (`POST /v1/auth/forgot-password`) to log in again.",
+    )
 }
 
 /// Records the successful login (storing the rehashed password, if any), opens a session

@@ -1,5 +1,7 @@
 //! The current user (`/v1/me`), the tenant's member directory (`/v1/users`), users' roles
-//! (`/v1/users/{id}/roles`) and forced logouts (`/v1/users/{id}/logout`).
+//! (`/v1/users/{id}/roles`) and forced logouts (`/v1/users/{id}/logout`); creating and
+//! deleting users are declared here (their paths are this API's) and handled in
+//! [`lifecycle`].
 //!
 //! Managing another user (status, name, roles) needs the endpoint's permission and every
 //! permission the target holds: nobody can act on a user more powerful than they are.
@@ -17,6 +19,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tenancy::TenantTx;
 use uuid::Uuid;
+
+pub mod lifecycle;
+
+use lifecycle::{
+    deletion::{DeleteMeRequest, UserDeleted},
+    members::{CreateUser, UserCreated},
+};
 
 use crate::{
     AppState,
@@ -48,6 +57,10 @@ pub enum UserStatusView {
     Deactivated,
     /// Banned.
     Banned,
+    /// Every session ended for a security reason; back to active through a password reset.
+    SecurityIssue,
+    /// Deleted: personal data erased; kept so that the audit log's ids still point at it.
+    Deleted,
 }
 
 impl From<UserStatus> for UserStatusView {
@@ -57,6 +70,8 @@ impl From<UserStatus> for UserStatusView {
             UserStatus::Active => Self::Active,
             UserStatus::Deactivated => Self::Deactivated,
             UserStatus::Banned => Self::Banned,
+            UserStatus::SecurityIssue => Self::SecurityIssue,
+            UserStatus::Deleted => Self::Deleted,
         }
     }
 }
@@ -68,6 +83,8 @@ impl From<UserStatusView> for UserStatus {
             UserStatusView::Active => Self::Active,
             UserStatusView::Deactivated => Self::Deactivated,
             UserStatusView::Banned => Self::Banned,
+            UserStatusView::SecurityIssue => Self::SecurityIssue,
+            UserStatusView::Deleted => Self::Deleted,
         }
     }
 }
@@ -337,7 +354,8 @@ impl UsersApi {
     ///
     /// Deactivating or banning a user ends every session at once: their next request is
     /// refused even with an unexpired access token, and refreshing fails. Reactivating
-    /// lets them log in again. Nobody can change their own status (use `PATCH /v1/me` for
+    /// lets them log in again (not a user with a security issue: only a password reset
+    /// does; 409). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
     /// one's own name), manage a user holding permissions they lack, or block the tenant's
     /// last active owner.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "update_user")]
@@ -367,6 +385,16 @@ impl UsersApi {
         }
         let mut tx = me.begin(&state).await?;
         let (_, held) = lock_for_change(&mut tx, &me, Permission::UsersManage).await?;
+        let current = store::user_by_id(&mut tx, target)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted)
+            .ok_or_else(user_not_found)?;
+        if current.status == UserStatus::SecurityIssue && status == Some(UserStatus::Active) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "This user has a security issue: only a password reset makes them active again.",
+            ));
+        }
         ensure_outranks(&mut tx, held, target).await?;
         if status.is_some_and(UserStatus::is_blocked) {
             ensure_not_last_owner(&mut tx, target).await?;
@@ -413,6 +441,71 @@ impl UsersApi {
             state.revocations.unblock_user(tenant, target).await;
         }
         Ok(Json(view))
+    }
+
+    /// Create a user.
+    ///
+    /// The user is invited with their name and roles: an email with a single-use link
+    /// (valid for `CANOPY_INVITATION_TTL`) lets them set their password through
+    /// `POST /v1/auth/accept-invitation` (where `name` may be left out) and log in as an
+    /// active member with a verified address. Until then they are an open invitation
+    /// (`GET /v1/invitations`, resend, revoke) that holds one of the plan's seats: a plan
+    /// without a free seat is 402 `plan_limit_reached`. An address that already has a user
+    /// is 409 `already_member`; one with an open invitation gets it refreshed (200) with
+    /// this name and these roles. You must hold every permission the roles allow. Audited
+    /// as `user.created`.
+    #[oai(path = "/v1/users", method = "post", operation_id = "create_user")]
+    async fn create_user(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::UsersManage>,
+        body: JsonBody<CreateUser>,
+    ) -> ApiResult<UserCreated> {
+        lifecycle::members::create_user(&state, request, auth, body.0).await
+    }
+
+    /// Delete a user.
+    ///
+    /// Erases the user's personal data: their address and name (replaced by a placeholder
+    /// and "Deleted user"), password, sessions, refresh and single-use tokens, and role
+    /// assignments (their seat is free). Every token of theirs is refused from the next
+    /// request on, everywhere. Their address can be registered or invited again. The audit
+    /// log keeps its events, with the ids pointing at the deleted user (shown
+    /// pseudonymously as `actor_label`). Not yourself (`DELETE /v1/me`), not a user
+    /// holding permissions you lack, not the tenant's last active owner (409
+    /// `last_owner`). Audited as `user.deleted`.
+    #[oai(
+        path = "/v1/users/:id",
+        method = "delete",
+        operation_id = "delete_user"
+    )]
+    async fn delete_user(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: Authorized<perm::UsersManage>,
+        /// User id.
+        id: Path<Uuid>,
+    ) -> ApiResult<UserDeleted> {
+        lifecycle::deletion::delete_user(&state, request, auth, id.0).await
+    }
+
+    /// Delete one's own account.
+    ///
+    /// Needs the current password (a wrong one is a 422 on `password` and counts toward
+    /// the lockout). Erases the account's personal data as `DELETE /v1/users/{id}` does;
+    /// this token and every other one stop working at once. The tenant's last active
+    /// owner cannot leave (409 `last_owner`): make another user owner first.
+    #[oai(path = "/v1/me", method = "delete", operation_id = "delete_me")]
+    async fn delete_me(
+        &self,
+        state: Data<&AppState>,
+        request: &Request,
+        auth: UserAuth,
+        body: JsonBody<DeleteMeRequest>,
+    ) -> ApiResult<UserDeleted> {
+        lifecycle::deletion::delete_me(&state, request, auth, body.0).await
     }
 
     /// Log a user out everywhere.
@@ -530,7 +623,7 @@ impl UsersApi {
     }
 }
 
-async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiError> {
+pub(crate) async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiError> {
     store::user_by_id(tx, me.user_id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "This user no longer exists."))
@@ -538,7 +631,7 @@ async fn current_user(tx: &mut TenantTx, me: &Principal) -> Result<User, ApiErro
 
 /// A 403 unless the caller (holding `held`) holds every permission `target` has; returns
 /// the target's permissions.
-async fn ensure_outranks(
+pub(crate) async fn ensure_outranks(
     tx: &mut TenantTx,
     held: PermissionSet,
     target: Uuid,
@@ -551,7 +644,7 @@ async fn ensure_outranks(
 }
 
 /// A 409 if `target` is an owner and no other active user is. Call under the roles lock.
-async fn ensure_not_last_owner(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn ensure_not_last_owner(tx: &mut TenantTx, target: Uuid) -> Result<(), ApiError> {
     let is_owner = roles::holds_system_role(tx, target, SystemRole::Owner)
         .await
         .map_err(ApiError::internal)?;
@@ -574,6 +667,6 @@ fn default_limit() -> i64 {
     50
 }
 
-fn user_not_found() -> ApiError {
+pub(crate) fn user_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "No user of this tenant has this id.")
 }
