@@ -250,8 +250,8 @@ pub async fn erase_personal_data(
     conn: &mut PgConnection,
     user: Uuid,
 ) -> Result<Option<Erased>, StoreError> {
-    let Some(email) = sqlx::query_scalar::<_, String>(
-        "select email from users where id = $1 and status <> 'deleted' for update",
+    let Some((email, pending)) = sqlx::query_as::<_, (String, Option<String>)>(
+        "select email, pending_email from users where id = $1 and status <> 'deleted' for update",
     )
     .bind(user)
     .fetch_optional(&mut *conn)
@@ -288,6 +288,7 @@ pub async fn erase_personal_data(
         "delete from user_totp where user_id = $1",
         "delete from recovery_codes where user_id = $1",
         "delete from mfa_challenges where user_id = $1",
+        "delete from email_unsubscribes where user_id = $1",
         // Their keys are revoked, not deleted: the audit trail names the keys it shows as
         // actors (the user's block already refuses them on every instance).
         "update api_keys set revoked_at = coalesce(revoked_at, now()), last_used_ip = null
@@ -298,12 +299,22 @@ pub async fn erase_personal_data(
             .execute(&mut *conn)
             .await?;
     }
+    // Addresses recorded in events about them (whatever address it was then) or equal to the
+    // one they have or were changing to; and where their own events came from.
     sqlx::query(
         "update audit_events set details = jsonb_set(details, '{email}', '\"(erased)\"')
-         where details ? 'email' and lower(details->>'email') = lower($1)",
+         where details ? 'email'
+           and (subject_id = $1
+                or lower(details->>'email') = any(array[lower($2), lower($3)]))",
     )
+    .bind(user)
     .bind(email.trim())
-    .execute(conn)
+    .bind(pending.as_deref().map(str::trim))
+    .execute(&mut *conn)
     .await?;
+    sqlx::query("update audit_events set ip = null, user_agent = null where actor_id = $1")
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
     Ok(Some(Erased { sessions }))
 }

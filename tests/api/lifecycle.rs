@@ -472,6 +472,9 @@ async fn a_deleted_user_is_erased_and_their_address_and_seat_are_free_again() {
         .expect("their login is still in the log");
     let label = login["actor_label"].as_str().expect("a pseudonym");
     assert!(label.starts_with("Deleted user "), "{label}");
+    // Where they signed in from is theirs too.
+    assert!(login["ip"].is_null(), "{login}");
+    assert!(login["user_agent"].is_null(), "{login}");
     assert!(items.iter().any(|e| e["event"] == "user.deleted"));
     assert!(!audit.to_string().contains(email), "{audit}");
     // The seat is free, and the address can be used again.
