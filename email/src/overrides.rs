@@ -9,8 +9,11 @@
 //! What a template can reach is only the values of its message: the environment has no
 //! loader (no `include`, `import` or `extends` of anything), no custom functions or
 //! globals, and a fuel budget ([`FUEL`]) so that no loop runs forever; the output is
-//! bounded too ([`OUTPUT_MAX`]).
+//! written into a writer that fails past [`OUTPUT_MAX`], and what could build a large
+//! value before anything is written (repetition, concatenation, block captures, calls,
+//! most filters) is refused when the template is compiled.
 
+use minijinja::machinery::{self, Instruction, Token};
 use minijinja::{Environment, UndefinedBehavior, Value as Jinja};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -66,7 +69,71 @@ fn environment() -> Environment<'static> {
     env
 }
 
-/// Renders `part` (named so that `.html` parts auto-escape) with `vars`.
+/// Instructions an override may not use: each could build a value much larger than its
+/// source (`"x" * 100000000`, `a ~ a`, a captured block doubled again and again, a filter
+/// such as `replace` or `center`) before anything is written, which [`OUTPUT_MAX`] alone
+/// cannot stop. What is left (variables, `if`, `for` over `range` or a value, comparisons
+/// and a few filters) only emits pieces that the bounded writer counts.
+fn refused(instruction: &Instruction<'_>) -> Option<String> {
+    const FILTERS: &[&str] = &[
+        "upper",
+        "lower",
+        "title",
+        "capitalize",
+        "trim",
+        "default",
+        "d",
+        "length",
+        "count",
+        "first",
+        "last",
+        "abs",
+        "int",
+        "float",
+        "round",
+        "bool",
+        "safe",
+    ];
+    match instruction {
+        Instruction::Mul | Instruction::Pow => Some("repetition (`*`, `**`)".to_owned()),
+        Instruction::Add | Instruction::StringConcat => Some("concatenation (`+`, `~`)".to_owned()),
+        Instruction::BeginCapture(_) => Some("block assignments and filter blocks".to_owned()),
+        Instruction::CallMethod(name, _) => Some(format!("the method `{name}`")),
+        Instruction::CallObject(_) => Some("calls".to_owned()),
+        Instruction::CallFunction(name, _) if *name != "range" => {
+            Some(format!("the function `{name}`"))
+        }
+        Instruction::ApplyFilter(name, ..) if !FILTERS.contains(name) => {
+            Some(format!("the filter `{name}`"))
+        }
+        _ => None,
+    }
+}
+
+/// A writer that keeps at most `max` bytes and fails past them.
+struct Bounded {
+    out: Vec<u8>,
+    max: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + data.len() > self.max {
+            self.exceeded = true;
+            return Err(std::io::Error::other("output too large"));
+        }
+        self.out.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `part` (named so that `.html` parts auto-escape) with `vars`, into a writer that
+/// refuses more than [`OUTPUT_MAX`] bytes (nothing larger is ever held).
 fn render_part(
     env: &mut Environment<'static>,
     part: &'static str,
@@ -74,19 +141,55 @@ fn render_part(
     source: &str,
     vars: &Jinja,
 ) -> Result<String, TemplateProblem> {
+    // Before compiling: the compiler folds constant operations (`"x" * 100000000`) itself.
+    for token in machinery::tokenize(source, false, Default::default(), Default::default()) {
+        let (token, span) = token.map_err(|e| problem(part, &e))?;
+        let what = match token {
+            Token::Mul | Token::Pow => "repetition (`*`, `**`)",
+            Token::Plus | Token::Tilde => "concatenation (`+`, `~`)",
+            _ => continue,
+        };
+        return Err(TemplateProblem {
+            part,
+            message: format!(
+                "{what} is not allowed in an email template (line {})",
+                span.start_line
+            ),
+        });
+    }
     env.add_template_owned(name, source.to_owned())
         .map_err(|e| problem(part, &e))?;
-    let output = env
-        .get_template(name)
-        .and_then(|t| t.render(vars))
-        .map_err(|e| problem(part, &e))?;
-    if output.len() > OUTPUT_MAX {
+    let template = env.get_template(name).map_err(|e| problem(part, &e))?;
+    let compiled = machinery::get_compiled_template(&template);
+    let blocks = compiled.blocks.values();
+    for instructions in std::iter::once(&compiled.instructions).chain(blocks) {
+        for index in 0..instructions.len() {
+            if let Some(what) = instructions.get(index as u32).and_then(refused) {
+                let line = instructions.get_line(index as u32).unwrap_or(1);
+                return Err(TemplateProblem {
+                    part,
+                    message: format!("{what} is not allowed in an email template (line {line})"),
+                });
+            }
+        }
+    }
+    let mut out = Bounded {
+        out: Vec::new(),
+        max: OUTPUT_MAX,
+        exceeded: false,
+    };
+    let rendered = template.render_captured_to(vars, &mut out);
+    if out.exceeded {
         return Err(TemplateProblem {
             part,
             message: format!("renders to more than {OUTPUT_MAX} bytes"),
         });
     }
-    Ok(output)
+    rendered.map_err(|e| problem(part, &e))?;
+    String::from_utf8(out.out).map_err(|_| TemplateProblem {
+        part,
+        message: "renders to invalid UTF-8".to_owned(),
+    })
 }
 
 /// Renders `custom` with `vars` (the message's values).
@@ -244,6 +347,39 @@ mod tests {
                 .map(|(name, _)| format!("{{{{ {name} }}}} "))
                 .collect();
             check(template, &custom(&vars, &vars, Some(&vars))).expect("documented variables");
+        }
+    }
+
+    #[test]
+    fn an_override_cannot_build_a_huge_value() {
+        let big = "x".repeat(OUTPUT_MAX / 2);
+        let vars = serde_json::json!({ "tenant_name": big });
+        let loud = render(
+            &custom(
+                "s",
+                "{% for i in range(10) %}{{ tenant_name }}{% endfor %}",
+                None,
+            ),
+            &vars,
+        )
+        .expect_err("bounded output");
+        assert_eq!(loud.part, "text");
+        assert!(loud.message.contains("more than"), "{loud:?}");
+        for source in [
+            "{{ \"x\" * 100000000 }}",
+            "{{ tenant_name ~ tenant_name }}",
+            "{{ tenant_name + tenant_name }}",
+            "{% set a %}{{ tenant_name }}{{ tenant_name }}{% endset %}{{ a }}",
+            "{{ tenant_name|replace('', tenant_name) }}",
+            "{{ tenant_name|center(100000000) }}",
+        ] {
+            let refused =
+                check(Template::Welcome, &custom("s", source, None)).expect_err("no huge values");
+            assert_eq!(refused.part, "text");
+            assert!(
+                refused.message.contains("not allowed"),
+                "{source}: {refused:?}"
+            );
         }
     }
 }
