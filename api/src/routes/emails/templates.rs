@@ -128,7 +128,7 @@ fn summary(template: Template, overridden: bool) -> EmailTemplateSummary {
         category: template.category().as_str().to_owned(),
         overridden,
         variables: template
-            .variables()
+            .override_variables()
             .iter()
             .map(|(name, sample)| TemplateVariable {
                 name: (*name).to_owned(),
