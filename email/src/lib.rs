@@ -421,6 +421,26 @@ impl Mailer {
         messages::begin_attempt(&pool, &tracked)
             .await
             .context("failed to record the email attempt")?;
+        // A message queued for a user deleted since is not sent.
+        if let (Some(user), Ok(tx)) = (user, ctx.tenant_tx()) {
+            let deleted: bool = sqlx::query_scalar(
+                "select exists (select 1 from users where id = $1 and status = 'deleted')",
+            )
+            .bind(user)
+            .fetch_one(&mut **tx)
+            .await?;
+            if deleted {
+                messages::finish(
+                    &pool,
+                    ctx.id,
+                    MessageStatus::Suppressed,
+                    "not sent: the recipient's user was deleted",
+                )
+                .await?;
+                tracing::info!(template = template.name(), "email suppressed");
+                return Ok(());
+            }
+        }
         let unsubscribe = match template.category() {
             Category::Essential => None,
             Category::NonEssential => {

@@ -773,3 +773,34 @@ async fn an_override_of_a_secret_mail_never_holds_its_link_and_the_platform_adds
     assert!(text.contains("Security notice: "), "{text}");
     assert!(notice.html.contains("Security notice:"), "{}", notice.html);
 }
+
+#[tokio::test]
+async fn a_message_queued_for_a_user_deleted_since_is_suppressed() {
+    let app = spawn_app().await;
+    let org = app.signup("mail-deleted").await;
+    let user = org.owner_id;
+    enqueue_welcome_and_notice(&app, org.tenant_id, user).await;
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(TenantId(org.tenant_id))
+        .await
+        .expect("tenant tx");
+    sqlx::query("update users set status = 'deleted' where id = $1")
+        .bind(user)
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
+    tx.commit().await.expect("commit");
+    app.run_jobs().await;
+    for template in ["welcome", "security_notice"] {
+        assert!(
+            outbox_of(&app, &org.owner_email, template).is_empty(),
+            "{template}"
+        );
+    }
+    let key = app.admin_key().await;
+    let rows = all_emails(&app, &key, &format!("&tenant_id={}", org.tenant_id)).await;
+    let welcome = row(&rows, "welcome", &org.owner_email).expect("a welcome row");
+    assert_eq!(welcome["status"], "suppressed", "{welcome}");
+}
