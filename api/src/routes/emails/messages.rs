@@ -103,12 +103,45 @@ fn mask(address: &str) -> String {
     }
 }
 
+/// `response` with every occurrence of `recipient` (any case) replaced by `masked`: an SMTP
+/// answer or an address error may quote the address a caller may not see.
+fn mask_in(response: &str, recipient: &str, masked: &str) -> String {
+    if recipient.is_empty() {
+        return response.to_owned();
+    }
+    let lower = response.to_lowercase();
+    let needle = recipient.to_lowercase();
+    if lower.len() != response.len() {
+        // Case folding changed the byte offsets: drop rather than risk leaving it.
+        return if lower.contains(&needle) {
+            "(hidden: it quotes the recipient)".to_owned()
+        } else {
+            response.to_owned()
+        };
+    }
+    let mut out = String::with_capacity(response.len());
+    let mut rest = 0;
+    while let Some(at) = lower[rest..].find(&needle) {
+        out.push_str(&response[rest..rest + at]);
+        out.push_str(masked);
+        rest += at + needle.len();
+    }
+    out.push_str(&response[rest..]);
+    out
+}
+
 impl EmailMessageView {
     fn new(m: EmailMessage, show_tenant: bool, show_recipient: bool) -> Self {
         Self {
             id: m.id,
             tenant_id: if show_tenant { m.tenant_id } else { None },
             template: m.template,
+            last_response: if show_recipient {
+                m.last_response
+            } else {
+                let masked = mask(&m.recipient);
+                m.last_response.map(|r| mask_in(&r, &m.recipient, &masked))
+            },
             recipient: if show_recipient {
                 m.recipient
             } else {
@@ -116,7 +149,6 @@ impl EmailMessageView {
             },
             status: m.status.into(),
             attempts: m.attempts,
-            last_response: m.last_response,
             created_at: m.created_at,
             updated_at: m.updated_at,
             sent_at: m.sent_at,
@@ -245,5 +277,19 @@ mod tests {
         assert_eq!(super::mask("jane@example.com"), "j•••@example.com");
         assert_eq!(super::mask("é@x.example"), "é•••@x.example");
         assert_eq!(super::mask("nonsense"), "•••");
+    }
+
+    #[test]
+    fn a_masked_recipient_is_masked_in_the_last_response_too() {
+        let recipient = "ada@example.com";
+        let masked = super::mask(recipient);
+        let response = "550 5.1.1 <Ada@Example.com>: no such user (ada@example.com)";
+        let shown = super::mask_in(response, recipient, &masked);
+        assert!(!shown.to_lowercase().contains(recipient), "{shown}");
+        assert_eq!(
+            shown,
+            format!("550 5.1.1 <{masked}>: no such user ({masked})")
+        );
+        assert_eq!(super::mask_in("250 OK", recipient, &masked), "250 OK");
     }
 }

@@ -128,7 +128,7 @@ fn summary(template: Template, overridden: bool) -> EmailTemplateSummary {
         category: template.category().as_str().to_owned(),
         overridden,
         variables: template
-            .variables()
+            .override_variables()
             .iter()
             .map(|(name, sample)| TemplateVariable {
                 name: (*name).to_owned(),
@@ -236,7 +236,14 @@ impl TemplatesApi {
             text: body.text,
             html: body.html,
         };
-        overrides::check(template, &custom).map_err(|problem| {
+        // Bounded, but still CPU work: off the async runtime.
+        let (custom, checked) = tokio::task::spawn_blocking(move || {
+            let checked = overrides::check(template, &custom);
+            (custom, checked)
+        })
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("checking the template: {e}")))?;
+        checked.map_err(|problem| {
             ApiError::validation(vec![FieldError::new(
                 problem.part,
                 FieldCode::TemplateError,
