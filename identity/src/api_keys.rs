@@ -147,6 +147,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// SHA-256 of the secret.
     pub secret_hash: Vec<u8>,
+    /// Its creator's status (the key works only while it is active).
+    #[sqlx(try_from = "String")]
+    pub creator_status: crate::UserStatus,
 }
 
 /// A key to create.
@@ -247,14 +250,29 @@ pub async fn revoke_key(conn: &mut PgConnection, id: Uuid) -> Result<Option<ApiK
     .await?)
 }
 
-/// The row authentication checks a presented key against (revoked or not).
+/// Revokes every live key `user` made (their creator is blocked: deactivated, banned or
+/// flagged with a security issue); returns their ids, to announce on the revocation list
+/// after commit. Revoked for good: a key is not revived when its creator is.
+pub async fn revoke_keys_of(conn: &mut PgConnection, user: Uuid) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update api_keys set revoked_at = now() where created_by = $1 and revoked_at is null
+         returning id",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The row authentication checks a presented key against (revoked or not), with its
+/// creator's status.
 pub async fn key_record(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<KeyRecord>, StoreError> {
     Ok(sqlx::query_as(
-        "select id, name, permissions, created_by, expires_at, revoked_at, secret_hash
-         from api_keys where id = $1",
+        "select k.id, k.name, k.permissions, k.created_by, k.expires_at, k.revoked_at,
+                k.secret_hash, u.status as creator_status
+         from api_keys k join users u on u.id = k.created_by where k.id = $1",
     )
     .bind(id)
     .fetch_optional(conn)

@@ -410,11 +410,19 @@ impl UsersApi {
         limits::ensure_seats(&state, &mut tx, &me.tenant, activated).await?;
         let blocked = after.status.is_blocked() && !before.status.is_blocked();
         let unblocked = before.status.is_blocked() && !after.status.is_blocked();
-        let ended = if blocked {
-            store::revoke_user_sessions(&mut tx, target, None, &format!("user_{}", after.status))
-                .await?
+        let (ended, keys) = if blocked {
+            (
+                store::revoke_user_sessions(
+                    &mut tx,
+                    target,
+                    None,
+                    &format!("user_{}", after.status),
+                )
+                .await?,
+                identity::api_keys::revoke_keys_of(&mut tx, target).await?,
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         if before.status != after.status {
             audit::record(
@@ -428,6 +436,7 @@ impl UsersApi {
                     "from": before.status.as_str(),
                     "to": after.status.as_str(),
                     "sessions_ended": ended.len(),
+                    "api_keys_revoked": keys.len(),
                 }),
             )
             .await?;
@@ -436,7 +445,12 @@ impl UsersApi {
         tx.commit().await?;
         // The database has it; now every instance's next check sees it too.
         if blocked {
-            state.revocations.block_user(tenant, target, &ended).await;
+            // A key's id stands where a session's does on the list.
+            for key in &keys {
+                state.api_keys.forget(tenant, *key);
+            }
+            let revoked: Vec<Uuid> = ended.iter().chain(&keys).copied().collect();
+            state.revocations.block_user(tenant, target, &revoked).await;
         } else if unblocked {
             state.revocations.unblock_user(tenant, target).await;
         }
