@@ -355,7 +355,7 @@ impl UsersApi {
     /// Deactivating or banning a user ends every session at once: their next request is
     /// refused even with an unexpired access token, and refreshing fails. Reactivating
     /// lets them log in again (not a user with a security issue: only a password reset
-    /// does; 409). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
+    /// does, and such a user may only be banned, 409 for any other status). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
     /// one's own name), manage a user holding permissions they lack, or block the tenant's
     /// last active owner.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "update_user")]
@@ -389,7 +389,11 @@ impl UsersApi {
             .await?
             .filter(|u| u.status != UserStatus::Deleted)
             .ok_or_else(user_not_found)?;
-        if current.status == UserStatus::SecurityIssue && status == Some(UserStatus::Active) {
+        // From a security issue the only way back is a password reset; an administrator may
+        // only ban (or delete) such a user, not move them through another status.
+        if current.status == UserStatus::SecurityIssue
+            && status.is_some_and(|s| !matches!(s, UserStatus::SecurityIssue | UserStatus::Banned))
+        {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "This user has a security issue: only a password reset makes them active again.",
