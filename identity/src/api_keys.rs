@@ -218,12 +218,15 @@ pub async fn create_key(conn: &mut PgConnection, key: NewKey<'_>) -> Result<ApiK
     .await?)
 }
 
-/// The live (unrevoked) keys of the tenant, newest first; expired ones included until
-/// revoked, so that they can be seen and cleaned up.
+/// The unrevoked keys of the tenant: every live one (there are at most
+/// [`MAX_KEYS_PER_TENANT`]) first, newest first, then expired ones (until revoked, so
+/// that they can be seen and cleaned up) in what room is left of the same bound, so an
+/// expired key never hides a live one.
 pub async fn list_keys(conn: &mut PgConnection) -> Result<Vec<ApiKey>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "select {LISTED} from api_keys where revoked_at is null
-         order by created_at desc, id limit {MAX_KEYS_PER_TENANT}"
+         order by (expires_at is not null and expires_at <= now()), created_at desc, id
+         limit {MAX_KEYS_PER_TENANT}"
     ))
     .fetch_all(conn)
     .await?)

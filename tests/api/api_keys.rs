@@ -483,8 +483,12 @@ async fn member_with_key(app: &e2e::TestApp, org: &Signup, email: &str) -> (Uuid
         .await;
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.expect("JSON");
-    let id = created["api_key"]["id"].as_str().unwrap().parse().unwrap();
-    let secret = created["key"].as_str().unwrap().to_owned();
+    let id = created["api_key"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let secret = created["key"].as_str().expect("key").to_owned();
     let list = app.get_authed(&org.slug, "/v1/products", &secret).await;
     assert_eq!(list.status(), 200);
     (user, id, secret)
@@ -590,4 +594,50 @@ async fn a_banned_creators_key_is_refused_once_the_list_entries_expire() {
     app.state.api_keys.forget(tenancy::TenantId(tenant), key);
     let list = app.get_authed("acme", "/v1/products", &secret).await;
     assert_problem(list, 401, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn expired_keys_never_hide_a_live_one_from_the_list() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let (id, _) = app
+        .create_api_key_ok(
+            &org,
+            &json!({"name": "live", "permissions": ["products:read"]}),
+        )
+        .await;
+    // A hundred expired, unrevoked keys, all newer than the live one.
+    let backdated = app
+        .tenant_sql(
+            org.tenant_id,
+            "update api_keys set created_at = now() - interval '3 days' where id = $1",
+            Some(id),
+        )
+        .await;
+    assert_eq!(backdated, 1);
+    let inserted = app
+        .tenant_sql(
+            org.tenant_id,
+            "insert into api_keys (id, name, permissions, created_by, created_at, expires_at,
+                                   secret_hash)
+             select gen_random_uuid(), 'old' || g, '{products:read}', $1,
+                    now() - interval '2 days', now() - interval '1 day',
+                    sha256(g::text::bytea)
+             from generate_series(1, 100) g",
+            Some(org.owner_id),
+        )
+        .await;
+    assert_eq!(inserted, 100);
+    let list: Value = app
+        .get_authed("acme", "/v1/api-keys", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let items = list
+        .as_array()
+        .or_else(|| list["items"].as_array())
+        .expect("a list");
+    assert_eq!(items.len(), 100);
+    assert_eq!(items[0]["id"], id.to_string(), "{}", items[0]);
 }
