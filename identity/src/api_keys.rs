@@ -147,6 +147,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// SHA-256 of the secret.
     pub secret_hash: Vec<u8>,
+    /// Its creator's status (the key works only while it is active).
+    #[sqlx(try_from = "String")]
+    pub creator_status: crate::UserStatus,
 }
 
 /// A key to create.
@@ -215,12 +218,15 @@ pub async fn create_key(conn: &mut PgConnection, key: NewKey<'_>) -> Result<ApiK
     .await?)
 }
 
-/// The live (unrevoked) keys of the tenant, newest first; expired ones included until
-/// revoked, so that they can be seen and cleaned up.
+/// The unrevoked keys of the tenant: every live one (there are at most
+/// [`MAX_KEYS_PER_TENANT`]) first, newest first, then expired ones (until revoked, so
+/// that they can be seen and cleaned up) in what room is left of the same bound, so an
+/// expired key never hides a live one.
 pub async fn list_keys(conn: &mut PgConnection) -> Result<Vec<ApiKey>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "select {LISTED} from api_keys where revoked_at is null
-         order by created_at desc, id limit {MAX_KEYS_PER_TENANT}"
+         order by (expires_at is not null and expires_at <= now()), created_at desc, id
+         limit {MAX_KEYS_PER_TENANT}"
     ))
     .fetch_all(conn)
     .await?)
@@ -247,14 +253,29 @@ pub async fn revoke_key(conn: &mut PgConnection, id: Uuid) -> Result<Option<ApiK
     .await?)
 }
 
-/// The row authentication checks a presented key against (revoked or not).
+/// Revokes every live key `user` made (their creator is blocked: deactivated, banned or
+/// flagged with a security issue); returns their ids, to announce on the revocation list
+/// after commit. Revoked for good: a key is not revived when its creator is.
+pub async fn revoke_keys_of(conn: &mut PgConnection, user: Uuid) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "update api_keys set revoked_at = now() where created_by = $1 and revoked_at is null
+         returning id",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The row authentication checks a presented key against (revoked or not), with its
+/// creator's status.
 pub async fn key_record(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<KeyRecord>, StoreError> {
     Ok(sqlx::query_as(
-        "select id, name, permissions, created_by, expires_at, revoked_at, secret_hash
-         from api_keys where id = $1",
+        "select k.id, k.name, k.permissions, k.created_by, k.expires_at, k.revoked_at,
+                k.secret_hash, u.status as creator_status
+         from api_keys k join users u on u.id = k.created_by where k.id = $1",
     )
     .bind(id)
     .fetch_optional(conn)

@@ -464,3 +464,180 @@ async fn without_redis_a_key_is_checked_against_the_database() {
     let list = app.get_authed("acme", "/v1/products", &secret).await;
     assert_problem(list, 401, "invalid_token").await;
 }
+
+/// A user of `org` holding `products:read` and `api_keys:manage`, with a key of theirs.
+async fn member_with_key(app: &e2e::TestApp, org: &Signup, email: &str) -> (Uuid, Uuid, String) {
+    let role = app
+        .create_role_ok(
+            org,
+            &json!({"name": "keyholder", "permissions": ["products:read", "api_keys:manage"]}),
+        )
+        .await;
+    let (user, tokens) = app.user_with_roles(org, email, &[role]).await;
+    let response = app
+        .create_api_key(
+            &org.slug,
+            &tokens.access,
+            &json!({"name": "theirs", "permissions": ["products:read"]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("JSON");
+    let id = created["api_key"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let secret = created["key"].as_str().expect("key").to_owned();
+    let list = app.get_authed(&org.slug, "/v1/products", &secret).await;
+    assert_eq!(list.status(), 200);
+    (user, id, secret)
+}
+
+#[tokio::test]
+async fn a_flagged_creators_keys_stay_refused_after_their_password_reset() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let email = "kim@acme.example";
+    let (user, key, secret) = member_with_key(&app, &org, email).await;
+    let flagged = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            &format!("/v1/users/{user}/security-issue"),
+            &org.tokens.access,
+            None,
+        )
+        .await;
+    assert_eq!(flagged.status(), 200);
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_problem(list, 401, "invalid_token").await;
+    // Revoked in the database, not only blocked on the list.
+    let still_live = app
+        .tenant_sql(
+            org.tenant_id,
+            "update api_keys set name = name where id = $1 and revoked_at is null",
+            Some(key),
+        )
+        .await;
+    assert_eq!(still_live, 0);
+
+    // The reset makes the user active again (and lifts their block); the key stays dead.
+    let forgot = app
+        .post_as("acme", "/v1/auth/forgot-password", &json!({"email": email}))
+        .await;
+    assert_eq!(forgot.status(), 202);
+    let token = app
+        .emailed_token(email, "password_reset")
+        .await
+        .expect("a reset link");
+    let reset = app
+        .post_as(
+            "acme",
+            "/v1/auth/reset-password",
+            &json!({"token": token, "password": "a brand new pass phrase"}),
+        )
+        .await;
+    assert_eq!(reset.status(), 204);
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_problem(list, 401, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn a_banned_creators_key_is_refused_once_the_list_entries_expire() {
+    let redis = e2e::auth::PrivateRedis::start().await;
+    let app = e2e::TestApp::builder()
+        .env("redis_url", &redis.url)
+        .spawn()
+        .await;
+    let org = app.signup("acme").await;
+    let (user, key, secret) = member_with_key(&app, &org, "kim@acme.example").await;
+    let banned = app
+        .send_authed(
+            Method::PATCH,
+            "acme",
+            &format!("/v1/users/{user}"),
+            &org.tokens.access,
+            Some(&json!({"status": "banned"})),
+        )
+        .await;
+    assert_eq!(banned.status(), 200);
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_problem(list, 401, "invalid_token").await;
+    // The ban revoked the key in the database.
+    let still_live = app
+        .tenant_sql(
+            org.tenant_id,
+            "update api_keys set name = name where id = $1 and revoked_at is null",
+            Some(key),
+        )
+        .await;
+    assert_eq!(still_live, 0);
+
+    // A key left unrevoked (one made before bans revoked keys), and the list's entries
+    // expired: the creator's status in the key's row still refuses it.
+    let unrevoked = app
+        .tenant_sql(
+            org.tenant_id,
+            "update api_keys set revoked_at = null where id = $1",
+            Some(key),
+        )
+        .await;
+    assert_eq!(unrevoked, 1);
+    let tenant = org.tenant_id;
+    for entry in [
+        format!("canopy:t:{tenant}:revoked:user:{user}"),
+        format!("canopy:t:{tenant}:revoked:session:{key}"),
+    ] {
+        assert_eq!(redis.command(&["DEL", &entry]).await, redis::Value::Int(1));
+    }
+    app.state.api_keys.forget(tenancy::TenantId(tenant), key);
+    let list = app.get_authed("acme", "/v1/products", &secret).await;
+    assert_problem(list, 401, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn expired_keys_never_hide_a_live_one_from_the_list() {
+    let app = spawn_app().await;
+    let org = app.signup("acme").await;
+    let (id, _) = app
+        .create_api_key_ok(
+            &org,
+            &json!({"name": "live", "permissions": ["products:read"]}),
+        )
+        .await;
+    // A hundred expired, unrevoked keys, all newer than the live one.
+    let backdated = app
+        .tenant_sql(
+            org.tenant_id,
+            "update api_keys set created_at = now() - interval '3 days' where id = $1",
+            Some(id),
+        )
+        .await;
+    assert_eq!(backdated, 1);
+    let inserted = app
+        .tenant_sql(
+            org.tenant_id,
+            "insert into api_keys (id, name, permissions, created_by, created_at, expires_at,
+                                   secret_hash)
+             select gen_random_uuid(), 'old' || g, '{products:read}', $1,
+                    now() - interval '2 days', now() - interval '1 day',
+                    sha256(g::text::bytea)
+             from generate_series(1, 100) g",
+            Some(org.owner_id),
+        )
+        .await;
+    assert_eq!(inserted, 100);
+    let list: Value = app
+        .get_authed("acme", "/v1/api-keys", &org.tokens.access)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let items = list
+        .as_array()
+        .or_else(|| list["items"].as_array())
+        .expect("a list");
+    assert_eq!(items.len(), 100);
+    assert_eq!(items[0]["id"], id.to_string(), "{}", items[0]);
+}

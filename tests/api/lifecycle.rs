@@ -129,6 +129,23 @@ async fn a_security_issue_ends_every_session_until_a_password_reset() {
     )
     .await;
     assert_problem(reactivate, 409, "conflict").await;
+    // Nor move them through another status to the same end.
+    let deactivate = send(
+        &app,
+        &org,
+        Method::PATCH,
+        &format!("/v1/users/{mo}"),
+        &org.tokens.access,
+        Some(json!({"status": "deactivated"})),
+    )
+    .await;
+    assert_problem(deactivate, 409, "conflict").await;
+    let user = json_of(
+        app.get_authed(&org.slug, &format!("/v1/users/{mo}"), &org.tokens.access)
+            .await,
+    )
+    .await;
+    assert_eq!(user["status"], "security_issue");
     let events = app.audit_events(org.tenant_id, "user.security_issue").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["subject_id"], mo.to_string());

@@ -262,8 +262,17 @@ async fn authenticate_key(
         .await?
         .filter(|key| presented.matches(&key.secret_hash))
         .ok_or_else(invalid_key)?;
+    // The creator's status is read with the row (cached for a few seconds at most), not
+    // only from the revocation list, whose entries expire and are cleared on a password
+    // reset: a blocked creator's keys never come back.
     if key.revoked_at.is_some() {
         return Err(invalid_key());
+    }
+    if key.creator_status != identity::UserStatus::Active {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "This API key has been revoked, or its creator is blocked.",
+        ));
     }
     if key.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
         return Err(ApiError::new(

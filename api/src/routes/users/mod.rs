@@ -355,7 +355,7 @@ impl UsersApi {
     /// Deactivating or banning a user ends every session at once: their next request is
     /// refused even with an unexpired access token, and refreshing fails. Reactivating
     /// lets them log in again (not a user with a security issue: only a password reset
-    /// does; 409). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
+    /// does, and such a user may only be banned, 409 for any other status). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
     /// one's own name), manage a user holding permissions they lack, or block the tenant's
     /// last active owner.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "update_user")]
@@ -389,7 +389,11 @@ impl UsersApi {
             .await?
             .filter(|u| u.status != UserStatus::Deleted)
             .ok_or_else(user_not_found)?;
-        if current.status == UserStatus::SecurityIssue && status == Some(UserStatus::Active) {
+        // From a security issue the only way back is a password reset; an administrator may
+        // only ban (or delete) such a user, not move them through another status.
+        if current.status == UserStatus::SecurityIssue
+            && status.is_some_and(|s| !matches!(s, UserStatus::SecurityIssue | UserStatus::Banned))
+        {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "This user has a security issue: only a password reset makes them active again.",
@@ -410,11 +414,19 @@ impl UsersApi {
         limits::ensure_seats(&state, &mut tx, &me.tenant, activated).await?;
         let blocked = after.status.is_blocked() && !before.status.is_blocked();
         let unblocked = before.status.is_blocked() && !after.status.is_blocked();
-        let ended = if blocked {
-            store::revoke_user_sessions(&mut tx, target, None, &format!("user_{}", after.status))
-                .await?
+        let (ended, keys) = if blocked {
+            (
+                store::revoke_user_sessions(
+                    &mut tx,
+                    target,
+                    None,
+                    &format!("user_{}", after.status),
+                )
+                .await?,
+                identity::api_keys::revoke_keys_of(&mut tx, target).await?,
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         if before.status != after.status {
             audit::record(
@@ -428,6 +440,7 @@ impl UsersApi {
                     "from": before.status.as_str(),
                     "to": after.status.as_str(),
                     "sessions_ended": ended.len(),
+                    "api_keys_revoked": keys.len(),
                 }),
             )
             .await?;
@@ -436,7 +449,12 @@ impl UsersApi {
         tx.commit().await?;
         // The database has it; now every instance's next check sees it too.
         if blocked {
-            state.revocations.block_user(tenant, target, &ended).await;
+            // A key's id stands where a session's does on the list.
+            for key in &keys {
+                state.api_keys.forget(tenant, *key);
+            }
+            let revoked: Vec<Uuid> = ended.iter().chain(&keys).copied().collect();
+            state.revocations.block_user(tenant, target, &revoked).await;
         } else if unblocked {
             state.revocations.unblock_user(tenant, target).await;
         }

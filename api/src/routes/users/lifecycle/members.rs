@@ -142,6 +142,7 @@ impl MembersApi {
             .await?
             .ok_or_else(user_not_found)?;
         let ended = store::revoke_user_sessions(&mut tx, target, None, "security_issue").await?;
+        let keys = identity::api_keys::revoke_keys_of(&mut tx, target).await?;
         audit::record(
             &mut tx,
             "user.security_issue",
@@ -149,7 +150,11 @@ impl MembersApi {
             Some(target),
             Some(me.session_id),
             &client,
-            json!({ "from": user.status.as_str(), "sessions_ended": ended.len() }),
+            json!({
+                "from": user.status.as_str(),
+                "sessions_ended": ended.len(),
+                "api_keys_revoked": keys.len(),
+            }),
         )
         .await?;
         jobs::enqueue(
@@ -163,9 +168,14 @@ impl MembersApi {
         let view = user_view(&mut tx, &update.after).await?;
         tx.commit().await?;
         // The database has it; now every instance's next check sees it too.
+        // A key's id stands where a session's does on the list.
+        for key in &keys {
+            state.api_keys.forget(me.tenant.id, *key);
+        }
+        let revoked: Vec<Uuid> = ended.iter().chain(&keys).copied().collect();
         state
             .revocations
-            .block_user(me.tenant.id, target, &ended)
+            .block_user(me.tenant.id, target, &revoked)
             .await;
         Ok(Json(SecurityIssueFlagged {
             user: view,
