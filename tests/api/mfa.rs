@@ -786,3 +786,63 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
     let profile: Value = response.json().await.unwrap();
     assert_eq!(profile["mfa_required_for"], json!([]));
 }
+
+#[tokio::test]
+async fn accepting_an_invitation_to_a_role_the_policy_covers_requires_enrolling_first() {
+    let app = e2e::spawn_app().await;
+    let org = app.signup("acme").await;
+    let member = app.role_id(&org, "member").await;
+    let response = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"mfa_required_for": [member]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    app.invite_ok(&org, "nia@example.com", &[member]).await;
+    app.run_jobs().await;
+    let invitation = app.new_invitation_token("nia@example.com", &Default::default());
+    let response = app.accept_invitation("acme", &invitation, "Nia").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "mfa_enrollment_required", "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    let token = body["mfa_token"].as_str().unwrap().to_owned();
+    // The invitation is spent all the same.
+    let response = app.accept_invitation("acme", &invitation, "Nia").await;
+    assert_problem(response, 400, "invitation_invalid").await;
+
+    let response = app
+        .post_as("acme", "/v1/auth/mfa/enroll", &json!({"mfa_token": token}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let secret = TotpSecret::from_base32(body["secret"].as_str().unwrap()).unwrap();
+    clear_of_step_boundary(3).await;
+    let response = app
+        .post_as(
+            "acme",
+            "/v1/auth/mfa/enroll/confirm",
+            &json!({"mfa_token": token, "code": secret.code_at(now_step())}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["recovery_codes"].as_array().unwrap().len(), 10);
+    let tokens = e2e::auth::Tokens::from_json(&body["tokens"]);
+    let me = mfa_status(&app, "acme", &tokens.access).await;
+    assert_eq!(me["totp"], "enabled");
+
+    // Without the policy, an acceptance logs in at once.
+    let viewer = app.role_id(&org, "viewer").await;
+    app.invite_ok(&org, "vic@example.com", &[viewer]).await;
+    app.run_jobs().await;
+    let invitation = app.new_invitation_token("vic@example.com", &Default::default());
+    let response = app.accept_invitation("acme", &invitation, "Vic").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "authenticated", "{body}");
+    assert!(body["access_token"].is_string(), "{body}");
+}

@@ -310,9 +310,39 @@ pub(crate) async fn second_step(
         tx.commit().await?;
         return Ok(None);
     };
-    let (token, _) = mfa_store::issue_challenge(&mut tx, user, purpose, MFA_TOKEN_TTL).await?;
+    let outcome = challenge_in(&mut tx, user, purpose, client).await?;
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
+
+/// The enrollment token answer, in `tx`, when the tenant's policy requires two-factor
+/// authentication of one of `user`'s roles and they have none: what a login answers then,
+/// for the paths that create a user and would otherwise log them in directly (accepting
+/// an invitation). `None` when no enrollment is required.
+pub(crate) async fn enrollment_required_in(
+    tx: &mut TenantTx,
+    user: Uuid,
+    client: &ClientInfo,
+) -> ApiResult<Option<LoginOutcome>> {
+    if mfa_store::has_confirmed_totp(tx, user).await?
+        || !mfa_store::required_by_policy(tx, user).await?
+    {
+        return Ok(None);
+    }
+    let outcome = challenge_in(tx, user, ChallengePurpose::Enroll, client).await?;
+    Ok(Some(outcome))
+}
+
+/// Issues (and audits) an MFA token for `purpose`, in `tx`: the answer that carries it.
+async fn challenge_in(
+    tx: &mut TenantTx,
+    user: Uuid,
+    purpose: ChallengePurpose,
+    client: &ClientInfo,
+) -> ApiResult<LoginOutcome> {
+    let (token, _) = mfa_store::issue_challenge(tx, user, purpose, MFA_TOKEN_TTL).await?;
     audit::record(
-        &mut tx,
+        tx,
         "login.mfa_challenged",
         None,
         Some(user),
@@ -321,10 +351,9 @@ pub(crate) async fn second_step(
         json!({ "purpose": purpose.as_str() }),
     )
     .await?;
-    tx.commit().await?;
     let mfa_token = token.encode();
     let expires_in = MFA_TOKEN_TTL.as_secs();
-    Ok(Some(match purpose {
+    Ok(match purpose {
         ChallengePurpose::Verify => LoginOutcome::MfaRequired(MfaRequired {
             mfa_token,
             expires_in,
@@ -334,7 +363,7 @@ pub(crate) async fn second_step(
             mfa_token,
             expires_in,
         }),
-    }))
+    })
 }
 
 fn parse_token(presented: &str) -> ApiResult<OpaqueToken> {
