@@ -53,8 +53,34 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     let access = &org.tokens.access;
     assert_eq!(mfa_status(&app, "acme", access).await["totp"], "disabled");
 
-    let started = app
+    // Starting needs the password: an access token alone does not do.
+    let bare = app
         .send_authed(Method::POST, "acme", "/v1/me/mfa/totp", access, None)
+        .await;
+    assert!(bare.status().is_client_error(), "{}", bare.status());
+    let wrong = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/mfa/totp",
+            access,
+            Some(&json!({"password": "not the password"})),
+        )
+        .await;
+    let problem = assert_problem(wrong, 422, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "password", "{problem}");
+    let failed = audit_events(&app, &org, "mfa.enroll_failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(mfa_status(&app, "acme", access).await["totp"], "disabled");
+
+    let started = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/mfa/totp",
+            access,
+            Some(&json!({"password": PASSWORD})),
+        )
         .await;
     assert_eq!(started.status(), 201);
     let body: Value = started.json().await.unwrap();
@@ -180,7 +206,13 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
 
     // Enrolling again while on is refused.
     let again = app
-        .send_authed(Method::POST, "acme", "/v1/me/mfa/totp", access, None)
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/mfa/totp",
+            access,
+            Some(&json!({"password": PASSWORD})),
+        )
         .await;
     assert_problem(again, 409, "mfa_already_enabled").await;
 
@@ -627,7 +659,11 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
     // Another tenant's credential on this tenant's MFA endpoints.
     for (method, path, body) in [
         (Method::GET, "/v1/me/mfa", None),
-        (Method::POST, "/v1/me/mfa/totp", None),
+        (
+            Method::POST,
+            "/v1/me/mfa/totp",
+            Some(json!({"password": PASSWORD})),
+        ),
         (
             Method::POST,
             "/v1/me/mfa/totp/confirm",
