@@ -882,3 +882,68 @@ async fn accepting_an_invitation_to_a_role_the_policy_covers_requires_enrolling_
     assert_eq!(body["status"], "authenticated", "{body}");
     assert!(body["access_token"].is_string(), "{body}");
 }
+
+#[tokio::test]
+async fn the_password_step_of_an_mfa_login_upgrades_an_outdated_hash() {
+    let app = e2e::spawn_app().await;
+    let org = app.signup("acme").await;
+    app.enroll_totp("acme", &org.tokens.access).await;
+    let cost = app.state.hasher.cost();
+    let other = identity::PasswordHasher::new(
+        1,
+        1,
+        identity::HashCost {
+            iterations: cost.iterations + 1,
+            ..cost
+        },
+    )
+    .unwrap();
+    let outdated = other.hash(PASSWORD).await.unwrap();
+    let stored_hash = || async {
+        let mut tx = app
+            .state
+            .tenant_db
+            .begin(tenancy::TenantId(org.tenant_id))
+            .await
+            .unwrap();
+        let hash: String = sqlx::query_scalar("select password_hash from users where id = $1")
+            .bind(org.owner_id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        hash
+    };
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap();
+    sqlx::query("update users set password_hash = $2 where id = $1")
+        .bind(org.owner_id)
+        .bind(&outdated)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored_hash().await, outdated);
+
+    // The password step alone (the second step never comes) stores the current hash.
+    app.login_for_mfa("acme", &org.owner_email, PASSWORD).await;
+    let upgraded = stored_hash().await;
+    assert_ne!(upgraded, outdated);
+    let current = format!(
+        "$argon2id$v=19$m={},t={},p={}$",
+        cost.memory_kib, cost.iterations, cost.parallelism
+    );
+    assert!(upgraded.starts_with(&current), "{upgraded}");
+    assert_eq!(
+        app.state
+            .hasher
+            .verify(PASSWORD, Some(&upgraded))
+            .await
+            .unwrap(),
+        identity::Verified::Yes
+    );
+}

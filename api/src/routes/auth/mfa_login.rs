@@ -292,13 +292,24 @@ impl MfaLoginApi {
     }
 }
 
+/// A stronger hash of the password a login just verified, to store in its place.
+pub(crate) struct Rehash<'a> {
+    /// The hash the password was verified against.
+    pub previous: &'a str,
+    /// Its replacement, made with the current parameters.
+    pub new: &'a str,
+}
+
 /// After a correct password: the MFA token answer when the user has two-factor
 /// authentication on, or must enroll by the tenant's policy; `None` when the login may
-/// open its session at once.
+/// open its session at once (which then stores `rehash` itself). With a second step,
+/// `rehash` is stored here: the password was verified, and the session opened by the
+/// second step knows no password.
 pub(crate) async fn second_step(
     state: &AppState,
     tenant: &CurrentTenant,
     user: Uuid,
+    rehash: Option<Rehash<'_>>,
     client: &ClientInfo,
 ) -> ApiResult<Option<LoginOutcome>> {
     let mut tx = tenant.begin(state).await?;
@@ -310,6 +321,9 @@ pub(crate) async fn second_step(
         tx.commit().await?;
         return Ok(None);
     };
+    if let Some(rehash) = rehash {
+        store::store_rehashed_password(&mut tx, user, rehash.previous, rehash.new).await?;
+    }
     let outcome = challenge_in(&mut tx, user, purpose, client).await?;
     tx.commit().await?;
     Ok(Some(outcome))
