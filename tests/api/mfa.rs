@@ -53,8 +53,34 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
     let access = &org.tokens.access;
     assert_eq!(mfa_status(&app, "acme", access).await["totp"], "disabled");
 
-    let started = app
+    // Starting needs the password: an access token alone does not do.
+    let bare = app
         .send_authed(Method::POST, "acme", "/v1/me/mfa/totp", access, None)
+        .await;
+    assert!(bare.status().is_client_error(), "{}", bare.status());
+    let wrong = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/mfa/totp",
+            access,
+            Some(&json!({"password": "not the password"})),
+        )
+        .await;
+    let problem = assert_problem(wrong, 422, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "password", "{problem}");
+    let failed = audit_events(&app, &org, "mfa.enroll_failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(mfa_status(&app, "acme", access).await["totp"], "disabled");
+
+    let started = app
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/mfa/totp",
+            access,
+            Some(&json!({"password": PASSWORD})),
+        )
         .await;
     assert_eq!(started.status(), 201);
     let body: Value = started.json().await.unwrap();
@@ -180,7 +206,13 @@ async fn enrollment_then_login_with_a_code_and_the_secret_is_encrypted_at_rest()
 
     // Enrolling again while on is refused.
     let again = app
-        .send_authed(Method::POST, "acme", "/v1/me/mfa/totp", access, None)
+        .send_authed(
+            Method::POST,
+            "acme",
+            "/v1/me/mfa/totp",
+            access,
+            Some(&json!({"password": PASSWORD})),
+        )
         .await;
     assert_problem(again, 409, "mfa_already_enabled").await;
 
@@ -627,7 +659,11 @@ async fn mfa_tokens_expired_used_for_another_step_or_of_another_tenant_are_refus
     // Another tenant's credential on this tenant's MFA endpoints.
     for (method, path, body) in [
         (Method::GET, "/v1/me/mfa", None),
-        (Method::POST, "/v1/me/mfa/totp", None),
+        (
+            Method::POST,
+            "/v1/me/mfa/totp",
+            Some(json!({"password": PASSWORD})),
+        ),
         (
             Method::POST,
             "/v1/me/mfa/totp/confirm",
@@ -785,4 +821,129 @@ async fn the_tenant_policy_makes_holders_of_a_role_enroll_before_they_log_in() {
     assert_eq!(response.status(), 200);
     let profile: Value = response.json().await.unwrap();
     assert_eq!(profile["mfa_required_for"], json!([]));
+}
+
+#[tokio::test]
+async fn accepting_an_invitation_to_a_role_the_policy_covers_requires_enrolling_first() {
+    let app = e2e::spawn_app().await;
+    let org = app.signup("acme").await;
+    let member = app.role_id(&org, "member").await;
+    let response = app
+        .update_tenant(
+            "acme",
+            &org.tokens.access,
+            &json!({"mfa_required_for": [member]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    app.invite_ok(&org, "nia@example.com", &[member]).await;
+    app.run_jobs().await;
+    let invitation = app.new_invitation_token("nia@example.com", &Default::default());
+    let response = app.accept_invitation("acme", &invitation, "Nia").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "mfa_enrollment_required", "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    let token = body["mfa_token"].as_str().unwrap().to_owned();
+    // The invitation is spent all the same.
+    let response = app.accept_invitation("acme", &invitation, "Nia").await;
+    assert_problem(response, 400, "invitation_invalid").await;
+
+    let response = app
+        .post_as("acme", "/v1/auth/mfa/enroll", &json!({"mfa_token": token}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let secret = TotpSecret::from_base32(body["secret"].as_str().unwrap()).unwrap();
+    clear_of_step_boundary(3).await;
+    let response = app
+        .post_as(
+            "acme",
+            "/v1/auth/mfa/enroll/confirm",
+            &json!({"mfa_token": token, "code": secret.code_at(now_step())}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["recovery_codes"].as_array().unwrap().len(), 10);
+    let tokens = e2e::auth::Tokens::from_json(&body["tokens"]);
+    let me = mfa_status(&app, "acme", &tokens.access).await;
+    assert_eq!(me["totp"], "enabled");
+
+    // Without the policy, an acceptance logs in at once.
+    let viewer = app.role_id(&org, "viewer").await;
+    app.invite_ok(&org, "vic@example.com", &[viewer]).await;
+    app.run_jobs().await;
+    let invitation = app.new_invitation_token("vic@example.com", &Default::default());
+    let response = app.accept_invitation("acme", &invitation, "Vic").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "authenticated", "{body}");
+    assert!(body["access_token"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn the_password_step_of_an_mfa_login_upgrades_an_outdated_hash() {
+    let app = e2e::spawn_app().await;
+    let org = app.signup("acme").await;
+    app.enroll_totp("acme", &org.tokens.access).await;
+    let cost = app.state.hasher.cost();
+    let other = identity::PasswordHasher::new(
+        1,
+        1,
+        identity::HashCost {
+            iterations: cost.iterations + 1,
+            ..cost
+        },
+    )
+    .unwrap();
+    let outdated = other.hash(PASSWORD).await.unwrap();
+    let stored_hash = || async {
+        let mut tx = app
+            .state
+            .tenant_db
+            .begin(tenancy::TenantId(org.tenant_id))
+            .await
+            .unwrap();
+        let hash: String = sqlx::query_scalar("select password_hash from users where id = $1")
+            .bind(org.owner_id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        hash
+    };
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(tenancy::TenantId(org.tenant_id))
+        .await
+        .unwrap();
+    sqlx::query("update users set password_hash = $2 where id = $1")
+        .bind(org.owner_id)
+        .bind(&outdated)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored_hash().await, outdated);
+
+    // The password step alone (the second step never comes) stores the current hash.
+    app.login_for_mfa("acme", &org.owner_email, PASSWORD).await;
+    let upgraded = stored_hash().await;
+    assert_ne!(upgraded, outdated);
+    let current = format!(
+        "$argon2id$v=19$m={},t={},p={}$",
+        cost.memory_kib, cost.iterations, cost.parallelism
+    );
+    assert!(upgraded.starts_with(&current), "{upgraded}");
+    assert_eq!(
+        app.state
+            .hasher
+            .verify(PASSWORD, Some(&upgraded))
+            .await
+            .unwrap(),
+        identity::Verified::Yes
+    );
 }

@@ -606,7 +606,8 @@ async fn mfa_operations(app: &TestApp, tokens: &Tokens, ops: &BTreeMap<String, O
             .await
     };
     assert_eq!(send(Method::GET, "/v1/me/mfa", None).await.status(), 200);
-    let started = send(Method::POST, "/v1/me/mfa/totp", None).await;
+    let password = json!({"password": e2e::auth::PASSWORD});
+    let started = send(Method::POST, "/v1/me/mfa/totp", Some(password)).await;
     assert_eq!(started.status(), 201, "enroll_totp");
     let body: Value = started.json().await.expect("JSON");
     let secret = identity::mfa::TotpSecret::from_base32(body["secret"].as_str().expect("secret"))

@@ -5,7 +5,10 @@ use identity::mfa::{self, TotpSecret};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
 
-use crate::{TestApp, auth::Tokens};
+use crate::{
+    TestApp,
+    auth::{PASSWORD, Tokens},
+};
 
 /// An enrolled authenticator: its secret and the recovery codes it came with.
 #[derive(Debug, Clone)]
@@ -41,11 +44,17 @@ pub async fn clear_of_step_boundary(margin: u64) {
 }
 
 impl TestApp {
-    /// `POST /v1/me/mfa/totp` then `…/confirm` with the current code, as `access`: the
-    /// authenticator, asserting each step succeeds.
+    /// `POST /v1/me/mfa/totp` (with [`PASSWORD`]) then `…/confirm` with the current code,
+    /// as `access`: the authenticator, asserting each step succeeds.
     pub async fn enroll_totp(&self, tenant: &str, access: &str) -> Authenticator {
         let started = self
-            .send_authed(Method::POST, tenant, "/v1/me/mfa/totp", access, None)
+            .send_authed(
+                Method::POST,
+                tenant,
+                "/v1/me/mfa/totp",
+                access,
+                Some(&json!({ "password": PASSWORD })),
+            )
             .await;
         assert_eq!(started.status(), 201, "start enrollment");
         let body: Value = started.json().await.expect("JSON");

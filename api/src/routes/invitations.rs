@@ -34,7 +34,7 @@ use crate::{
     payload::{EmailText, JsonBody, Validate, all_valid},
     routes::{
         ApiTag, audit,
-        auth::{TokenPair, recovery_throttle, token_pair},
+        auth::{LoginOutcome, mfa_login, recovery_throttle, token_pair},
         checks::{check_email, check_name, check_new_password},
         guards::{allowed_by, ensure_holds, known_roles, lock_for_change},
         pagination::{created_cursor, decode_created_cursor, page},
@@ -398,7 +398,10 @@ impl InvitationsApi {
     ///
     /// Creates the invited user, active and with a verified address, holding the invited
     /// roles (those that still exist), and logs them in: the answer is the same as a
-    /// login's. For a user an administrator created (`POST /v1/users`) this is how they set
+    /// login's. `status` says what it holds: `authenticated`, the session's tokens; or
+    /// `mfa_enrollment_required` (the tenant's `mfa_required_for` lists one of the invited
+    /// roles), an MFA token for `POST /v1/auth/mfa/enroll` and no session before the
+    /// enrollment. For a user an administrator created (`POST /v1/users`) this is how they set
     /// their password; `name` may then be left out. The link works once. An unknown, used, replaced, revoked or expired link
     /// is 400 `invitation_invalid`; a tenant whose plan has no seat left is 402
     /// `plan_limit_reached` (the link keeps working).
@@ -413,7 +416,7 @@ impl InvitationsApi {
         request: &Request,
         tenant: CurrentTenant,
         body: JsonBody<AcceptInvitationRequest>,
-    ) -> ApiResult<Json<TokenPair>> {
+    ) -> ApiResult<Json<LoginOutcome>> {
         let client = recovery_throttle(&state, request, &tenant).await?;
         let body = body.0;
         let token = OpaqueToken::parse(&body.token).ok_or_else(invitation_invalid)?;
@@ -474,6 +477,28 @@ impl InvitationsApi {
             .await
             .map_err(ApiError::internal)?;
         invitations::record_acceptance(&mut tx, invitation.id, user.id).await?;
+        let details = json!({
+            "invitation_id": invitation.id,
+            "invited_by": invitation.invited_by,
+            "role_ids": granted,
+        });
+        jobs::enqueue(&mut tx, identity::link_emails::welcome(&user)?).await?;
+        // A role the tenant requires two-factor authentication of: no session before the
+        // enrollment, as at login.
+        if let Some(enroll) = mfa_login::enrollment_required_in(&mut tx, user.id, &client).await? {
+            audit::record(
+                &mut tx,
+                "invitation.accepted",
+                Some(user.id),
+                Some(user.id),
+                None,
+                &client,
+                details,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Json(enroll));
+        }
         let (session, refresh) =
             store::create_session(&mut tx, user.id, &client, state.settings.jwt.refresh_ttl)
                 .await?;
@@ -484,22 +509,17 @@ impl InvitationsApi {
             Some(user.id),
             Some(session.id),
             &client,
-            json!({
-                "invitation_id": invitation.id,
-                "invited_by": invitation.invited_by,
-                "role_ids": granted,
-            }),
+            details,
         )
         .await?;
-        jobs::enqueue(&mut tx, identity::link_emails::welcome(&user)?).await?;
         tx.commit().await?;
-        Ok(Json(token_pair(
+        Ok(Json(LoginOutcome::Authenticated(token_pair(
             &state,
             tenant_id.0,
             user.id,
             session.id,
             &refresh,
-        )?))
+        )?)))
     }
 }
 

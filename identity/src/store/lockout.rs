@@ -79,3 +79,25 @@ pub async fn record_login_success(
     .await?;
     Ok(())
 }
+
+/// Stores `rehashed`, a stronger hash of a password just verified against `previous`,
+/// when a login answers a second step instead of a session (and so never reaches
+/// [`record_login_success`]). Leaves the failure count alone (the login is not complete)
+/// and any hash but `previous` (the password changed meanwhile). Whether it was stored.
+pub async fn store_rehashed_password(
+    conn: &mut PgConnection,
+    user: Uuid,
+    previous: &str,
+    rehashed: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "update users set password_hash = $3
+         where id = $1 and password_hash = $2",
+    )
+    .bind(user)
+    .bind(previous)
+    .bind(rehashed)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -19,7 +19,9 @@ mod tokens;
 mod users;
 
 pub use audit::{AuditEvent, AuditRecord, audit, list_audit};
-pub use lockout::{LockoutPolicy, record_login_failure, record_login_success};
+pub use lockout::{
+    LockoutPolicy, record_login_failure, record_login_success, store_rehashed_password,
+};
 pub use rotation::{RefreshOutcome, refresh};
 pub use sessions::{
     Session, create_session, list_sessions, revocations, revoke_session, revoke_user_sessions,

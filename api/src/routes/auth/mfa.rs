@@ -176,6 +176,8 @@ impl MfaApi {
 
     /// Start enrolling an authenticator app.
     ///
+    /// Needs the password (a wrong one is a 422 and counts toward the account lockout), so
+    /// that an access token alone cannot bind another authenticator to the account.
     /// Answers a new secret, its `otpauth://` URI and the URI's QR code (SVG); a code from
     /// the app (`POST /v1/me/mfa/totp/confirm`) turns it on. Starting again replaces a
     /// pending enrollment; with two-factor authentication already on, 409
@@ -188,9 +190,13 @@ impl MfaApi {
     async fn enroll_totp(
         &self,
         state: Data<&AppState>,
+        request: &Request,
         auth: UserAuth,
+        body: JsonBody<PasswordRequest>,
     ) -> ApiResult<EnrollmentCreated> {
         let me = auth.0;
+        let client = client_info(request);
+        reauthenticate(&state, &me, &client, &body.0.password, "mfa.enroll_failed").await?;
         let mut tx = me.begin(&state).await?;
         let user = current_user(&mut tx, &me).await?;
         let enrollment = start_enrollment(&state, &mut tx, &me.tenant, &user).await?;

@@ -292,13 +292,24 @@ impl MfaLoginApi {
     }
 }
 
+/// A stronger hash of the password a login just verified, to store in its place.
+pub(crate) struct Rehash<'a> {
+    /// The hash the password was verified against.
+    pub previous: &'a str,
+    /// Its replacement, made with the current parameters.
+    pub new: &'a str,
+}
+
 /// After a correct password: the MFA token answer when the user has two-factor
 /// authentication on, or must enroll by the tenant's policy; `None` when the login may
-/// open its session at once.
+/// open its session at once (which then stores `rehash` itself). With a second step,
+/// `rehash` is stored here: the password was verified, and the session opened by the
+/// second step knows no password.
 pub(crate) async fn second_step(
     state: &AppState,
     tenant: &CurrentTenant,
     user: Uuid,
+    rehash: Option<Rehash<'_>>,
     client: &ClientInfo,
 ) -> ApiResult<Option<LoginOutcome>> {
     let mut tx = tenant.begin(state).await?;
@@ -310,9 +321,42 @@ pub(crate) async fn second_step(
         tx.commit().await?;
         return Ok(None);
     };
-    let (token, _) = mfa_store::issue_challenge(&mut tx, user, purpose, MFA_TOKEN_TTL).await?;
+    if let Some(rehash) = rehash {
+        store::store_rehashed_password(&mut tx, user, rehash.previous, rehash.new).await?;
+    }
+    let outcome = challenge_in(&mut tx, user, purpose, client).await?;
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
+
+/// The enrollment token answer, in `tx`, when the tenant's policy requires two-factor
+/// authentication of one of `user`'s roles and they have none: what a login answers then,
+/// for the paths that create a user and would otherwise log them in directly (accepting
+/// an invitation). `None` when no enrollment is required.
+pub(crate) async fn enrollment_required_in(
+    tx: &mut TenantTx,
+    user: Uuid,
+    client: &ClientInfo,
+) -> ApiResult<Option<LoginOutcome>> {
+    if mfa_store::has_confirmed_totp(tx, user).await?
+        || !mfa_store::required_by_policy(tx, user).await?
+    {
+        return Ok(None);
+    }
+    let outcome = challenge_in(tx, user, ChallengePurpose::Enroll, client).await?;
+    Ok(Some(outcome))
+}
+
+/// Issues (and audits) an MFA token for `purpose`, in `tx`: the answer that carries it.
+async fn challenge_in(
+    tx: &mut TenantTx,
+    user: Uuid,
+    purpose: ChallengePurpose,
+    client: &ClientInfo,
+) -> ApiResult<LoginOutcome> {
+    let (token, _) = mfa_store::issue_challenge(tx, user, purpose, MFA_TOKEN_TTL).await?;
     audit::record(
-        &mut tx,
+        tx,
         "login.mfa_challenged",
         None,
         Some(user),
@@ -321,10 +365,9 @@ pub(crate) async fn second_step(
         json!({ "purpose": purpose.as_str() }),
     )
     .await?;
-    tx.commit().await?;
     let mfa_token = token.encode();
     let expires_in = MFA_TOKEN_TTL.as_secs();
-    Ok(Some(match purpose {
+    Ok(match purpose {
         ChallengePurpose::Verify => LoginOutcome::MfaRequired(MfaRequired {
             mfa_token,
             expires_in,
@@ -334,7 +377,7 @@ pub(crate) async fn second_step(
             mfa_token,
             expires_in,
         }),
-    }))
+    })
 }
 
 fn parse_token(presented: &str) -> ApiResult<OpaqueToken> {

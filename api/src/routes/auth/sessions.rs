@@ -77,7 +77,13 @@ impl SessionsApi {
         };
         ensure_may_log_in(record.user.status)?;
         let user = record.user.id;
-        if let Some(second_step) = mfa_login::second_step(&state, &tenant, user, &client).await? {
+        let rehash = rehashed.as_deref().map(|new| mfa_login::Rehash {
+            previous: &record.password_hash,
+            new,
+        });
+        if let Some(second_step) =
+            mfa_login::second_step(&state, &tenant, user, rehash, &client).await?
+        {
             return Ok(Json(second_step));
         }
         let pair = open_session(&state, &tenant, user, rehashed.as_deref(), &client).await?;
