@@ -335,6 +335,21 @@ pub struct Outgoing<'a> {
     pub user: Option<Uuid>,
 }
 
+/// Why a message to a deleted user is not sent.
+const DELETED_USER: &str = "not sent: the recipient's user was deleted";
+
+/// Records message `id` as `suppressed` for `reason`: it is not sent, and its job succeeds.
+async fn suppress(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    template: Template,
+    reason: &str,
+) -> anyhow::Result<()> {
+    messages::finish(pool, id, MessageStatus::Suppressed, reason).await?;
+    tracing::info!(template = template.name(), "email suppressed");
+    Ok(())
+}
+
 impl Mailer {
     /// SMTP at `url` (`smtp://user:pass@host:587?tls=required`, `smtps://host:465`, or
     /// plain `smtp://host:25` for a local relay).
@@ -411,6 +426,10 @@ impl Mailer {
         } = message;
         let tenant = ctx.tenant.clone();
         let pool = ctx.control.pool().clone();
+        // A job still running when its user was deleted, retried since: its address is gone.
+        if to == messages::ERASED_RECIPIENT {
+            return suppress(&pool, ctx.id, template, DELETED_USER).await;
+        }
         let tracked = messages::Attempt {
             id: ctx.id,
             tenant: tenant.as_ref().map(|t| t.id),
@@ -430,15 +449,7 @@ impl Mailer {
             .fetch_one(&mut **tx)
             .await?;
             if deleted {
-                messages::finish(
-                    &pool,
-                    ctx.id,
-                    MessageStatus::Suppressed,
-                    "not sent: the recipient's user was deleted",
-                )
-                .await?;
-                tracing::info!(template = template.name(), "email suppressed");
-                return Ok(());
+                return suppress(&pool, ctx.id, template, DELETED_USER).await;
             }
         }
         let unsubscribe = match template.category() {
@@ -453,15 +464,13 @@ impl Mailer {
                 if unsubscribe::is_unsubscribed(ctx.tenant_tx()?, user, Category::NonEssential)
                     .await?
                 {
-                    messages::finish(
+                    return suppress(
                         &pool,
                         ctx.id,
-                        MessageStatus::Suppressed,
+                        template,
                         "not sent: the recipient unsubscribed",
                     )
-                    .await?;
-                    tracing::info!(template = template.name(), "email suppressed");
-                    return Ok(());
+                    .await;
                 }
                 let Some(links) = &self.unsubscribe else {
                     let error = anyhow::anyhow!("no unsubscribe links are configured");

@@ -28,6 +28,10 @@ use crate::Template;
 /// Longest SMTP answer or error text kept (characters).
 pub const RESPONSE_MAX: usize = 1000;
 
+/// The recipient of a message whose address was erased with its user
+/// (`shared.erase_email_records`): kept in the record, never sent to.
+pub const ERASED_RECIPIENT: &str = "(erased)";
+
 /// Where a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageStatus {

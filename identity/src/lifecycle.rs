@@ -2,8 +2,10 @@
 //! email address, and deletion.
 //!
 //! * **Security issue.** Setting the status is an ordinary status change
-//!   ([`crate::store::update_user`], which voids every session from before now); a
-//!   completed password reset returns the user to `active` ([`clear_security_issue`]).
+//!   ([`crate::store::update_user`], which voids every session from before now) that also
+//!   puts a hold on the account (`users.security_issue_at`). Only a completed password
+//!   reset lifts it, returning the user to `active` ([`clear_security_issue`]); until then
+//!   a change to `active` (unbanning, reactivating) makes the status `security_issue`.
 //! * **Email change.** The new address waits in `users.pending_email` until the link
 //!   sent there is used. As with the other link emails, no job payload carries a secret:
 //!   [`EmailChangeConfirmation`] names the user, and its handler mints the `email_change`
@@ -48,7 +50,7 @@ pub fn deleted_label(user: Uuid) -> String {
 /// Returns whether they had one. Such a user kept their seat, so nothing is activated.
 pub async fn clear_security_issue(conn: &mut PgConnection, user: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "update users set status = 'active', updated_at = now()
+        "update users set status = 'active', security_issue_at = null, updated_at = now()
          where id = $1 and status = 'security_issue'",
     )
     .bind(user)
@@ -245,7 +247,8 @@ pub struct Erased {
 /// sessions and the blocked user to the revocation list after commit.
 ///
 /// Other tables holding a user's secrets or personal data are cleared here too, in the
-/// one transaction.
+/// one transaction, and so are the control plane's records of mail to the user's
+/// addresses (`shared.erase_email_records`: recipients replaced, unsent mail dropped).
 pub async fn erase_personal_data(
     conn: &mut PgConnection,
     user: Uuid,
@@ -263,6 +266,7 @@ pub async fn erase_personal_data(
     sqlx::query(
         "update users set status = $2, email = $3, email_key = $3, name = $4,
                 password_hash = '!deleted', pending_email = null, email_verified_at = null,
+                security_issue_at = null,
                 failed_logins = 0, failed_login_window_start = null, locked_until = null,
                 last_login_at = null, security_changed_at = now(), updated_at = now()
          where id = $1",
@@ -299,17 +303,34 @@ pub async fn erase_personal_data(
             .execute(&mut *conn)
             .await?;
     }
-    // Addresses recorded in events about them (whatever address it was then) or equal to the
-    // one they have or were changing to; and where their own events came from.
+    // Every address known to be theirs: the one they have, the one they were changing to,
+    // and those recorded in events about them (whatever address it was then).
+    let mut addresses: Vec<String> = sqlx::query_scalar(
+        "select distinct details->>'email' from audit_events
+         where subject_id = $1 and details ? 'email' and details->>'email' <> '(erased)'",
+    )
+    .bind(user)
+    .fetch_all(&mut *conn)
+    .await?;
+    addresses.push(email.trim().to_owned());
+    addresses.extend(pending.as_deref().map(|p| p.trim().to_owned()));
+    // The control plane's records of mail to them, and the mail not sent yet
+    // (`migrations/control/20261202000050_erase_email_records.sql`): the function takes the
+    // tenant from the transaction's role, so it can reach this tenant's records only.
+    sqlx::query("select shared.erase_email_records($1, $2)")
+        .bind(user)
+        .bind(&addresses)
+        .execute(&mut *conn)
+        .await?;
+    // Those addresses in this tenant's events, and where their own events came from.
     sqlx::query(
         "update audit_events set details = jsonb_set(details, '{email}', '\"(erased)\"')
          where details ? 'email'
            and (subject_id = $1
-                or lower(details->>'email') = any(array[lower($2), lower($3)]))",
+                or lower(details->>'email') = any(select lower(a) from unnest($2::text[]) a))",
     )
     .bind(user)
-    .bind(email.trim())
-    .bind(pending.as_deref().map(str::trim))
+    .bind(&addresses)
     .execute(&mut *conn)
     .await?;
     sqlx::query("update audit_events set ip = null, user_agent = null where actor_id = $1")

@@ -289,18 +289,7 @@ async fn a_password_reset_works_once_ends_every_session_and_notifies() {
 
     // Every session ended at once, access and refresh alike.
     for tokens in [&org.tokens, &other] {
-        assert_problem(
-            app.get_authed("acme", "/v1/me", &tokens.access).await,
-            401,
-            "invalid_token",
-        )
-        .await;
-        assert_problem(
-            app.refresh("acme", &tokens.refresh).await,
-            401,
-            "invalid_token",
-        )
-        .await;
+        app.assert_tokens_dead("acme", tokens).await;
     }
     assert_problem(
         app.login("acme", &org.owner_email, PASSWORD).await,
@@ -865,18 +854,7 @@ async fn sessions_are_listed_and_ended_one_by_one_or_all_at_once() {
         .unwrap();
     assert_eq!(all.status(), 204);
     for tokens in [&org.tokens, &second] {
-        assert_problem(
-            app.get_authed("acme", "/v1/me", &tokens.access).await,
-            401,
-            "invalid_token",
-        )
-        .await;
-        assert_problem(
-            app.refresh("acme", &tokens.refresh).await,
-            401,
-            "invalid_token",
-        )
-        .await;
+        app.assert_tokens_dead("acme", tokens).await;
     }
     // Unauthenticated requests are told how to authenticate.
     let anonymous = app.get_as("acme", "/v1/auth/sessions").await;

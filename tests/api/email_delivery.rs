@@ -804,3 +804,108 @@ async fn a_message_queued_for_a_user_deleted_since_is_suppressed() {
     let welcome = row(&rows, "welcome", &org.owner_email).expect("a welcome row");
     assert_eq!(welcome["status"], "suppressed", "{welcome}");
 }
+
+/// `tenant`'s `email.send` jobs (any status) whose payload names `address`.
+async fn send_jobs_to(app: &TestApp, tenant: Uuid, address: &str) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from public.jobs
+         where tenant_id = $1 and kind = 'email.send' and payload->>'to' = $2",
+    )
+    .bind(tenant)
+    .bind(address)
+    .fetch_one(app.state.db.pool())
+    .await
+    .expect("count jobs")
+}
+
+#[tokio::test]
+async fn deleting_a_user_erases_their_address_from_the_delivery_records_of_their_tenant_only() {
+    let app = spawn_app().await;
+    let key = app.admin_key().await;
+    let a = app.signup("mail-erase-a").await;
+    let b = app.signup("mail-erase-b").await;
+    // The same person in two tenants.
+    let email = "leaving@erase.example";
+    let viewer_a = app.role_id(&a, "viewer").await;
+    let viewer_b = app.role_id(&b, "viewer").await;
+    let (gone, _) = app.user_with_roles(&a, email, &[viewer_a]).await;
+    let (stays, _) = app.user_with_roles(&b, email, &[viewer_b]).await;
+    // Sent mail (their verification, a's welcome), and mail still queued in both tenants.
+    enqueue_welcome_and_notice(&app, a.tenant_id, gone).await;
+    enqueue_welcome_and_notice(&app, b.tenant_id, stays).await;
+    let of_a = format!("&tenant_id={}", a.tenant_id);
+    let of_b = format!("&tenant_id={}", b.tenant_id);
+    let before = all_emails(&app, &key, &of_a).await;
+    let statuses = |rows: &[Value], to: &str| -> Vec<String> {
+        let mut found: Vec<String> = rows
+            .iter()
+            .filter(|r| r["template"] == "welcome" && r["recipient"] == to)
+            .map(|r| r["status"].as_str().unwrap().to_owned())
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(statuses(&before, email), ["queued", "sent"], "{before:?}");
+    assert!(send_jobs_to(&app, a.tenant_id, email).await >= 2);
+    let b_jobs = send_jobs_to(&app, b.tenant_id, email).await;
+    let b_rows = all_emails(&app, &key, &of_b).await;
+    let sent_before: Vec<Uuid> = app.outbox().iter().map(|m| m.job).collect();
+
+    let deleted = app
+        .send_authed(
+            Method::DELETE,
+            &a.slug,
+            &format!("/v1/users/{gone}"),
+            &a.tokens.access,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status(), 204);
+
+    // In their tenant: no record names the address any more, and the queued mail is
+    // dropped (recorded as suppressed; no job holds the address).
+    let after = all_emails(&app, &key, &of_a).await;
+    assert!(
+        !serde_json::to_string(&after).unwrap().contains(email),
+        "{after:?}"
+    );
+    assert_eq!(after.len(), before.len(), "the records stay");
+    assert_eq!(
+        statuses(&after, "(erased)"),
+        ["sent", "suppressed"],
+        "{after:?}"
+    );
+    assert_eq!(send_jobs_to(&app, a.tenant_id, email).await, 0);
+    // The other tenant's records and mail are its own, untouched, and still go out.
+    assert_eq!(all_emails(&app, &key, &of_b).await, b_rows);
+    assert_eq!(send_jobs_to(&app, b.tenant_id, email).await, b_jobs);
+    app.run_jobs().await;
+    let sent_now: Vec<Uuid> = app
+        .outbox()
+        .iter()
+        .filter(|m| m.to == email && !sent_before.contains(&m.job))
+        .map(|m| m.job)
+        .collect();
+    let of_b_jobs: i64 = sqlx::query_scalar(
+        "select count(*) from public.jobs where id = any($1) and tenant_id = $2",
+    )
+    .bind(&sent_now)
+    .bind(b.tenant_id)
+    .fetch_one(app.state.db.pool())
+    .await
+    .expect("count");
+    assert!(!sent_now.is_empty());
+    assert_eq!(of_b_jobs, sent_now.len() as i64, "only b's mail went out");
+
+    // Only a tenant's own transaction may call the eraser (which reaches that tenant only).
+    let outside: Result<i32, sqlx::Error> =
+        sqlx::query_scalar("select shared.erase_email_records($1, array[$2])")
+            .bind(stays)
+            .bind(email)
+            .fetch_one(app.state.db.pool())
+            .await;
+    let error = outside.expect_err("refused outside a tenant");
+    assert!(error.to_string().contains("only a tenant"), "{error}");
+    let other = all_emails(&app, &key, &of_b).await;
+    assert!(statuses(&other, email).len() >= 2, "{other:?}");
+}

@@ -77,6 +77,46 @@ async fn delete_me(app: &TestApp, org: &Signup, access: &str, password: &str) ->
     send(app, org, Method::DELETE, "/v1/me", access, Some(body)).await
 }
 
+/// Resets the password of `email` through the emailed link (`forgot-password`, then
+/// `reset-password` with the token sent).
+async fn reset_password(app: &TestApp, org: &Signup, email: &str, new_password: &str) {
+    let forgot = app
+        .post_as(
+            &org.slug,
+            "/v1/auth/forgot-password",
+            &json!({"email": email}),
+        )
+        .await;
+    assert_eq!(forgot.status(), 202);
+    let token = app
+        .emailed_token(email, "password_reset")
+        .await
+        .expect("a reset link");
+    let reset = app
+        .post_as(
+            &org.slug,
+            "/v1/auth/reset-password",
+            &json!({"token": token, "password": new_password}),
+        )
+        .await;
+    assert_eq!(reset.status(), 204);
+}
+
+/// `PATCH /v1/users/{user}` with `{"status": status}` as the owner.
+async fn set_status(app: &TestApp, org: &Signup, user: Uuid, status: &str) -> reqwest::Response {
+    let body = json!({"status": status});
+    let path = format!("/v1/users/{user}");
+    send(
+        app,
+        org,
+        Method::PATCH,
+        &path,
+        &org.tokens.access,
+        Some(body),
+    )
+    .await
+}
+
 /// `GET /v1/me` as `tokens`: its status.
 async fn me_status(app: &TestApp, org: &Signup, tokens: &Tokens) -> u16 {
     app.get_authed(&org.slug, "/v1/me", &tokens.access)
@@ -105,13 +145,7 @@ async fn a_security_issue_ends_every_session_until_a_password_reset() {
     );
 
     // Access and refresh are refused on the next request; login names the way back.
-    assert_eq!(me_status(&app, &org, &tokens).await, 401);
-    assert_problem(
-        app.refresh(&org.slug, &tokens.refresh).await,
-        401,
-        "invalid_token",
-    )
-    .await;
+    app.assert_tokens_dead(&org.slug, &tokens).await;
     assert_problem(
         app.login(&org.slug, email, PASSWORD).await,
         403,
@@ -119,26 +153,9 @@ async fn a_security_issue_ends_every_session_until_a_password_reset() {
     )
     .await;
     // An administrator cannot simply reactivate them.
-    let reactivate = send(
-        &app,
-        &org,
-        Method::PATCH,
-        &format!("/v1/users/{mo}"),
-        &org.tokens.access,
-        Some(json!({"status": "active"})),
-    )
-    .await;
-    assert_problem(reactivate, 409, "conflict").await;
+    assert_problem(set_status(&app, &org, mo, "active").await, 409, "conflict").await;
     // Nor move them through another status to the same end.
-    let deactivate = send(
-        &app,
-        &org,
-        Method::PATCH,
-        &format!("/v1/users/{mo}"),
-        &org.tokens.access,
-        Some(json!({"status": "deactivated"})),
-    )
-    .await;
+    let deactivate = set_status(&app, &org, mo, "deactivated").await;
     assert_problem(deactivate, 409, "conflict").await;
     let user = json_of(
         app.get_authed(&org.slug, &format!("/v1/users/{mo}"), &org.tokens.access)
@@ -151,27 +168,8 @@ async fn a_security_issue_ends_every_session_until_a_password_reset() {
     assert_eq!(events[0]["subject_id"], mo.to_string());
 
     // The reset link is sent to a flagged user, and the reset makes them active again.
-    let forgot = app
-        .post_as(
-            &org.slug,
-            "/v1/auth/forgot-password",
-            &json!({"email": email}),
-        )
-        .await;
-    assert_eq!(forgot.status(), 202);
-    let token = app
-        .emailed_token(email, "password_reset")
-        .await
-        .expect("a reset link");
     let new_password = "a brand new pass phrase";
-    let reset = app
-        .post_as(
-            &org.slug,
-            "/v1/auth/reset-password",
-            &json!({"token": token, "password": new_password}),
-        )
-        .await;
-    assert_eq!(reset.status(), 204);
+    reset_password(&app, &org, email, new_password).await;
     let back = app.login_ok(&org.slug, email, new_password).await;
     assert_eq!(me_status(&app, &org, &back).await, 200);
     let user = json_of(
@@ -182,6 +180,83 @@ async fn a_security_issue_ends_every_session_until_a_password_reset() {
     assert_eq!(user["status"], "active");
     // The old tokens stay dead.
     assert_eq!(me_status(&app, &org, &tokens).await, 401);
+}
+
+#[tokio::test]
+async fn a_ban_lifted_later_gives_back_the_security_issue_until_the_password_is_reset() {
+    // Two seats: the owner and the flagged user.
+    let app = app_with_seats(2).await;
+    let org = app.signup("held").await;
+    let viewer = app.role_id(&org, "viewer").await;
+    let email = "kai@held.example";
+    let (kai, _) = app.user_with_roles(&org, email, &[viewer]).await;
+    let path = format!("/v1/users/{kai}/security-issue");
+    let flagged = send(&app, &org, Method::POST, &path, &org.tokens.access, None).await;
+    assert_eq!(flagged.status(), 200);
+
+    // However an administrator moves them, coming back means the security issue again.
+    for (asked, shown) in [
+        ("banned", "banned"),
+        ("active", "security_issue"),
+        ("banned", "banned"),
+        ("deactivated", "deactivated"),
+        ("active", "security_issue"),
+    ] {
+        let changed = set_status(&app, &org, kai, asked).await;
+        assert_eq!(changed.status(), 200, "{asked}");
+        assert_eq!(json_of(changed).await["status"], shown, "{asked}");
+        assert_problem(
+            app.login(&org.slug, email, PASSWORD).await,
+            403,
+            if shown == "security_issue" {
+                "password_reset_required"
+            } else {
+                "account_disabled"
+            },
+        )
+        .await;
+    }
+    // Coming back from a ban with the issue takes a seat again: refused while it is taken.
+    assert_eq!(set_status(&app, &org, kai, "banned").await.status(), 200);
+    let invited = create_user(
+        &app,
+        &org,
+        &org.tokens.access,
+        "new@held.example",
+        &[viewer],
+    )
+    .await;
+    assert_eq!(invited.status(), 201);
+    let invitation = json_of(invited).await["id"].as_str().unwrap().to_owned();
+    assert_problem(
+        set_status(&app, &org, kai, "active").await,
+        402,
+        "plan_limit_reached",
+    )
+    .await;
+    let revoke = format!("/v1/invitations/{invitation}");
+    let revoked = send(
+        &app,
+        &org,
+        Method::DELETE,
+        &revoke,
+        &org.tokens.access,
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status(), 204);
+    let back = set_status(&app, &org, kai, "active").await;
+    assert_eq!(json_of(back).await["status"], "security_issue");
+
+    // The reset lifts the hold for good: a later ban and unban is an ordinary one.
+    let new_password = "another new pass phrase";
+    reset_password(&app, &org, email, new_password).await;
+    let tokens = app.login_ok(&org.slug, email, new_password).await;
+    assert_eq!(me_status(&app, &org, &tokens).await, 200);
+    assert_eq!(set_status(&app, &org, kai, "banned").await.status(), 200);
+    let unbanned = set_status(&app, &org, kai, "active").await;
+    assert_eq!(json_of(unbanned).await["status"], "active");
+    app.login_ok(&org.slug, email, new_password).await;
 }
 
 #[tokio::test]
@@ -448,8 +523,7 @@ async fn a_deleted_user_is_erased_and_their_address_and_seat_are_free_again() {
     .await;
     assert_eq!(deleted.status(), 204);
     // Every token is dead at once.
-    assert_eq!(me_status(&app, &org, &tokens).await, 401);
-    assert_eq!(app.refresh(&org.slug, &tokens.refresh).await.status(), 401);
+    app.assert_tokens_dead(&org.slug, &tokens).await;
     assert_problem(
         app.login(&org.slug, email, PASSWORD).await,
         401,

@@ -146,6 +146,15 @@ impl TestApp {
         .await
     }
 
+    /// Asserts that `tokens` of `tenant` are dead: the access token is refused (401
+    /// `invalid_token` on `GET /v1/me`) and so is refreshing.
+    pub async fn assert_tokens_dead(&self, tenant: &str, tokens: &Tokens) {
+        let me = self.get_authed(tenant, "/v1/me", &tokens.access).await;
+        crate::assert_problem(me, 401, "invalid_token").await;
+        let refreshed = self.refresh(tenant, &tokens.refresh).await;
+        crate::assert_problem(refreshed, 401, "invalid_token").await;
+    }
+
     /// Registers `email` in `tenant` (opening registration first, as the owner
     /// [`TestApp::signup`] made), follows the verification link, and returns the user id.
     pub async fn register_verified(&self, tenant: &str, email: &str) -> Uuid {

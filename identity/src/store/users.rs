@@ -42,6 +42,11 @@ impl UserStatus {
         )
     }
 
+    /// Active, or with a security issue: the user counts against the plan's seats.
+    pub fn holds_seat(self) -> bool {
+        matches!(self, Self::Active | Self::SecurityIssue)
+    }
+
     /// Whether a password reset link may be sent: pending, active, or with a security issue
     /// (the reset is their way back); never deactivated, banned or deleted.
     pub fn may_reset_password(self) -> bool {
@@ -233,12 +238,15 @@ pub struct UserUpdate {
     pub before: User,
     /// The user after.
     pub after: User,
-    /// Whether the user became active (and so now takes a seat).
+    /// Whether the user now takes a seat and did not before (became active, or returned
+    /// from a ban with a security issue).
     pub activated: Activated,
 }
 
 /// Changes a user's status (and display name). Blocking a user voids every session from
-/// before now.
+/// before now. `security_issue` also puts a hold on the account that only a password reset
+/// lifts ([`crate::lifecycle::clear_security_issue`]); while it lasts, `active` is stored
+/// as `security_issue`.
 pub async fn update_user(
     conn: &mut PgConnection,
     user: Uuid,
@@ -256,8 +264,13 @@ pub async fn update_user(
     };
     let blocking = status.is_some_and(UserStatus::is_blocked) && !before.status.is_blocked();
     let after: User = sqlx::query_as(&format!(
-        "update users set status = coalesce($2, status), name = coalesce($3, name),
-                updated_at = now(),
+        "update users set
+                status = case when $2 = 'active' and security_issue_at is not null
+                              then 'security_issue' else coalesce($2, status) end,
+                security_issue_at = case when $2 = 'security_issue'
+                                         then coalesce(security_issue_at, now())
+                                         else security_issue_at end,
+                name = coalesce($3, name), updated_at = now(),
                 security_changed_at = case when $4 then now() else security_changed_at end
          where id = $1 returning {USER_COLUMNS}"
     ))
@@ -268,7 +281,7 @@ pub async fn update_user(
     .fetch_one(conn)
     .await?;
     let activated = Activated(u64::from(
-        after.status == UserStatus::Active && before.status != UserStatus::Active,
+        after.status.holds_seat() && !before.status.holds_seat(),
     ));
     Ok(Some(UserUpdate {
         before,

@@ -355,7 +355,9 @@ impl UsersApi {
     /// Deactivating or banning a user ends every session at once: their next request is
     /// refused even with an unexpired access token, and refreshing fails. Reactivating
     /// lets them log in again (not a user with a security issue: only a password reset
-    /// does, and such a user may only be banned, 409 for any other status). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
+    /// does, and such a user may only be banned, 409 for any other status; unbanning or
+    /// reactivating them later gives back `security_issue`, never `active`, until their
+    /// password is reset). Deleted users are not found. Nobody can change their own status (use `PATCH /v1/me` for
     /// one's own name), manage a user holding permissions they lack, or block the tenant's
     /// last active owner.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "update_user")]
