@@ -523,20 +523,8 @@ async fn a_flagged_creators_keys_stay_refused_after_their_password_reset() {
     assert_eq!(still_live, 0);
 
     // The reset makes the user active again (and lifts their block); the key stays dead.
-    let forgot = app
-        .post_as("acme", "/v1/auth/forgot-password", &json!({"email": email}))
-        .await;
-    assert_eq!(forgot.status(), 202);
-    let token = app
-        .emailed_token(email, "password_reset")
-        .await
-        .expect("a reset link");
     let reset = app
-        .post_as(
-            "acme",
-            "/v1/auth/reset-password",
-            &json!({"token": token, "password": "a brand new pass phrase"}),
-        )
+        .reset_password_by_email("acme", email, "a brand new pass phrase")
         .await;
     assert_eq!(reset.status(), 204);
     let list = app.get_authed("acme", "/v1/products", &secret).await;

@@ -77,29 +77,19 @@ async fn delete_me(app: &TestApp, org: &Signup, access: &str, password: &str) ->
     send(app, org, Method::DELETE, "/v1/me", access, Some(body)).await
 }
 
-/// Resets the password of `email` through the emailed link (`forgot-password`, then
-/// `reset-password` with the token sent).
+/// Resets the password of `email` through the emailed link.
 async fn reset_password(app: &TestApp, org: &Signup, email: &str, new_password: &str) {
-    let forgot = app
-        .post_as(
-            &org.slug,
-            "/v1/auth/forgot-password",
-            &json!({"email": email}),
-        )
-        .await;
-    assert_eq!(forgot.status(), 202);
-    let token = app
-        .emailed_token(email, "password_reset")
-        .await
-        .expect("a reset link");
     let reset = app
-        .post_as(
-            &org.slug,
-            "/v1/auth/reset-password",
-            &json!({"token": token, "password": new_password}),
-        )
+        .reset_password_by_email(&org.slug, email, new_password)
         .await;
     assert_eq!(reset.status(), 204);
+}
+
+/// `DELETE /v1/invitations/{id}` as the owner: 204.
+async fn revoke_invitation(app: &TestApp, org: &Signup, id: &str) {
+    let path = format!("/v1/invitations/{id}");
+    let revoked = send(app, org, Method::DELETE, &path, &org.tokens.access, None).await;
+    assert_eq!(revoked.status(), 204);
 }
 
 /// `PATCH /v1/users/{user}` with `{"status": status}` as the owner.
@@ -234,17 +224,7 @@ async fn a_ban_lifted_later_gives_back_the_security_issue_until_the_password_is_
         "plan_limit_reached",
     )
     .await;
-    let revoke = format!("/v1/invitations/{invitation}");
-    let revoked = send(
-        &app,
-        &org,
-        Method::DELETE,
-        &revoke,
-        &org.tokens.access,
-        None,
-    )
-    .await;
-    assert_eq!(revoked.status(), 204);
+    revoke_invitation(&app, &org, &invitation).await;
     let back = set_status(&app, &org, kai, "active").await;
     assert_eq!(json_of(back).await["status"], "security_issue");
 
@@ -578,20 +558,8 @@ async fn a_deleted_user_is_erased_and_their_address_and_seat_are_free_again() {
     )
     .await;
     assert_eq!(third.status(), 201);
-    let revoke = format!(
-        "/v1/invitations/{}",
-        json_of(third).await["id"].as_str().unwrap()
-    );
-    let revoked = send(
-        &app,
-        &org,
-        Method::DELETE,
-        &revoke,
-        &org.tokens.access,
-        None,
-    )
-    .await;
-    assert_eq!(revoked.status(), 204);
+    let invitation = json_of(third).await["id"].as_str().unwrap().to_owned();
+    revoke_invitation(&app, &org, &invitation).await;
     let again = app.register_verified(&org.slug, email).await;
     assert_ne!(again, gone);
 

@@ -445,24 +445,8 @@ async fn a_password_reset_does_not_activate_a_pending_user_past_the_seat_limit()
 
         // The bypass: forgot-password, then the reset link. It is refused as well, and
         // changes nothing: the old password stands and the user stays pending.
-        let forgot = app
-            .post_as(
-                &org.slug,
-                "/v1/auth/forgot-password",
-                &json!({"email": email}),
-            )
-            .await;
-        assert_eq!(forgot.status(), 202);
-        let token = app
-            .emailed_token(email, "password_reset")
-            .await
-            .expect("a reset email");
         let reset = app
-            .post_as(
-                &org.slug,
-                "/v1/auth/reset-password",
-                &json!({"token": token, "password": "a brand new passphrase"}),
-            )
+            .reset_password_by_email(&org.slug, email, "a brand new passphrase")
             .await;
         let problem = assert_problem(reset, 402, "plan_limit_reached").await;
         assert_eq!(

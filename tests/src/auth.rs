@@ -146,6 +146,34 @@ impl TestApp {
         .await
     }
 
+    /// Asks for a reset link for `email` in `tenant` (`forgot-password`, 202), then uses the
+    /// emailed token to set `password`: the answer of `reset-password`.
+    pub async fn reset_password_by_email(
+        &self,
+        tenant: &str,
+        email: &str,
+        password: &str,
+    ) -> Response {
+        let forgot = self
+            .post_as(
+                tenant,
+                "/v1/auth/forgot-password",
+                &json!({ "email": email }),
+            )
+            .await;
+        assert_eq!(forgot.status(), 202, "forgot-password for {email}");
+        let token = self
+            .emailed_token(email, "password_reset")
+            .await
+            .expect("a reset link");
+        self.post_as(
+            tenant,
+            "/v1/auth/reset-password",
+            &json!({ "token": token, "password": password }),
+        )
+        .await
+    }
+
     /// Asserts that `tokens` of `tenant` are dead: the access token is refused (401
     /// `invalid_token` on `GET /v1/me`) and so is refreshing.
     pub async fn assert_tokens_dead(&self, tenant: &str, tokens: &Tokens) {
