@@ -26,6 +26,8 @@ pub enum AdmissionError {
     #[error(transparent)]
     Tenancy(#[from] tenancy::TenancyError),
     /// A query failed.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Database(#[from] sqlx::Error),
 }

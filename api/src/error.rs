@@ -311,13 +311,25 @@ impl ApiError {
         }
     }
 
-    /// A 500 whose cause is logged (once, when rendered) and never shown to the client.
+    /// A 500 whose cause is logged (once, when rendered) and never shown to the client;
+    /// or, when that cause is a database that cannot be used right now
+    /// ([`tenancy::unavailable_cause`]: unreachable, shutting down, no connection within the
+    /// pool's wait), a 503 `dependency_unavailable` with `Retry-After`, its cause logged too.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
-        let mut err = Self::new(
-            ErrorCode::InternalError,
-            "An unexpected error occurred. Quote the request id if you report it.",
-        );
-        err.source = Some(source.into());
+        let source = source.into();
+        let mut err = if tenancy::unavailable_cause(&*source).is_some() {
+            Self::retry_after(
+                ErrorCode::DependencyUnavailable,
+                "The database is unreachable right now; retry shortly.",
+                DATABASE_RETRY_AFTER_SECS,
+            )
+        } else {
+            Self::new(
+                ErrorCode::InternalError,
+                "An unexpected error occurred. Quote the request id if you report it.",
+            )
+        };
+        err.source = Some(source);
         err
     }
 
@@ -696,6 +708,9 @@ pub struct BodyLimitExceeded {
     /// The limit that was crossed.
     pub limit: u64,
 }
+
+/// The `Retry-After` of a 503 for a database that cannot be used right now.
+const DATABASE_RETRY_AFTER_SECS: u64 = 2;
 
 /// Result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -63,7 +63,9 @@ pub enum LimitError {
         used: u64,
     },
     /// The database failed.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Database(#[from] sqlx::Error),
 }
 

@@ -80,7 +80,9 @@ impl Job for ProcessEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     /// Storing the event failed.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Store(#[from] sqlx::Error),
     /// Enqueueing its processing failed.
     #[error(transparent)]

@@ -20,8 +20,10 @@ pub enum ProductError {
     #[error("the text cannot be stored")]
     UnstorableText(#[source] sqlx::Error),
     /// Any other database failure.
-    #[error(transparent)]
-    Database(sqlx::Error),
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
 }
 
 /// What the violation of `constraint` means, for the constraints that are the client's doing

@@ -21,7 +21,9 @@ pub enum FileError {
     Storage(#[from] storage::StorageError),
     /// The database failed. Transparent, so a job's `last_error` and the logs read as the
     /// database's own error did before this crate wrapped it.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Database(#[from] sqlx::Error),
     /// Opening or committing the tenant's transaction failed.
     #[error("tenancy error")]

@@ -90,7 +90,9 @@ pub enum TokenError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// Database failure.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Database(#[from] sqlx::Error),
     /// A stored key could not be used, or no key exists.
     #[error("{0}")]

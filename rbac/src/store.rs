@@ -52,7 +52,9 @@ pub enum RoleError {
     #[error("{0} roles inherit from it")]
     HasChildren(usize),
     /// Database failure.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Database(#[from] sqlx::Error),
 }
 

@@ -124,6 +124,42 @@ impl<T> ConstraintExt<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// Whether `err` means the database could not be used right now (unreachable, shutting
+/// down, out of connections), as opposed to a bug or bad input: the pool timed out or is
+/// closed, the connection failed or broke, or the server said so (SQLSTATE class 08
+/// connection exception, 53300 too many connections, 57P01–57P03 shutdown and start-up).
+/// The edge answers these 503 `dependency_unavailable`, never 500.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// The first [`sqlx::Error`] among `err`'s causes (itself included) for which
+/// [`is_unavailable`] holds.
+pub fn unavailable_cause<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a sqlx::Error> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(db) = e.downcast_ref::<sqlx::Error>()
+            && is_unavailable(db)
+        {
+            return Some(db);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// An error and its causes on one line (`outer: cause: root cause`), for logs and reports.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -134,4 +170,32 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_told_apart_from_a_failed_query() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for unavailable in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(refused),
+        ] {
+            assert!(is_unavailable(&unavailable), "{unavailable}");
+        }
+        for failed in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("id".to_owned()),
+            sqlx::Error::Protocol("unexpected message".to_owned()),
+        ] {
+            assert!(!is_unavailable(&failed), "{failed}");
+        }
+        // Found through the causes of a domain error that keeps it as its source.
+        let wrapped = TenancyError::Database(sqlx::Error::PoolTimedOut);
+        assert!(unavailable_cause(&wrapped).is_some());
+        assert!(unavailable_cause(&TenancyError::TenantNotFound).is_none());
+    }
 }

@@ -25,7 +25,7 @@ mod tenants;
 mod text_enum;
 
 pub use control::{ControlDb, PoolSettings, PoolStatus};
-pub use error::{ConstraintExt, TenancyError, error_chain};
+pub use error::{ConstraintExt, TenancyError, error_chain, is_unavailable, unavailable_cause};
 pub use keys::{ApiKey, KEY_PREFIX, NewApiKey};
 pub use model::{SlugError, Tenant, TenantId, TenantSlug, TenantStatus};
 pub use spares::SpareSummary;

@@ -10,6 +10,7 @@ mod auth;
 mod billing;
 mod email_delivery;
 mod errors;
+mod faults;
 mod files;
 mod health;
 mod invitations;

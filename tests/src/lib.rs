@@ -24,6 +24,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 pub mod api_keys;
 pub mod auth;
+pub mod fault;
 pub mod files;
 pub mod membership;
 pub mod mfa;
@@ -38,6 +39,22 @@ pub use test_api::Gate;
 pub fn admin_database_url() -> String {
     std::env::var("CANOPY_DATABASE_URL")
         .unwrap_or_else(|_| api::settings::DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// The address of the PostgreSQL server of [`admin_database_url`] (for a
+/// [`fault::FaultProxy`] in front of it).
+pub fn database_addr() -> std::net::SocketAddr {
+    let url = url::Url::parse(&admin_database_url()).expect("database URL");
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let port = url.port().unwrap_or(5432);
+    format!("{host}:{port}")
+        .parse()
+        .expect("a numeric host in the database URL")
 }
 
 fn redis_url() -> String {
@@ -83,6 +100,7 @@ pub struct TestApp {
 #[derive(Default)]
 pub struct TestAppBuilder {
     env: BTreeMap<String, String>,
+    database_via: Option<std::net::SocketAddr>,
 }
 
 impl TestAppBuilder {
@@ -95,6 +113,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Connects the app to its database through `proxy` (a [`fault::FaultProxy`] to
+    /// [`database_addr`]) instead of directly.
+    pub fn database_via(mut self, proxy: std::net::SocketAddr) -> Self {
+        self.database_via = Some(proxy);
+        self
+    }
+
     /// Creates the database, migrates it, and starts the app.
     pub async fn spawn(self) -> TestApp {
         self.try_spawn().await.expect("test app failed to start")
@@ -102,7 +127,16 @@ impl TestAppBuilder {
 
     async fn try_spawn(self) -> anyhow::Result<TestApp> {
         let db = Arc::new(TestDatabase::create().await?);
-        Self::start(db, self.env).await
+        let mut env = self.env;
+        if let Some(proxy) = self.database_via {
+            let mut url = url::Url::parse(&db.url)?;
+            url.set_ip_host(proxy.ip())
+                .map_err(|()| anyhow::anyhow!("cannot set the host of {url}"))?;
+            url.set_port(Some(proxy.port()))
+                .map_err(|()| anyhow::anyhow!("cannot set the port of {url}"))?;
+            env.insert("CANOPY_DATABASE_URL".to_owned(), url.to_string());
+        }
+        Self::start(db, env).await
     }
 
     async fn start(

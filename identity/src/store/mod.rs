@@ -44,7 +44,9 @@ pub enum StoreError {
     #[error(transparent)]
     Mfa(#[from] crate::mfa::MfaError),
     /// Database failure.
-    #[error(transparent)]
+    // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
+    // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
+    #[error("database error")]
     Database(#[from] sqlx::Error),
 }
 

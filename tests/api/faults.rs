@@ -1,0 +1,209 @@
+//! Faults of the services under load. The app reaches PostgreSQL through a
+//! [`FaultProxy`], which can break every connection and refuse new ones, as a stopped
+//! server would, while the shared local services keep serving every other test.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
+
+use e2e::{TestApp, auth::Signup, database_addr, fault::FaultProxy};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tenancy::TenantId;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// When a request started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Before,
+    Outage,
+    After,
+}
+
+impl Phase {
+    fn of(raw: u8) -> Self {
+        match raw {
+            0 => Self::Before,
+            1 => Self::Outage,
+            _ => Self::After,
+        }
+    }
+}
+
+/// One answer of the load.
+#[derive(Debug)]
+struct Outcome {
+    /// When the request started.
+    phase: Phase,
+    /// When its answer came (a request waiting for a connection when the database comes
+    /// back may still succeed).
+    ended: Phase,
+    status: StatusCode,
+    /// The problem's `code` of an error.
+    code: Option<String>,
+    retry_after: bool,
+    /// The product a `201` created.
+    created: Option<Uuid>,
+}
+
+/// Creates products and lists them, one request after the other, reporting every answer.
+async fn load(
+    app: Arc<TestApp>,
+    org: Arc<Signup>,
+    worker: usize,
+    phase: Arc<AtomicU8>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+) {
+    for i in 0.. {
+        let started = Phase::of(phase.load(Ordering::SeqCst));
+        let request = async {
+            if i % 2 == 0 {
+                let body =
+                    json!({"name": format!("Load {worker}-{i}"), "price": 100, "currency": "USD"});
+                app.send_authed(
+                    Method::POST,
+                    &org.slug,
+                    "/v1/products",
+                    &org.tokens.access,
+                    Some(&body),
+                )
+                .await
+            } else {
+                app.get_authed(&org.slug, "/v1/products?limit=5", &org.tokens.access)
+                    .await
+            }
+        };
+        // Past the request deadline (5 s) with room to spare: an answer that never comes
+        // is reported as a hang.
+        let Ok(response) = tokio::time::timeout(Duration::from_secs(10), request).await else {
+            let hung = Outcome {
+                phase: started,
+                ended: Phase::of(phase.load(Ordering::SeqCst)),
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: Some("no answer within 10 s".to_owned()),
+                retry_after: false,
+                created: None,
+            };
+            let _ = outcomes.send(hung);
+            return;
+        };
+        let status = response.status();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let outcome = Outcome {
+            phase: started,
+            ended: Phase::of(phase.load(Ordering::SeqCst)),
+            status,
+            code: body["code"].as_str().map(str::to_owned),
+            retry_after,
+            created: (status == StatusCode::CREATED)
+                .then(|| body["id"].as_str().and_then(|id| id.parse().ok()))
+                .flatten(),
+        };
+        if outcomes.send(outcome).is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_under_load_answers_503_and_loses_no_accepted_write() {
+    let proxy = FaultProxy::start(database_addr()).await;
+    let app = TestApp::builder()
+        .env("database_acquire_timeout", "1s")
+        .env("request_timeout", "5s")
+        .database_via(proxy.addr)
+        .spawn()
+        .await;
+    let org = Arc::new(app.signup("outage").await);
+    let app = Arc::new(app);
+    let phase = Arc::new(AtomicU8::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let workers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(load(app.clone(), org.clone(), w, phase.clone(), tx.clone())))
+        .collect();
+    drop(tx);
+
+    // Served; then the database goes away until the outage has answered a few requests
+    // that started after it began; then it comes back until requests succeed again.
+    let mut outcomes = Vec::new();
+    let seen = |outcomes: &[Outcome], p: Phase, only_ok: bool| {
+        outcomes
+            .iter()
+            .filter(|o| o.phase == p && o.ended == p && (!only_ok || o.status.is_success()))
+            .count()
+    };
+    while let Some(o) = rx.recv().await {
+        let current = Phase::of(phase.load(Ordering::SeqCst));
+        outcomes.push(o);
+        match current {
+            Phase::Before if seen(&outcomes, Phase::Before, true) >= 8 => {
+                // Cut first: a request that starts in the outage finds it.
+                proxy.cut().await;
+                phase.store(1, Ordering::SeqCst);
+            }
+            Phase::Outage if seen(&outcomes, Phase::Outage, false) >= 8 => {
+                // The phase first: a request that starts in it may still find the outage.
+                phase.store(2, Ordering::SeqCst);
+                proxy.restore();
+            }
+            Phase::After if seen(&outcomes, Phase::After, true) >= 8 => break,
+            _ => {}
+        }
+    }
+    drop(rx);
+    for worker in workers {
+        worker.abort();
+    }
+
+    for o in &outcomes {
+        assert_ne!(o.status, StatusCode::INTERNAL_SERVER_ERROR, "{o:?}");
+        assert!(
+            o.status.is_success() || o.status == StatusCode::SERVICE_UNAVAILABLE,
+            "{o:?}"
+        );
+        if o.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                matches!(
+                    o.code.as_deref(),
+                    Some("dependency_unavailable" | "request_timeout")
+                ),
+                "{o:?}"
+            );
+        }
+    }
+    // Everything that started and ended during the outage was refused, with a time to
+    // come back.
+    let during: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.phase == Phase::Outage && o.ended == Phase::Outage)
+        .collect();
+    assert!(during.len() >= 8);
+    for o in &during {
+        assert_eq!(o.status, StatusCode::SERVICE_UNAVAILABLE, "{o:?}");
+        assert_eq!(o.code.as_deref(), Some("dependency_unavailable"), "{o:?}");
+        assert!(o.retry_after, "{o:?}");
+    }
+
+    // Every accepted write is in the database, the same process serving again.
+    let created: Vec<Uuid> = outcomes.iter().filter_map(|o| o.created).collect();
+    assert!(created.len() >= 4, "{created:?}");
+    let mut tx = app
+        .state
+        .tenant_db
+        .begin(TenantId(org.tenant_id))
+        .await
+        .expect("tenant tx");
+    let stored: i64 = sqlx::query_scalar("select count(*) from products where id = any($1)")
+        .bind(&created)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count products");
+    tx.commit().await.expect("commit");
+    assert_eq!(stored, created.len() as i64);
+}
