@@ -426,10 +426,6 @@ impl Mailer {
         } = message;
         let tenant = ctx.tenant.clone();
         let pool = ctx.control.pool().clone();
-        // A job still running when its user was deleted, retried since: its address is gone.
-        if to == messages::ERASED_RECIPIENT {
-            return suppress(&pool, ctx.id, template, DELETED_USER).await;
-        }
         let tracked = messages::Attempt {
             id: ctx.id,
             tenant: tenant.as_ref().map(|t| t.id),
@@ -437,9 +433,13 @@ impl Mailer {
             recipient: to,
             attempt: ctx.attempt,
         };
-        messages::begin_attempt(&pool, &tracked)
+        let sendable = messages::begin_attempt(&pool, &tracked)
             .await
             .context("failed to record the email attempt")?;
+        // Its user was deleted and the address erased (while the job ran, or before a retry).
+        if !sendable {
+            return suppress(&pool, ctx.id, template, DELETED_USER).await;
+        }
         // A message queued for a user deleted since is not sent.
         if let (Some(user), Ok(tx)) = (user, ctx.tenant_tx()) {
             let deleted: bool = sqlx::query_scalar(

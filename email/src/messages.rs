@@ -41,7 +41,8 @@ pub enum MessageStatus {
     Sent,
     /// Every attempt failed; its job is dead.
     Failed,
-    /// Not sent: non-essential, and its recipient unsubscribed.
+    /// Not sent: non-essential and its recipient unsubscribed, or its recipient's user
+    /// was deleted.
     Suppressed,
 }
 
@@ -98,24 +99,31 @@ fn bounded(text: &str, max: usize) -> String {
 }
 
 /// Records that `attempt` starts: the row exists (created now when no trigger made it),
-/// counts this attempt and is `queued` again (a dead job an operator retried).
-pub async fn begin_attempt(pool: &PgPool, attempt: &Attempt<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// counts this attempt and is `queued` again (a dead job an operator retried). Returns
+/// whether the message may be sent: not when its recipient is [`ERASED_RECIPIENT`], in the
+/// job or already in the row (erased while the job was claimed), which is never
+/// overwritten with an address again.
+pub async fn begin_attempt(pool: &PgPool, attempt: &Attempt<'_>) -> Result<bool, sqlx::Error> {
+    let recipient: String = sqlx::query_scalar(
         "insert into public.email_messages (id, tenant_id, template, recipient, attempts)
          values ($1, $2, $3, $4, $5)
          on conflict (id) do update
          set attempts = greatest(public.email_messages.attempts, excluded.attempts),
-             template = excluded.template, recipient = excluded.recipient,
-             status = 'queued', updated_at = now()",
+             template = excluded.template,
+             recipient = case when public.email_messages.recipient = $6 then $6
+                              else excluded.recipient end,
+             status = 'queued', updated_at = now()
+         returning recipient",
     )
     .bind(attempt.id)
     .bind(attempt.tenant.map(|t| t.0))
     .bind(attempt.template.as_str())
     .bind(bounded(attempt.recipient, 320))
     .bind(attempt.attempt)
-    .execute(pool)
+    .bind(ERASED_RECIPIENT)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    Ok(recipient != ERASED_RECIPIENT)
 }
 
 /// Ends the message as `status` with the server's `answer` (or the reason).

@@ -46,17 +46,22 @@ pub fn deleted_label(user: Uuid) -> String {
     format!("{DELETED_NAME} {}…", &hex[..8])
 }
 
-/// Returns a user with a security issue to `active` (after their password was reset).
-/// Returns whether they had one. Such a user kept their seat, so nothing is activated.
+/// Lifts the security-issue hold of `user` after their password was reset, returning a
+/// user in status `security_issue` to `active`; returns whether they were in it. Such a
+/// user kept their seat, so nothing is activated. (A banned or deactivated user who
+/// completes a reset with an earlier link stays so, without the hold.)
 pub async fn clear_security_issue(conn: &mut PgConnection, user: Uuid) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "update users set status = 'active', security_issue_at = null, updated_at = now()
-         where id = $1 and status = 'security_issue'",
+    let recovered: Option<bool> = sqlx::query_scalar(
+        "update users
+         set status = case when status = 'security_issue' then 'active' else status end,
+             security_issue_at = null, updated_at = now()
+         where id = $1 and security_issue_at is not null
+         returning (status = 'active')",
     )
     .bind(user)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(recovered.unwrap_or(false))
 }
 
 /// Records that `user` asked to change their address to `new`, voiding every earlier

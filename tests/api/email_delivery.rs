@@ -850,6 +850,44 @@ async fn deleting_a_user_erases_their_address_from_the_delivery_records_of_their
     let b_jobs = send_jobs_to(&app, b.tenant_id, email).await;
     let b_rows = all_emails(&app, &key, &of_b).await;
     let sent_before: Vec<Uuid> = app.outbox().iter().map(|m| m.job).collect();
+    // A reset link asked for by address, not sent yet; and a notice a worker is sending.
+    let forgot = app
+        .post_as(
+            &a.slug,
+            "/v1/auth/forgot-password",
+            &json!({"email": email}),
+        )
+        .await;
+    assert_eq!(forgot.status(), 202);
+    let control = app.state.db.pool();
+    let link_jobs = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from public.jobs where tenant_id = $1 and payload->>'email' = $2",
+        )
+        .bind(a.tenant_id)
+        .bind(email)
+        .fetch_one(control)
+        .await
+        .expect("count link jobs")
+    };
+    assert_eq!(
+        link_jobs().await,
+        1,
+        "the reset link's job names the address"
+    );
+    let running: Uuid = sqlx::query_scalar(
+        "update public.jobs set status = 'running', attempts = 1, locked_by = 'test',
+                lease_expires_at = now() + interval '1 hour'
+         where id = (select id from public.jobs
+                     where tenant_id = $1 and kind = 'email.send' and status = 'queued'
+                       and payload->>'template' = 'security_notice' and payload->>'to' = $2)
+         returning id",
+    )
+    .bind(a.tenant_id)
+    .bind(email)
+    .fetch_one(control)
+    .await
+    .expect("a notice made running");
 
     let deleted = app
         .send_authed(
@@ -876,6 +914,26 @@ async fn deleting_a_user_erases_their_address_from_the_delivery_records_of_their
         "{after:?}"
     );
     assert_eq!(send_jobs_to(&app, a.tenant_id, email).await, 0);
+    assert_eq!(
+        link_jobs().await,
+        0,
+        "the reset asked for by address is gone"
+    );
+    // The running one keeps only the marker; retried, it goes nowhere and stays erased.
+    let payload: Value = sqlx::query_scalar("select payload from public.jobs where id = $1")
+        .bind(running)
+        .fetch_one(control)
+        .await
+        .expect("the running job");
+    assert_eq!(payload["to"], "(erased)", "{payload}");
+    sqlx::query(
+        "update public.jobs set status = 'failed', locked_by = null, lease_expires_at = null,
+                run_at = now() where id = $1",
+    )
+    .bind(running)
+    .execute(control)
+    .await
+    .expect("retry");
     // The other tenant's records and mail are its own, untouched, and still go out.
     assert_eq!(all_emails(&app, &key, &of_b).await, b_rows);
     assert_eq!(send_jobs_to(&app, b.tenant_id, email).await, b_jobs);
@@ -896,6 +954,14 @@ async fn deleting_a_user_erases_their_address_from_the_delivery_records_of_their
     .expect("count");
     assert!(!sent_now.is_empty());
     assert_eq!(of_b_jobs, sent_now.len() as i64, "only b's mail went out");
+    assert!(app.outbox().iter().all(|m| m.job != running));
+    let retried = all_emails(&app, &key, &of_a).await;
+    let notice = retried
+        .iter()
+        .find(|r| r["id"] == running.to_string())
+        .expect("the retried notice's record");
+    assert_eq!(notice["recipient"], "(erased)", "{notice}");
+    assert_eq!(notice["status"], "suppressed", "{notice}");
 
     // Only a tenant's own transaction may call the eraser (which reaches that tenant only).
     let outside: Result<i32, sqlx::Error> =

@@ -179,7 +179,7 @@ async fn a_ban_lifted_later_gives_back_the_security_issue_until_the_password_is_
     let org = app.signup("held").await;
     let viewer = app.role_id(&org, "viewer").await;
     let email = "kai@held.example";
-    let (kai, _) = app.user_with_roles(&org, email, &[viewer]).await;
+    let (kai, kai_tokens) = app.user_with_roles(&org, email, &[viewer]).await;
     let path = format!("/v1/users/{kai}/security-issue");
     let flagged = send(&app, &org, Method::POST, &path, &org.tokens.access, None).await;
     assert_eq!(flagged.status(), 200);
@@ -195,6 +195,8 @@ async fn a_ban_lifted_later_gives_back_the_security_issue_until_the_password_is_
         let changed = set_status(&app, &org, kai, asked).await;
         assert_eq!(changed.status(), 200, "{asked}");
         assert_eq!(json_of(changed).await["status"], shown, "{asked}");
+        // Coming back to the security issue unblocks nothing: the old tokens stay dead.
+        app.assert_tokens_dead(&org.slug, &kai_tokens).await;
         assert_problem(
             app.login(&org.slug, email, PASSWORD).await,
             403,

@@ -104,7 +104,8 @@ impl Activated {
     /// Nobody.
     pub const NONE: Self = Self(0);
 
-    /// How many users became active.
+    /// How many users now take a seat that did not (became active, or came back from a
+    /// ban with a security issue).
     pub fn count(self) -> u64 {
         self.0
     }
