@@ -1530,3 +1530,118 @@ async fn the_audit_log_pages_newest_first_and_needs_audit_read() {
     )
     .await;
 }
+
+/// The ids a call names, in its path or its body.
+fn named_ids(c: &Call) -> Vec<Uuid> {
+    let mut text = c.path.clone();
+    if let Some(body) = &c.body {
+        text.push(' ');
+        text.push_str(&body.to_string());
+    }
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(35))
+        .filter_map(|i| text.get(i..i + 36).and_then(|s| Uuid::parse_str(s).ok()))
+        .collect()
+}
+
+/// Every operation of the matrix aimed at another tenant, three ways: tenant A's owner
+/// with tenant B's ids (in path and body), A's token sent to B, and no token. Never a 5xx,
+/// never B's data; the matrix's coverage of the document (asserted above) makes a new
+/// operation part of this test too.
+#[tokio::test]
+async fn no_operation_reaches_another_tenants_data() {
+    let stripe = e2e::stripe::FakeStripe::start().await;
+    let app = e2e::TestApp::builder()
+        .env("stripe_api_base", &stripe.url)
+        .env("recovery_ip_max_requests", "1000")
+        .spawn()
+        .await;
+    let a = app.signup("alpha").await;
+    let b = app.signup("bravo").await;
+    let viewer_b = app.role_id(&b, "viewer").await;
+    let calls = matrix_calls(&app, &b, "owner", viewer_b).await;
+    // Operations whose document makes the credential optional (`security` lists `{}`).
+    let doc: Value = serde_json::from_str(&api::routes::openapi_json()).expect("json");
+    let optional: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .flat_map(|item| item.as_object().expect("path item").values())
+        .filter(|op| {
+            op["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|r| r.as_object().is_some_and(|r| r.is_empty()))
+            })
+        })
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let mut aimed = 0;
+    for c in &calls {
+        let ids = named_ids(c);
+        // A's owner, in A, with B's ids: not found or refused, and nothing of B's shown.
+        if !ids.is_empty() && c.op != "upload_file" {
+            let response = app
+                .send_authed(
+                    c.method.clone(),
+                    &a.slug,
+                    &c.path,
+                    &a.tokens.access,
+                    c.body.as_ref(),
+                )
+                .await;
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            assert!(
+                status.is_client_error() || status.is_success(),
+                "{} with B's ids answered {status}: {text}",
+                c.op
+            );
+            assert_ne!(status.as_u16(), 401, "{}: {text}", c.op);
+            if status.is_success() {
+                // Only what A may see: a listing filtered by B's id finds nothing of B's.
+                for id in &ids {
+                    assert!(
+                        !text.contains(&id.to_string()),
+                        "{} showed {id}: {text}",
+                        c.op
+                    );
+                }
+            }
+            assert!(!text.contains(&b.owner_email), "{}: {text}", c.op);
+            aimed += 1;
+        }
+        // A's token, sent to B: refused before anything of B's is read.
+        let response = if c.op == "upload_file" {
+            let bytes = e2e::files::pdf(50, 3);
+            app.upload(&b.slug, &a.tokens.access, bytes, "a.pdf", "application/pdf")
+                .await
+        } else {
+            app.send_authed(
+                c.method.clone(),
+                &b.slug,
+                &c.path,
+                &a.tokens.access,
+                c.body.as_ref(),
+            )
+            .await
+        };
+        assert_problem(response, 403, "wrong_tenant").await;
+        // No token at all.
+        let mut request = app
+            .request(c.method.clone(), &c.path)
+            .header("x-tenant", &b.slug);
+        if let Some(body) = &c.body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request");
+        if optional.contains(c.op) {
+            // Public by the document: what anyone may know of B, and nothing more.
+            assert_eq!(response.status(), 200, "{} without a token", c.op);
+            let text = response.text().await.unwrap();
+            assert!(!text.contains(&b.owner_email), "{}: {text}", c.op);
+        } else {
+            assert_eq!(response.status(), 401, "{} without a token", c.op);
+        }
+    }
+    assert!(aimed >= 20, "only {aimed} operations name ids");
+}
