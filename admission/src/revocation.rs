@@ -139,7 +139,10 @@ impl Revocations {
         }
         .await
         .map_err(|error| {
-            tracing::error!(error = %error, "neither Redis nor PostgreSQL could check a token");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "neither Redis nor PostgreSQL could check a token"
+            );
             AdmissionError::SessionUncheckable
         })?;
         if valid {
@@ -219,7 +222,7 @@ impl Revocations {
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(error) = this.rebuild(tenant).await {
-                tracing::warn!(%tenant, %error, "rebuilding the revocation list failed");
+                tracing::warn!(%tenant, error = format!("{error:#}"), "rebuilding the revocation list failed");
             }
             this.rebuilding
                 .lock()

@@ -317,19 +317,26 @@ impl ApiError {
     /// pool's wait), a 503 `dependency_unavailable` with `Retry-After`, its cause logged too.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         let source = source.into();
-        let mut err = if tenancy::unavailable_cause(&*source).is_some() {
-            Self::retry_after(
-                ErrorCode::DependencyUnavailable,
-                "The database is unreachable right now; retry shortly.",
-                DATABASE_RETRY_AFTER_SECS,
-            )
-        } else {
-            Self::new(
-                ErrorCode::InternalError,
-                "An unexpected error occurred. Quote the request id if you report it.",
-            )
-        };
+        if tenancy::unavailable_cause(&*source).is_some() {
+            return Self::database_unavailable(source);
+        }
+        let mut err = Self::new(
+            ErrorCode::InternalError,
+            "An unexpected error occurred. Quote the request id if you report it.",
+        );
         err.source = Some(source);
+        err
+    }
+
+    /// A 503 `dependency_unavailable` with `Retry-After` for a database that cannot be used
+    /// right now, its cause logged when rendered (what [`Self::internal`] answers for one).
+    pub fn database_unavailable(source: impl Into<anyhow::Error>) -> Self {
+        let mut err = Self::retry_after(
+            ErrorCode::DependencyUnavailable,
+            "The database is unreachable right now; retry shortly.",
+            DATABASE_RETRY_AFTER_SECS,
+        );
+        err.source = Some(source.into());
         err
     }
 
@@ -720,6 +727,34 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_a_503_through_every_wrapper() {
+        let gone = || sqlx::Error::PoolTimedOut;
+        let answers = [
+            ApiError::from(gone()),
+            identity::StoreError::Database(gone()).into(),
+            identity::KeyError::Database(gone()).into(),
+            admission::AdmissionError::Database(gone()).into(),
+            tenancy::TenancyError::Database(gone()).into(),
+            ApiError::internal(jobs::JobError::Database(gone())),
+            ApiError::internal(billing::processing::AcceptError::Store(gone())),
+            ApiError::internal(billing::limits::LimitError::Database(gone())),
+            ApiError::internal(rbac::RoleError::Database(gone())),
+            ApiError::internal(files::FileError::Database(gone())),
+            ApiError::internal(anyhow::Error::from(identity::StoreError::Database(gone()))),
+        ];
+        for answer in answers {
+            assert_eq!(answer.code(), ErrorCode::DependencyUnavailable, "{answer}");
+        }
+        // A query that failed is still the server's fault.
+        assert_eq!(
+            ApiError::from(sqlx::Error::RowNotFound).code(),
+            ErrorCode::InternalError
+        );
+        let protocol = identity::StoreError::Database(sqlx::Error::Protocol("bad".into()));
+        assert_eq!(ApiError::from(protocol).code(), ErrorCode::InternalError);
+    }
 
     #[test]
     fn codes_are_unique_snake_case_and_match_their_status_class() {

@@ -19,8 +19,8 @@ pub enum FileError {
     /// The object store failed or could not be reached.
     #[error("object storage failed")]
     Storage(#[from] storage::StorageError),
-    /// The database failed. Transparent, so a job's `last_error` and the logs read as the
-    /// database's own error did before this crate wrapped it.
+    /// The database failed (a job's `last_error` and the logs show its cause after
+    /// "database error", written with `{:#}`).
     // Not `transparent`: the `sqlx::Error` itself stays in the chain of causes, where the
     // edge looks for a database that cannot be reached (`tenancy::unavailable_cause`).
     #[error("database error")]

@@ -125,19 +125,22 @@ impl<T> ConstraintExt<T> for Result<T, sqlx::Error> {
 }
 
 /// Whether `err` means the database could not be used right now (unreachable, shutting
-/// down, out of connections), as opposed to a bug or bad input: the pool timed out or is
-/// closed, the connection failed or broke, or the server said so (SQLSTATE class 08
-/// connection exception, 53300 too many connections, 57P01–57P03 shutdown and start-up).
-/// The edge answers these 503 `dependency_unavailable`, never 500.
+/// down, out of connections, read-only after a failover), as opposed to a bug, a setting
+/// that can never work or bad input: the pool timed out or is closed, the connection failed
+/// or broke (sqlx reports a broken connection as I/O), or the server said so (SQLSTATE
+/// class 08 connection exception but 08P01 protocol violation, 25006 read-only
+/// transaction, 53300 too many connections, 57P01–57P03 shutdown and start-up). TLS errors
+/// are left out: most are a configuration that will not start working. The edge answers
+/// these 503 `dependency_unavailable`, never 500.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+            (code.starts_with("08") && code != "08P01")
+                || matches!(&*code, "25006" | "53300" | "57P01" | "57P02" | "57P03")
         }),
         _ => false,
     }

@@ -138,7 +138,12 @@ async fn a_database_outage_under_load_answers_503_and_loses_no_accepted_write() 
             .filter(|o| o.phase == p && o.ended == p && (!only_ok || o.status.is_success()))
             .count()
     };
-    while let Some(o) = rx.recv().await {
+    // The whole scenario is bounded: a process that never recovers fails the test.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some(o) = tokio::time::timeout_at(deadline, rx.recv())
+        .await
+        .expect("the scenario ended within a minute")
+    {
         let current = Phase::of(phase.load(Ordering::SeqCst));
         outcomes.push(o);
         match current {
@@ -206,4 +211,85 @@ async fn a_database_outage_under_load_answers_503_and_loses_no_accepted_write() 
         .expect("count products");
     tx.commit().await.expect("commit");
     assert_eq!(stored, created.len() as i64);
+}
+
+#[tokio::test]
+async fn a_partition_ends_requests_by_their_deadline_and_the_pool_recovers_without_leaks() {
+    let proxy = FaultProxy::start(database_addr()).await;
+    let app = TestApp::builder()
+        .env("database_acquire_timeout", "1s")
+        .env("request_timeout", "5s")
+        .database_via(proxy.addr)
+        .spawn()
+        .await;
+    let org = app.signup("partition").await;
+    let product = json!({"name": "Before", "price": 100, "currency": "USD"});
+    app.create_product_ok(&org, &product).await;
+
+    // Nothing crosses any more, yet no connection closes: more requests than the pool
+    // holds, each answered 503 by its deadline (a client that waited 10 s calls it a hang).
+    proxy.stall();
+    let answers = futures_util::future::join_all((0..8).map(|i| {
+        let (app, org) = (&app, &org);
+        async move {
+            let request = async {
+                if i % 2 == 0 {
+                    let body =
+                        json!({"name": format!("During {i}"), "price": 100, "currency": "USD"});
+                    app.create_product(&org.slug, &org.tokens.access, &body)
+                        .await
+                } else {
+                    app.get_authed(&org.slug, "/v1/products?limit=5", &org.tokens.access)
+                        .await
+                }
+            };
+            let response = tokio::time::timeout(Duration::from_secs(10), request)
+                .await
+                .expect("answered by the deadline");
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body["code"].as_str().map(str::to_owned))
+        }
+    }))
+    .await;
+    for (status, code) in &answers {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{code:?}");
+        assert!(
+            matches!(
+                code.as_deref(),
+                Some("dependency_unavailable" | "request_timeout")
+            ),
+            "{code:?}"
+        );
+    }
+
+    // Back: the same process serves (the pool replaces the connections the partition
+    // broke), and once nothing is in flight every open connection is idle again.
+    proxy.restore();
+    let after = json!({"name": "After", "price": 100, "currency": "USD"});
+    let mut created = None;
+    for _ in 0..5 {
+        let response = app
+            .create_product(&org.slug, &org.tokens.access, &after)
+            .await;
+        if response.status() == StatusCode::CREATED {
+            created = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(created.is_some(), "served again after the partition");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pool = app.state.db.status();
+        if pool.idle == pool.size {
+            assert!(pool.size <= pool.max, "{pool:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections still busy with nothing in flight: {pool:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

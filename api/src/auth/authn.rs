@@ -307,7 +307,7 @@ async fn authenticate_key(
         .record_use(tenant.id, key.id, &client_info(request))
         .await
     {
-        tracing::warn!(%error, "could not record an API key's use");
+        tracing::warn!(error = %tenancy::error_chain(&error), "could not record an API key's use");
     }
     let span = tracing::Span::current();
     span.record("tenant_id", tracing::field::display(tenant.id));

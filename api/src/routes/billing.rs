@@ -296,7 +296,14 @@ impl BillingApi {
                 Ok::<_, anyhow::Error>(new)
             })
             .await
-            .map_err(|e| ApiError::internal(anyhow::anyhow!("{e:#}")))?;
+            .map_err(|e| {
+                // Shared between waiters, so flattened to text: classified before that.
+                let flat = anyhow::anyhow!("{e:#}");
+                match tenancy::unavailable_cause(&**e) {
+                    Some(_) => ApiError::database_unavailable(flat),
+                    None => ApiError::internal(flat),
+                }
+            })?;
         Ok(Json(WebhookReceipt {
             id: event.id,
             duplicate: !(new && stored_here),
