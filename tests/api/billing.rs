@@ -219,6 +219,76 @@ async fn fifty_concurrent_deliveries_of_one_event_have_one_effect() {
 }
 
 #[tokio::test]
+async fn a_duplicate_storm_across_three_instances_has_one_effect_per_event() {
+    let app = spawn_app().await;
+    let instances = [app.spawn_sibling().await, app.spawn_sibling().await];
+    let instances = [&app, &instances[0], &instances[1]];
+    let org = app.signup("bill-storm").await;
+    link_customer(&app, &org, "cus_storm").await;
+    let tenant = org.tenant_id.to_string();
+    // Twelve events, each delivered four times to every instance at once.
+    let events: Vec<Value> = (0..12)
+        .map(|i| {
+            let price = if i % 2 == 0 {
+                "price_pro"
+            } else {
+                "price_business"
+            };
+            event(
+                &format!("evt_storm_{i}"),
+                "customer.subscription.updated",
+                now() - 60 + i,
+                subscription("sub_storm", "cus_storm", "active", price, &tenant),
+            )
+        })
+        .collect();
+    let deliveries = events.iter().flat_map(|e| {
+        instances
+            .iter()
+            .flat_map(move |instance| (0..4).map(move |_| instance.deliver(e)))
+    });
+    let responses = futures_util::future::join_all(deliveries).await;
+    let mut fresh = std::collections::BTreeMap::<String, usize>::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let receipt: Value = response.json().await.expect("JSON");
+        let id = receipt["id"].as_str().expect("id").to_owned();
+        *fresh.entry(id).or_default() += usize::from(receipt["duplicate"] == false);
+    }
+    assert_eq!(fresh.len(), events.len());
+    assert!(
+        fresh.values().all(|n| *n == 1),
+        "one new delivery per event: {fresh:?}"
+    );
+    let ids: Vec<String> = fresh.keys().cloned().collect();
+    let stored: i64 =
+        sqlx::query_scalar("select count(*) from public.webhook_events where id = any($1)")
+            .bind(&ids)
+            .fetch_one(app.state.db.pool())
+            .await
+            .expect("count events");
+    assert_eq!(stored, 12, "each event stored once");
+    let jobs: i64 =
+        sqlx::query_scalar("select count(*) from public.jobs where kind = 'billing.process_event'")
+            .fetch_one(app.state.db.pool())
+            .await
+            .expect("count jobs");
+    assert_eq!(jobs, 12, "one processing job per event");
+    app.run_jobs().await;
+    // Each handled once: applied, or ignored as older than one applied before it.
+    for id in &ids {
+        let (status, attempts) = stored_status(&app, id).await;
+        assert!(
+            matches!(status.as_str(), "processed" | "ignored"),
+            "{id}: {status}"
+        );
+        assert_eq!(attempts, 1, "{id}");
+    }
+    // The newest event decides (business, the twelfth's price: i = 11 is odd).
+    assert_eq!(billing_state(&app, &org).await["plan"], "business");
+}
+
+#[tokio::test]
 async fn subscription_events_in_any_order_end_in_the_latest_state() {
     let app = spawn_app().await;
     let org = app.signup("bill-order").await;
