@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tenancy::TenantId;
 use uuid::Uuid;
 
-/// How long a ticket is valid.
+/// How long a ticket is valid by default (`CANOPY_REALTIME_TICKET_TTL`).
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 
 const PREFIX: &str = "rt_";

@@ -197,10 +197,11 @@ async fn a_ticket_works_once_in_its_own_tenant_and_is_stored_hashed() {
     assert!(!keys[0].contains(secret));
     let decoded = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret)
         .expect("base64url secret");
-    let digest: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&decoded))
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&decoded))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
     assert_eq!(
         keys[0],
         format!("canopy:t:{}:rt:ticket:{digest}", org.tenant_id)
@@ -218,7 +219,10 @@ async fn a_ticket_works_once_in_its_own_tenant_and_is_stored_hashed() {
     let (status, problem) = try_connect(&app, "globex", Auth::Ticket(&raw))
         .await
         .expect_err("wrong tenant");
-    assert_eq!((status, problem["code"].as_str()), (403, Some("wrong_tenant")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("wrong_tenant"))
+    );
 
     let mut ws = connect(&app, "acme", Auth::Ticket(&raw)).await;
     assert_connections(&app, org.tenant_id, org.owner_id, 1);
@@ -229,7 +233,10 @@ async fn a_ticket_works_once_in_its_own_tenant_and_is_stored_hashed() {
     let (status, problem) = try_connect(&app, "acme", Auth::Ticket(&raw))
         .await
         .expect_err("used twice");
-    assert_eq!((status, problem["code"].as_str()), (401, Some("ticket_invalid")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("ticket_invalid"))
+    );
     assert!(
         redis_keys(&app, &format!("canopy:t:{}:rt:ticket:*", org.tenant_id))
             .await
@@ -244,7 +251,10 @@ async fn a_ticket_works_once_in_its_own_tenant_and_is_stored_hashed() {
     let (status, problem) = try_connect(&app, "acme", Auth::Nothing)
         .await
         .expect_err("anonymous");
-    assert_eq!((status, problem["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
 
     // An expired ticket: the TTL is Redis's, so a ticket issued with a short one is gone
     // once Redis says so.
@@ -315,7 +325,14 @@ async fn a_product_made_on_one_instance_reaches_a_client_of_the_other_once_with_
         .collect();
     assert_eq!(
         keys,
-        ["type", "event", "tenant_id", "id", "version", "published_at"]
+        [
+            "type",
+            "event",
+            "tenant_id",
+            "id",
+            "version",
+            "published_at"
+        ]
     );
 
     // Exactly once: the next frame is the answer to a ping sent now.
@@ -381,13 +398,19 @@ async fn tenants_never_see_each_other() {
     let (status, problem) = try_connect(&a, "globex", Auth::Bearer(&acme.tokens.access))
         .await
         .expect_err("wrong tenant");
-    assert_eq!((status, problem["code"].as_str()), (403, Some("wrong_tenant")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("wrong_tenant"))
+    );
     // Acme's ticket on the other instance with Globex's address: refused too.
     let raw = ticket(&a, "acme", &acme.tokens.access).await;
     let (status, problem) = try_connect(&b, "globex", Auth::Ticket(&raw))
         .await
         .expect_err("wrong tenant");
-    assert_eq!((status, problem["code"].as_str()), (403, Some("wrong_tenant")));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("wrong_tenant"))
+    );
     // A ticket for Globex cannot be made with Acme's token either.
     let response = a
         .send_authed(
@@ -549,7 +572,10 @@ async fn logout_ban_and_suspension_close_sockets_on_both_instances_within_a_seco
     everyone.push(staying);
     let key = a.admin_key().await;
     let response = a
-        .request(Method::PATCH, &format!("/v1/admin/tenants/{}", org.tenant_id))
+        .request(
+            Method::PATCH,
+            &format!("/v1/admin/tenants/{}", org.tenant_id),
+        )
         .bearer_auth(key)
         .json(&json!({"status": "suspended"}))
         .send()
@@ -651,7 +677,9 @@ impl RawClient {
             let mut events = 0;
             loop {
                 match self.frame().await {
-                    (0x8, payload) => return (u16::from_be_bytes([payload[0], payload[1]]), events),
+                    (0x8, payload) => {
+                        return (u16::from_be_bytes([payload[0], payload[1]]), events);
+                    }
                     (0x1, _) => events += 1,
                     _ => {}
                 }
@@ -694,10 +722,7 @@ async fn a_client_that_answers_nothing_is_dropped_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_while_others_keep_receiving() {
-    let app = TestApp::builder()
-        .env("realtime_queue", "16")
-        .spawn()
-        .await;
+    let app = TestApp::builder().env("realtime_queue", "16").spawn().await;
     let org = app.signup("acme").await;
     app.state.realtime.listening().await;
     let mut slow = RawClient::connect(&app, &org.tokens.access).await;
@@ -757,7 +782,10 @@ async fn malformed_oversized_and_too_frequent_messages_and_too_many_connections(
     ] {
         ws.send(Message::Text(frame.into())).await.expect("send");
         let error = next_frame(&mut ws).await;
-        assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some(code)));
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some(code))
+        );
     }
     // A third connection of the user is refused before the upgrade.
     let mut second = connect(&app, "acme", Auth::Bearer(&org.tokens.access)).await;
@@ -765,7 +793,11 @@ async fn malformed_oversized_and_too_frequent_messages_and_too_many_connections(
         .await
         .expect_err("over the limit");
     assert_eq!(
-        (status, problem["code"].as_str(), problem["allowed"].as_u64()),
+        (
+            status,
+            problem["code"].as_str(),
+            problem["allowed"].as_u64()
+        ),
         (429, Some("too_many_connections"), Some(2))
     );
 
@@ -826,7 +858,12 @@ async fn the_same_events_arrive_as_server_sent_events() {
     let org = app.signup("acme").await;
     app.state.realtime.listening().await;
     let response = app
-        .authed(Method::GET, "acme", "/v1/realtime/events?events=product.created", &org.tokens.access)
+        .authed(
+            Method::GET,
+            "acme",
+            "/v1/realtime/events?events=product.created",
+            &org.tokens.access,
+        )
         .send()
         .await
         .expect("stream");

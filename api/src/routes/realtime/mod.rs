@@ -5,7 +5,7 @@
 //! live connections, the fan-out over Redis, tickets, the protocol); this module
 //! authenticates the request (a ticket, or `Authorization: Bearer` with a JWT or an API
 //! key), registers the connection within its limits (problem+json before the upgrade when
-//! refused) and hands the socket to [`socket`] or the stream to [`events`].
+//! refused) and hands the socket to `socket` or the stream to `events`.
 
 mod events;
 mod socket;

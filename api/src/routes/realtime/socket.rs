@@ -37,9 +37,18 @@ pub(super) fn upgrade(
     let config = WebSocketConfig::default()
         .max_message_size(Some(hard))
         .max_frame_size(Some(hard));
+    // The connection outlives the request; its span hangs below the request's (request id,
+    // tenant, user), so the connection's log lines carry them.
+    let span = tracing::info_span!(
+        parent: &tracing::Span::current(),
+        "realtime_connection",
+        transport = "websocket"
+    );
     websocket
         .config(config)
-        .on_upgrade(move |stream| drive(stream, connection, settings, metrics))
+        .on_upgrade(move |stream| {
+            tracing::Instrument::instrument(drive(stream, connection, settings, metrics), span)
+        })
         .boxed()
 }
 
