@@ -46,7 +46,7 @@ pub struct Limits {
     #[serde(default, deserialize_with = "optional_duration")]
     pub audit_retention: Option<Duration>,
     /// Most live realtime connections (WebSocket and SSE) of the tenant on one instance
-    /// (none: unlimited; a catalog that leaves it out gets [`DEFAULT_REALTIME_CONNECTIONS`]).
+    /// (none: unlimited; a catalog that leaves it out gets 1,000).
     #[serde(default = "default_realtime_connections")]
     pub realtime_connections: Option<u64>,
 }
