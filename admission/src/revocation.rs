@@ -29,6 +29,9 @@ use crate::{
 };
 
 /// Checks and maintains the revocation list.
+///
+/// Every revocation is also announced on [`announcement_channel`], so that live realtime
+/// connections made with the credential close at once on every instance.
 pub struct Revocations {
     redis: RedisPool,
     tenant_db: TenantDb,
@@ -68,6 +71,55 @@ impl Credential {
     }
 }
 
+/// Prefix of the channels announcing revocations to live connections (`api`'s realtime
+/// hub listens on them): `canopy:rt:c:<tenant id>`, named from the id only.
+pub const ANNOUNCEMENTS_PREFIX: &str = "canopy:rt:c:";
+
+/// The channel of `tenant`'s revocation announcements.
+pub fn announcement_channel(tenant: TenantId) -> String {
+    format!("{ANNOUNCEMENTS_PREFIX}{tenant}")
+}
+
+/// Most credential ids one announcement carries (more are split over several).
+const ANNOUNCED_PER_MESSAGE: usize = 200;
+
+/// What a revocation announcement says, ids only: a blocked user (all their connections
+/// close), and revoked credentials (sessions or API keys: the connections made with them
+/// close). Its wire form is `<user id or ->` followed by the credential ids, separated by
+/// spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The user who was blocked, if one was.
+    pub user: Option<Uuid>,
+    /// Sessions and API keys that were revoked.
+    pub credentials: Vec<Uuid>,
+}
+
+impl Announcement {
+    /// The wire form.
+    pub fn encode(&self) -> String {
+        let mut text = self.user.map_or_else(|| "-".to_owned(), |u| u.to_string());
+        for id in &self.credentials {
+            text.push(' ');
+            text.push_str(&id.to_string());
+        }
+        text
+    }
+
+    /// Reads the wire form; `None` when it is not one (or too long to be ours).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let user = match parts.next()? {
+            "-" => None,
+            id => Some(Uuid::try_parse(id).ok()?),
+        };
+        let credentials = parts
+            .map(|id| Uuid::try_parse(id).ok())
+            .collect::<Option<Vec<_>>>()?;
+        (credentials.len() <= ANNOUNCED_PER_MESSAGE).then_some(Self { user, credentials })
+    }
+}
+
 /// One write to the list.
 #[derive(Debug, Clone)]
 enum Write {
@@ -96,6 +148,20 @@ impl Revocations {
             session_key(tenant, session),
             user_key(tenant, user),
         ]
+    }
+
+    /// [`Self::check_looked_up`] with its own round trip (for checks outside a request, such
+    /// as a live connection's periodic re-check).
+    pub async fn check(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        user: Uuid,
+        credential: Credential,
+    ) -> Result<(), AdmissionError> {
+        let keys = Self::keys(tenant, user, credential.id());
+        let looked_up = crate::redis::mget(&self.redis, &keys).await;
+        self.check_looked_up(tenant, user, credential, looked_up.as_deref())
+            .await
     }
 
     /// Whether `credential` of `user` may be used (`Ok`, [`AdmissionError::Revoked`], or
@@ -152,21 +218,61 @@ impl Revocations {
         }
     }
 
-    /// Records that `sessions` were revoked.
+    /// Records that `sessions` were revoked (and announces it to live connections).
     pub async fn revoke_sessions(self: &Arc<Self>, tenant: TenantId, sessions: &[Uuid]) {
         let writes = sessions
             .iter()
             .map(|s| Write::Set(session_key(tenant, *s)))
             .collect();
         self.write(writes).await;
+        self.announce(tenant, None, sessions).await;
     }
 
-    /// Records that `user` is blocked (and their `sessions` revoked).
+    /// Records that `user` is blocked (and their `sessions` revoked), and announces it to
+    /// live connections.
     pub async fn block_user(self: &Arc<Self>, tenant: TenantId, user: Uuid, sessions: &[Uuid]) {
         let writes = std::iter::once(Write::Set(user_key(tenant, user)))
             .chain(sessions.iter().map(|s| Write::Set(session_key(tenant, *s))))
             .collect();
         self.write(writes).await;
+        self.announce(tenant, Some(user), sessions).await;
+    }
+
+    /// Tells every instance's live connections (through [`announcement_channel`]) that these
+    /// credentials, or this user, may no longer be used. Called after the database commit
+    /// (as every write here). Best effort: pub/sub is fire-and-forget, and connections
+    /// re-check their credential periodically anyway.
+    async fn announce(&self, tenant: TenantId, user: Option<Uuid>, credentials: &[Uuid]) {
+        let mut messages: Vec<Announcement> = credentials
+            .chunks(ANNOUNCED_PER_MESSAGE)
+            .map(|chunk| Announcement {
+                user: None,
+                credentials: chunk.to_vec(),
+            })
+            .collect();
+        match messages.first_mut() {
+            Some(first) => first.user = user,
+            None if user.is_some() => messages.push(Announcement {
+                user,
+                credentials: Vec::new(),
+            }),
+            None => return,
+        }
+        let channel = announcement_channel(tenant);
+        let published = with_redis(&self.redis, |mut conn| async move {
+            let mut pipe = redis::pipe();
+            for message in &messages {
+                pipe.cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(message.encode())
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut *conn).await
+        })
+        .await;
+        if let Err(error) = published {
+            tracing::warn!(%tenant, %error, "could not announce a revocation to live connections; they re-check periodically");
+        }
     }
 
     /// Lifts the block on `user` (their old sessions stay revoked).

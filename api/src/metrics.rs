@@ -42,6 +42,20 @@ pub struct Metrics {
     rate_limited: Family<LimitLabels, Counter>,
     rate_limit_fallbacks: Counter,
     pruned: Family<PrunedLabels, Counter>,
+    realtime_open: Gauge,
+    realtime_closed: Family<ReasonLabels, Counter>,
+    realtime_messages: Family<DirectionLabels, Counter>,
+    realtime_fanout: Histogram,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +105,24 @@ impl jobs::retention::PruneObserver for Metrics {
         self.pruned
             .get_or_create(&PrunedLabels { what })
             .inc_by(rows);
+    }
+}
+
+/// The realtime hub reports its connections and fan-out here.
+impl realtime::Observer for Metrics {
+    fn connection_opened(&self) {
+        self.realtime_open.inc();
+    }
+
+    fn connection_closed(&self, reason: &'static str) {
+        self.realtime_open.dec();
+        self.realtime_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    fn fanned_out(&self, latency: Duration) {
+        self.realtime_fanout.observe(latency.as_secs_f64());
     }
 }
 
@@ -166,7 +198,38 @@ impl Metrics {
             "Rows deleted by the retention prune jobs of this process's workers, by what (sessions, refresh_tokens, email_tokens, invitations, audit_events, jobs, webhook_events)",
             pruned.clone(),
         );
+        let realtime_open = Gauge::default();
+        registry.register(
+            "realtime_connections",
+            "Open realtime connections (WebSocket and SSE) on this instance",
+            realtime_open.clone(),
+        );
+        let realtime_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "realtime_closed",
+            "Realtime connections ended, by reason (the close code's name, or client_closed)",
+            realtime_closed.clone(),
+        );
+        let realtime_messages = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "realtime_messages",
+            "Realtime messages by direction (in: from clients, out: events to clients)",
+            realtime_messages.clone(),
+        );
+        // 0.1 ms … ~1.6 s.
+        let realtime_fanout = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15),
+        );
+        registry.register(
+            "realtime_fanout_seconds",
+            "Time from an event's publication to its enqueueing on this instance's connections",
+            realtime_fanout.clone(),
+        );
         Self {
+            realtime_open,
+            realtime_closed,
+            realtime_messages,
+            realtime_fanout,
             pruned,
             registry,
             rate_limited,
@@ -180,6 +243,20 @@ impl Metrics {
             db_max_connections,
             redis_connections,
         }
+    }
+
+    /// Counts one message received on a realtime connection.
+    pub fn observe_realtime_in(&self) {
+        self.realtime_messages
+            .get_or_create(&DirectionLabels { direction: "in" })
+            .inc();
+    }
+
+    /// Counts `count` events sent on a realtime connection.
+    pub fn observe_realtime_out(&self, count: usize) {
+        self.realtime_messages
+            .get_or_create(&DirectionLabels { direction: "out" })
+            .inc_by(count as u64);
     }
 
     /// Counts one finished request.

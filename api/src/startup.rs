@@ -157,6 +157,11 @@ impl Application {
             self.state.clone(),
             background.stopped(),
         ));
+        background.spawn(realtime::hub::listen(
+            self.state.settings.redis.url.clone(),
+            self.state.realtime.clone(),
+            background.stopped(),
+        ));
         background.spawn(purge_deleted_tenants(
             self.state.clone(),
             background.stopped(),
@@ -208,16 +213,23 @@ impl Application {
                 let _ = stopped.wait_for(Option::is_some).await;
             }))
         });
+        let hub = self.state.realtime.clone();
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(Some(tokio::time::Instant::now()));
+            // Realtime connections are not requests the server waits for: they close with
+            // 1001 once their queued events are out.
+            hub.go_away();
         };
+        let hub = self.state.realtime.clone();
         let app = router(self.state, self.extra_routes);
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(grace))
             .await;
         // After the server: requests still finishing may need the tenant-change listener.
         let since = stopped.borrow().unwrap_or_else(tokio::time::Instant::now);
+        let left = (since + grace).saturating_duration_since(tokio::time::Instant::now());
+        hub.drained(left).await;
         background.stop_by(since + grace).await;
         if let Some(workers) = workers {
             // The signal reached the workers together with the server; wait for their jobs.
@@ -526,7 +538,19 @@ pub fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         metrics.clone(),
     ));
     let db_tenant_db = db.tenant_db();
+    let realtime = Arc::new(realtime::Hub::new(
+        realtime::HubSettings {
+            queue: settings.realtime.queue,
+            max_per_user: settings.realtime.max_per_user,
+            recheck: settings.realtime.recheck,
+        },
+        revocations.clone(),
+        permissions.clone(),
+        tenants.clone(),
+        metrics.clone(),
+    ));
     Ok(AppState {
+        realtime,
         stripe,
         rate_limiter,
         recent_webhooks: moka::future::Cache::builder()

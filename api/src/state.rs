@@ -37,6 +37,8 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     /// Effective permissions per user, cached.
     pub permissions: Arc<Permissions>,
+    /// This instance's live realtime connections.
+    pub realtime: Arc<realtime::Hub>,
     /// The general request limits.
     pub rate_limiter: Arc<RateLimiter>,
     /// The object store (S3 bucket).

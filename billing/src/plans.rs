@@ -45,6 +45,17 @@ pub struct Limits {
     /// global `CANOPY_RETAIN_AUDIT_EVENTS`).
     #[serde(default, deserialize_with = "optional_duration")]
     pub audit_retention: Option<Duration>,
+    /// Most live realtime connections (WebSocket and SSE) of the tenant on one instance
+    /// (none: unlimited; a catalog that leaves it out gets 1,000).
+    #[serde(default = "default_realtime_connections")]
+    pub realtime_connections: Option<u64>,
+}
+
+/// The `realtime_connections` of a plan that does not name one: generous, but bounded.
+pub const DEFAULT_REALTIME_CONNECTIONS: u64 = 1_000;
+
+fn default_realtime_connections() -> Option<u64> {
+    Some(DEFAULT_REALTIME_CONNECTIONS)
 }
 
 /// Shortest and longest `audit_retention` a plan may set (those of the global setting).
@@ -108,6 +119,7 @@ impl Default for PlanCatalog {
                 file_types: all_file_types(),
                 requests_per_minute: rate,
                 audit_retention: None,
+                realtime_connections: default_realtime_connections(),
             },
         };
         Self {

@@ -24,6 +24,7 @@ mod identity;
 mod loader;
 mod operations;
 mod proxies;
+mod realtime;
 mod retention;
 mod secrets;
 mod spec;
@@ -47,6 +48,7 @@ pub use crate::{
     identity::{AuthSettings, JwtSettings},
     operations::{Environment, JobSettings, LogFormat, LogSettings, TenancySettings, UnknownName},
     proxies::{InvalidProxyList, TrustedProxies},
+    realtime::RealtimeSettings,
     retention::{MAX_RETENTION, MIN_RETENTION, RetentionSettings},
     secrets::{SECRETS_KEY_BYTES, SecretsSettings, parse_key as parse_secrets_key},
     spec::{SETTINGS, SettingSpec},
@@ -119,6 +121,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// The key encrypting secrets at rest (TOTP secrets).
     pub secrets: SecretsSettings,
+    /// Realtime connections.
+    pub realtime: RealtimeSettings,
 }
 
 impl Settings {
@@ -168,6 +172,7 @@ impl Settings {
         let tenancy = src.section(environment)?;
         let retention = src.section(environment)?;
         let secrets = src.section(environment)?;
+        let realtime = src.section(environment)?;
         let auth: AuthSettings = src.section(environment)?;
         let billing = billing.with_default_urls(&auth.public_url);
         Ok(Self {
@@ -188,6 +193,7 @@ impl Settings {
             rate_limit,
             retention,
             secrets,
+            realtime,
         })
     }
 }

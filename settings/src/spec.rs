@@ -427,6 +427,46 @@ pub const SETTINGS: &[SettingSpec] = &[
         "how often recent Stripe events are listed to catch deliveries that never arrived",
     ),
     spec(
+        "realtime_queue",
+        Some("256"),
+        "capacity of each realtime connection's outgoing queue; a client that reads so slowly that it fills is cut off (close 4009)",
+    ),
+    spec(
+        "realtime_max_per_user",
+        Some("10"),
+        "most realtime connections (WebSocket and SSE) of one user on one instance; over it, 429 `too_many_connections`",
+    ),
+    spec(
+        "realtime_ping",
+        Some("20s"),
+        "how often the server pings each WebSocket client",
+    ),
+    spec(
+        "realtime_idle",
+        Some("60s"),
+        "a WebSocket client that sends nothing, not even a pong, for this long is dropped (close 4008)",
+    ),
+    spec(
+        "realtime_max_message",
+        Some("16KiB"),
+        "largest incoming WebSocket message (close 4013 above it)",
+    ),
+    spec(
+        "realtime_messages_per_second",
+        Some("20"),
+        "most incoming WebSocket messages per second on one connection (an error frame, then close 4029)",
+    ),
+    spec(
+        "realtime_recheck",
+        Some("30s"),
+        "how often each realtime connection re-checks its credential and tenant, besides the announcements that close it at once (every second while the instance's subscription is down)",
+    ),
+    spec(
+        "realtime_ticket_ttl",
+        Some("30s"),
+        "how long a single-use ticket from `POST /v1/realtime/tickets` is valid",
+    ),
+    spec(
         "log",
         Some("info"),
         "log filter in `tracing` syntax (e.g. `info,canopy=debug`); `RUST_LOG` is read when this is unset",

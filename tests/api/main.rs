@@ -25,6 +25,7 @@ mod pipeline;
 mod products;
 mod rate_limits;
 mod rbac;
+mod realtime;
 mod retention;
 mod spares;
 mod storage;

@@ -96,7 +96,8 @@ fn call(op: &'static str, method: Method, path: String, body: Option<Value>) -> 
         | "upload_file"
         | "create_invitation"
         | "create_api_key"
-        | "create_user" => 201,
+        | "create_user"
+        | "create_realtime_ticket" => 201,
         "delete_role"
         | "delete_product"
         | "delete_file"
@@ -366,6 +367,12 @@ async fn matrix_calls(app: &TestApp, org: &Signup, actor: &str, viewer: Uuid) ->
             None,
         ),
         call("get_me", Method::GET, "/v1/me".into(), None),
+        call(
+            "create_realtime_ticket",
+            Method::POST,
+            "/v1/realtime/tickets".into(),
+            None,
+        ),
         call(
             "update_me",
             Method::PATCH,

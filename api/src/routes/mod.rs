@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod ops;
 pub mod pagination;
 pub mod products;
+pub mod realtime;
 pub mod roles;
 pub mod tenants;
 pub mod users;
@@ -62,6 +63,8 @@ pub enum ApiTag {
     Email,
     /// Plans, subscriptions through Stripe, and Stripe's webhooks.
     Billing,
+    /// Live connections: the WebSocket, its Server-Sent Events twin, and their tickets.
+    Realtime,
 }
 
 /// Every API of the service, in the order the document lists them.
@@ -74,6 +77,7 @@ pub type Apis = (
     roles::RolesApi,
     products::ProductsApi,
     files::FilesApi,
+    realtime::RealtimeApi,
     billing::BillingApi,
     api_keys::ApiKeysApi,
     audit::AuditApi,
@@ -94,6 +98,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             roles::RolesApi,
             products::ProductsApi,
             files::FilesApi,
+            realtime::RealtimeApi,
             billing::BillingApi,
             api_keys::ApiKeysApi,
             audit::AuditApi,

@@ -20,6 +20,7 @@ use poem_openapi::{
     OpenApi,
     param::{Header, Path, Query},
 };
+use realtime::{Envelope, EventKind};
 use uuid::Uuid;
 
 pub use self::views::{
@@ -261,6 +262,15 @@ impl ProductsApi {
             .pop()
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("insert returned no row")))?;
         tx.commit().await?;
+        live(
+            &state,
+            about(
+                &auth,
+                EventKind::ProductCreated,
+                std::slice::from_ref(&product),
+            ),
+        )
+        .await;
         let tag = etag(product.version);
         let location = format!("/v1/products/{}", product.id);
         Ok(ProductCreated::Created(
@@ -334,6 +344,7 @@ impl ProductsApi {
         check_image_ids(&mut tx, &images).await?;
         let created = store::insert(&mut tx, &new).await?;
         tx.commit().await?;
+        live(&state, about(&auth, EventKind::ProductCreated, &created)).await;
         Ok(BulkResponse::Created(JsonReply(BulkCreated {
             items: created.into_iter().map(ProductView::from).collect(),
         })))
@@ -406,6 +417,15 @@ impl ProductsApi {
         }
         let product = outcome(store::update(&mut tx, id.0, expected.as_deref(), changes).await?)?;
         tx.commit().await?;
+        live(
+            &state,
+            about(
+                &auth,
+                EventKind::ProductUpdated,
+                std::slice::from_ref(&product),
+            ),
+        )
+        .await;
         Ok(ProductResponse::of(product))
     }
 
@@ -430,8 +450,17 @@ impl ProductsApi {
         let expected = if_match.0.as_deref().and_then(parse_etags);
         let mut tx = auth.begin(&state).await?;
         let deleted = store::soft_delete(&mut tx, id.0, expected.as_deref()).await?;
-        outcome(deleted)?;
+        let product = outcome(deleted)?;
         tx.commit().await?;
+        live(
+            &state,
+            about(
+                &auth,
+                EventKind::ProductDeleted,
+                std::slice::from_ref(&product),
+            ),
+        )
+        .await;
         Ok(ProductDeleted::Deleted)
     }
 
@@ -463,6 +492,15 @@ impl ProductsApi {
         )
         .await?;
         tx.commit().await?;
+        live(
+            &state,
+            about(
+                &auth,
+                EventKind::ProductUpdated,
+                std::slice::from_ref(&product),
+            ),
+        )
+        .await;
         Ok(ProductResponse::of(product))
     }
 
@@ -507,6 +545,34 @@ impl ProductsApi {
             }
         };
         tx.commit().await?;
+        live(
+            &state,
+            about(
+                &auth,
+                EventKind::ProductUpdated,
+                std::slice::from_ref(&product),
+            ),
+        )
+        .await;
         Ok(ProductResponse::of(product))
     }
+}
+
+/// Publishes a live event for each of `products`, after their transaction committed (never
+/// before: a rolled-back change announces nothing). Ids and versions only.
+async fn live(state: &AppState, events: Vec<Envelope>) {
+    realtime::events::announce(&state.redis, events).await;
+}
+
+/// The events of `kind` about `products` of the caller's tenant.
+fn about<P: crate::auth::Requirement>(
+    auth: &Authorized<P>,
+    kind: EventKind,
+    products: &[Product],
+) -> Vec<Envelope> {
+    let tenant = auth.principal.tenant.id;
+    products
+        .iter()
+        .map(|p| Envelope::new(kind, tenant, p.id, Some(p.version)))
+        .collect()
 }
