@@ -9,15 +9,19 @@
 //! its data (a flush, a failover to an empty replica), the marker is gone and requests are
 //! checked against the database until the list is rebuilt. Should Redis be unreachable,
 //! the check falls back to the database; should both be down, the request is refused with
-//! a 503, never let through unchecked. An API key's id stands where a session id stands
+//! a 503, never let through unchecked. A write made while Redis is unreachable is retried
+//! in the background, and the list is not trusted until it gets through: this instance
+//! checks that tenant against the database meanwhile, and every instance checks against the
+//! database for [`DISTRUST_AFTER_FAILURE`] after Redis last failed it (another instance's
+//! write from the same outage may still be on its way). An API key's id stands where a session id stands
 //! (its creator where the user stands), so revoking a key is announced, checked and
 //! rebuilt exactly like ending a session; only the database check differs ([`Credential`]). A token Redis lists as revoked is confirmed against
 //! the database too (those are rare), so a stale entry cannot lock anyone out.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tenancy::{TenantDb, TenantId};
@@ -38,7 +42,19 @@ pub struct Revocations {
     ttl: Duration,
     retry_for: Duration,
     rebuilding: Mutex<HashSet<TenantId>>,
+    /// Tenants with a write this instance could not make yet (retried in the background),
+    /// until it is made or its tokens are expired: their list in Redis may lack it, so they
+    /// are checked against the database.
+    unsure: Mutex<HashMap<TenantId, (usize, Instant)>>,
+    /// Until when, after Redis last failed this instance, every check goes to the database:
+    /// another instance's write made during the outage may still be on its way.
+    distrust_until: Mutex<Option<Instant>>,
 }
+
+/// How long after Redis last failed a check this instance keeps checking the database: more
+/// than the longest wait between two retries of a write (10 s), so by then every instance's
+/// write from the outage is in.
+pub const DISTRUST_AFTER_FAILURE: Duration = Duration::from_secs(12);
 
 fn session_key(tenant: TenantId, session: Uuid) -> String {
     format!("canopy:t:{tenant}:revoked:session:{session}")
@@ -138,7 +154,22 @@ impl Revocations {
             ttl,
             retry_for,
             rebuilding: Mutex::new(HashSet::new()),
+            unsure: Mutex::new(HashMap::new()),
+            distrust_until: Mutex::new(None),
         }
+    }
+
+    /// Whether a list that says nothing of a credential may be trusted for `tenant` now.
+    fn trusts_list(&self, tenant: TenantId) -> bool {
+        let now = Instant::now();
+        let distrusted = self
+            .distrust_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| now < until);
+        let mut unsure = self.unsure.lock().unwrap_or_else(|e| e.into_inner());
+        unsure.retain(|_, (_, until)| now < *until);
+        !distrusted && !unsure.contains_key(&tenant)
     }
 
     /// The keys [`Self::check_looked_up`] needs, in order.
@@ -176,7 +207,9 @@ impl Revocations {
         looked_up: Result<&[Option<String>], &RedisError>,
     ) -> Result<(), AdmissionError> {
         match looked_up {
-            Ok([Some(_), None, None]) => return Ok(()),
+            Ok([Some(_), None, None]) if self.trusts_list(tenant) => return Ok(()),
+            // Ready and silent, but a write from a Redis outage may not be in it yet.
+            Ok([Some(_), None, None]) => {}
             // Listed: confirmed against the database, which has every revocation. (An entry
             // can outlive its reason when a rebuild races a reactivation; such a user must
             // not stay locked out.)
@@ -187,6 +220,11 @@ impl Revocations {
             }
             Err(error) => {
                 tracing::warn!(%error, "revocation list unreachable; checking the database");
+                *self
+                    .distrust_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now() + DISTRUST_AFTER_FAILURE);
             }
         }
         let valid = async {
@@ -224,7 +262,7 @@ impl Revocations {
             .iter()
             .map(|s| Write::Set(session_key(tenant, *s)))
             .collect();
-        self.write(writes).await;
+        self.write(tenant, writes).await;
         self.announce(tenant, None, sessions).await;
     }
 
@@ -234,7 +272,7 @@ impl Revocations {
         let writes = std::iter::once(Write::Set(user_key(tenant, user)))
             .chain(sessions.iter().map(|s| Write::Set(session_key(tenant, *s))))
             .collect();
-        self.write(writes).await;
+        self.write(tenant, writes).await;
         self.announce(tenant, Some(user), sessions).await;
     }
 
@@ -277,12 +315,14 @@ impl Revocations {
 
     /// Lifts the block on `user` (their old sessions stay revoked).
     pub async fn unblock_user(self: &Arc<Self>, tenant: TenantId, user: Uuid) {
-        self.write(vec![Write::Del(user_key(tenant, user))]).await;
+        self.write(tenant, vec![Write::Del(user_key(tenant, user))])
+            .await;
     }
 
-    /// Applies `writes`; on failure keeps retrying in the background, so that a blip does
-    /// not leave a revoked token honoured while the list is otherwise intact.
-    async fn write(self: &Arc<Self>, writes: Vec<Write>) {
+    /// Applies `writes` to `tenant`'s list; on failure keeps retrying in the background, so
+    /// that a blip does not leave a revoked token honoured while the list is otherwise
+    /// intact, and checks `tenant` against the database until a retry gets through.
+    async fn write(self: &Arc<Self>, tenant: TenantId, writes: Vec<Write>) {
         if writes.is_empty() {
             return;
         }
@@ -290,13 +330,28 @@ impl Revocations {
             return;
         };
         tracing::warn!(%error, "revocation list write failed; retrying in the background");
+        {
+            let mut unsure = self.unsure.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = unsure.entry(tenant).or_insert((0, Instant::now()));
+            *entry = (entry.0 + 1, Instant::now() + self.retry_for);
+        }
         let this = self.clone();
         retry_in_background(
             self.retry_for,
             "writing to the revocation list",
             move || {
                 let (this, writes) = (this.clone(), writes.clone());
-                async move { this.try_write(&writes).await }
+                async move {
+                    this.try_write(&writes).await?;
+                    let mut unsure = this.unsure.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some((pending, _)) = unsure.get_mut(&tenant) {
+                        *pending -= 1;
+                        if *pending == 0 {
+                            unsure.remove(&tenant);
+                        }
+                    }
+                    Ok(())
+                }
             },
         );
     }

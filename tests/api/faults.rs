@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use e2e::{TestApp, auth::Signup, database_addr, fault::FaultProxy};
+use e2e::{TestApp, auth::Signup, database_addr, fault::FaultProxy, redis_addr};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tenancy::TenantId;
@@ -291,5 +291,116 @@ async fn a_partition_ends_requests_by_their_deadline_and_the_pool_recovers_witho
             "connections still busy with nothing in flight: {pool:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_ban_during_a_redis_outage_bites_on_every_instance_after_it() {
+    let proxy = FaultProxy::start(redis_addr()).await;
+    let app = TestApp::builder()
+        .env("redis_url", &format!("redis://{}", proxy.addr))
+        .spawn()
+        .await;
+    let sibling = app.spawn_twin().await;
+    let org = app.signup("redis-out").await;
+    let viewer = app.role_id(&org, "viewer").await;
+    let email = "banned@redis-out.example";
+    let (user, tokens) = app.user_with_roles(&org, email, &[viewer]).await;
+    // The tenant's list is ready in Redis (so it is trusted when Redis answers).
+    let ready = format!("canopy:t:{}:revoked:ready", org.tenant_id);
+    let client = redis::Client::open(format!("redis://{}", redis_addr())).expect("redis");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for instance in [&app, &sibling] {
+            let me = instance
+                .get_authed(&org.slug, "/v1/me", &tokens.access)
+                .await;
+            assert_eq!(me.status(), 200);
+        }
+        let listed: bool = redis::cmd("EXISTS")
+            .arg(&ready)
+            .query_async(&mut redis)
+            .await
+            .expect("exists");
+        if listed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the list was never rebuilt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Redis is gone for both instances: checks read the database, logins are refused
+    // (their throttles fail closed), and a ban commits there.
+    proxy.cut().await;
+    for instance in [&app, &sibling] {
+        let listing = instance
+            .get_authed(&org.slug, "/v1/products", &org.tokens.access)
+            .await;
+        assert_eq!(listing.status(), 200);
+    }
+    e2e::assert_problem(
+        app.login(&org.slug, &org.owner_email, e2e::auth::PASSWORD)
+            .await,
+        503,
+        "dependency_unavailable",
+    )
+    .await;
+    let banned = app
+        .send_authed(
+            Method::PATCH,
+            &org.slug,
+            &format!("/v1/users/{user}"),
+            &org.tokens.access,
+            Some(&json!({"status": "banned"})),
+        )
+        .await;
+    assert_eq!(banned.status(), 200);
+    for instance in [&app, &sibling] {
+        let me = instance
+            .get_authed(&org.slug, "/v1/me", &tokens.access)
+            .await;
+        e2e::assert_problem(me, 401, "invalid_token").await;
+    }
+
+    // Redis is back and answers both instances, with a ready list that has not heard of
+    // the ban (as when its write still waits for its next retry: the entries are removed
+    // here, whether or not the retry got through): the ban bites on both all the same.
+    proxy.restore();
+    for instance in [&app, &sibling] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while instance.get("/health/ready").await.status() != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let session = e2e::auth::session_of(&tokens.access);
+    let _: () = redis::cmd("DEL")
+        .arg(format!("canopy:t:{}:revoked:user:{user}", org.tenant_id))
+        .arg(format!(
+            "canopy:t:{}:revoked:session:{session}",
+            org.tenant_id
+        ))
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    for instance in [&app, &sibling] {
+        let me = instance
+            .get_authed(&org.slug, "/v1/me", &tokens.access)
+            .await;
+        e2e::assert_problem(me, 401, "invalid_token").await;
+        let owner = instance
+            .get_authed(&org.slug, "/v1/me", &org.tokens.access)
+            .await;
+        assert_eq!(owner.status(), 200);
     }
 }

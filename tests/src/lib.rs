@@ -44,17 +44,26 @@ pub fn admin_database_url() -> String {
 /// The address of the PostgreSQL server of [`admin_database_url`] (for a
 /// [`fault::FaultProxy`] in front of it).
 pub fn database_addr() -> std::net::SocketAddr {
-    let url = url::Url::parse(&admin_database_url()).expect("database URL");
+    socket_addr_of(&admin_database_url(), 5432)
+}
+
+/// The address of the Redis server tests use (for a [`fault::FaultProxy`] in front of it).
+pub fn redis_addr() -> std::net::SocketAddr {
+    socket_addr_of(&redis_url(), 6379)
+}
+
+fn socket_addr_of(url: &str, default_port: u16) -> std::net::SocketAddr {
+    let url = url::Url::parse(url).expect("service URL");
     let host = url.host_str().unwrap_or("127.0.0.1");
     let host = if host == "localhost" {
         "127.0.0.1"
     } else {
         host
     };
-    let port = url.port().unwrap_or(5432);
+    let port = url.port().unwrap_or(default_port);
     format!("{host}:{port}")
         .parse()
-        .expect("a numeric host in the database URL")
+        .expect("a numeric host in the service URL")
 }
 
 fn redis_url() -> String {
@@ -283,6 +292,14 @@ impl TestApp {
         TestAppBuilder::start(self.db.clone(), BTreeMap::new())
             .await
             .expect("sibling app failed to start")
+    }
+
+    /// Another instance with exactly this one's settings (its database and Redis URLs
+    /// included, so through the same [`fault::FaultProxy`] when there is one).
+    pub async fn spawn_twin(&self) -> TestApp {
+        TestAppBuilder::start(self.db.clone(), self.env.clone())
+            .await
+            .expect("twin app failed to start")
     }
 
     /// A fresh platform API key.
