@@ -180,14 +180,38 @@ pub async fn publish(redis: &RedisPool, envelope: &Envelope) -> Result<(), Redis
     .map(|_| ())
 }
 
-/// [`publish`] for the events of one request, logging a failure instead of returning it (the
-/// change has committed; the client's answer must not depend on the notification).
-pub async fn announce(redis: &RedisPool, envelopes: Vec<Envelope>) {
-    for envelope in envelopes {
-        if let Err(error) = publish(redis, &envelope).await {
-            tracing::warn!(%error, event = envelope.event.name(), "could not publish a live event");
-        }
+/// Publishes the events of one request in order, in one round trip, off the request: the
+/// change has committed, so the client's answer neither waits for the notification nor
+/// depends on it (a failure is logged). A bulk change's events go out together.
+pub fn announce(redis: &RedisPool, envelopes: Vec<Envelope>) {
+    if envelopes.is_empty() {
+        return;
     }
+    let messages: Vec<(String, String)> = envelopes
+        .iter()
+        .filter_map(|envelope| {
+            let payload = serde_json::to_string(envelope).ok()?;
+            Some((events_channel(TenantId(envelope.tenant_id)), payload))
+        })
+        .collect();
+    let redis = redis.clone();
+    tokio::spawn(async move {
+        let count = messages.len();
+        let published = with_redis(&redis, |mut conn| {
+            let messages = &messages;
+            async move {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in messages {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                }
+                pipe.query_async::<()>(&mut *conn).await
+            }
+        })
+        .await;
+        if let Err(error) = published {
+            tracing::warn!(%error, count, "could not publish live events");
+        }
+    });
 }
 
 /// The tenant of an event channel's name (`canopy:rt:t:<uuid>`), if it is one.

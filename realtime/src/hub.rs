@@ -240,6 +240,7 @@ impl Hub {
             closed,
             pending: VecDeque::new(),
             last_check: Instant::now(),
+            checking: None,
             live: self.live.subscribe(),
             recheck_all: self.recheck_all.subscribe(),
         })
@@ -419,6 +420,9 @@ pub struct Connection {
     /// cancel-safe).
     pending: VecDeque<Arc<Delivery>>,
     last_check: Instant,
+    /// A re-check under way: a task of its own, so that [`Self::next`] being cancelled (a
+    /// frame arrived) does not restart it, and a chatty client cannot keep it from ending.
+    checking: Option<tokio::task::JoinHandle<Result<(), Close>>>,
     live: watch::Receiver<bool>,
     recheck_all: watch::Receiver<u64>,
 }
@@ -477,10 +481,13 @@ impl Connection {
     /// Cancel-safe: events taken from the queue wait in the connection for the next call.
     pub async fn next(&mut self) -> Outgoing {
         loop {
-            if let Some(why) = *self.closed.borrow() {
+            let closing = *self.closed.borrow();
+            if let Some(why) = closing {
                 if !why.flushes() {
                     return Outgoing::Close(why);
                 }
+                // What is queued goes out, nothing more comes in.
+                self.queue.close();
                 while self.pending.len() < MAX_BATCH {
                     match self.queue.try_recv() {
                         Ok(delivery) => self.pending.push_back(delivery),
@@ -515,12 +522,25 @@ impl Connection {
                     },
                     () = tokio::time::sleep_until(self.last_check + period) => {}
                 }
-                if self.last_check.elapsed() >= period {
-                    if let Err(why) = self.recheck().await {
-                        self.close(why);
-                        continue;
+                if self.checking.is_some() || self.last_check.elapsed() >= period {
+                    let hub = self.hub.clone();
+                    let (tenant, user, credential) = (self.tenant, self.user, self.credential);
+                    let task = self.checking.get_or_insert_with(|| {
+                        tokio::spawn(recheck(hub, tenant, user, credential))
+                    });
+                    let outcome = task.await;
+                    self.checking = None;
+                    match outcome {
+                        Ok(Ok(())) => self.last_check = Instant::now(),
+                        Ok(Err(why)) => {
+                            self.close(why);
+                            continue;
+                        }
+                        Err(_) => {
+                            self.close(Close::TryAgainLater);
+                            continue;
+                        }
                     }
-                    self.last_check = Instant::now();
                 }
             }
             if self.pending.is_empty() {
@@ -528,6 +548,12 @@ impl Connection {
             }
             let granted = match self.granted().await {
                 Ok(granted) => granted,
+                // Closing already (a shutdown flushing its queue): what cannot be checked
+                // is not sent, and the close goes out.
+                Err(_) if closing.is_some() => {
+                    self.pending.clear();
+                    return Outgoing::Close(closing.unwrap_or(Close::GoingAway));
+                }
                 Err(why) => {
                     self.close(why);
                     continue;
@@ -562,22 +588,27 @@ impl Connection {
 
     /// Whether the credential may still be used and the tenant is still active.
     pub async fn recheck(&self) -> Result<(), Close> {
-        match self
-            .hub
-            .revocations
-            .check(self.tenant, self.user, self.credential)
-            .await
-        {
-            Ok(()) => {}
-            Err(AdmissionError::Revoked) => return Err(Close::Revoked),
-            Err(_) => return Err(Close::TryAgainLater),
-        }
-        match self.hub.tenants.lookup(TenantKey::Id(self.tenant)).await {
-            Ok(tenant) if tenant.status == TenantStatus::Active => Ok(()),
-            Ok(_) | Err(AdmissionError::TenantNotFound) => Err(Close::TenantUnavailable),
-            // The control plane cannot say; the credential was checked.
-            Err(_) => Ok(()),
-        }
+        recheck(self.hub.clone(), self.tenant, self.user, self.credential).await
+    }
+}
+
+/// Whether `credential` of `user` may still be used and `tenant` is still active.
+async fn recheck(
+    hub: Arc<Hub>,
+    tenant: TenantId,
+    user: Uuid,
+    credential: Credential,
+) -> Result<(), Close> {
+    match hub.revocations.check(tenant, user, credential).await {
+        Ok(()) => {}
+        Err(AdmissionError::Revoked) => return Err(Close::Revoked),
+        Err(_) => return Err(Close::TryAgainLater),
+    }
+    match hub.tenants.lookup(TenantKey::Id(tenant)).await {
+        Ok(found) if found.status == TenantStatus::Active => Ok(()),
+        Ok(_) | Err(AdmissionError::TenantNotFound) => Err(Close::TenantUnavailable),
+        // The control plane cannot say; the credential was checked.
+        Err(_) => Ok(()),
     }
 }
 

@@ -515,12 +515,15 @@ async fn sockets(apps: [&TestApp; 2], access: &str) -> Vec<Ws> {
 }
 
 /// Each socket gets the close frame with `code` within a second.
+/// Every socket closes with `code`, soon: the periodic re-check is 30 s away, so only the
+/// announcement can have closed them. (Within a second as designed; the bound leaves room
+/// for a loaded 2-core CI machine.)
 async fn all_close(sockets: &mut [Ws], code: u16) {
     let started = tokio::time::Instant::now();
     for ws in sockets.iter_mut() {
-        assert_eq!(close_code(ws, Duration::from_secs(1)).await, code);
+        assert_eq!(close_code(ws, Duration::from_secs(5)).await, code);
     }
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -693,8 +696,8 @@ impl RawClient {
 #[tokio::test]
 async fn a_client_that_answers_nothing_is_dropped_after_the_idle_timeout() {
     let app = TestApp::builder()
-        .env("realtime_ping", "100ms")
-        .env("realtime_idle", "600ms")
+        .env("realtime_ping", "200ms")
+        .env("realtime_idle", "2s")
         .spawn()
         .await;
     let org = app.signup("acme").await;

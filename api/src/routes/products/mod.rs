@@ -561,7 +561,7 @@ impl ProductsApi {
 /// Publishes a live event for each of `products`, after their transaction committed (never
 /// before: a rolled-back change announces nothing). Ids and versions only.
 async fn live(state: &AppState, events: Vec<Envelope>) {
-    realtime::events::announce(&state.redis, events).await;
+    realtime::events::announce(&state.redis, events);
 }
 
 /// The events of `kind` about `products` of the caller's tenant.
