@@ -262,15 +262,12 @@ impl ProductsApi {
             .pop()
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("insert returned no row")))?;
         tx.commit().await?;
-        live(
+        announce(
             &state,
-            about(
-                &auth,
-                EventKind::ProductCreated,
-                std::slice::from_ref(&product),
-            ),
-        )
-        .await;
+            &auth,
+            EventKind::ProductCreated,
+            std::slice::from_ref(&product),
+        );
         let tag = etag(product.version);
         let location = format!("/v1/products/{}", product.id);
         Ok(ProductCreated::Created(
@@ -344,7 +341,7 @@ impl ProductsApi {
         check_image_ids(&mut tx, &images).await?;
         let created = store::insert(&mut tx, &new).await?;
         tx.commit().await?;
-        live(&state, about(&auth, EventKind::ProductCreated, &created)).await;
+        announce(&state, &auth, EventKind::ProductCreated, &created);
         Ok(BulkResponse::Created(JsonReply(BulkCreated {
             items: created.into_iter().map(ProductView::from).collect(),
         })))
@@ -417,15 +414,12 @@ impl ProductsApi {
         }
         let product = outcome(store::update(&mut tx, id.0, expected.as_deref(), changes).await?)?;
         tx.commit().await?;
-        live(
+        announce(
             &state,
-            about(
-                &auth,
-                EventKind::ProductUpdated,
-                std::slice::from_ref(&product),
-            ),
-        )
-        .await;
+            &auth,
+            EventKind::ProductUpdated,
+            std::slice::from_ref(&product),
+        );
         Ok(ProductResponse::of(product))
     }
 
@@ -452,15 +446,12 @@ impl ProductsApi {
         let deleted = store::soft_delete(&mut tx, id.0, expected.as_deref()).await?;
         let product = outcome(deleted)?;
         tx.commit().await?;
-        live(
+        announce(
             &state,
-            about(
-                &auth,
-                EventKind::ProductDeleted,
-                std::slice::from_ref(&product),
-            ),
-        )
-        .await;
+            &auth,
+            EventKind::ProductDeleted,
+            std::slice::from_ref(&product),
+        );
         Ok(ProductDeleted::Deleted)
     }
 
@@ -492,15 +483,12 @@ impl ProductsApi {
         )
         .await?;
         tx.commit().await?;
-        live(
+        announce(
             &state,
-            about(
-                &auth,
-                EventKind::ProductUpdated,
-                std::slice::from_ref(&product),
-            ),
-        )
-        .await;
+            &auth,
+            EventKind::ProductUpdated,
+            std::slice::from_ref(&product),
+        );
         Ok(ProductResponse::of(product))
     }
 
@@ -545,34 +533,29 @@ impl ProductsApi {
             }
         };
         tx.commit().await?;
-        live(
+        announce(
             &state,
-            about(
-                &auth,
-                EventKind::ProductUpdated,
-                std::slice::from_ref(&product),
-            ),
-        )
-        .await;
+            &auth,
+            EventKind::ProductUpdated,
+            std::slice::from_ref(&product),
+        );
         Ok(ProductResponse::of(product))
     }
 }
 
-/// Publishes a live event for each of `products`, after their transaction committed (never
-/// before: a rolled-back change announces nothing). Ids and versions only.
-async fn live(state: &AppState, events: Vec<Envelope>) {
-    realtime::events::announce(&state.redis, events);
-}
-
-/// The events of `kind` about `products` of the caller's tenant.
-fn about<P: crate::auth::Requirement>(
+/// Publishes a live event of `kind` for each of `products` of the caller's tenant, after
+/// their transaction committed (never before: a rolled-back change announces nothing). Ids
+/// and versions only; sent after the answer, in one round trip.
+fn announce<P: crate::auth::Requirement>(
+    state: &AppState,
     auth: &Authorized<P>,
     kind: EventKind,
     products: &[Product],
-) -> Vec<Envelope> {
+) {
     let tenant = auth.principal.tenant.id;
-    products
+    let events = products
         .iter()
         .map(|p| Envelope::new(kind, tenant, p.id, Some(p.version)))
-        .collect()
+        .collect();
+    realtime::events::announce(&state.redis, events);
 }
