@@ -51,6 +51,19 @@ struct Outcome {
     created: Option<Uuid>,
 }
 
+/// An app reaching its database through a [`FaultProxy`], with short waits: a second for a
+/// pooled connection, five for a request.
+async fn app_behind_database_proxy() -> (FaultProxy, TestApp) {
+    let proxy = FaultProxy::start(database_addr()).await;
+    let app = TestApp::builder()
+        .env("database_acquire_timeout", "1s")
+        .env("request_timeout", "5s")
+        .database_via(proxy.addr)
+        .spawn()
+        .await;
+    (proxy, app)
+}
+
 /// Creates products and lists them, one request after the other, reporting every answer.
 async fn load(
     app: Arc<TestApp>,
@@ -113,13 +126,7 @@ async fn load(
 
 #[tokio::test]
 async fn a_database_outage_under_load_answers_503_and_loses_no_accepted_write() {
-    let proxy = FaultProxy::start(database_addr()).await;
-    let app = TestApp::builder()
-        .env("database_acquire_timeout", "1s")
-        .env("request_timeout", "5s")
-        .database_via(proxy.addr)
-        .spawn()
-        .await;
+    let (proxy, app) = app_behind_database_proxy().await;
     let org = Arc::new(app.signup("outage").await);
     let app = Arc::new(app);
     let phase = Arc::new(AtomicU8::new(0));
@@ -215,13 +222,7 @@ async fn a_database_outage_under_load_answers_503_and_loses_no_accepted_write() 
 
 #[tokio::test]
 async fn a_partition_ends_requests_by_their_deadline_and_the_pool_recovers_without_leaks() {
-    let proxy = FaultProxy::start(database_addr()).await;
-    let app = TestApp::builder()
-        .env("database_acquire_timeout", "1s")
-        .env("request_timeout", "5s")
-        .database_via(proxy.addr)
-        .spawn()
-        .await;
+    let (proxy, app) = app_behind_database_proxy().await;
     let org = app.signup("partition").await;
     let product = json!({"name": "Before", "price": 100, "currency": "USD"});
     app.create_product_ok(&org, &product).await;
