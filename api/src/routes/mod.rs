@@ -22,6 +22,7 @@ pub mod realtime;
 pub mod roles;
 pub mod tenants;
 pub mod users;
+pub mod views;
 
 use poem_openapi::{OpenApiService, Tags};
 

@@ -13,7 +13,6 @@ pub mod registration;
 pub mod sessions;
 pub mod signup;
 
-use chrono::{DateTime, Utc};
 use identity::{ClientInfo, OpaqueToken, User, link_emails, store::LockoutPolicy};
 use jobs::Job;
 use poem::Request;
@@ -33,6 +32,7 @@ use crate::{
     routes::{
         checks::{check_email, check_name, check_new_password, check_present_password},
         users::UserView,
+        views::SessionView,
     },
     settings::AuthSettings,
     tenant::CurrentTenant,
@@ -342,23 +342,6 @@ pub enum NoContent {
     /// Done.
     #[oai(status = 204)]
     Done,
-}
-
-/// A session of the current user.
-#[derive(Debug, Object)]
-pub struct SessionView {
-    /// Session id.
-    pub id: Uuid,
-    /// User agent at login.
-    pub user_agent: Option<String>,
-    /// IP address of the last use.
-    pub ip: Option<String>,
-    /// Login time.
-    pub created_at: DateTime<Utc>,
-    /// Last refresh.
-    pub last_used_at: DateTime<Utc>,
-    /// Whether this request comes from this session.
-    pub current: bool,
 }
 
 /// The current user's live sessions.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use identity::{
     ClientInfo, Email, OpaqueToken, UserStatus, Verified,
-    store::{self, LoginRecord, RefreshOutcome, Session},
+    store::{self, LoginRecord, RefreshOutcome},
 };
 use poem::{Request, web::Data};
 use poem_openapi::{OpenApi, param::Path, payload::Json};
@@ -218,14 +218,7 @@ impl SessionsApi {
         Ok(Json(SessionList {
             items: sessions
                 .into_iter()
-                .map(|s: Session| SessionView {
-                    current: s.id == me.session_id,
-                    id: s.id,
-                    user_agent: s.user_agent,
-                    ip: s.ip,
-                    created_at: s.created_at,
-                    last_used_at: s.last_used_at,
-                })
+                .map(|s| SessionView::of(s, me.session_id))
                 .collect(),
         }))
     }

@@ -18,6 +18,7 @@ use crate::{
     routes::{
         ApiTag,
         users::{RoleRef, UserStatusView, current_user, user_view},
+        views::SessionView,
     },
 };
 
@@ -53,23 +54,6 @@ pub struct ExportedProfile {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
-}
-
-/// One of one's live sessions.
-#[derive(Debug, Object)]
-pub struct ExportedSession {
-    /// Session id.
-    pub id: Uuid,
-    /// User agent at login.
-    pub user_agent: Option<String>,
-    /// Address of the last use.
-    pub ip: Option<String>,
-    /// Login time.
-    pub created_at: DateTime<Utc>,
-    /// Last refresh.
-    pub last_used_at: DateTime<Utc>,
-    /// Whether it is the session of this request.
-    pub current: bool,
 }
 
 /// An audit event where one is the actor or the subject.
@@ -118,7 +102,7 @@ pub struct MyDataExport {
     /// The roles held.
     pub roles: Vec<RoleRef>,
     /// Live sessions, most recently used first (at most 1,000).
-    pub sessions: Vec<ExportedSession>,
+    pub sessions: Vec<SessionView>,
     /// Audit events where the user acted or is concerned, newest first (at most 1,000).
     pub audit_events: Vec<ExportedEvent>,
     /// Whether older audit events were left out.
@@ -181,14 +165,7 @@ impl ExportApi {
             roles,
             sessions: sessions
                 .into_iter()
-                .map(|s| ExportedSession {
-                    current: s.id == me.session_id,
-                    id: s.id,
-                    user_agent: s.user_agent,
-                    ip: s.ip,
-                    created_at: s.created_at,
-                    last_used_at: s.last_used_at,
-                })
+                .map(|s| SessionView::of(s, me.session_id))
                 .collect(),
             audit_events: events
                 .into_iter()
